@@ -1,0 +1,332 @@
+"""Definition 13 of Bai (arXiv:2511.01202): the time-varying vector autoregression (TV-VAR),
+
+    u_t = argsoftmax( ũ_{1:N}ᵀ Ψ( Σ_{j<t} A_tj u_j ) / Ξ )                      (Eq. 44)
+
+This module holds what every architecture shares and nothing any one of them owns:
+
+* :class:`Mixer` — the abstract decomposition of the coefficients A_tj.  Two faces of one linear map:
+  ``coefficients(u)`` (the explicit tensor, the definition) and ``__call__(u)`` (the fast path);
+  the law that ties them is ``mixer(u) == mix_dense(mixer.coefficients(u), u)``.
+* a registry of decompositions by name (:func:`register`, :func:`build`, :func:`available`);
+* :func:`mix_dense` — the reference Σ_j A[i, j] u_j;
+* :func:`support_mask` — the set S(i) of admissible j for a mask kind;
+* token vectors on the unit sphere (Definition 11), the readout ũᵀh/Ξ (Eq. 44), and
+  :func:`argsoftmax` — sampling with temperature, greedy as Ξ → 0, optional top-k / top-p.
+
+Index convention (see DESIGN.md): arrays are 0-based; row i of a coefficient tensor predicts token
+i + 1, ``h_i = Σ_{j∈S(i)} A[i, j] u_j`` with S(i) = {0..i} (causal) or all j (bidirectional). Code
+``A[i, j]`` is the paper's A_{t,j'} with t = i + 2, j' = j + 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tvvar.typing import MASK_KINDS, Array, DType, MaskKind, PRNGKey
+
+__all__ = [
+    "Mixer",
+    "register",
+    "build",
+    "available",
+    "get",
+    "mix_dense",
+    "support_mask",
+    "check_mask_kind",
+    "check_u",
+    "masked_fill_value",
+    "param",
+    "sphere",
+    "SphereEmbedding",
+    "Readout",
+    "argsoftmax",
+    "check_token_ids",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helpers (bad input gets an error naming the argument, never a silent wrong answer)
+# --------------------------------------------------------------------------------------------------
+
+
+def check_mask_kind(mask: str) -> MaskKind:
+    if mask not in MASK_KINDS:
+        raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
+    return mask  # type: ignore[return-value]
+
+
+def check_u(u: Array, d_in: int, *, name: str = "u") -> None:
+    """Check that ``u`` is a float array of shape [B, T, d_in]."""
+    shape = getattr(u, "shape", None)
+    if shape is None or len(shape) != 3:
+        raise ValueError(f"{name} must have shape [B, T, D={d_in}] (rank 3), got shape {shape}")
+    if shape[-1] != d_in:
+        raise ValueError(f"{name} must have width D={d_in} in its last axis, got shape {tuple(shape)}")
+    if not jnp.issubdtype(u.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating array, got dtype {u.dtype}")
+
+
+def check_token_ids(ids: Array, vocab_size: int, *, name: str = "ids") -> None:
+    """Token ids must be integers; when concrete, they must lie in [0, vocab_size)."""
+    if not jnp.issubdtype(jnp.asarray(ids).dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array of token ids, got dtype {jnp.asarray(ids).dtype}")
+    if not isinstance(ids, jax.core.Tracer):
+        lo, hi = int(jnp.min(ids)), int(jnp.max(ids))
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{name} must lie in [0, V={vocab_size}), got values in [{lo}, {hi}]")
+
+
+def masked_fill_value(dtype: DType) -> Array:
+    """The most negative finite value of ``dtype`` (DESIGN: never −1e9)."""
+    return jnp.asarray(jnp.finfo(dtype).min, dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# The support S(i) and the reference mixing Σ_j A[i, j] u_j
+# --------------------------------------------------------------------------------------------------
+
+
+def support_mask(mask: MaskKind, T: int, S: int | None = None) -> Array:
+    """Boolean [T, S] with True where j ∈ S(i). Causal: j ≤ i; bidirectional: all j."""
+    check_mask_kind(mask)
+    S = T if S is None else S
+    if mask == "bidirectional":
+        return jnp.ones((T, S), dtype=bool)
+    return jnp.arange(S)[None, :] <= jnp.arange(T)[:, None]
+
+
+def mix_dense(A: Array, u: Array) -> Array:
+    """Reference TV-VAR mixing h_i = Σ_j A[i, j] u_j (Definition 13).
+
+    A: [B, T, T, D_out, D_in] (zero outside S(i)); u: [B, T, D_in] → h: [B, T, D_out].
+    """
+    if A.ndim != 5:
+        raise ValueError(f"A must have shape [B, T, T, D_out, D_in], got shape {A.shape}")
+    if u.ndim != 3 or u.shape[0] != A.shape[0] or u.shape[1] != A.shape[2] or u.shape[2] != A.shape[4]:
+        raise ValueError(f"u must have shape [B={A.shape[0]}, T={A.shape[2]}, D_in={A.shape[4]}], got {u.shape}")
+    return jnp.einsum("bijde,bje->bid", A, u, precision=jax.lax.Precision.HIGHEST)
+
+
+def param(value: Array, *axes: str | None) -> nnx.Param:
+    """A parameter that carries its logical axis names from the moment it is created.
+
+    ``tvvar.sharding`` maps the names (``"embed"``, ``"heads"``, ``"kv"``, ``"mlp"``, ``"vocab"``,
+    ``"state"``, …) to mesh axes; on one device they are inert.
+    """
+    if len(axes) != value.ndim:
+        raise ValueError(f"param: {len(axes)} axis names {axes} for an array of rank {value.ndim}")
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# The abstract decomposition and its registry
+# --------------------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, type["Mixer"]] = {}
+
+
+class Mixer(nnx.Module):
+    """Abstract decomposition of the TV-VAR coefficients A_tj (Definition 13).
+
+    Subclasses are final, registered by name with :func:`register`, and constructed as
+    ``cls(d_model, *, mask="causal", rngs, dtype=jnp.float32, **options)``. They implement
+
+    * ``coefficients(u) -> A`` of shape [B, T, T, D_out, D_in], zero outside S(i) (the definition,
+      O(T²D²): small T, tests, plots);
+    * ``__call__(u) -> h`` of shape [B, T, D_out], the fast path, which never builds the tensor above.
+
+    Both faces must agree: ``mixer(u) == mix_dense(mixer.coefficients(u), u)``; the shared kit
+    :mod:`tvvar.testing` checks this and causality for any subclass.
+    """
+
+    name: ClassVar[str] = "abstract"
+    d_in: int
+    d_out: int
+    mask: MaskKind
+
+    def coefficients(self, u: Array) -> Array:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement coefficients(u)")
+
+    def __call__(self, u: Array) -> Array:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(u)")
+
+    def support(self, T: int) -> Array:
+        """Boolean [T, T]: True where j ∈ S(i)."""
+        return support_mask(self.mask, T)
+
+
+def register(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
+    """Class decorator: make a decomposition constructible by name (``build(name, ...)``)."""
+
+    def deco(cls: type[Mixer]) -> type[Mixer]:
+        if not (isinstance(cls, type) and issubclass(cls, Mixer)):
+            raise TypeError(f"register({name!r}) expects a Mixer subclass, got {cls!r}")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"decomposition name {name!r} is already registered to {_REGISTRY[name].__name__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_builtin() -> None:
+    # The core never imports a concrete decomposition at module level; the built-in package
+    # registers its classes on first lookup.
+    import tvvar.decompositions  # noqa: F401
+
+
+def available() -> tuple[str, ...]:
+    """Names of all registered decompositions."""
+    _load_builtin()
+    return tuple(sorted(_REGISTRY))
+
+
+def get(name: str) -> type[Mixer]:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown decomposition {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def build(name: str, d_model: int, *, rngs: nnx.Rngs, mask: MaskKind = "causal", **options: Any) -> Mixer:
+    """Construct the registered decomposition ``name``."""
+    return get(name)(d_model, mask=check_mask_kind(mask), rngs=rngs, **options)
+
+
+# --------------------------------------------------------------------------------------------------
+# Token vectors on the unit sphere (Definition 11) and the readout of Eq. 44
+# --------------------------------------------------------------------------------------------------
+
+
+def sphere(x: Array, axis: int = -1) -> Array:
+    """Project onto the unit sphere along ``axis`` (Definition 11), safely at 0."""
+    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, jnp.finfo(x.dtype).tiny))
+
+
+class SphereEmbedding(nnx.Module):
+    """Token embedding u = ũ_x with ũ_v on the unit sphere S^{D−1} (Definition 11).
+
+    The free parameter is ``table`` [V, D]; the token vectors are ``sphere(table)``.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, *, rngs: nnx.Rngs, dtype: DType = jnp.float32):
+        if vocab_size < 1 or d_model < 1:
+            raise ValueError(f"vocab_size and d_model must be ≥ 1, got {vocab_size}, {d_model}")
+        self.vocab_size, self.d_model = vocab_size, d_model
+        self.table = param(jax.random.normal(rngs.params(), (vocab_size, d_model), dtype), "vocab", "embed")
+
+    def vectors(self) -> Array:
+        """ũ_{1:N}: [V, D] unit vectors."""
+        return sphere(self.table[...])
+
+    def __call__(self, ids: Array) -> Array:
+        check_token_ids(ids, self.vocab_size)
+        return jnp.take(self.vectors(), ids, axis=0)
+
+
+class Readout(nnx.Module):
+    """logits_v = ũ_vᵀ h / Ξ (Eq. 44), token vectors ũ on the unit sphere.
+
+    ``embedding`` given → tied to the input embedding (the default of the paper); otherwise an untied
+    table of its own (also on the sphere). Ξ > 0 is a fixed temperature, not learned.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        embedding: SphereEmbedding | None = None,
+        xi: float = 1.0,
+        dtype: DType = jnp.float32,
+    ):
+        if not xi > 0:
+            raise ValueError(f"xi (the temperature Ξ) must be > 0, got {xi}")
+        self.xi = float(xi)
+        self.tied = embedding is not None
+        self.embedding = embedding if embedding is not None else SphereEmbedding(vocab_size, d_model, rngs=rngs, dtype=dtype)
+
+    def __call__(self, h: Array) -> Array:
+        U = self.embedding.vectors()
+        return jnp.einsum("...d,vd->...v", h, U) / jnp.asarray(self.xi, h.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# argsoftmax: u_t ~ softmax(logits / Ξ)
+# --------------------------------------------------------------------------------------------------
+
+
+def _noise_dtype(dtype: DType) -> DType:
+    # Gumbel noise in float32 or better (DESIGN numerics): bf16/fp16 logits are upcast.
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+def _top_k_filter(logits: Array, k: int) -> Array:
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def _top_p_filter(logits: Array, p: float) -> Array:
+    # Keep the smallest set of tokens whose probability mass reaches p (the first token is always kept).
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep_sorted = mass_before < p
+    keep = jnp.zeros_like(keep_sorted).at[
+        tuple(jnp.indices(order.shape)[:-1]) + (order,)
+    ].set(keep_sorted)
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+def argsoftmax(
+    key: PRNGKey | None,
+    logits: Array,
+    temperature: float = 1.0,
+    *,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Array:
+    """Draw v ~ softmax(logits / Ξ) along the last axis by the Gumbel-max trick.
+
+    ``temperature == 0`` is the Ξ → 0 limit: greedy argmax (``key`` may be None). ``top_k`` keeps the
+    k largest logits, ``top_p`` the smallest nucleus of mass ≥ p; both are applied before sampling.
+    Noise and scaled logits are computed in float32 (float64 for float64 logits).
+    """
+    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise ValueError(f"temperature (Ξ) must be a number ≥ 0, got {temperature!r}")
+    V = logits.shape[-1]
+    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= V):
+        raise ValueError(f"top_k must be an int in [1, V={V}], got {top_k!r}")
+    if top_p is not None and not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+    z = logits.astype(_noise_dtype(logits.dtype))
+    if top_k is not None and top_k < V:
+        z = _top_k_filter(z, top_k)
+    if top_p is not None and top_p < 1.0:
+        z = _top_p_filter(z, top_p)
+    if temperature == 0:
+        return jnp.argmax(z, axis=-1)
+    if key is None:
+        raise ValueError("key must be a PRNG key when temperature > 0")
+    g = jax.random.gumbel(key, z.shape, z.dtype)
+    return jnp.argmax(z / temperature + g, axis=-1)
+
+
+def log_softmax32(logits: Array) -> Array:
+    """log-softmax in float32 or better (DESIGN numerics: likelihood terms never in bf16)."""
+    return jax.nn.log_softmax(logits.astype(_noise_dtype(logits.dtype)), axis=-1)
+
+
+def glorot(key: PRNGKey, shape: tuple[int, ...], fan_in: int, dtype: DType) -> Array:
+    """N(0, 1/fan_in) initialization used by the built-in decompositions."""
+    return jax.random.normal(key, shape, dtype) / math.sqrt(fan_in)

@@ -1,0 +1,272 @@
+"""Theorem 5: the Transformer's attention is a TV-VAR decomposition,
+
+    A_tj = π_tj A,      π_tj = softmax_j( u_{t-1}ᵀ B u_j ),      A = W_v,  B = W_qᵀ W_k     (Eqs. 45–53)
+
+and with H heads  A_tj = Σ_h π^h_tj W_o^h W_v^h.  In code indices (DESIGN.md) the query of row i is
+u_i and the admissible keys are j ∈ S(i):
+
+    h_i = Σ_h Σ_{j∈S(i)} π^h[i, j] A_h u_j,     π^h[i, j] = softmax_{j∈S(i)}( u_iᵀ B_h u_j ).
+
+Two parametrizations of the same family, one abstract base:
+
+* :class:`BilinearAttention` (``"bilinear_attention"``) — the paper's form: per head an asymmetric
+  bilinear form B_h [D, D] and a value-output map A_h [D_out, D] as free parameters.
+* :class:`Attention` (``"attention"``) — the standard factorized form: W_q, W_k [D, H, K],
+  W_v [D, H, K_v], W_o [H, K_v, D_out]; scores q_i·k_j / √K.
+
+Conversions are exact: ``Attention.to_bilinear()`` gives B_h = W_q^h W_k^hᵀ / √K (the 1/√K scale is
+folded into B) and A_h = (W_v^h W_o^h)ᵀ; ``BilinearAttention.factorize()`` inverts this by an SVD of
+each B_h and A_h, and refuses with a clear error when rank(B_h) > K or rank(A_h) > K_v.
+
+(Our W_q is the transpose of the paper's: q_i = W_qᵀ u_i, so u_iᵀ B u_j = u_iᵀ W_q W_kᵀ u_j, which is
+the paper's u_iᵀ W_qᵀ W_k u_j with W_q, W_k as [K, D] matrices.)
+
+The fast paths never build the [T, T, D, D] coefficient tensor; softmax runs in float32 (or float64)
+and masked scores are ``finfo.min``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tvvar.core import Mixer, check_u, glorot, masked_fill_value, param, register, support_mask
+from tvvar.typing import Array, DType, MaskKind
+
+__all__ = ["SoftmaxBilinearAttention", "Attention", "BilinearAttention"]
+
+Implementation = Literal["einsum", "xla", "cudnn"]
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _softmax_dtype(dtype: DType) -> DType:
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+class SoftmaxBilinearAttention(Mixer):
+    """Abstract base of the Theorem 5 family: A[i, j] = Σ_h π^h[i, j] A_h.
+
+    Subclasses supply ``scores(u)`` (the bilinear logits u_iᵀ B_h u_j, [B, H, T, T], before masking),
+    ``value_maps()`` (A_h, [H, D_out, D_in]) and ``bilinear_forms()`` (B_h, [H, D_in, D_in]).
+    """
+
+    num_heads: int
+
+    def scores(self, u: Array) -> Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def value_maps(self) -> Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def bilinear_forms(self) -> Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pi(self, u: Array) -> Array:
+        """The association matrix π^h[i, j] = softmax_{j∈S(i)}(u_iᵀ B_h u_j): [B, H, T, T].
+
+        Rows sum to 1, entries ≥ 0, exactly 0 for j ∉ S(i).
+        """
+        check_u(u, self.d_in)
+        return self._pi(self.scores(u), u.dtype)
+
+    def _pi(self, s: Array, dtype: DType) -> Array:
+        T = s.shape[-1]
+        s = s.astype(_softmax_dtype(dtype))
+        allowed = self.support(T)
+        s = jnp.where(allowed, s, masked_fill_value(s.dtype))
+        p = jax.nn.softmax(s, axis=-1)
+        # exact zeros outside S(i) even if a whole row were masked
+        return jnp.where(allowed, p, 0).astype(dtype)
+
+    def coefficients(self, u: Array) -> Array:
+        """A[b, i, j] = Σ_h π^h[b, i, j] A_h: [B, T, T, D_out, D_in] (Theorem 5, Eq. 53)."""
+        pi = self.pi(u)
+        return jnp.einsum("bhij,hde->bijde", pi, self.value_maps().astype(u.dtype), precision=_HI)
+
+
+@register("bilinear_attention")
+class BilinearAttention(SoftmaxBilinearAttention):
+    """Theorem 5 in the paper's own parameters: free asymmetric B_h [D, D] and A_h [D_out, D]."""
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        mask: MaskKind = "causal",
+        rngs: nnx.Rngs,
+        num_heads: int = 1,
+        d_out: int | None = None,
+        dtype: DType = jnp.float32,
+    ):
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
+        self.d_in, self.d_out, self.mask, self.num_heads = d_model, d_out or d_model, mask, num_heads
+        D, Do, H = self.d_in, self.d_out, num_heads
+        self.B = param(glorot(rngs.params(), (H, D, D), D, dtype), "heads", "embed", "embed2")
+        self.A = param(glorot(rngs.params(), (H, Do, D), D * H, dtype), "heads", "embed2", "embed")
+
+    def bilinear_forms(self) -> Array:
+        return self.B[...]
+
+    def value_maps(self) -> Array:
+        return self.A[...]
+
+    def scores(self, u: Array) -> Array:
+        return jnp.einsum("bid,hde,bje->bhij", u, self.B[...].astype(u.dtype), u, precision=_HI)
+
+    def __call__(self, u: Array) -> Array:
+        check_u(u, self.d_in)
+        pi = self._pi(self.scores(u), u.dtype)
+        v = jnp.einsum("hde,bje->bjhd", self.A[...].astype(u.dtype), u, precision=_HI)  # A_h u_j
+        return jnp.einsum("bhij,bjhd->bid", pi, v, precision=_HI)
+
+    @classmethod
+    def from_weights(cls, B: Array, A: Array, *, mask: MaskKind = "causal") -> "BilinearAttention":
+        """Build from B [H, D, D] and A [H, D_out, D]."""
+        if B.ndim != 3 or B.shape[1] != B.shape[2]:
+            raise ValueError(f"B must have shape [H, D, D], got {B.shape}")
+        if A.ndim != 3 or A.shape[0] != B.shape[0] or A.shape[2] != B.shape[1]:
+            raise ValueError(f"A must have shape [H={B.shape[0]}, D_out, D={B.shape[1]}], got {A.shape}")
+        m = cls(B.shape[1], mask=mask, rngs=nnx.Rngs(0), num_heads=B.shape[0], d_out=A.shape[1], dtype=B.dtype)
+        m.B[...] = B
+        m.A[...] = A
+        return m
+
+    def factorize(self, head_dim: int | None = None, value_dim: int | None = None, rtol: float = 1e-7) -> "Attention":
+        """The standard W_q, W_k, W_v, W_o with the same map (exact up to rounding).
+
+        B_h = U S Vᵀ gives W_q = U √S K^{1/4}, W_k = V √S K^{1/4}, so W_q W_kᵀ / √K = B_h. Raises if
+        rank(B_h) > ``head_dim`` or rank(A_h) > ``value_dim`` (ranks counted at relative tolerance
+        ``rtol``). Defaults: the largest rank over heads.
+        """
+        B = np.asarray(self.B[...], dtype=np.float64)
+        A = np.asarray(self.A[...], dtype=np.float64)
+        H, D, Do = self.num_heads, self.d_in, self.d_out
+
+        def rank(s):
+            return int(np.sum(s > rtol * max(s.max(), 1e-300)))
+
+        UB, SB, VBt = np.linalg.svd(B)  # [H, D, D], [H, D], [H, D, D]
+        UA, SA, VAt = np.linalg.svd(np.swapaxes(A, 1, 2))  # A_hᵀ = W_v W_o: [H, D, Do]
+        rB = max(rank(s) for s in SB)
+        rA = max(rank(s) for s in SA)
+        K = rB if head_dim is None else head_dim
+        Kv = rA if value_dim is None else value_dim
+        K, Kv = max(K, 1), max(Kv, 1)
+        if rB > K:
+            raise ValueError(f"head_dim={K} is smaller than rank(B_h)={rB}; B cannot be factorized as W_q W_kᵀ/√K")
+        if rA > Kv:
+            raise ValueError(f"value_dim={Kv} is smaller than rank(A_h)={rA}; A cannot be factorized as (W_v W_o)ᵀ")
+        if K > D or Kv > min(D, Do):
+            raise ValueError(f"head_dim={K} must be ≤ D={D} and value_dim={Kv} ≤ min(D, D_out)={min(D, Do)}")
+        sB = np.sqrt(SB[:, :K]) * K**0.25
+        wq = np.einsum("hdk,hk->dhk", UB[:, :, :K], sB)
+        wk = np.einsum("hkd,hk->dhk", VBt[:, :K, :], sB)
+        sA = np.sqrt(SA[:, :Kv])
+        wv = np.einsum("hdk,hk->dhk", UA[:, :, :Kv], sA)
+        wo = np.einsum("hke,hk->hke", VAt[:, :Kv, :], sA)
+        dt = self.B[...].dtype
+        return Attention.from_weights(*(jnp.asarray(w, dt) for w in (wq, wk, wv, wo)), mask=self.mask)
+
+
+@register("attention")
+class Attention(SoftmaxBilinearAttention):
+    """Standard multi-head attention, W_q, W_k [D, H, K], W_v [D, H, K_v], W_o [H, K_v, D_out].
+
+    ``implementation``: ``"einsum"`` (hand-written, fastest on few CPU cores), ``"xla"`` or ``"cudnn"``
+    (``jax.nn.dot_product_attention``; cuDNN only on GPU and raises on unsupported shapes).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        mask: MaskKind = "causal",
+        rngs: nnx.Rngs,
+        num_heads: int = 4,
+        head_dim: int | None = None,
+        value_dim: int | None = None,
+        d_out: int | None = None,
+        dtype: DType = jnp.float32,
+        implementation: Implementation = "einsum",
+    ):
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
+        if head_dim is None:
+            if d_model % num_heads:
+                raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}; pass head_dim")
+            head_dim = d_model // num_heads
+        if implementation not in ("einsum", "xla", "cudnn"):
+            raise ValueError(f"implementation must be 'einsum', 'xla' or 'cudnn', got {implementation!r}")
+        self.d_in, self.d_out, self.mask = d_model, d_out or d_model, mask
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.value_dim = value_dim or head_dim
+        self.implementation = implementation
+        D, H, K, Kv, Do = d_model, num_heads, head_dim, self.value_dim, self.d_out
+        keys = jax.random.split(rngs.params(), 4)
+        self.wq = param(glorot(keys[0], (D, H, K), D, dtype), "embed", "heads", "kv")
+        self.wk = param(glorot(keys[1], (D, H, K), D, dtype), "embed", "heads", "kv")
+        self.wv = param(glorot(keys[2], (D, H, Kv), D, dtype), "embed", "heads", "kv")
+        self.wo = param(glorot(keys[3], (H, Kv, Do), H * Kv, dtype), "heads", "kv", "embed")
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+    def bilinear_forms(self) -> Array:
+        """B_h = W_q^h W_k^hᵀ / √K: [H, D, D] (the 1/√K scale made explicit)."""
+        return jnp.einsum("dhk,ehk->hde", self.wq[...], self.wk[...], precision=_HI) * self.scale
+
+    def value_maps(self) -> Array:
+        """A_h = (W_v^h W_o^h)ᵀ: [H, D_out, D]."""
+        return jnp.einsum("dhk,hke->hed", self.wv[...], self.wo[...], precision=_HI)
+
+    def _qkv(self, u: Array) -> tuple[Array, Array, Array]:
+        w = lambda p: p[...].astype(u.dtype)  # noqa: E731
+        q_BxTxHxK = jnp.einsum("btd,dhk->bthk", u, w(self.wq), precision=_HI)
+        k_BxTxHxK = jnp.einsum("btd,dhk->bthk", u, w(self.wk), precision=_HI)
+        v_BxTxHxK = jnp.einsum("btd,dhk->bthk", u, w(self.wv), precision=_HI)
+        return q_BxTxHxK, k_BxTxHxK, v_BxTxHxK
+
+    def scores(self, u: Array) -> Array:
+        q, k, _ = self._qkv(u)
+        return jnp.einsum("bihk,bjhk->bhij", q, k, precision=_HI) * self.scale
+
+    def __call__(self, u: Array) -> Array:
+        check_u(u, self.d_in)
+        q, k, v = self._qkv(u)
+        if self.implementation == "einsum":
+            s_BxHxTxT = jnp.einsum("bihk,bjhk->bhij", q, k, precision=_HI) * self.scale
+            pi = self._pi(s_BxHxTxT, u.dtype)
+            o_BxTxHxK = jnp.einsum("bhij,bjhk->bihk", pi, v, precision=_HI)
+        else:
+            if self.value_dim != self.head_dim:
+                raise ValueError("implementation='xla'/'cudnn' needs value_dim == head_dim")
+            o_BxTxHxK = jax.nn.dot_product_attention(
+                q, k, v, scale=self.scale, is_causal=self.mask == "causal", implementation=self.implementation
+            )
+        return jnp.einsum("bihk,hke->bie", o_BxTxHxK, self.wo[...].astype(u.dtype), precision=_HI)
+
+    @classmethod
+    def from_weights(cls, wq: Array, wk: Array, wv: Array, wo: Array, *, mask: MaskKind = "causal", **kw) -> "Attention":
+        """Build from W_q, W_k [D, H, K], W_v [D, H, K_v], W_o [H, K_v, D_out]."""
+        if wq.ndim != 3 or wk.shape != wq.shape:
+            raise ValueError(f"wq and wk must both have shape [D, H, K], got {wq.shape} and {wk.shape}")
+        D, H, K = wq.shape
+        if wv.ndim != 3 or wv.shape[:2] != (D, H):
+            raise ValueError(f"wv must have shape [D={D}, H={H}, K_v], got {wv.shape}")
+        if wo.ndim != 3 or wo.shape[:2] != (H, wv.shape[2]):
+            raise ValueError(f"wo must have shape [H={H}, K_v={wv.shape[2]}, D_out], got {wo.shape}")
+        m = cls(D, mask=mask, rngs=nnx.Rngs(0), num_heads=H, head_dim=K, value_dim=wv.shape[2],
+                d_out=wo.shape[2], dtype=wq.dtype, **kw)
+        m.wq[...], m.wk[...], m.wv[...], m.wo[...] = wq, wk, wv, wo
+        return m
+
+    def to_bilinear(self) -> BilinearAttention:
+        """The same map in the paper's parameters (B_h, A_h) — Theorem 5."""
+        return BilinearAttention.from_weights(self.bilinear_forms(), self.value_maps(), mask=self.mask)

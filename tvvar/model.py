@@ -1,0 +1,207 @@
+"""A language model built from TV-VAR layers (Definition 13, Eq. 44).
+
+    u_i = ũ_{x_i}  (unit sphere, Def. 11)                       embeddings
+    x ← x + mixer(norm(x));   x ← x + Ψ(norm(x))       × L      layers (any registered decomposition)
+    logits_i = ũᵀ norm(x_i) / Ξ                                 tied readout (Eq. 44)
+
+``ModelConfig.pure(...)`` gives the single-layer TV-VAR of Eq. 44 itself: no norm, no residual, Ψ the
+identity, so ``logits_i = ũᵀ Σ_{j∈S(i)} A[i, j] u_j / Ξ`` exactly.
+
+Ψ is pluggable by name too (:func:`register_psi`): ``"ffn"`` (the Transformer's MLP) and
+``"identity"`` are built in; other modules (e.g. a modern Hopfield layer) register their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tvvar.core import Readout, SphereEmbedding, build, check_mask_kind, check_token_ids, get, glorot, param
+from tvvar.typing import Array, DType
+
+__all__ = ["ModelConfig", "TVVARModel", "Block", "FFN", "RMSNorm", "register_psi", "available_psi"]
+
+_PSI: dict[str, Callable[..., nnx.Module]] = {}
+
+
+def register_psi(name: str):
+    """Register a Ψ constructor ``cls(d_model, *, rngs, dtype, **options)`` by name."""
+
+    def deco(cls):
+        if name in _PSI and _PSI[name] is not cls:
+            raise ValueError(f"Ψ name {name!r} is already registered")
+        _PSI[name] = cls
+        return cls
+
+    return deco
+
+
+def available_psi() -> tuple[str, ...]:
+    return tuple(sorted(_PSI))
+
+
+@register_psi("identity")
+class Identity(nnx.Module):
+    """Ψ = id: the pure TV-VAR of Eq. 44."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: DType = jnp.float32):
+        self.d_model = d_model
+
+    def __call__(self, x: Array) -> Array:
+        return x
+
+
+@register_psi("ffn")
+class FFN(nnx.Module):
+    """The Transformer's position-wise MLP: W₂ gelu(W₁ x)."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: DType = jnp.float32, d_ff: int | None = None):
+        d_ff = d_ff or 4 * d_model
+        self.w1 = param(glorot(rngs.params(), (d_model, d_ff), d_model, dtype), "embed", "mlp")
+        self.w2 = param(glorot(rngs.params(), (d_ff, d_model), d_ff, dtype), "mlp", "embed")
+
+    def __call__(self, x: Array) -> Array:
+        h = jax.nn.gelu(x @ self.w1[...].astype(x.dtype))
+        return h @ self.w2[...].astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) · g, statistics in float32."""
+
+    def __init__(self, d_model: int, *, dtype: DType = jnp.float32, eps: float = 1e-6):
+        self.scale = param(jnp.ones((d_model,), dtype), "embed")
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(y.dtype)).astype(x.dtype)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every field is a choice of the paper's Eq. 44 pipeline; see the module docstring.
+
+    vocab_size: V (size of the token set);  d_model: D;  num_layers: L;
+    decomposition: a registered name (``tvvar.core.available()``); mixer: its options (e.g. num_heads);
+    psi: a registered Ψ name; psi_options: its options; norm: "rms" or "none"; residual: x + f(x);
+    tied: readout ũ tied to the input embedding; xi: Ξ > 0; mask: "causal" or "bidirectional";
+    max_len: if set, learned absolute position vectors added to u (None: positions only through the
+    causal mask, as in Eq. 44); param_dtype / dtype: parameter and compute dtypes.
+    """
+
+    vocab_size: int
+    d_model: int = 64
+    num_layers: int = 2
+    decomposition: str = "attention"
+    mixer: dict[str, Any] = field(default_factory=dict)
+    psi: str = "ffn"
+    psi_options: dict[str, Any] = field(default_factory=dict)
+    norm: str = "rms"
+    residual: bool = True
+    tied: bool = True
+    xi: float = 1.0
+    mask: str = "causal"
+    max_len: int | None = None
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if not (isinstance(self.vocab_size, int) and self.vocab_size >= 2):
+            raise ValueError(f"vocab_size must be an int ≥ 2, got {self.vocab_size!r}")
+        if not (isinstance(self.d_model, int) and self.d_model >= 1):
+            raise ValueError(f"d_model must be an int ≥ 1, got {self.d_model!r}")
+        if not (isinstance(self.num_layers, int) and self.num_layers >= 1):
+            raise ValueError(f"num_layers must be an int ≥ 1, got {self.num_layers!r}")
+        get(self.decomposition)  # raises with the list of available names
+        if self.psi not in _PSI:
+            raise ValueError(f"unknown psi {self.psi!r}; available: {', '.join(available_psi())}")
+        if self.norm not in ("rms", "none"):
+            raise ValueError(f"norm must be 'rms' or 'none', got {self.norm!r}")
+        if not self.xi > 0:
+            raise ValueError(f"xi (the temperature Ξ) must be > 0, got {self.xi}")
+        check_mask_kind(self.mask)
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"max_len must be ≥ 1 or None, got {self.max_len}")
+        for name in ("param_dtype", "dtype"):
+            if getattr(self, name) not in ("float32", "float64", "bfloat16", "float16"):
+                raise ValueError(f"{name} must be float32, float64, bfloat16 or float16, got {getattr(self, name)!r}")
+
+    @classmethod
+    def pure(cls, vocab_size: int, d_model: int, decomposition: str = "attention", **kw) -> "ModelConfig":
+        """The single-layer TV-VAR of Eq. 44: logits = ũᵀ Σ_j A[i, j] u_j / Ξ."""
+        return cls(vocab_size, d_model, num_layers=1, decomposition=decomposition, psi="identity",
+                   norm="none", residual=False, **kw)
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+
+class Block(nnx.Module):
+    """One layer: x ← x + mixer(norm(x)); x ← x + Ψ(norm(x)) (without residual/norm when disabled)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.residual = cfg.residual
+        self.norm1 = RMSNorm(cfg.d_model, dtype=pdt) if cfg.norm == "rms" else None
+        self.norm2 = RMSNorm(cfg.d_model, dtype=pdt) if cfg.norm == "rms" and cfg.psi != "identity" else None
+        self.mixer = build(cfg.decomposition, cfg.d_model, rngs=rngs, mask=cfg.mask, dtype=pdt, **cfg.mixer)
+        self.psi = _PSI[cfg.psi](cfg.d_model, rngs=rngs, dtype=pdt, **cfg.psi_options)
+
+    def _sub(self, f, norm, x):
+        y = f(norm(x) if norm is not None else x)
+        return x + y if self.residual else y
+
+    def __call__(self, x: Array) -> Array:
+        x = self._sub(self.mixer, self.norm1, x)
+        if isinstance(self.psi, Identity):
+            return x
+        return self._sub(self.psi, self.norm2, x)
+
+
+class TVVARModel(nnx.Module):
+    """Token ids [B, T] → logits [B, T, V] (float32); row i predicts token i + 1."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.embed = SphereEmbedding(cfg.vocab_size, cfg.d_model, rngs=rngs, dtype=pdt)
+        self.pos = (
+            param(0.02 * jax.random.normal(rngs.params(), (cfg.max_len, cfg.d_model), pdt), None, "embed")
+            if cfg.max_len is not None
+            else None
+        )
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.d_model, dtype=pdt) if cfg.norm == "rms" else None
+        self.readout = Readout(cfg.vocab_size, cfg.d_model, rngs=rngs, xi=cfg.xi, dtype=pdt,
+                               embedding=self.embed if cfg.tied else None)
+
+    def embed_tokens(self, ids: Array) -> Array:
+        """u = ũ_{ids} (+ positions): [B, T, D] in the compute dtype."""
+        if getattr(ids, "ndim", None) != 2:
+            raise ValueError(f"ids must have shape [B, T] (rank 2), got shape {getattr(ids, 'shape', None)}")
+        check_token_ids(ids, self.cfg.vocab_size)
+        u = self.embed(ids)
+        if self.pos is not None:
+            T = ids.shape[1]
+            if T > self.cfg.max_len:
+                raise ValueError(f"sequence length T={T} exceeds max_len={self.cfg.max_len}")
+            u = u + self.pos[...][:T]
+        return u.astype(jnp.dtype(self.cfg.dtype))
+
+    def hidden(self, ids: Array) -> Array:
+        """The vector Ψ(Σ_j A[i, j] u_j) fed to the readout: [B, T, D]."""
+        x = self.embed_tokens(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+    def __call__(self, ids: Array) -> Array:
+        h = self.hidden(ids)
+        return self.readout(h.astype(jnp.promote_types(h.dtype, jnp.float32)))
