@@ -47,6 +47,8 @@ __all__ = [
     "Readout",
     "argsoftmax",
     "check_token_ids",
+    "check_cache_args",
+    "check_step_input",
 ]
 
 
@@ -198,6 +200,43 @@ def get(name: str) -> type[Mixer]:
 def build(name: str, d_model: int, *, rngs: nnx.Rngs, mask: MaskKind = "causal", **options: Any) -> Mixer:
     """Construct the registered decomposition ``name``."""
     return get(name)(d_model, mask=check_mask_kind(mask), rngs=rngs, **options)
+
+
+# --------------------------------------------------------------------------------------------------
+# The decoding protocol (optional on a Mixer): init_cache(batch_size, max_len, dtype) and
+# step(cache, u_t) -> (h_t, cache), with h_t equal to row t of mixer(u) in causal mode.
+# --------------------------------------------------------------------------------------------------
+
+
+def check_cache_args(mixer: "Mixer", batch_size: int, max_len: int) -> None:
+    """Validate the arguments of ``Mixer.init_cache`` (a cache exists only for the causal mask)."""
+    if getattr(mixer, "mask", "causal") != "causal":
+        raise ValueError(
+            f"{type(mixer).__name__}: step-by-step decoding needs mask='causal', got mask={mixer.mask!r} "
+            "(a bidirectional row i depends on tokens after i)")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int ≥ 1, got {batch_size!r}")
+    if not (isinstance(max_len, int) and max_len >= 1):
+        raise ValueError(f"max_len must be an int ≥ 1, got {max_len!r}")
+
+
+def check_step_input(mixer: "Mixer", cache: Any, u_t: Array, batch_size: int, max_len: int | None = None) -> None:
+    """Validate ``u_t`` [B, D_in] for ``Mixer.step``; a concrete ``cache["index"]`` must be < ``max_len``.
+
+    (Under jit the index is traced and cannot be checked here; :mod:`tvvar.generate` validates lengths
+    before tracing.)
+    """
+    shape = getattr(u_t, "shape", None)
+    if shape is None or len(shape) != 2 or shape[1] != mixer.d_in or shape[0] != batch_size:
+        raise ValueError(f"u_t must have shape [B={batch_size}, D_in={mixer.d_in}] (one position), got shape {shape}")
+    if not jnp.issubdtype(u_t.dtype, jnp.floating):
+        raise TypeError(f"u_t must be a floating array, got dtype {u_t.dtype}")
+    if not isinstance(cache, dict) or "index" not in cache:
+        raise ValueError(f"cache must be the dict returned by {type(mixer).__name__}.init_cache, got {type(cache).__name__}")
+    index = cache["index"]
+    if max_len is not None and not isinstance(index, jax.core.Tracer):
+        if int(index) >= max_len:
+            raise ValueError(f"the cache is full: index={int(index)} ≥ max_len={max_len} (allocate a longer cache)")
 
 
 # --------------------------------------------------------------------------------------------------

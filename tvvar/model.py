@@ -81,7 +81,8 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: Array) -> Array:
         x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale[...].astype(y.dtype)).astype(x.dtype)
+        g = self.scale[...].astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+        return (y * g).astype(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,16 @@ class Block(nnx.Module):
         return self._sub(self.psi, self.norm2, x)
 
 
+    def step(self, cache: Any, x_t: Array) -> tuple[Array, Any]:
+        """One position of :meth:`__call__` (decoding protocol): x_t [B, D] → [B, D]; norms and Ψ are
+        position-wise, so only the mixer carries state (``cache``, from ``mixer.init_cache``)."""
+        h_t, cache = self.mixer.step(cache, self.norm1(x_t) if self.norm1 is not None else x_t)
+        x_t = x_t + h_t if self.residual else h_t
+        if isinstance(self.psi, Identity):
+            return x_t, cache
+        return self._sub(self.psi, self.norm2, x_t), cache
+
+
 class TVVARModel(nnx.Module):
     """Token ids [B, T] → logits [B, T, V] (float32); row i predicts token i + 1."""
 
@@ -192,7 +203,7 @@ class TVVARModel(nnx.Module):
             T = ids.shape[1]
             if T > self.cfg.max_len:
                 raise ValueError(f"sequence length T={T} exceeds max_len={self.cfg.max_len}")
-            u = u + self.pos[...][:T]
+            u = u + self.pos[...][None, :T]
         return u.astype(jnp.dtype(self.cfg.dtype))
 
     def hidden(self, ids: Array) -> Array:
@@ -205,3 +216,53 @@ class TVVARModel(nnx.Module):
     def __call__(self, ids: Array) -> Array:
         h = self.hidden(ids)
         return self.readout(h.astype(jnp.promote_types(h.dtype, jnp.float32)))
+
+    # ---- decoding protocol (tvvar.generate) ----------------------------------------------------
+
+    def supports_decoding(self) -> bool:
+        """True when every layer's mixer implements ``init_cache`` and ``step``."""
+        return all(callable(getattr(b.mixer, "init_cache", None)) and callable(getattr(b.mixer, "step", None))
+                   for b in self.blocks)
+
+    def init_cache(self, batch_size: int, max_len: int, dtype: DType | None = None) -> dict:
+        """Empty decoding state for ``max_len`` positions: {"index": int32 t, "blocks": [mixer caches]}.
+
+        ``dtype`` defaults to the compute dtype. Raises if the mask is not causal, if a mixer has no
+        ``init_cache`` (use ``tvvar.generate.generate_recompute``), or if ``max_len`` exceeds the
+        learned positions.
+        """
+        if self.cfg.mask != "causal":
+            raise ValueError(f"decoding needs ModelConfig.mask='causal', got {self.cfg.mask!r}")
+        if not (isinstance(max_len, int) and max_len >= 1):
+            raise ValueError(f"max_len must be an int ≥ 1, got {max_len!r}")
+        if self.cfg.max_len is not None and max_len > self.cfg.max_len:
+            raise ValueError(f"max_len={max_len} exceeds the model's learned positions ModelConfig.max_len={self.cfg.max_len}")
+        missing = sorted({type(b.mixer).__name__ for b in self.blocks if not callable(getattr(b.mixer, "init_cache", None))})
+        if missing:
+            raise NotImplementedError(
+                f"decomposition {self.cfg.decomposition!r} ({', '.join(missing)}) has no init_cache/step; "
+                "decode with tvvar.generate.generate_recompute instead")
+        dtype = jnp.dtype(self.cfg.dtype) if dtype is None else jnp.dtype(dtype)
+        return {"index": jnp.zeros((), jnp.int32),
+                "blocks": [b.mixer.init_cache(batch_size, max_len, dtype) for b in self.blocks]}
+
+    def decode_step(self, cache: dict, ids_t: Array) -> tuple[Array, dict]:
+        """Feed token ids_t [B] at position t = ``cache["index"]``: logits [B, V] (float32) equal to row t
+        of ``self(ids)`` on the full sequence, and the advanced cache."""
+        if getattr(ids_t, "ndim", None) != 1:
+            raise ValueError(f"ids_t must have shape [B] (one token per sequence), got shape {getattr(ids_t, 'shape', None)}")
+        check_token_ids(ids_t, self.cfg.vocab_size, name="ids_t")
+        t = cache["index"]
+        x_t = self.embed(ids_t)
+        if self.pos is not None:
+            if not isinstance(t, jax.core.Tracer) and int(t) >= self.cfg.max_len:
+                raise ValueError(f"position t={int(t)} exceeds max_len={self.cfg.max_len}")
+            x_t = x_t + jax.lax.dynamic_index_in_dim(self.pos[...], t, axis=0, keepdims=False)
+        x_t = x_t.astype(jnp.dtype(self.cfg.dtype))
+        new_blocks = []
+        for block, c in zip(self.blocks, cache["blocks"]):
+            x_t, c = block.step(c, x_t)
+            new_blocks.append(c)
+        h_t = self.final_norm(x_t) if self.final_norm is not None else x_t
+        logits = self.readout(h_t.astype(jnp.promote_types(h_t.dtype, jnp.float32)))
+        return logits, {"index": t + 1, "blocks": new_blocks}

@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tvvar.core import Mixer, check_u, glorot, masked_fill_value, param, register, support_mask
+from tvvar.core import (Mixer, check_cache_args, check_step_input, check_u, glorot, masked_fill_value, param,
+                        register, support_mask)
 from tvvar.typing import Array, DType, MaskKind
 
 __all__ = ["SoftmaxBilinearAttention", "Attention", "BilinearAttention"]
@@ -83,6 +84,19 @@ class SoftmaxBilinearAttention(Mixer):
         # exact zeros outside S(i) even if a whole row were masked
         return jnp.where(allowed, p, 0).astype(dtype)
 
+    def _step_pi(self, s_BxHxL: Array, index: Array, dtype: DType) -> Array:
+        """Row ``index`` of π over a cache of L slots: softmax over j ≤ index, exact 0 beyond.
+
+        The same masking as :meth:`_pi` (finfo.min, float32/64 softmax), so a decoding step reproduces
+        row t of the full forward; the unfilled slots j > index are the j ∉ S(t).
+        """
+        L = s_BxHxL.shape[-1]
+        s = s_BxHxL.astype(_softmax_dtype(dtype))
+        allowed_L = jnp.arange(L) <= index
+        s = jnp.where(allowed_L, s, masked_fill_value(s.dtype))
+        p = jax.nn.softmax(s, axis=-1)
+        return jnp.where(allowed_L, p, 0).astype(dtype)
+
     def coefficients(self, u: Array) -> Array:
         """A[b, i, j] = Σ_h π^h[b, i, j] A_h: [B, T, T, D_out, D_in] (Theorem 5, Eq. 53)."""
         pi = self.pi(u)
@@ -124,6 +138,31 @@ class BilinearAttention(SoftmaxBilinearAttention):
         pi = self._pi(self.scores(u), u.dtype)
         v = jnp.einsum("hde,bje->bjhd", self.A[...].astype(u.dtype), u, precision=_HI)  # A_h u_j
         return jnp.einsum("bhij,bjhd->bid", pi, v, precision=_HI)
+
+    # ---- decoding protocol (tvvar.generate): cache the keys u_j and the values A_h u_j ----------
+
+    def init_cache(self, batch_size: int, max_len: int, dtype: DType = jnp.float32) -> dict:
+        """{"u": [B, L, D] keys u_j, "v": [B, L, H, D_out] values A_h u_j, "index": int32 t}."""
+        check_cache_args(self, batch_size, max_len)
+        return {"u": jnp.zeros((batch_size, max_len, self.d_in), dtype),
+                "v": jnp.zeros((batch_size, max_len, self.num_heads, self.d_out), dtype),
+                "index": jnp.zeros((), jnp.int32)}
+
+    def step(self, cache: dict, u_t: Array) -> tuple[Array, dict]:
+        """h_t = Σ_h Σ_{j≤t} π^h[t, j] A_h u_j with π^h[t, j] = softmax_{j≤t}(u_tᵀ B_h u_j) (Theorem 5),
+        row t of ``self(u)``; t = ``cache["index"]``. u_t: [B, D] → h_t: [B, D_out]."""
+        B_, L = cache["u"].shape[:2]
+        check_step_input(self, cache, u_t, B_, L)
+        t = cache["index"]
+        dt = u_t.dtype
+        Bf = self.B[...].astype(dt)
+        v_BxHxDo = jnp.einsum("hde,be->bhd", self.A[...].astype(dt), u_t, precision=_HI)
+        u_BxLxD = jax.lax.dynamic_update_slice_in_dim(cache["u"], u_t[:, None].astype(cache["u"].dtype), t, axis=1)
+        v_BxLxHxDo = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BxHxDo[:, None].astype(cache["v"].dtype), t, axis=1)
+        s_BxHxL = jnp.einsum("bd,hde,bje->bhj", u_t, Bf, u_BxLxD.astype(dt), precision=_HI)
+        pi_BxHxL = self._step_pi(s_BxHxL, t, dt)
+        h_BxDo = jnp.einsum("bhj,bjhd->bd", pi_BxHxL, v_BxLxHxDo.astype(dt), precision=_HI)
+        return h_BxDo, {"u": u_BxLxD, "v": v_BxLxHxDo, "index": t + 1}
 
     @classmethod
     def from_weights(cls, B: Array, A: Array, *, mask: MaskKind = "causal") -> "BilinearAttention":
@@ -251,6 +290,36 @@ class Attention(SoftmaxBilinearAttention):
                 q, k, v, scale=self.scale, is_causal=self.mask == "causal", implementation=self.implementation
             )
         return jnp.einsum("bihk,hke->bie", o_BxTxHxK, self.wo[...].astype(u.dtype), precision=_HI)
+
+    # ---- decoding protocol (tvvar.generate): the KV cache ---------------------------------------
+
+    def init_cache(self, batch_size: int, max_len: int, dtype: DType = jnp.float32) -> dict:
+        """{"k": [B, L, H, K], "v": [B, L, H, K_v], "index": int32 t} — keys W_kᵀu_j and values W_vᵀu_j."""
+        check_cache_args(self, batch_size, max_len)
+        return {"k": jnp.zeros((batch_size, max_len, self.num_heads, self.head_dim), dtype),
+                "v": jnp.zeros((batch_size, max_len, self.num_heads, self.value_dim), dtype),
+                "index": jnp.zeros((), jnp.int32)}
+
+    def step(self, cache: dict, u_t: Array) -> tuple[Array, dict]:
+        """Row t = ``cache["index"]`` of ``self(u)``: the query u_t against the cached keys j ≤ t.
+
+        u_t: [B, D] → h_t: [B, D_out]. Always the einsum path (one query row), whatever ``implementation``.
+        """
+        B_, L = cache["k"].shape[:2]
+        check_step_input(self, cache, u_t, B_, L)
+        t = cache["index"]
+        dt = u_t.dtype
+        w = lambda p: p[...].astype(dt)  # noqa: E731
+        q_BxHxK = jnp.einsum("bd,dhk->bhk", u_t, w(self.wq), precision=_HI)
+        k_BxHxK = jnp.einsum("bd,dhk->bhk", u_t, w(self.wk), precision=_HI)
+        v_BxHxKv = jnp.einsum("bd,dhk->bhk", u_t, w(self.wv), precision=_HI)
+        k_BxLxHxK = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BxHxK[:, None].astype(cache["k"].dtype), t, axis=1)
+        v_BxLxHxKv = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BxHxKv[:, None].astype(cache["v"].dtype), t, axis=1)
+        s_BxHxL = jnp.einsum("bhk,bjhk->bhj", q_BxHxK, k_BxLxHxK.astype(dt), precision=_HI) * self.scale
+        pi_BxHxL = self._step_pi(s_BxHxL, t, dt)
+        o_BxHxKv = jnp.einsum("bhj,bjhk->bhk", pi_BxHxL, v_BxLxHxKv.astype(dt), precision=_HI)
+        h_BxDo = jnp.einsum("bhk,hke->be", o_BxHxKv, w(self.wo), precision=_HI)
+        return h_BxDo, {"k": k_BxLxHxK, "v": v_BxLxHxKv, "index": t + 1}
 
     @classmethod
     def from_weights(cls, wq: Array, wk: Array, wv: Array, wo: Array, *, mask: MaskKind = "causal", **kw) -> "Attention":

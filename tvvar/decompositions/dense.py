@@ -7,10 +7,11 @@ every structured decomposition is a special case of. Sequences longer than ``max
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tvvar.core import Mixer, check_u, glorot, param, register
+from tvvar.core import Mixer, check_cache_args, check_step_input, check_u, glorot, param, register
 from tvvar.typing import Array, DType, MaskKind
 
 __all__ = ["DenseTVVAR"]
@@ -50,3 +51,23 @@ class DenseTVVAR(Mixer):
     def __call__(self, u: Array) -> Array:
         check_u(u, self.d_in)
         return jnp.einsum("ijde,bje->bid", self._table(u.shape[1], u.dtype), u)
+
+    # ---- decoding protocol (tvvar.generate): cache the token vectors u_j ------------------------
+
+    def init_cache(self, batch_size: int, max_len: int, dtype: DType = jnp.float32) -> dict:
+        """{"u": [B, L, D] the vectors u_j seen so far, "index": int32 t}; L ≤ the table's max_len."""
+        check_cache_args(self, batch_size, max_len)
+        if max_len > self.max_len:
+            raise ValueError(f"max_len={max_len} exceeds the dense decomposition's table length max_len={self.max_len}")
+        return {"u": jnp.zeros((batch_size, max_len, self.d_in), dtype), "index": jnp.zeros((), jnp.int32)}
+
+    def step(self, cache: dict, u_t: Array) -> tuple[Array, dict]:
+        """h_t = Σ_{j≤t} W[t, j] u_j (Definition 13): row t = ``cache["index"]`` of the table."""
+        B_, L = cache["u"].shape[:2]
+        check_step_input(self, cache, u_t, B_, L)
+        t = cache["index"]
+        u_BxLxD = jax.lax.dynamic_update_slice_in_dim(cache["u"], u_t[:, None].astype(cache["u"].dtype), t, axis=1)
+        W_t = jax.lax.dynamic_index_in_dim(self.W[...], t, axis=0, keepdims=False)[:L].astype(u_t.dtype)
+        W_t = jnp.where((jnp.arange(L) <= t)[:, None, None], W_t, 0)
+        h_BxDo = jnp.einsum("jde,bje->bd", W_t, u_BxLxD.astype(u_t.dtype))
+        return h_BxDo, {"u": u_BxLxD, "index": t + 1}
