@@ -41,6 +41,7 @@ __all__ = [
     "check_batch_independence",
     "check_jit",
     "random_input",
+    "plain_attention",
 ]
 
 MixerFactory = Callable[[nnx.Rngs, jnp.dtype], Mixer]
@@ -181,3 +182,26 @@ def check_decomposition(
                 check_causality(mixer, u)
             check_batch_independence(mixer, u)
             check_jit(mixer, u)
+
+
+def plain_attention(u, wq, wk, wv, wo, *, causal: bool = True) -> np.ndarray:
+    """Textbook multi-head QKV attention in float64 NumPy, written independently of tvvar's code.
+
+    u [B, T, D]; wq, wk [D, H, K]; wv [D, H, K_v]; wo [H, K_v, D_out] → [B, T, D_out]. Used as the
+    ground truth for Theorem 5 (the TV-VAR form must reproduce it).
+    """
+    u = np.asarray(u, np.float64)
+    wq, wk, wv, wo = (np.asarray(w, np.float64) for w in (wq, wk, wv, wo))
+    Bsz, T, _ = u.shape
+    H, K = wq.shape[1], wq.shape[2]
+    out = np.zeros((Bsz, T, wo.shape[2]))
+    for b in range(Bsz):
+        for h in range(H):
+            q, k, v = u[b] @ wq[:, h], u[b] @ wk[:, h], u[b] @ wv[:, h]
+            s = q @ k.T / np.sqrt(K)
+            if causal:
+                s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            out[b] += (p @ v) @ wo[h]
+    return out

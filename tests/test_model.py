@@ -1,0 +1,100 @@
+"""tvvar.model: embeddings on the sphere → L × [mixer + Ψ] → tied readout (Eq. 44)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tvvar.core import mix_dense
+from tvvar.model import ModelConfig, TVVARModel
+
+
+def _ids(B, T, V, seed=0):
+    return jax.random.randint(jax.random.key(seed), (B, T), 0, V)
+
+
+def test_pure_model_is_exactly_eq44_in_float64():
+    """ModelConfig.pure: logits_i = ũᵀ Σ_j A[i, j] u_j / Ξ with ũ the unit token vectors."""
+    with jax.enable_x64(True):
+        cfg = ModelConfig.pure(7, 6, "bilinear_attention", xi=0.7, param_dtype="float64", dtype="float64",
+                               mixer={"num_heads": 2})
+        m = TVVARModel(cfg, rngs=nnx.Rngs(0))
+        ids = _ids(2, 5, 7)
+        u = m.embed_tokens(ids)
+        U = m.embed.vectors()
+        h = mix_dense(m.blocks[0].mixer.coefficients(u), u)
+        expect = jnp.einsum("btd,vd->btv", h, U) / 0.7
+        np.testing.assert_allclose(np.asarray(m(ids)), np.asarray(expect), atol=1e-10, rtol=1e-10)
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(u), axis=-1), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["attention", "bilinear_attention", "dense"])
+def test_every_decomposition_plugs_in_and_the_model_is_causal(name):
+    opts = {"max_len": 16} if name == "dense" else {"num_heads": 2}
+    m = TVVARModel(ModelConfig(13, 8, num_layers=2, decomposition=name, mixer=opts), rngs=nnx.Rngs(1))
+    ids = _ids(2, 9, 13)
+    logits = m(ids)
+    assert logits.shape == (2, 9, 13) and logits.dtype == jnp.float32
+    assert bool(jnp.isfinite(logits).all())
+    # changing tokens after position 4 leaves rows 0..4 exactly unchanged
+    ids2 = ids.at[:, 5:].set((ids[:, 5:] + 1) % 13)
+    np.testing.assert_array_equal(np.asarray(m(ids2)[:, :5]), np.asarray(logits[:, :5]))
+    assert not np.array_equal(np.asarray(m(ids2)[:, 5:]), np.asarray(logits[:, 5:]))
+
+
+def test_bidirectional_model_sees_the_future():
+    m = TVVARModel(ModelConfig(5, 8, num_layers=1, mask="bidirectional"), rngs=nnx.Rngs(0))
+    ids = _ids(1, 6, 5)
+    ids2 = ids.at[:, -1].set((ids[:, -1] + 1) % 5)
+    assert not np.allclose(np.asarray(m(ids2)[:, 0]), np.asarray(m(ids)[:, 0]))
+
+
+def test_jit_equals_eager_and_bf16_compute_gives_float32_logits():
+    cfg = ModelConfig(11, 16, num_layers=2, max_len=32)
+    m = TVVARModel(cfg, rngs=nnx.Rngs(0))
+    ids = _ids(2, 10, 11)
+    graphdef, state = nnx.split(m)
+    jitted = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, ids)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(m(ids)), atol=1e-5, rtol=1e-5)
+    m16 = TVVARModel(cfg.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))
+    out = m16(ids)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out), np.asarray(m(ids)), atol=0.25)
+
+
+def test_gradients_reach_every_parameter():
+    m = TVVARModel(ModelConfig(9, 8, num_layers=2, tied=False), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(m)
+    ids = _ids(2, 6, 9)
+
+    def loss(s):
+        logits = nnx.merge(graphdef, s)(ids[:, :-1])
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), ids[:, 1:, None], -1))
+
+    grads = jax.grad(loss)(state)
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        assert bool(jnp.isfinite(g).all()), path
+        assert float(jnp.abs(g).max()) > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+
+
+def test_bad_config_and_input_are_refused():
+    with pytest.raises(ValueError, match="unknown decomposition 'lstm'"):
+        ModelConfig(5, 8, decomposition="lstm")
+    with pytest.raises(ValueError, match="unknown psi"):
+        ModelConfig(5, 8, psi="moe")
+    with pytest.raises(ValueError, match="xi"):
+        ModelConfig(5, 8, xi=0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        ModelConfig(1, 8)
+    with pytest.raises(ValueError, match="mask"):
+        ModelConfig(5, 8, mask="left")
+    m = TVVARModel(ModelConfig(5, 8, num_layers=1, max_len=4), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"ids must have shape \[B, T\]"):
+        m(jnp.zeros((4,), jnp.int32))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, V=5\)"):
+        m(jnp.array([[0, 5]]))
+    with pytest.raises(TypeError, match="integer"):
+        m(jnp.array([[0.5, 1.0]]))
+    with pytest.raises(ValueError, match="exceeds max_len=4"):
+        m(jnp.zeros((1, 5), jnp.int32))
