@@ -1,0 +1,636 @@
+"""Training: optax AdamW + warmup/cosine + clipping, a jitted sharded step, orbax checkpoints, metrics.
+
+The pieces, in the order a run uses them:
+
+* :class:`TrainConfig` — a typed, validated dataclass (model, objective, optimizer, schedule, eval,
+  checkpoints, seed, mesh); saved as ``train_config.json`` in the run directory.
+* objectives — ``fn(model, batch, rng) -> (loss, metrics)`` registered by name with
+  :func:`register_objective`; ``"cross_entropy"`` (next-token NLL, −log softmax(ũᵀh/Ξ) of Eq. 44) is
+  built in, and other modules register theirs (looked up lazily through :data:`OBJECTIVE_MODULES`).
+* :func:`train` — sharded init (``tvvar.sharding``), ``jax.jit`` step with ``in_shardings`` /
+  ``out_shardings`` and donated state, batches drawn by a jitted function whose output is born sharded
+  over ``data``, periodic evaluation, ``metrics.jsonl``, a tqdm bar, ``loss.png``.
+* checkpoints — orbax ``CheckpointManager`` (async save, keep-N, atomic commit by rename). Every random
+  stream is a pure function of (seed, step), so a resumed run repeats the uninterrupted one exactly.
+* :func:`load_run` — the latest (or a given) checkpoint of a run as ``(model, TrainConfig, data_info)``.
+
+Run directory layout::
+
+    train_config.json   data.json   metrics.jsonl   loss.png   checkpoints/<step>/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from tvvar.core import log_softmax32
+from tvvar.model import ModelConfig, TVVARModel
+from tvvar.sharding import batch_sharding, make_mesh, parse_mesh, replicated, sharded_init
+from tvvar.typing import Array, PRNGKey
+
+__all__ = [
+    "TrainConfig",
+    "register_objective",
+    "get_objective",
+    "available_objectives",
+    "OBJECTIVE_MODULES",
+    "make_optimizer",
+    "train",
+    "evaluate",
+    "load_run",
+    "CheckpointError",
+    "CONFIG_FILE",
+    "DATA_FILE",
+    "METRICS_FILE",
+]
+
+CONFIG_FILE, DATA_FILE, METRICS_FILE, CKPT_DIR, PLOT_FILE = (
+    "train_config.json", "data.json", "metrics.jsonl", "checkpoints", "loss.png")
+
+
+class CheckpointError(RuntimeError):
+    """A run/checkpoint directory that cannot be used as asked (foreign, corrupt, or mismatched)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Objectives
+# --------------------------------------------------------------------------------------------------
+
+Objective = Callable[[nnx.Module, dict, PRNGKey], tuple[Array, dict]]
+_OBJECTIVES: dict[str, Objective] = {}
+
+#: objectives defined elsewhere: name → module whose import registers it
+OBJECTIVE_MODULES: dict[str, str] = {
+    "elbo": "tvvar.theory.elbo",
+    "marginal": "tvvar.theory.elbo",
+    "llada": "tvvar.diffusion",
+}
+
+
+def register_objective(name: str) -> Callable[[Objective], Objective]:
+    """Decorator: ``fn(model, batch, rng) -> (loss: float32 scalar, metrics: dict[str, scalar])``.
+
+    ``batch`` has at least ``"tokens"``: int32 [B, T + 1] (inputs ``[:, :-1]``, targets ``[:, 1:]``).
+    """
+
+    def deco(fn: Objective) -> Objective:
+        if name in _OBJECTIVES and _OBJECTIVES[name] is not fn:
+            raise ValueError(f"objective {name!r} is already registered")
+        _OBJECTIVES[name] = fn
+        return fn
+
+    return deco
+
+
+def available_objectives() -> tuple[str, ...]:
+    return tuple(sorted(set(_OBJECTIVES) | set(OBJECTIVE_MODULES)))
+
+
+def get_objective(name: str) -> Objective:
+    if name not in _OBJECTIVES and name in OBJECTIVE_MODULES:
+        try:
+            importlib.import_module(OBJECTIVE_MODULES[name])
+        except ImportError as e:
+            raise ValueError(f"objective {name!r} lives in {OBJECTIVE_MODULES[name]}, which could not be "
+                             f"imported: {e}") from e
+    if name not in _OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; available: {', '.join(available_objectives())}")
+    return _OBJECTIVES[name]
+
+
+@register_objective("cross_entropy")
+def cross_entropy(model: nnx.Module, batch: dict, rng: PRNGKey) -> tuple[Array, dict]:
+    """Next-token negative log-likelihood −log softmax(ũᵀh_i/Ξ)[x_{i+1}] (Eq. 44), mean over tokens.
+
+    With a synthetic source's exact conditional entropies in the batch, also reports the floor
+    ``entropy`` and ``excess`` = mean(NLL − H) on the same tokens (an unbiased estimate of the KL from
+    the true next-token law to the model's).
+    """
+    tokens = batch["tokens"]
+    logp_BxTxV = log_softmax32(model(tokens[:, :-1]))
+    targets = tokens[:, 1:]
+    nll_BxT = -jnp.take_along_axis(logp_BxTxV, targets[..., None], axis=-1)[..., 0]
+    loss = jnp.mean(nll_BxT)
+    metrics = {"ce": loss, "accuracy": jnp.mean((jnp.argmax(logp_BxTxV, -1) == targets).astype(jnp.float32))}
+    if "entropy" in batch:
+        H = batch["entropy"].astype(jnp.float32)
+        metrics["entropy"] = jnp.mean(H)
+        metrics["excess"] = jnp.mean(nll_BxT - H)
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run (with the data source), validated on construction.
+
+    steps: optimizer steps; batch_size × seq_len tokens per step (batch_size divisible by the mesh's
+    ``data`` size); lr: peak learning rate, reached linearly over ``warmup`` steps, then cosine decay to
+    ``lr_min_ratio``·lr at ``steps``; weight_decay: AdamW's (decoupled); clip: global gradient-norm
+    clip (0 = none); eval_every / eval_batches: validation cadence and size (0 = only at the end);
+    ckpt_every: checkpoint cadence (0 = no checkpoints; a final one is saved otherwise); keep: how many
+    to keep; seed: every random stream; mesh: ``{"data": d, "model": m}`` or None (one device).
+    """
+
+    model: ModelConfig
+    objective: str = "cross_entropy"
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 64
+    lr: float = 3e-3
+    warmup: int = 100
+    lr_min_ratio: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.99
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 4
+    ckpt_every: int = 500
+    keep: int = 2
+    async_checkpoint: bool = True
+    seed: int = 0
+    mesh: dict[str, int] | None = None
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", ModelConfig(**self.model))
+        if not isinstance(self.model, ModelConfig):
+            raise TypeError(f"model must be a tvvar.model.ModelConfig, got {type(self.model).__name__}")
+        for name, lo in (("steps", 0), ("batch_size", 1), ("seq_len", 1), ("warmup", 0), ("eval_every", 0),
+                         ("eval_batches", 1), ("ckpt_every", 0), ("keep", 1), ("seed", 0)):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
+                raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}")
+        for name in ("lr", "lr_min_ratio", "weight_decay", "clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number ≥ 0, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_min_ratio > 1:
+            raise ValueError(f"lr_min_ratio must lie in [0, 1], got {self.lr_min_ratio}")
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.objective not in available_objectives():
+            raise ValueError(f"unknown objective {self.objective!r}; available: {', '.join(available_objectives())}")
+        mesh = parse_mesh(self.mesh)
+        object.__setattr__(self, "mesh", mesh)
+        if mesh is not None and self.batch_size % mesh["data"]:
+            raise ValueError(f"batch_size={self.batch_size} must be divisible by the mesh's data axis ({mesh['data']})")
+        if self.model.max_len is not None and self.seq_len > self.model.max_len:
+            raise ValueError(f"seq_len={self.seq_len} exceeds model.max_len={self.model.max_len}")
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        d["model"] = ModelConfig(**d["model"])
+        return cls(**d)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """clip(global norm) → AdamW with linear warmup to ``lr`` then cosine decay to ``lr_min_ratio``·lr."""
+    schedule = _schedule(cfg)
+    parts = [optax.clip_by_global_norm(cfg.clip)] if cfg.clip > 0 else []
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+    return optax.chain(*parts)
+
+
+def _schedule(cfg: TrainConfig) -> optax.Schedule:
+    total = max(cfg.steps, cfg.warmup + 1)
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, total, end_value=cfg.lr * cfg.lr_min_ratio)
+
+
+# --------------------------------------------------------------------------------------------------
+# State, checkpoint naming
+# --------------------------------------------------------------------------------------------------
+
+
+def _path_name(path) -> str:
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return ".".join(parts)
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+    # Flat, human-readable names ("params.blocks.0.mixer.wq.value"): robust to pytree node types and
+    # a useful error message when a foreign checkpoint does not match.
+    return {_path_name(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _unflatten(like: Any, flat: dict[str, Any]) -> Any:
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    return jax.tree_util.tree_unflatten(treedef, [flat[_path_name(p)] for p, _ in paths])
+
+
+@dataclass
+class _Setup:
+    cfg: TrainConfig
+    mesh: Any
+    graphdef: Any
+    rest: Any
+    tx: optax.GradientTransformation
+    params: Any
+    opt_state: Any
+    param_sh: Any
+    opt_sh: Any
+
+
+def _setup(cfg: TrainConfig) -> _Setup:
+    mesh = make_mesh(cfg.mesh)
+    graphdef, state, state_sh = sharded_init(lambda: TVVARModel(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), mesh)
+    params, rest = nnx.split_state(state, nnx.Param, ...)
+    param_sh, _ = nnx.split_state(state_sh, nnx.Param, ...)
+    tx = make_optimizer(cfg)
+    repl = replicated(mesh)
+    abs_opt = jax.eval_shape(tx.init, params)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
+                                   transform_non_params=lambda _: repl,
+                                   is_leaf=lambda x: isinstance(x, (nnx.Variable, jax.sharding.Sharding)))
+    with jax.set_mesh(mesh):
+        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+    return _Setup(cfg, mesh, graphdef, rest, tx, params, opt_state, param_sh, opt_sh)
+
+
+def _train_state(s: _Setup) -> dict:
+    return {"params": s.params, "opt_state": s.opt_state}
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _manager(ckpt_dir: Path, cfg: TrainConfig, *, read_only: bool = False):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=not read_only, read_only=read_only,
+                                           enable_async_checkpointing=cfg.async_checkpoint)
+    return ocp.CheckpointManager(ckpt_dir.resolve(), options=options)
+
+
+def _committed_steps(ckpt_dir: Path) -> list[int]:
+    """Steps with a committed checkpoint; raises CheckpointError on anything foreign in the directory."""
+    if not ckpt_dir.exists():
+        return []
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"{ckpt_dir} exists but is not a directory")
+    steps, foreign = [], []
+    for p in ckpt_dir.iterdir():
+        if "orbax-checkpoint-tmp" in p.name:  # an uncommitted save of a killed run: never used
+            continue
+        if p.is_dir() and p.name.isdigit():
+            steps.append(int(p.name))
+        else:
+            foreign.append(p.name)
+    if foreign:
+        raise CheckpointError(f"{ckpt_dir} holds entries that are not orbax step checkpoints: {sorted(foreign)[:5]}; "
+                              "refusing to use or overwrite it (is it a checkpoint directory of another tool?)")
+    return sorted(steps)
+
+
+def _restore(mngr, step: int, target: dict, ckpt_dir: Path) -> dict:
+    import orbax.checkpoint as ocp
+
+    flat_target = _flatten(_abstract(target))
+    try:
+        flat = mngr.restore(step, args=ocp.args.StandardRestore(flat_target))
+    except Exception as e:  # orbax raises many types; all mean "this is not our checkpoint"
+        raise CheckpointError(f"checkpoint step {step} in {ckpt_dir} could not be restored — corrupt, or written "
+                              f"by a different model/optimizer configuration: {type(e).__name__}: {e}") from e
+    missing = set(flat_target) - set(flat)
+    if missing:
+        raise CheckpointError(f"checkpoint step {step} in {ckpt_dir} lacks arrays {sorted(missing)[:5]}")
+    return _unflatten(target, flat)
+
+
+# --------------------------------------------------------------------------------------------------
+# Jitted functions
+# --------------------------------------------------------------------------------------------------
+
+
+def _keys(seed: int) -> dict[str, PRNGKey]:
+    base = jax.random.key(seed)
+    return {"data": jax.random.fold_in(base, 1), "step": jax.random.fold_in(base, 2),
+            "val_data": jax.random.fold_in(base, 3), "val_step": jax.random.fold_in(base, 4)}
+
+
+def _make_fns(s: _Setup, data, objective: Objective):
+    cfg, mesh = s.cfg, s.mesh
+    B, T = cfg.batch_size, cfg.seq_len
+    bsh, repl = batch_sharding(mesh), replicated(mesh)
+    graphdef, rest, tx = s.graphdef, s.rest, s.tx
+
+    # keys are derived inside the jitted functions from the (replicated) step number, so the same
+    # program runs unchanged on one device, a mesh, or several processes
+    def get_batch(step, split):
+        k = _keys(cfg.seed)["data" if split == "train" else "val_data"]
+        return jax.lax.with_sharding_constraint(data.batch(jax.random.fold_in(k, step), B, T, split), bsh)
+
+    def train_step(params, opt_state, step):
+        batch = get_batch(step, "train")
+        rng = jax.random.fold_in(_keys(cfg.seed)["step"], step)
+
+        def loss_fn(p):
+            return objective(nnx.merge(graphdef, p, rest), batch, rng)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, metrics
+
+    def eval_step(params, i):
+        batch = get_batch(i, "val")
+        loss, metrics = objective(nnx.merge(graphdef, params, rest), batch, jax.random.fold_in(_keys(cfg.seed)["val_step"], i))
+        return {**metrics, "loss": loss}
+
+    step_fn = jax.jit(train_step, in_shardings=(s.param_sh, s.opt_sh, repl), out_shardings=(s.param_sh, s.opt_sh, repl),
+                      donate_argnums=(0, 1))
+    eval_fn = jax.jit(eval_step, in_shardings=(s.param_sh, repl), out_shardings=repl)
+    return step_fn, eval_fn
+
+
+def _run_eval(eval_fn, params, batches: int) -> dict[str, float]:
+    ms = [eval_fn(params, np.int32(i)) for i in range(batches)]
+    ms = jax.device_get(ms)
+    return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+
+
+def evaluate(model: nnx.Module, data, objective: str | Objective = "cross_entropy", batches: int = 4,
+             rng: PRNGKey | None = None, *, batch_size: int = 32, seq_len: int = 64, split: str = "val") -> dict[str, float]:
+    """Mean of ``objective``'s loss and metrics over ``batches`` batches of ``data``'s ``split``.
+
+    Batch i is drawn with ``fold_in(rng, i)`` (default key 0), so the same rng evaluates the same tokens.
+    """
+    fn = get_objective(objective) if isinstance(objective, str) else objective
+    rng = jax.random.key(0) if rng is None else rng
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def one(state, k):
+        batch = data.batch(jax.random.fold_in(k, 0), batch_size, seq_len, split)
+        loss, metrics = fn(nnx.merge(graphdef, state), batch, jax.random.fold_in(k, 1))
+        return {**metrics, "loss": loss}
+
+    ms = jax.device_get([one(state, jax.random.fold_in(rng, i)) for i in range(batches)])
+    return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+
+
+# --------------------------------------------------------------------------------------------------
+# The run directory
+# --------------------------------------------------------------------------------------------------
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: saved {va!r} vs now {vb!r}")
+    return out
+
+
+def _prepare_run_dir(out: Path, cfg: TrainConfig, data, resume: bool) -> list[int]:
+    """Validate ``out`` for a fresh or resumed run; returns the committed checkpoint steps."""
+    ckpt_dir = out / CKPT_DIR
+    steps = _committed_steps(ckpt_dir)
+    cfg_file = out / CONFIG_FILE
+    has_run = cfg_file.exists() or steps or (out / METRICS_FILE).exists()
+    if not resume:
+        if has_run:
+            raise CheckpointError(f"{out} already holds a run (checkpoints {steps}); pass resume=True (--resume) to "
+                                  "continue it, or choose another output directory")
+        return []
+    if not has_run:
+        return []
+    if not cfg_file.exists():
+        raise CheckpointError(f"{out} has checkpoints but no {CONFIG_FILE}: not a tvvar run directory")
+    try:
+        saved = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); the run directory is corrupt") from e
+    now = json.loads(json.dumps(cfg.to_dict()))
+    d = _diff(saved, now)
+    if d:
+        raise CheckpointError(f"cannot resume {out} with a different configuration: " + "; ".join(d[:8]))
+    data_file = out / DATA_FILE
+    if data_file.exists():
+        d = _diff(json.loads(data_file.read_text()), json.loads(json.dumps(data.info())))
+        if d:
+            raise CheckpointError(f"cannot resume {out} on a different data source: " + "; ".join(d[:8]))
+    return steps
+
+
+def _plot(out: Path, history: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    tr = history["train"]
+    if tr:
+        steps = np.array([r["step"] for r in tr])
+        loss = np.array([r["loss"] for r in tr])
+        w = max(1, len(loss) // 100)
+        smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1:], smooth, label=f"train loss (mean of {w})", lw=1)
+    va = history["val"]
+    if va:
+        ax.plot([r["step"] for r in va], [r["loss"] for r in va], "o-", label="validation loss", ms=3)
+        if "entropy" in va[-1]:
+            ax.axhline(va[-1]["entropy"], color="k", ls="--", lw=1, label="exact conditional entropy (floor)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / PLOT_FILE, dpi=110)
+    plt.close(fig)
+
+
+def _read_metrics(path: Path, upto: int) -> dict[str, list]:
+    hist: dict[str, list] = {"train": [], "val": []}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line half-written when the run was killed
+            if r.get("step", math.inf) <= upto and r.get("split") in hist:
+                hist[r["split"]].append(r)
+    return hist
+
+
+def train(cfg: TrainConfig, data, out_dir: str | Path, resume: bool = False, *, progress: bool = True,
+          callback: Callable[[int, dict], None] | None = None) -> dict:
+    """Train ``TVVARModel(cfg.model)`` on ``data`` with ``cfg.objective``; write the run into ``out_dir``.
+
+    ``resume=True`` continues from the latest committed checkpoint (fresh start only when ``out_dir``
+    holds no run at all); a foreign, corrupt or differently-configured directory raises
+    :class:`CheckpointError`. ``callback(step, metrics)`` is called after each step (host floats).
+    Returns ``{"final": {...}, "history": {"train": [...], "val": [...]}, "run_dir", "start_step"}``.
+    """
+    if data.vocab_size != cfg.model.vocab_size:
+        raise ValueError(f"data has vocab_size {data.vocab_size} but cfg.model.vocab_size is {cfg.model.vocab_size}")
+    objective = get_objective(cfg.objective)
+    out = Path(out_dir)
+    steps_done = _prepare_run_dir(out, cfg, data, resume)
+    main = jax.process_index() == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    s = _setup(cfg)
+    mngr = _manager(out / CKPT_DIR, cfg) if cfg.ckpt_every > 0 else None
+    start = 0
+    if steps_done:
+        if mngr is None:
+            raise CheckpointError(f"{out} has checkpoints but ckpt_every=0; cannot resume without checkpointing")
+        start = steps_done[-1]
+        restored = _restore(mngr, start, _train_state(s), out / CKPT_DIR)
+        s.params, s.opt_state = restored["params"], restored["opt_state"]
+    if main:
+        (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+        (out / DATA_FILE).write_text(json.dumps(data.info(), indent=2))
+    history = _read_metrics(out / METRICS_FILE, start) if start else {"train": [], "val": []}
+    if main:  # drop records written after the last commit by an interrupted run
+        (out / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history["train"] + history["val"]))
+
+    step_fn, eval_fn = _make_fns(s, data, objective)
+    schedule = _schedule(cfg)
+    bar = None
+    if progress and main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.model.decomposition}", dynamic_ncols=True)
+    params, opt_state = s.params, s.opt_state
+    log = open(out / METRICS_FILE, "a") if main else None
+    pending: list[tuple[int, Any]] = []
+    t0 = time.perf_counter()
+
+    def flush():
+        for st, m in jax.device_get(pending):
+            r = {"step": st, "split": "train", **{k: float(v) for k, v in m.items()}, "lr": float(schedule(st - 1))}
+            history["train"].append(r)
+            if log:
+                log.write(json.dumps(r) + "\n")
+            if callback is not None:
+                callback(st, r)
+        if log:
+            log.flush()
+        if bar is not None and pending:
+            bar.update(pending[-1][0] - bar.n)
+            bar.set_postfix(loss=f"{history['train'][-1]['loss']:.4f}")
+        pending.clear()
+
+    def do_eval(step):
+        r = {"step": step, "split": "val", **_run_eval(eval_fn, params, cfg.eval_batches),
+             "seconds": time.perf_counter() - t0}
+        history["val"].append(r)
+        if log:
+            log.write(json.dumps(r) + "\n")
+            log.flush()
+        if bar is not None:
+            bar.write(f"step {step}: val loss {r['loss']:.4f}" + (f" (floor {r['entropy']:.4f}, excess {r['excess']:.4f})"
+                                                                    if "excess" in r else ""))
+
+    log_every = 1 if callback is not None else 25
+    with jax.set_mesh(s.mesh):
+        for step in range(start, cfg.steps):
+            params, opt_state, metrics = step_fn(params, opt_state, np.int32(step))
+            done = step + 1
+            pending.append((done, metrics))
+            if len(pending) >= log_every or done == cfg.steps:
+                flush()
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+                flush()
+                do_eval(done)
+            if mngr is not None and (done % cfg.ckpt_every == 0 or done == cfg.steps):
+                flush()
+                import orbax.checkpoint as ocp
+
+                mngr.save(done, args=ocp.args.StandardSave(_flatten({"params": params, "opt_state": opt_state})))
+        flush()
+        if cfg.steps > start or not history["val"]:
+            do_eval(cfg.steps)
+    if mngr is not None:
+        mngr.wait_until_finished()
+        mngr.close()
+    if bar is not None:
+        bar.close()
+    if log:
+        log.close()
+        _plot(out, history)
+    s.params, s.opt_state = params, opt_state
+    final = {"step": cfg.steps, "train_loss": history["train"][-1]["loss"] if history["train"] else None,
+             "val": history["val"][-1], "seconds": time.perf_counter() - t0}
+    return {"final": final, "history": history, "run_dir": str(out), "start_step": start,
+            "model": nnx.merge(s.graphdef, params, s.rest)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading a run
+# --------------------------------------------------------------------------------------------------
+
+
+def load_run(run_dir: str | Path, step: int | None = None) -> tuple[TVVARModel, TrainConfig, dict]:
+    """The model of a run's latest (or ``step``) checkpoint on one device, its TrainConfig and data info.
+
+    ``data_info`` is the source's ``info()`` (for a corpus it holds the vocabulary;
+    ``tvvar.data.source_from_info`` turns it into a source or a :class:`tvvar.data.Vocab`).
+    """
+    run = Path(run_dir)
+    if not (run / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run} is not a tvvar run directory (no {CONFIG_FILE})")
+    cfg = TrainConfig.from_dict(json.loads((run / CONFIG_FILE).read_text()))
+    data_info = json.loads((run / DATA_FILE).read_text()) if (run / DATA_FILE).is_file() else {}
+    steps = _committed_steps(run / CKPT_DIR)
+    if not steps:
+        raise CheckpointError(f"{run} has no committed checkpoint")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise ValueError(f"step {step} is not among the committed checkpoints {steps} of {run}")
+    cfg1 = cfg.replace(mesh=None)
+    s = _setup(cfg1)
+    mngr = _manager(run / CKPT_DIR, cfg1, read_only=True)
+    restored = _restore(mngr, step, _train_state(s), run / CKPT_DIR)
+    mngr.close()
+    return nnx.merge(s.graphdef, restored["params"], s.rest), cfg, data_info
