@@ -74,7 +74,8 @@ def save_figure(fig, out: Path, name: str) -> str:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
     return name
