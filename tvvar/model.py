@@ -42,6 +42,19 @@ def register_psi(name: str):
     return deco
 
 
+# Ψ layers defined outside this module register themselves when their module is imported; a name
+# listed here is imported on first lookup, so ModelConfig(psi=...) finds it without a manual import.
+_PSI_MODULES: dict[str, str] = {"hopfield": "tvvar.theory.hopfield"}
+
+
+def _lookup_psi(name: str) -> bool:
+    if name not in _PSI and name in _PSI_MODULES:
+        import importlib
+
+        importlib.import_module(_PSI_MODULES[name])
+    return name in _PSI
+
+
 def available_psi() -> tuple[str, ...]:
     return tuple(sorted(_PSI))
 
@@ -121,7 +134,7 @@ class ModelConfig:
         if not (isinstance(self.num_layers, int) and self.num_layers >= 1):
             raise ValueError(f"num_layers must be an int ≥ 1, got {self.num_layers!r}")
         get(self.decomposition)  # raises with the list of available names
-        if self.psi not in _PSI:
+        if not _lookup_psi(self.psi):
             raise ValueError(f"unknown psi {self.psi!r}; available: {', '.join(available_psi())}")
         if self.norm not in ("rms", "none"):
             raise ValueError(f"norm must be 'rms' or 'none', got {self.norm!r}")
@@ -257,7 +270,7 @@ class TVVARModel(nnx.Module):
         if self.pos is not None:
             if not isinstance(t, jax.core.Tracer) and int(t) >= self.cfg.max_len:
                 raise ValueError(f"position t={int(t)} exceeds max_len={self.cfg.max_len}")
-            x_t = x_t + jax.lax.dynamic_index_in_dim(self.pos[...], t, axis=0, keepdims=False)
+            x_t = x_t + jax.lax.dynamic_index_in_dim(self.pos[...], t, axis=0, keepdims=True)  # [1, D]
         x_t = x_t.astype(jnp.dtype(self.cfg.dtype))
         new_blocks = []
         for block, c in zip(self.blocks, cache["blocks"]):
