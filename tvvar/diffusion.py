@@ -73,6 +73,8 @@ __all__ = [
     "reveal_schedule",
     "generate",
     "llada_objective",
+    "llada_model_config",
+    "MaskTokenSource",
 ]
 
 DEFAULT_EPS = 1e-3
@@ -596,14 +598,60 @@ def generate(logits_fn: LogitsFn, prompt: Array, key: PRNGKey | None, *, mask_id
 # --------------------------------------------------------------------------------------------------
 
 
+def llada_model_config(cfg: ModelConfig) -> ModelConfig:
+    """The :class:`TVVARModel` config a LLaDA run trains with :mod:`tvvar.train`: ``cfg`` (over the data
+    vocabulary V) with ``vocab_size = V + 1`` (the last id is the mask M) and ``mask="bidirectional"``."""
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"cfg must be a tvvar.model.ModelConfig, got {type(cfg).__name__}")
+    return cfg.replace(vocab_size=cfg.vocab_size + 1, mask="bidirectional")
+
+
+class MaskTokenSource:
+    """A data source seen by a LLaDA run: the same batches, ``vocab_size`` one larger (the mask id V is
+    part of the model's token set, never of the data). :func:`tvvar.train.train` checks that the data
+    and model vocabularies agree, and a LLaDA model has V + 1 tokens."""
+
+    def __init__(self, source):
+        self.source = source
+        self.vocab_size = source.vocab_size + 1
+        self.mask_id = source.vocab_size
+
+    def batch(self, key, batch_size, seq_len, split="train"):
+        return self.source.batch(key, batch_size, seq_len, split)
+
+    def sample_batch(self, key, batch_size, seq_len, split="train"):
+        return self.source.sample_batch(key, batch_size, seq_len, split)
+
+    @property
+    def has_entropy(self) -> bool:
+        return getattr(self.source, "has_entropy", False)
+
+    def info(self) -> dict:
+        return {**self.source.info(), "mask_token": self.mask_id}
+
+
 def llada_objective(model, batch: dict, rng: PRNGKey, *, eps: float = DEFAULT_EPS, stratified: bool = True):
-    """``fn(model, batch, rng) -> (loss, metrics)`` for :mod:`tvvar.train`: Eq. 79 on ``batch["tokens"]``
-    [B, L] (the whole row is the clean sequence — the diffusion model has no shift), the SFT variant
-    when ``batch`` has a boolean ``"prompt_mask"`` [B, L]. ``model``: a :class:`MaskedDiffusionLM` or a
-    bidirectional :class:`TVVARModel` (see :func:`as_denoiser`)."""
+    """``fn(model, batch, rng) -> (loss, metrics)`` for :mod:`tvvar.train` (registered as ``"llada"``):
+    Eq. 79 on the input tokens ``batch["tokens"][:, :-1]`` [B, T] — the same tokens a causal model reads
+    and within ``TrainConfig.seq_len`` ≤ ``max_len`` (the diffusion model has no shift, so the last
+    target column is unused) — with stratified τ across the batch. The SFT variant when ``batch`` has a
+    boolean ``"prompt_mask"`` [B, T]. ``model``: a :class:`MaskedDiffusionLM` or a bidirectional
+    :class:`TVVARModel` (see :func:`as_denoiser`)."""
     logits_fn, V = as_denoiser(model)
     if "tokens" not in batch:
-        raise KeyError(f"batch must contain 'tokens' [B, L]; got keys {sorted(batch)}")
-    x = jnp.asarray(batch["tokens"])
+        raise KeyError(f"batch must contain 'tokens' [B, T + 1]; got keys {sorted(batch)}")
+    x = jnp.asarray(batch["tokens"])[:, :-1]
     return diffusion_loss(logits_fn, x, rng, mask_id=V, eps=eps, stratified=stratified,
                           prompt_mask=batch.get("prompt_mask"))
+
+
+def _register() -> None:
+    from tvvar.train import get_objective, register_objective
+
+    try:
+        get_objective("llada")
+    except ValueError:
+        register_objective("llada")(llada_objective)
+
+
+_register()
