@@ -1,0 +1,331 @@
+"""Theorems 6 and 7 (Section V-C): the latent-position model behind attention, its exact ELBO, the
+posterior gap, Eq. 54's soft likelihood, ELBO decoding, and the training objectives."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from tvvar.model import ModelConfig, TVVARModel
+from tvvar.theory import elbo as E
+
+F64 = dict(param_dtype="float64", dtype="float64")
+
+# jitted over the model state (eager JAX compiles every small op separately: ~3× the CPU time)
+_terms = nnx.jit(E.elbo_terms, static_argnames=("prior",))
+_scores = nnx.jit(E.vocab_scores, static_argnames=("prior",))
+_features = nnx.jit(E.latent_features)
+_call = nnx.jit(lambda m, ids: m(ids))
+_PRIORS = ("uniform", E.Recency(0.8), "attention")
+
+
+@nnx.jit
+def _terms3(m, ids, tg):
+    return [E.elbo_terms(m, ids, tg, prior=p) for p in _PRIORS]
+
+
+def _model(cfg, seed=0):
+    """Random weights drawn with numpy into the abstract model: eager TVVARModel(...) init compiles one
+    random kernel per parameter shape (seconds of CPU per model on this machine)."""
+    gd, st = nnx.split(nnx.eval_shape(lambda: TVVARModel(cfg, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+
+    def init(x):
+        if x.ndim <= 1:  # norm scales
+            return jnp.asarray(1 + 0.1 * rng.normal(size=x.shape), x.dtype)
+        return jnp.asarray(rng.normal(size=x.shape) / np.sqrt(x.shape[0]), x.dtype)
+
+    return nnx.merge(gd, jax.tree.map(init, st))
+
+
+def _configs64():
+    """Pure TV-VAR (affine readout), multi-head pure, residual + Ψ=id (affine), and a full 2-layer
+    Transformer (FFN + norms: the conditional depends on the query row and is nonlinear)."""
+    return {
+        "pure_h1": (ModelConfig.pure(5, 6, "bilinear_attention", mixer={"num_heads": 1}, **F64), True),
+        "pure_h3": (ModelConfig.pure(5, 6, "attention", mixer={"num_heads": 3, "head_dim": 2}, **F64), True),
+        "residual_affine": (ModelConfig(5, d_model=6, num_layers=2, decomposition="bilinear_attention",
+                                        mixer={"num_heads": 2}, psi="identity", norm="none", **F64), True),
+        "transformer": (ModelConfig(5, d_model=6, num_layers=2, mixer={"num_heads": 2}, **F64), False),
+    }
+
+
+def _ids(B, T, V, seed):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32), jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)
+
+
+def _random_q(seed, support, B, H):
+    """An arbitrary variational distribution over admissible (h, j): [B, T, H, T]."""
+    T = support.shape[0]
+    w = np.exp(2.0 * np.random.default_rng(seed).normal(size=(B, T, H, T))) * np.asarray(support)[None, :, None, :]
+    return jnp.asarray(w / w.sum(axis=(2, 3), keepdims=True), jnp.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# exact identities (float64, 1e-10)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(_configs64()))
+def test_identities_float64(name):
+    with jax.enable_x64(True):
+        cfg, affine = _configs64()[name]
+        m = _model(cfg, seed=3)
+        ids, tg = _ids(3, 7, cfg.vocab_size, 4)
+        for prior, t in zip(_PRIORS, _terms3(m, ids, tg)):
+            assert t.log_p.dtype == jnp.float64 and t.log_p.shape == (3, 7)
+            # ELBO(Q) = log P − KL(Q ‖ posterior), the gap computed directly
+            np.testing.assert_allclose(t.elbo, t.log_p - t.gap, atol=1e-10, rtol=0)
+            assert np.all(np.asarray(t.elbo) <= np.asarray(t.log_p) + 1e-12)
+            assert np.all(np.asarray(t.gap) >= -1e-12) and np.all(np.asarray(t.kl_prior) >= -1e-12)
+            # the posterior is a distribution on S(i)
+            post = np.exp(np.asarray(t.log_post)) * np.asarray(jnp.tril(jnp.ones((7, 7), bool)))[None, :, None, :]
+            np.testing.assert_allclose(post.sum(axis=(2, 3)), 1.0, atol=1e-10)
+            if affine:  # Jensen: E_Q[log P(U | J)] ≤ log P_soft(U)
+                assert np.all(np.asarray(t.e_loglik) <= np.asarray(t.soft_ll) + 1e-12)
+            if prior == "attention":  # KL(Q ‖ P(J)) = 0 when the prior is the attention itself
+                np.testing.assert_allclose(t.kl_prior, 0.0, atol=1e-12)
+        # soft model of Eq. 54 is the network's own likelihood
+        soft = _features(m, ids).soft_logp
+        np.testing.assert_allclose(soft, jax.nn.log_softmax(_call(m, ids), axis=-1), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["pure_h3", "transformer"])
+def test_identity_for_arbitrary_q_and_equality_at_posterior(name):
+    with jax.enable_x64(True):
+        cfg, _ = _configs64()[name]
+        m = _model(cfg, seed=5)
+        ids, tg = _ids(2, 6, cfg.vocab_size, 6)
+        H = m.blocks[-1].mixer.num_heads
+        support = jnp.tril(jnp.ones((6, 6), bool))
+        for prior in ("uniform", E.Recency(0.3)):
+            base = _terms(m, ids, tg, prior=prior)
+            q = _random_q(7, support, 2, H)
+            t = _terms(m, ids, tg, prior=prior, q=q)
+            np.testing.assert_allclose(t.elbo, t.log_p - t.gap, atol=1e-10, rtol=0)
+            np.testing.assert_allclose(t.log_p, base.log_p, atol=1e-12, rtol=0)  # log P does not depend on Q
+            assert np.all(np.asarray(t.gap) > 1e-6)  # a random Q is not the posterior
+            # Q = posterior: ELBO = log P, gap = 0
+            post = jnp.where(support[None, :, None, :], jnp.exp(base.log_post), 0.0)
+            tp = _terms(m, ids, tg, prior=prior, q=post)
+            np.testing.assert_allclose(tp.elbo, tp.log_p, atol=1e-10, rtol=0)
+            np.testing.assert_allclose(tp.gap, 0.0, atol=1e-10)
+
+
+def test_vocab_scores_consistent_and_normalized():
+    with jax.enable_x64(True):
+        for name in ("pure_h3", "transformer"):
+            cfg, _ = _configs64()[name]
+            m = _model(cfg, seed=8)
+            ids, tg = _ids(2, 5, cfg.vocab_size, 9)
+            s = _scores(m, ids, prior=E.Recency(0.5))
+            t = _terms(m, ids, tg, prior=E.Recency(0.5))
+            at = lambda a: jnp.take_along_axis(a, tg[..., None], axis=-1)[..., 0]  # noqa: E731
+            np.testing.assert_allclose(at(s["elbo"]), t.elbo, atol=1e-10, rtol=0)
+            np.testing.assert_allclose(at(s["log_p"]), t.log_p, atol=1e-10, rtol=0)
+            np.testing.assert_allclose(at(s["soft"]), t.soft_ll, atol=1e-10, rtol=0)
+            # log P(v) is a distribution over the vocabulary
+            np.testing.assert_allclose(jax.nn.logsumexp(s["log_p"], axis=-1), 0.0, atol=1e-10)
+            assert np.all(np.asarray(s["elbo"]) <= np.asarray(s["log_p"]) + 1e-12)
+
+
+def test_pure_multihead_conditional_is_softmax_of_H_A_h_u_j():
+    """P(U = v | J = (h, j)) = softmax(ũᵀ H A_h u_j / Ξ)_v and Q(h, j) = π^h[i, j] / H, for the pure TV-VAR."""
+    with jax.enable_x64(True):
+        cfg = ModelConfig.pure(5, 6, "bilinear_attention", mixer={"num_heads": 3}, xi=0.7, **F64)
+        m = _model(cfg, seed=2)
+        ids, _ = _ids(2, 4, 5, 1)
+        f = _features(m, ids)
+        U = np.asarray(m.embed.vectors())
+        A = np.asarray(m.blocks[0].mixer.A[...])
+        u = U[np.asarray(ids)]
+        logits = np.einsum("vd,hde,bje->bhjv", U, 3 * A, u) / 0.7
+        ref = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        assert f.cond_logp.shape == (2, 1, 3, 4, 5)
+        np.testing.assert_allclose(f.cond_logp[:, 0], ref, atol=1e-10, rtol=0)
+        pi = np.asarray(m.blocks[0].mixer.pi(jnp.asarray(u)))  # [B, H, T, T]
+        q = np.exp(np.asarray(f.log_q)) * np.tril(np.ones((4, 4)))[None, :, None, :]
+        np.testing.assert_allclose(q, pi.transpose(0, 2, 1, 3) / 3, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# a case worked out by hand: T = 3, V = 2, D = 2, H = 1
+# --------------------------------------------------------------------------------------------------
+
+
+def _hand_model(a, b):
+    """ũ_0 = e_0, ũ_1 = e_1, A = a·I, B = b·I, Ξ = 1: score u_iᵀBu_j = b·[x_i = x_j],
+    P(U = v | J = j) = σ(a) if v = x_j else 1 − σ(a)."""
+    cfg = ModelConfig.pure(2, 2, "bilinear_attention", mixer={"num_heads": 1}, **F64)
+    m = _model(cfg)
+    m.embed.table[...] = jnp.eye(2, dtype=jnp.float64)
+    m.blocks[0].mixer.B[...] = b * jnp.eye(2, dtype=jnp.float64)[None]
+    m.blocks[0].mixer.A[...] = a * jnp.eye(2, dtype=jnp.float64)[None]
+    return m
+
+
+def test_hand_computed_T3_V2():
+    a, b = 1.3, 0.7
+    s = 1 / (1 + math.exp(-a))
+    log, exp = math.log, math.exp
+    # tokens x = (0, 1, 0, 1): inputs (0, 1, 0), targets (1, 0, 1)
+    # row 0: S = {0}; row 1 (query x=1): π ∝ (1, e^b); row 2 (query x=0): π ∝ (e^b, 1, e^b)
+    pi1 = [1 / (1 + exp(b)), exp(b) / (1 + exp(b))]
+    z2 = 2 * exp(b) + 1
+    pi2 = [exp(b) / z2, 1 / z2, exp(b) / z2]
+    lik = [[1 - s], [s, 1 - s], [1 - s, s, 1 - s]]  # P(target | j)
+    pis = [[1.0], pi1, pi2]
+    exp_log_p = [log(1 - s), log(0.5), log((2 - s) / 3)]
+    exp_post = [[1.0], [s, 1 - s], [(1 - s) / (2 - s), s / (2 - s), (1 - s) / (2 - s)]]
+    exp_e = [sum(p * log(l) for p, l in zip(pis[i], lik[i])) for i in range(3)]
+    exp_klp = [sum(p * log(p * (i + 1)) for p in pis[i]) for i in range(3)]
+    exp_gap = [sum(p * log(p / q) for p, q in zip(pis[i], exp_post[i])) for i in range(3)]
+    # soft: h_i = a·(mass on token 0, mass on token 1); P_soft(v) = softmax(h_i)_v
+    h = [(0.0 + a, 0.0), (a * pi1[0], a * pi1[1]), (a * (pi2[0] + pi2[2]), a * pi2[1])]
+    tgt = [1, 0, 1]
+    exp_soft = [h[i][tgt[i]] - log(exp(h[i][0]) + exp(h[i][1])) for i in range(3)]
+    with jax.enable_x64(True):
+        m = _hand_model(a, b)
+        ids, tg = jnp.array([[0, 1, 0]]), jnp.array([[1, 0, 1]])
+        t = _terms(m, ids, tg)
+        np.testing.assert_allclose(t.log_p[0], exp_log_p, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(t.e_loglik[0], exp_e, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(t.kl_prior[0], exp_klp, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(t.elbo[0], np.array(exp_e) - np.array(exp_klp), atol=1e-12, rtol=0)
+        np.testing.assert_allclose(t.gap[0], exp_gap, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(t.soft_ll[0], exp_soft, atol=1e-12, rtol=0)
+        post = np.exp(np.asarray(t.log_post[0, :, 0]))
+        for i in range(3):
+            np.testing.assert_allclose(post[i, : i + 1], exp_post[i], atol=1e-12)
+            assert np.all(post[i, i + 1:] == 0)
+        # recency prior (rate r) at row 2: P(j) ∝ e^{−r(2−j)}
+        r = 0.9
+        w = [exp(-2 * r), exp(-r), 1.0]
+        tr = _terms(m, ids, tg, prior=E.Recency(r))
+        np.testing.assert_allclose(tr.log_p[0, 2], log(sum(wj * l for wj, l in zip(w, lik[2])) / sum(w)), atol=1e-12)
+        np.testing.assert_allclose(tr.kl_prior[0, 2], sum(p * log(p / (wj / sum(w))) for p, wj in zip(pi2, w)), atol=1e-12)
+        # Theorem 7 at row 1: ELBO(v) = Σ_j π_j log P(v | j) − KL;  log P(v) = log ½ for both v
+        sc = _scores(m, ids)
+        elbo_v = [pi1[0] * log(s) + pi1[1] * log(1 - s), pi1[0] * log(1 - s) + pi1[1] * log(s)]
+        np.testing.assert_allclose(sc["elbo"][0, 1], np.array(elbo_v) - exp_klp[1], atol=1e-12, rtol=0)
+        np.testing.assert_allclose(sc["log_p"][0, 1], [log(0.5), log(0.5)], atol=1e-12, rtol=0)
+        # π1 puts more mass on j = 1 (token 1), so ELBO and soft both pick v = 1 at row 1
+        assert int(jnp.argmax(sc["elbo"][0, 1])) == 1 == int(jnp.argmax(sc["soft"][0, 1]))
+
+
+def test_decode_agreement_rates():
+    s = {"elbo": jnp.array([[[0.0, 1.0], [1.0, 0.0]]]), "log_p": jnp.array([[[0.0, 1.0], [0.0, 1.0]]]),
+         "soft": jnp.array([[[1.0, 0.0], [1.0, 0.0]]])}
+    r = E.decode_agreement(s)
+    assert r == {"elbo_vs_log_p": 0.5, "elbo_vs_soft": 0.5, "log_p_vs_soft": 0.0, "all_three": 0.0}
+    assert E.decode_agreement(s, weights=jnp.array([[1.0, 0.0]]))["elbo_vs_log_p"] == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# priors: validation and bad input
+# --------------------------------------------------------------------------------------------------
+
+
+def test_explicit_prior_matches_builtin_and_bad_priors_raise():
+    support = jnp.tril(jnp.ones((4, 4), bool))
+    with jax.enable_x64(True):
+        cfg = ModelConfig.pure(5, 6, "attention", mixer={"num_heads": 2, "head_dim": 3}, **F64)
+        m = _model(cfg)
+        ids, tg = _ids(2, 4, 5, 0)
+        p_tt = np.tril(np.ones((4, 4))) / np.arange(1, 5)[:, None]
+        explicit = nnx.jit(lambda m, ids, tg, p: E.elbo_terms(m, ids, tg, prior=p))
+        np.testing.assert_allclose(explicit(m, ids, tg, jnp.asarray(p_tt)).elbo,
+                                   _terms(m, ids, tg).elbo, atol=1e-12)
+        bad_sum = p_tt * 1.01
+        with pytest.raises(ValueError, match="sum to 1"):
+            E.elbo_terms(m, ids, tg, prior=jnp.asarray(bad_sum))
+        leak = p_tt.copy()
+        leak[1, :] = [0.25, 0.25, 0.5, 0.0]  # sums to 1 but puts mass on j = 2 > i = 1
+        with pytest.raises(ValueError, match="inadmissible position j=2 for row i=1"):
+            E.elbo_terms(m, ids, tg, prior=jnp.asarray(leak))
+        neg = p_tt.copy()
+        neg[2, :3] = [1.5, -0.5, 0.0]
+        with pytest.raises(ValueError, match="≥ 0"):
+            E.validate_prior(jnp.asarray(neg), support, 2)
+        with pytest.raises(ValueError, match="shape"):
+            E.validate_prior(jnp.ones((3, 4)) / 4, support, 2)
+        joint_bad = np.broadcast_to(p_tt[None, :, None, :], (1, 4, 2, 4))  # per-head sums 1 → joint sums 2
+        with pytest.raises(ValueError, match="sums to 2"):
+            E.validate_prior(jnp.asarray(joint_bad), support, 2)
+    with pytest.raises(ValueError, match="prior must be one of"):
+        E.log_prior("flat", support, 1)
+    with pytest.raises(ValueError, match="rate"):
+        E.Recency(-1.0)
+    with pytest.raises(TypeError, match="attention-decomposed"):
+        E.latent_features(_model(ModelConfig.pure(5, 4, "dense")), jnp.zeros((1, 3), jnp.int32))
+
+
+# --------------------------------------------------------------------------------------------------
+# objectives: gradients, jit, training
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decomposition", ["bilinear_attention", "attention"])
+def test_elbo_gradients_reach_A_B_and_embeddings(decomposition):
+    cfg = ModelConfig.pure(7, 8, decomposition, mixer={"num_heads": 2})
+    m = _model(cfg, seed=1)
+    tokens = _ids(4, 9, 7, 0)[0]
+    obj = E.make_objective("elbo")
+    gd, state = nnx.split(m)
+    loss_fn = lambda st: obj(nnx.merge(gd, st), {"tokens": tokens}, jax.random.key(0))[0]  # noqa: E731
+    g = nnx.to_pure_dict(jax.jit(jax.grad(loss_fn))(state))
+    mix = g["blocks"][0]["mixer"]
+    names = ("B", "A") if decomposition == "bilinear_attention" else ("wq", "wk", "wv", "wo")
+    for leaf in [mix[n] for n in names] + [g["embed"]["table"]]:
+        leaf = np.asarray(leaf)
+        assert np.all(np.isfinite(leaf)) and np.abs(leaf).max() > 1e-6
+    loss, met = jax.jit(lambda st: obj(nnx.merge(gd, st), {"tokens": tokens}, jax.random.key(0)))(state)
+    t = _terms(m, tokens[:, :-1], tokens[:, 1:])
+    np.testing.assert_allclose(loss, -jnp.mean(t.elbo), rtol=1e-6)
+    for k in ("log_p", "elbo", "soft_ll", "gap", "kl_prior"):
+        np.testing.assert_allclose(met[k], jnp.mean(getattr(t, k)), rtol=1e-6, atol=1e-7)
+
+
+def _train(obj, m, source, steps, key, B=16, T=16, lr=2e-2):
+    gd, state = nnx.split(m)
+    params = state
+    opt = optax.adam(lr)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state, s):
+        k = jax.random.fold_in(key, s)
+        batch = source.batch(k, B, T)
+        loss, g = jax.value_and_grad(lambda p: obj(nnx.merge(gd, p), batch, k)[0])(params)
+        upd, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, upd), opt_state, loss
+
+    for s in range(steps):
+        params, opt_state, _ = step(params, opt_state, s)
+    return nnx.merge(gd, params)
+
+
+def _heldout(m, source, key, B=64, T=16):
+    tokens = source.batch(key, B, T, split="val")["tokens"]
+    t = _terms(m, tokens[:, :-1], tokens[:, 1:])
+    return {"nll": -float(jnp.mean(t.log_p)), "neg_elbo": -float(jnp.mean(t.elbo)),
+            "soft_nll": -float(jnp.mean(t.soft_ll))}
+
+
+def test_training_with_elbo_decreases_heldout_nll():
+    from tvvar.data import TVVARSource
+
+    src = TVVARSource(vocab_size=8, d_model=8, xi=0.25, mixer={"num_heads": 1}, seed=3)
+    m = _model(ModelConfig.pure(8, 16, "bilinear_attention", mixer={"num_heads": 2}), seed=0)
+    before = _heldout(m, src, jax.random.key(11))
+    m = _train(E.make_objective("elbo"), m, src, 150, jax.random.key(5))
+    after = _heldout(m, src, jax.random.key(11))
+    # measured on this setup: nll 2.07 → ~1.7; a margin of 0.1 nat is far above seed noise
+    assert after["nll"] < before["nll"] - 0.1, (before, after)
+    assert after["neg_elbo"] < before["neg_elbo"] - 0.1, (before, after)
+    assert after["soft_nll"] < before["soft_nll"] - 0.1, (before, after)
