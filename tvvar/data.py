@@ -136,7 +136,7 @@ class TVVARSource(DataSource):
 
     kind = "synthetic-tvvar"
 
-    def __init__(self, vocab_size: int = 16, d_model: int = 16, *, xi: float = 0.25,
+    def __init__(self, vocab_size: int = 16, d_model: int = 16, *, xi: float = 0.04,
                  decomposition: str = "attention", mixer: dict[str, Any] | None = None, seed: int = 1234):
         from flax import nnx
 

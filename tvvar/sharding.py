@@ -35,6 +35,7 @@ __all__ = [
     "logical_to_spec",
     "state_shardings",
     "sharded_init",
+    "sharded_init_fn",
     "batch_sharding",
     "replicated",
     "initialize_distributed",
@@ -137,6 +138,17 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Mapping[str, str | N
     return jax.tree.map(one, abstract_state, is_leaf=_is_var)
 
 
+def sharded_init_fn(make: Callable[[], nnx.Module], mesh: Mesh, rules: Mapping[str, str | None] | None = None,
+                    ) -> tuple[nnx.GraphDef, Any, Callable[[], nnx.State]]:
+    """(graphdef, state shardings, jitted ``init() -> state``) — the pieces of :func:`sharded_init`,
+    for callers that initialize the same module more than once (the compiled ``init`` is reused)."""
+    abstract = nnx.eval_shape(make)
+    graphdef, abs_state = nnx.split(abstract)
+    shardings = state_shardings(abs_state, mesh, rules)
+    init = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)
+    return graphdef, shardings, init
+
+
 def sharded_init(make: Callable[[], nnx.Module], mesh: Mesh, rules: Mapping[str, str | None] | None = None,
                  ) -> tuple[nnx.GraphDef, nnx.State, Any]:
     """Create a module with every parameter born on its shards: (graphdef, state, state shardings).
@@ -144,11 +156,7 @@ def sharded_init(make: Callable[[], nnx.Module], mesh: Mesh, rules: Mapping[str,
     ``jax.eval_shape`` (via ``nnx.eval_shape``) → :func:`state_shardings` → ``jax.jit(init,
     out_shardings=...)``; nothing is ever materialized unsharded.
     """
-    abstract = nnx.eval_shape(make)
-    graphdef, abs_state = nnx.split(abstract)
-    shardings = state_shardings(abs_state, mesh, rules)
-
-    init = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)
+    graphdef, shardings, init = sharded_init_fn(make, mesh, rules)
     with jax.set_mesh(mesh):
         state = init()
     return graphdef, state, shardings

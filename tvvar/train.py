@@ -40,7 +40,7 @@ from flax import nnx
 
 from tvvar.core import log_softmax32
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.sharding import batch_sharding, make_mesh, parse_mesh, replicated, sharded_init
+from tvvar.sharding import batch_sharding, make_mesh, parse_mesh, replicated, sharded_init_fn
 from tvvar.typing import Array, PRNGKey
 
 __all__ = [
@@ -272,19 +272,39 @@ class _Setup:
     opt_sh: Any
 
 
+_CACHE: dict[Any, Any] = {}
+
+
+def _key(cfg: TrainConfig, *fields: str) -> str:
+    d = cfg.to_dict()
+    return json.dumps({f: d[f] for f in fields}, sort_keys=True, default=str)
+
+
+_INIT_FIELDS = ("model", "seed", "mesh", "steps", "lr", "warmup", "lr_min_ratio", "b1", "b2", "weight_decay", "clip")
+
+
 def _setup(cfg: TrainConfig) -> _Setup:
-    mesh = make_mesh(cfg.mesh)
-    graphdef, state, state_sh = sharded_init(lambda: TVVARModel(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), mesh)
-    params, rest = nnx.split_state(state, nnx.Param, ...)
-    param_sh, _ = nnx.split_state(state_sh, nnx.Param, ...)
-    tx = make_optimizer(cfg)
-    repl = replicated(mesh)
-    abs_opt = jax.eval_shape(tx.init, params)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
-                                   transform_non_params=lambda _: repl,
-                                   is_leaf=lambda x: isinstance(x, (nnx.Variable, jax.sharding.Sharding)))
+    # compiled initializers are cached per (model, seed, mesh, optimizer): repeated runs in one process
+    # (tests, sweeps, resume) do not recompile
+    key = ("setup", _key(cfg, *_INIT_FIELDS))
+    if key not in _CACHE:
+        mesh = make_mesh(cfg.mesh)
+        graphdef, state_sh, init = sharded_init_fn(
+            lambda: TVVARModel(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), mesh)
+        param_sh, _ = nnx.split_state(state_sh, nnx.Param, ...)
+        tx = make_optimizer(cfg)
+        repl = replicated(mesh)
+        abs_params, _ = nnx.split_state(jax.eval_shape(init), nnx.Param, ...)
+        abs_opt = jax.eval_shape(tx.init, abs_params)
+        opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
+                                       transform_non_params=lambda _: repl,
+                                       is_leaf=lambda x: isinstance(x, (nnx.Variable, jax.sharding.Sharding)))
+        opt_init = jax.jit(tx.init, out_shardings=opt_sh)
+        _CACHE[key] = (mesh, graphdef, init, tx, param_sh, opt_sh, opt_init)
+    mesh, graphdef, init, tx, param_sh, opt_sh, opt_init = _CACHE[key]
     with jax.set_mesh(mesh):
-        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+        params, rest = nnx.split_state(init(), nnx.Param, ...)
+        opt_state = opt_init(params)
     return _Setup(cfg, mesh, graphdef, rest, tx, params, opt_state, param_sh, opt_sh)
 
 
@@ -351,6 +371,13 @@ def _keys(seed: int) -> dict[str, PRNGKey]:
 
 
 def _make_fns(s: _Setup, data, objective: Objective):
+    key = ("fns", _key(s.cfg, *_INIT_FIELDS, "batch_size", "seq_len", "objective"), id(data), id(objective))
+    if key not in _CACHE or _CACHE[key][0] is not data:
+        _CACHE[key] = (data, _build_fns(s, data, objective))
+    return _CACHE[key][1]
+
+
+def _build_fns(s: _Setup, data, objective: Objective):
     cfg, mesh = s.cfg, s.mesh
     B, T = cfg.batch_size, cfg.seq_len
     bsh, repl = batch_sharding(mesh), replicated(mesh)
@@ -372,7 +399,7 @@ def _make_fns(s: _Setup, data, objective: Objective):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         return params, opt_state, metrics
 
     def eval_step(params, i):
@@ -392,6 +419,26 @@ def _run_eval(eval_fn, params, batches: int) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
 
 
+_EVAL_FNS: list[tuple[Any, ...]] = []
+
+
+def _eval_fn(graphdef, data, fn, batch_size: int, seq_len: int, split: str):
+    # GraphDefs compare by value but do not hash: a short list of compiled evaluators, newest first
+    for g, d, f, b, t, sp, one in _EVAL_FNS:
+        if d is data and f is fn and (b, t, sp) == (batch_size, seq_len, split) and g == graphdef:
+            return one
+
+    @jax.jit
+    def one(state, k):
+        batch = data.batch(jax.random.fold_in(k, 0), batch_size, seq_len, split)
+        loss, metrics = fn(nnx.merge(graphdef, state), batch, jax.random.fold_in(k, 1))
+        return {**metrics, "loss": loss}
+
+    _EVAL_FNS.insert(0, (graphdef, data, fn, batch_size, seq_len, split, one))
+    del _EVAL_FNS[16:]
+    return one
+
+
 def evaluate(model: nnx.Module, data, objective: str | Objective = "cross_entropy", batches: int = 4,
              rng: PRNGKey | None = None, *, batch_size: int = 32, seq_len: int = 64, split: str = "val") -> dict[str, float]:
     """Mean of ``objective``'s loss and metrics over ``batches`` batches of ``data``'s ``split``.
@@ -401,13 +448,7 @@ def evaluate(model: nnx.Module, data, objective: str | Objective = "cross_entrop
     fn = get_objective(objective) if isinstance(objective, str) else objective
     rng = jax.random.key(0) if rng is None else rng
     graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def one(state, k):
-        batch = data.batch(jax.random.fold_in(k, 0), batch_size, seq_len, split)
-        loss, metrics = fn(nnx.merge(graphdef, state), batch, jax.random.fold_in(k, 1))
-        return {**metrics, "loss": loss}
-
+    one = _eval_fn(graphdef, data, fn, batch_size, seq_len, split)
     ms = jax.device_get([one(state, jax.random.fold_in(rng, i)) for i in range(batches)])
     return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
 
@@ -572,31 +613,35 @@ def train(cfg: TrainConfig, data, out_dir: str | Path, resume: bool = False, *, 
                                                                     if "excess" in r else ""))
 
     log_every = 1 if callback is not None else 25
-    with jax.set_mesh(s.mesh):
-        for step in range(start, cfg.steps):
-            params, opt_state, metrics = step_fn(params, opt_state, np.int32(step))
-            done = step + 1
-            pending.append((done, metrics))
-            if len(pending) >= log_every or done == cfg.steps:
-                flush()
-            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
-                flush()
-                do_eval(done)
-            if mngr is not None and (done % cfg.ckpt_every == 0 or done == cfg.steps):
-                flush()
-                import orbax.checkpoint as ocp
+    try:
+        with jax.set_mesh(s.mesh):
+            for step in range(start, cfg.steps):
+                params, opt_state, metrics = step_fn(params, opt_state, np.int32(step))
+                done = step + 1
+                pending.append((done, metrics))
+                if len(pending) >= log_every or done == cfg.steps:
+                    flush()
+                if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+                    flush()
+                    do_eval(done)
+                if mngr is not None and (done % cfg.ckpt_every == 0 or done == cfg.steps):
+                    flush()
+                    import orbax.checkpoint as ocp
 
-                mngr.save(done, args=ocp.args.StandardSave(_flatten({"params": params, "opt_state": opt_state})))
-        flush()
-        if cfg.steps > start or not history["val"]:
-            do_eval(cfg.steps)
-    if mngr is not None:
-        mngr.wait_until_finished()
-        mngr.close()
-    if bar is not None:
-        bar.close()
-    if log:
-        log.close()
+                    mngr.save(done, args=ocp.args.StandardSave(_flatten({"params": params, "opt_state": opt_state})))
+            flush()
+            if cfg.steps > start or not history["val"]:
+                do_eval(cfg.steps)
+    finally:
+        # an interrupted loop (exception, Ctrl-C) still commits the checkpoint saves already started
+        if mngr is not None:
+            mngr.wait_until_finished()
+            mngr.close()
+        if bar is not None:
+            bar.close()
+        if log:
+            log.close()
+    if main:
         _plot(out, history)
     s.params, s.opt_state = params, opt_state
     final = {"step": cfg.steps, "train_loss": history["train"][-1]["loss"] if history["train"] else None,

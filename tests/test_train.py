@@ -1,0 +1,229 @@
+"""tvvar.train: config validation, objectives, the loop, exact resume, SIGKILL, foreign/corrupt dirs, load_run."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tvvar.data import MarkovSource
+from tvvar.model import ModelConfig
+from tvvar.train import (
+    CheckpointError,
+    TrainConfig,
+    cross_entropy,
+    evaluate,
+    get_objective,
+    load_run,
+    register_objective,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_cfg(**kw):
+    model = kw.pop("model", ModelConfig(vocab_size=8, d_model=16, num_layers=1, mixer={"num_heads": 2}))
+    base = dict(steps=12, batch_size=8, seq_len=16, lr=1e-2, warmup=2, eval_every=6, eval_batches=2,
+                ckpt_every=4, keep=5, seed=3)
+    base.update(kw)
+    return TrainConfig(model, **base)
+
+
+SRC = MarkovSource(8, 1, alpha=0.3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    r = train(small_cfg(), SRC, out, progress=False)
+    return out, r
+
+
+def losses(r):
+    return np.array([x["loss"] for x in r["history"]["train"]])
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="steps must be an int ≥ 0"):
+        small_cfg(steps=-1)
+    with pytest.raises(ValueError, match="unknown objective"):
+        small_cfg(objective="nope")
+    with pytest.raises(ValueError, match="unknown decomposition"):
+        ModelConfig(vocab_size=8, decomposition="nope")
+    with pytest.raises(ValueError, match="divisible by the mesh's data axis"):
+        small_cfg(batch_size=6, mesh="data=4")
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        small_cfg(lr=0.0)
+    cfg = small_cfg(mesh="data=2,model=4")
+    assert cfg.mesh == {"data": 2, "model": 4}
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_objective_registry_and_cross_entropy_reference():
+    with pytest.raises(ValueError, match="unknown objective"):
+        get_objective("definitely-not")
+    from flax import nnx
+
+    from tvvar.model import TVVARModel
+
+    model = TVVARModel(small_cfg().model, rngs=nnx.Rngs(0))
+    batch = SRC.batch(jax.random.key(0), 4, 8)
+    loss, m = cross_entropy(model, batch, jax.random.key(1))
+    logits = np.asarray(model(batch["tokens"][:, :-1]), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    t = np.asarray(batch["tokens"][:, 1:])
+    nll = -np.take_along_axis(logp, t[..., None], -1)[..., 0]
+    np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)
+    np.testing.assert_allclose(m["excess"], (nll - np.asarray(batch["entropy"])).mean(), rtol=1e-4, atol=1e-6)
+
+    @register_objective("test_half_ce")
+    def half(model, batch, rng):
+        loss, m = cross_entropy(model, batch, rng)
+        return 0.5 * loss, m
+
+    assert get_objective("test_half_ce") is half
+    with pytest.raises(ValueError, match="already registered"):
+        register_objective("test_half_ce")(lambda m, b, r: (0.0, {}))
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def test_run_dir_contents_and_learning(full_run):
+    out, r = full_run
+    for f in ("train_config.json", "data.json", "metrics.jsonl", "loss.png"):
+        assert (out / f).is_file(), f
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir()) == [4, 8, 12]
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if l["split"] == "train"] == list(range(1, 13))
+    assert [l["step"] for l in lines if l["split"] == "val"] == [6, 12]
+    L = losses(r)
+    assert np.all(np.isfinite(L)) and L[-3:].mean() < L[:3].mean() - 0.1  # it learns
+    v = r["final"]["val"]
+    assert v["loss"] >= v["entropy"] - 0.05  # cannot beat the floor by more than sampling noise
+
+
+def test_load_run_returns_the_trained_model(full_run):
+    out, r = full_run
+    model, cfg, info = load_run(out)
+    assert cfg == small_cfg() and info == json.loads(json.dumps(SRC.info()))
+    ids = SRC.sample_batch(jax.random.key(9), 2, 8)[:, :-1]
+    np.testing.assert_array_equal(model(ids), r["model"](ids))
+    e1 = evaluate(model, SRC, "cross_entropy", 2, jax.random.key(0), batch_size=8, seq_len=16)
+    e2 = evaluate(r["model"], SRC, "cross_entropy", 2, jax.random.key(0), batch_size=8, seq_len=16)
+    assert e1 == e2 and e1["loss"] >= e1["entropy"] - 0.1
+    m4, _, _ = load_run(out, step=4)
+    assert not np.array_equal(m4(ids), model(ids))
+
+
+def test_resume_after_interruption_is_exact(full_run, tmp_path):
+    _, ref = full_run
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_10(step, metrics):
+        if step == 10:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(small_cfg(), SRC, tmp_path, progress=False, callback=stop_at_10)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 8]
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(small_cfg(), SRC, tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="different configuration: lr"):
+        train(small_cfg(lr=2e-2), SRC, tmp_path, resume=True, progress=False)
+    r = train(small_cfg(), SRC, tmp_path, resume=True, progress=False)
+    assert r["start_step"] == 8
+    np.testing.assert_array_equal(losses(r), losses(ref))  # steps 1–8 read back, 9–12 recomputed
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if l["split"] == "train"] == list(range(1, 13))
+
+
+def test_foreign_and_corrupt_checkpoint_dirs(full_run, tmp_path):
+    out, _ = full_run
+    foreign = tmp_path / "foreign"
+    (foreign / "checkpoints").mkdir(parents=True)
+    (foreign / "checkpoints" / "model.pt").write_text("not ours")
+    with pytest.raises(CheckpointError, match="not orbax step checkpoints"):
+        train(small_cfg(), SRC, foreign, resume=True, progress=False)
+    noconf = tmp_path / "noconf"
+    shutil.copytree(out / "checkpoints", noconf / "checkpoints")
+    with pytest.raises(CheckpointError, match="no train_config.json"):
+        train(small_cfg(), SRC, noconf, resume=True, progress=False)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(out, corrupt)
+    for p in (corrupt / "checkpoints" / "12").rglob("*"):
+        if p.is_file():
+            p.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="could not be restored"):
+        train(small_cfg(steps=12), SRC, corrupt, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="could not be restored"):
+        load_run(corrupt)
+    # a checkpoint of a different model shape, config file forged to match: refused, not reinitialized
+    other = tmp_path / "other"
+    train(small_cfg(steps=4, ckpt_every=4, eval_every=0, model=ModelConfig(vocab_size=8, d_model=8, num_layers=1,
+                                                                         mixer={"num_heads": 2})),
+          SRC, other, progress=False)
+    (other / "train_config.json").write_text(json.dumps(small_cfg(steps=4, ckpt_every=4, eval_every=0).to_dict()))
+    with pytest.raises(CheckpointError, match="could not be restored"):
+        train(small_cfg(steps=4, ckpt_every=4, eval_every=0), SRC, other, resume=True, progress=False)
+
+
+# ------------------------------------------------------------------------------ SIGKILL
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from tests.test_train import small_cfg, SRC
+    from tvvar.train import train
+    train(small_cfg(steps=40, ckpt_every=5, eval_every=0), SRC, sys.argv[1], resume=True, progress=False,
+          callback=lambda step, m: time.sleep(0.15))
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_resumes_from_last_committed_step(tmp_path):
+    run = tmp_path / "run"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(root=str(ROOT)))
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": os.environ.get("JAX_NUM_CPU_DEVICES", "8")}
+    proc = subprocess.Popen([sys.executable, str(script), str(run)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            ck = run / "checkpoints"
+            if ck.exists() and any(p.name.isdigit() and int(p.name) >= 10 for p in ck.iterdir()):
+                break
+            if proc.poll() is not None:
+                pytest.fail("child exited early: " + proc.stderr.read().decode()[-2000:])
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint ≥ 10 within the time limit")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    committed = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert committed and committed[-1] < 40, committed
+    cfg = small_cfg(steps=40, ckpt_every=5, eval_every=0)
+    r = train(cfg, SRC, run, resume=True, progress=False)
+    assert r["start_step"] == committed[-1]
+    ref = train(cfg, SRC, tmp_path / "ref", progress=False)
+    np.testing.assert_allclose(losses(r), losses(ref), rtol=1e-6, atol=1e-7)
