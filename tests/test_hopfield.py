@@ -397,3 +397,19 @@ def test_bad_input_errors():
         H.dense_stable(jnp.ones((2, 3)), "cosh")
     with pytest.raises(ValueError, match="d ≥ 2"):
         H.hopfield_update(jnp.ones((3, 1)), jnp.ones(1), 1.0)
+
+
+def test_retrieval_sweep_segments_match_plain_updates():
+    from tvvar.core import sphere
+
+    d, Ns, beta, noise, trials, K = 6, [3, 1, 8, 20], 2.0, 0.3, 8, 1.0
+    r = H.retrieval_sweep(jax.random.key(9), d, Ns, beta, trials=trials, noise=noise, K=K)
+    M = K * np.sqrt(d - 1)
+    for t, key in enumerate(jax.random.split(jax.random.key(9), trials)):
+        kx, kz = jax.random.split(key)
+        X = H.sphere_patterns(kx, max(Ns), d, M)
+        xi = X[0] + noise * M * sphere(jax.random.normal(kz, (d,)))
+        for j, N in enumerate(Ns):  # the plain reference: one update with exactly N stored patterns
+            err = float(jnp.linalg.norm(H.hopfield_update(X[:N], xi, beta) - X[0]))
+            if abs(err - 0.1 * M) > 1e-4:  # skip float ties at the success threshold
+                assert bool(r["success"][j, t]) == (err <= 0.1 * M), (t, N, err)
