@@ -42,9 +42,12 @@ laid out (query i, head h, key j). Cost of the exact terms: O(B·H·T·(T + V)·
 B·T·H·T vectors when Ψ is not the identity (small T only). All likelihood terms run in float32 (float64
 under x64), masked entries are ``finfo.min``, and 0·log 0 = 0.
 
-Training objectives (:func:`register_objectives`, registered with ``tvvar.train.register_objective``):
-``"elbo"`` (−ELBO with Q = π, uniform prior — Theorem 6), ``"marginal"`` (−log P(U), uniform prior) and
-``"marginal_attention"`` (−log P(U) with the attention as prior); the soft model is ``"cross_entropy"``.
+Training objectives (:func:`make_objective`; importing this module registers them with
+``tvvar.train.register_objective``): ``"elbo"`` (−ELBO with Q = π, uniform prior — Theorem 6),
+``"marginal"`` (−log P(U), uniform prior), ``"marginal_attention"`` (−log P(U) with the attention as
+prior) and ``"soft"`` (the soft-attention loss of ``"cross_entropy"``, reporting the latent-model metrics
+as well). Note: with the uniform prior, log P(U) does not depend on B (the scores), so ``"marginal"``
+trains A and the embeddings only; the ELBO reaches B through Q = π.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvvar.core import check_token_ids, masked_fill_value, support_mask
+from tvvar.core import check_token_ids, masked_fill_value
 from tvvar.typing import Array
 
 __all__ = [
@@ -73,12 +76,13 @@ __all__ = [
     "vocab_scores",
     "decode_agreement",
     "kl",
+    "terms_from_features",
+    "make_objective",
     "register_objectives",
-    "OBJECTIVES",
+    "OBJECTIVE_KINDS",
 ]
 
 PRIOR_KINDS = ("uniform", "recency", "attention")
-OBJECTIVES = ("elbo", "marginal", "marginal_attention")
 
 
 def _f32(dtype) -> Any:
@@ -354,13 +358,18 @@ def elbo_terms(model, ids: Array, targets: Array, prior: Any = "uniform", q: Arr
     # explicit arrays are validated before any model compute, so bad input fails fast
     prior = _checked_prior(prior, support, H)
     qj = None if q is None else validate_prior(q, support, H)
-    f = latent_features(model, ids)
+    return terms_from_features(latent_features(model, ids), targets, prior, qj)
+
+
+def terms_from_features(f: LatentFeatures, targets: Array, prior: Any = "uniform", q: Array | None = None) -> PositionTerms:
+    """:class:`PositionTerms` from precomputed :class:`LatentFeatures` (priors/Q already validated)."""
+    H = f.log_q.shape[2]
     ld = f.log_q.dtype
     lp = log_prior(prior, f.support, H, log_q=f.log_q, dtype=ld)
     log_q = f.log_q
-    if qj is not None:
+    if q is not None:
         inside = f.support[None, :, None, :]
-        log_q = jnp.where(inside & (qj > 0), jnp.log(jnp.where(qj > 0, qj, 1)).astype(ld), masked_fill_value(ld))
+        log_q = jnp.where(inside & (q > 0), jnp.log(jnp.where(q > 0, q, 1)).astype(ld), masked_fill_value(ld))
     log_lik = _gather(f.cond_logp, targets)
     soft = jnp.take_along_axis(f.soft_logp, targets[..., None], axis=-1)[..., 0]
     return position_terms(log_lik, log_q, lp, f.support, soft)
@@ -419,41 +428,65 @@ def decode_agreement(scores: dict[str, Array], weights: Array | None = None) -> 
 # --------------------------------------------------------------------------------------------------
 
 
-def _metrics(t: PositionTerms) -> dict[str, Array]:
+def _metrics(t: PositionTerms, log_p_attention: Array) -> dict[str, Array]:
     return {
         "log_p": jnp.mean(t.log_p),
+        "log_p_attention": jnp.mean(log_p_attention),
         "elbo": jnp.mean(t.elbo),
+        "e_loglik": jnp.mean(t.e_loglik),
         "soft_ll": jnp.mean(t.soft_ll),
         "gap": jnp.mean(t.gap),
         "kl_prior": jnp.mean(t.kl_prior),
     }
 
 
-def make_objective(kind: str, prior: Any = "uniform") -> Callable:
+OBJECTIVE_KINDS = ("elbo", "marginal", "marginal_attention", "soft")
+
+
+def make_objective(kind: str) -> Callable:
     """An objective ``fn(model, batch, rng) -> (loss, metrics)`` for ``batch["tokens"]`` [B, T+1].
 
-    ``kind="elbo"``: loss = −mean ELBO(Q = π) (Theorem 6); ``kind="marginal"``: loss = −mean log P(U).
-    Metrics (per token, nats): log_p, elbo, soft_ll, gap, kl_prior, and nll (= the loss).
+    ``"elbo"``: −ELBO(Q = π) with the uniform prior (Theorem 6); ``"marginal"``: −log P(U) with the
+    uniform prior; ``"marginal_attention"``: −log P(U) with the attention as (learned) prior, Deng et al.
+    2018's exact marginal; ``"soft"``: −log P_soft(U) of Eq. 54 — the same loss as ``"cross_entropy"``.
+    Every kind reports the same metrics (per token, nats): log_p (uniform prior), log_p_attention,
+    elbo, e_loglik, kl_prior, gap (uniform prior, Q = π), soft_ll, nll (= the loss) and, when the batch
+    carries a synthetic source's exact conditional entropies, ``entropy`` and ``excess`` (= nll − H).
     """
-    if kind not in ("elbo", "marginal"):
-        raise ValueError(f"kind must be 'elbo' or 'marginal', got {kind!r}")
+    if kind not in OBJECTIVE_KINDS:
+        raise ValueError(f"kind must be one of {OBJECTIVE_KINDS}, got {kind!r}")
 
     def objective(model, batch, rng):
         del rng  # exact enumeration: no sampling
         tokens = batch["tokens"]
-        t = elbo_terms(model, tokens[:, :-1], tokens[:, 1:], prior=prior)
-        loss = -jnp.mean(t.elbo if kind == "elbo" else t.log_p)
-        return loss.astype(jnp.float32), {**_metrics(t), "nll": loss}
+        f = latent_features(model, tokens[:, :-1])
+        t = terms_from_features(f, tokens[:, 1:], "uniform")
+        log_p_att = terms_from_features(f, tokens[:, 1:], "attention").log_p
+        per_token = {"elbo": -t.elbo, "marginal": -t.log_p, "marginal_attention": -log_p_att, "soft": -t.soft_ll}[kind]
+        loss = jnp.mean(per_token).astype(jnp.float32)
+        metrics = {**_metrics(t, log_p_att), "nll": loss}
+        if "entropy" in batch:
+            H = batch["entropy"].astype(jnp.float32)
+            metrics["entropy"] = jnp.mean(H)
+            metrics["excess"] = jnp.mean(per_token - H)
+        return loss, metrics
 
     objective.__name__ = f"{kind}_objective"
-    objective.__doc__ = f"−{'ELBO' if kind == 'elbo' else 'log P(U)'} of the latent-position model, prior={prior!r}."
     return objective
 
 
 def register_objectives() -> None:
-    """Register ``"elbo"``, ``"marginal"`` and ``"marginal_attention"`` with ``tvvar.train``."""
-    from tvvar.train import register_objective
+    """Register ``"elbo"``, ``"marginal"``, ``"marginal_attention"`` and ``"soft"`` with ``tvvar.train``
+    (idempotent; ``tvvar.train`` imports this module by name to find ``"elbo"`` and ``"marginal"``)."""
+    from tvvar import train
 
-    for name, kind, prior in (("elbo", "elbo", "uniform"), ("marginal", "marginal", "uniform"),
-                              ("marginal_attention", "marginal", "attention")):
-        register_objective(name)(make_objective(kind, prior))
+    for kind in OBJECTIVE_KINDS:
+        try:
+            train.register_objective(kind)(make_objective(kind))
+        except ValueError:
+            # already registered by an earlier import of this module (e.g. a reload) is fine;
+            # a different owner of the name is a real conflict
+            if getattr(train.get_objective(kind), "__module__", None) != __name__:
+                raise
+
+register_objectives()
