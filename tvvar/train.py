@@ -556,6 +556,10 @@ def train(cfg: TrainConfig, data, out_dir: str | Path, resume: bool = False, *, 
     out = Path(out_dir)
     steps_done = _prepare_run_dir(out, cfg, data, resume)
     main = jax.process_index() == 0
+    if jax.process_count() > 1:  # every process has read the directory before process 0 writes to it
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("tvvar.train: run directory checked")
     if main:
         out.mkdir(parents=True, exist_ok=True)
     s = _setup(cfg)
