@@ -324,20 +324,44 @@ def _check_samples(num_samples: int, chunk: int | None) -> int:
     return int(num_samples)
 
 
-def _draw_estimates(logits_fn: LogitsFn, x: Array, key: PRNGKey, num_samples: int, chunk: int | None,
-                    draw: Callable) -> np.ndarray:
-    """[S, B]: ``draw(key, x_tiled [c·B, L], sample_index [c·B]) -> (x_t, weight [c·B, L])`` per chunk of
-    c samples; each value is Σ_i weight_i · (−log q(x_i | x_t))."""
+@partial(jax.jit, static_argnames=("mask_id", "P"))
+def _mc_draw(key, x, start, p_all, *, mask_id, P):
+    """Draws start..start+n−1 of estimator (a) for every row of x [B, L] at once: ([n·B, L] x_t, weight)."""
     B, L = x.shape
-    c = num_samples if chunk is None else min(chunk, num_samples)
+    n = p_all.shape[0]
+    xs = jnp.tile(x, (n, 1))
+    p = jnp.repeat(p_all, B)
+    x_t, masked = mask_tokens(jax.random.fold_in(key, start), xs, p, mask_id, prompt_mask=jnp.arange(L) < P)
+    return xs, x_t, jnp.where(masked, 1.0 / p[:, None], 0.0)
+
+
+@partial(jax.jit, static_argnames=("mask_id", "P"))
+def _count_draw(key, x, start, ell_all, *, mask_id, P):
+    """The same for estimator (b): exactly ℓ answer positions masked, weight (L − P)/ℓ."""
+    B, L = x.shape
+    n = ell_all.shape[0]
+    xs = jnp.tile(x, (n, 1))
+    ell = jnp.repeat(ell_all, B)
+    x_t, masked = mask_exactly(jax.random.fold_in(key, start), xs, ell, mask_id, prompt_mask=jnp.arange(L) < P)
+    return xs, x_t, jnp.where(masked, ((L - P) / ell.astype(jnp.float32))[:, None], 0.0)
+
+
+@jax.jit
+def _weighted_nll(logits, xs, weight):
+    return jnp.sum(masked_token_nll(logits, xs, weight > 0) * weight, axis=-1)
+
+
+def _draw_estimates(logits_fn: LogitsFn, x: Array, key: PRNGKey, per_draw: Array, chunk: int | None,
+                    draw: Callable) -> np.ndarray:
+    """[S, B]: for each chunk of c draws, ``draw(key, x, start, per_draw[start:start+c])`` masks the tiled
+    batch; each value is Σ_i weight_i · (−log q(x_i | x_t)), one ``logits_fn`` call per chunk."""
+    B = x.shape[0]
+    S = per_draw.shape[0]
+    c = S if chunk is None else min(chunk, S)
     out = []
-    for start in range(0, num_samples, c):
-        n = min(c, num_samples - start)
-        xs = jnp.tile(x, (n, 1))
-        idx = jnp.repeat(jnp.arange(start, start + n), B)
-        x_t, weight = draw(jax.random.fold_in(key, start), xs, idx)
-        nll = masked_token_nll(logits_fn(x_t), xs, weight > 0)
-        out.append(np.asarray(jnp.sum(nll * weight, axis=-1)).reshape(n, B))
+    for start in range(0, S, c):
+        xs, x_t, weight = draw(key, x, start, per_draw[start:start + c])
+        out.append(np.asarray(_weighted_nll(logits_fn(x_t), xs, weight)).reshape(-1, B))
     return np.concatenate(out, axis=0)
 
 
@@ -350,22 +374,17 @@ def nelbo_mc(logits_fn: LogitsFn, x: Array, key: PRNGKey, *, mask_id: int, num_s
     value (1/p) Σ_{i masked} −log q(x_i | x_t). Its expectation is Σ_M w_ε(|M|) Σ_{i∈M} −log q(x_i | x_{−M})
     with w_ε of :func:`subset_weights` (→ the exact NELBO as ε → 0; the difference is O(ε)).
     ``stratified``: the S draws of τ are evenly spread (:func:`sample_mask_probs`), per sequence.
+    ``chunk``: draws per denoiser call (memory); the values do not depend on it.
     """
     _check_ids(x)
     B, L = x.shape
     P = _check_prompt_length(prompt_length, L)
     S = _check_samples(num_samples, chunk)
     k_t, k_m = jax.random.split(key)
-    # one stratified set of S mask rates, shared by every sequence (indexed by the draw number)
+    # one (stratified) set of S mask rates, shared by every sequence (indexed by the draw number)
     p_all = sample_mask_probs(k_t, S, eps=eps, stratified=stratified)
-    pm = jnp.arange(L) < P
-
-    def draw(k, xs, idx):
-        p = p_all[idx]
-        x_t, masked = mask_tokens(k, xs, p, mask_id, prompt_mask=pm)
-        return x_t, jnp.where(masked, 1.0 / p[:, None], 0.0)
-
-    samples = _draw_estimates(logits_fn, x, k_m, S, chunk, draw)
+    draw = partial(_mc_draw, mask_id=int(mask_id), P=P)
+    samples = _draw_estimates(logits_fn, x, k_m, p_all, chunk, draw)
     return Likelihood(samples.mean(axis=0), L - P, samples, "mc_1/tau" + ("_stratified" if stratified else ""))
 
 
@@ -389,14 +408,8 @@ def nelbo_count(logits_fn: LogitsFn, x: Array, key: PRNGKey, *, mask_id: int, nu
         ell_all = (k0 + (jnp.arange(S) * La) // S) % La + 1
     else:
         ell_all = jax.random.randint(k_l, (S,), 1, La + 1)
-    pm = jnp.arange(L) < P
-
-    def draw(k, xs, idx):
-        ell = ell_all[idx]
-        x_t, masked = mask_exactly(k, xs, ell, mask_id, prompt_mask=pm)
-        return x_t, jnp.where(masked, (La / ell.astype(jnp.float32))[:, None], 0.0)
-
-    samples = _draw_estimates(logits_fn, x, k_m, S, chunk, draw)
+    draw = partial(_count_draw, mask_id=int(mask_id), P=P)
+    samples = _draw_estimates(logits_fn, x, k_m, ell_all, chunk, draw)
     return Likelihood(samples.mean(axis=0), La, samples, "count_L/l" + ("_stratified" if stratified else ""))
 
 
