@@ -227,3 +227,34 @@ def test_sigkill_resumes_from_last_committed_step(tmp_path):
     assert r["start_step"] == committed[-1]
     ref = train(cfg, SRC, tmp_path / "ref", progress=False)
     np.testing.assert_allclose(losses(r), losses(ref), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+
+def test_cli_help_and_validation(tmp_path, capsys):
+    from experiments.train import build_parser, config_from_args, main
+
+    p = build_parser()
+    for a in p._actions:
+        assert a.help, f"option {a.option_strings} has no help"
+    with pytest.raises(ValueError, match="unknown decomposition 'nope'"):
+        config_from_args(["--decomposition", "nope"])
+    with pytest.raises(ValueError, match="--steps must be ≥ 0"):
+        config_from_args(["--steps", "-3"])
+    with pytest.raises(ValueError, match="does not divide"):
+        config_from_args(["--mesh", "data=3"])
+    with pytest.raises(ValueError, match="--data must be"):
+        config_from_args(["--data", str(tmp_path / "missing.txt")])
+    with pytest.raises(SystemExit):
+        main(["--decomposition", "nope"])
+    # one real run through the command line, a few steps on a tiny text file
+    f = tmp_path / "t.txt"
+    f.write_text("abcabcabd" * 50)
+    r = main(["--data", str(f), "--steps", "3", "--batch-size", "4", "--seq-len", "8", "--d-model", "8",
+              "--num-layers", "1", "--num-heads", "2", "--eval-every", "0", "--eval-batches", "1",
+              "--ckpt-every", "3", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert r["final"]["step"] == 3 and (tmp_path / "run" / "checkpoints" / "3").is_dir()
+    assert "validation loss" in capsys.readouterr().out
+    _, cfg, info = load_run(tmp_path / "run")
+    assert info["vocab"]["symbols"] == ["a", "b", "c", "d"] and cfg.model.vocab_size == 4
