@@ -21,6 +21,7 @@ from flax import nnx
 
 from experiments.common import check, cli, save_figure
 from tvvar.core import mix_dense
+from tvvar.data import MarkovSource
 from tvvar.decompositions.attention import Attention
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.testing import plain_attention
@@ -62,21 +63,9 @@ def _max_differences(att: Attention, u: jax.Array) -> dict[str, float]:
     }
 
 
-def _markov_batches(cfg: Config):
-    """A fixed random first-order Markov chain over V tokens (a quick source with something to learn)."""
-    rng = np.random.default_rng(cfg.seed)
-    P = rng.dirichlet(np.full(cfg.vocab_size, 0.2), size=cfg.vocab_size)
-    cum = np.cumsum(P, axis=1)
-
-    def sample(n):
-        x = np.empty((n, cfg.seq_len + 1), np.int32)
-        x[:, 0] = rng.integers(cfg.vocab_size, size=n)
-        for t in range(1, cfg.seq_len + 1):
-            r = rng.random(n)[:, None]
-            x[:, t] = np.minimum((r > cum[x[:, t - 1]]).sum(1), cfg.vocab_size - 1)
-        return x
-
-    return sample
+def _source(cfg: Config) -> MarkovSource:
+    """A random first-order Markov chain over V tokens: a quick source with something to learn."""
+    return MarkovSource(cfg.vocab_size, order=1, alpha=0.2, seed=cfg.seed)
 
 
 def _train_briefly(cfg: Config) -> tuple[TVVARModel, list[float]]:
@@ -94,8 +83,9 @@ def _train_briefly(cfg: Config) -> tuple[TVVARModel, list[float]]:
         opt.update(model, grads)
         return loss
 
-    sample = _markov_batches(cfg)
-    losses = [float(step(model, opt, jnp.asarray(sample(cfg.batch_size)))) for _ in range(cfg.train_steps)]
+    source = _source(cfg)
+    sample = jax.jit(lambda k: source.sample_batch(k, cfg.batch_size, cfg.seq_len))
+    losses = [float(step(model, opt, sample(k))) for k in jax.random.split(jax.random.key(cfg.seed), cfg.train_steps)]
     return model, losses
 
 
@@ -140,7 +130,7 @@ def run(config: Config, out: Path) -> dict:
     # (2) briefly trained weights (float32)
     model, losses = _train_briefly(config)
     att = model.blocks[0].mixer
-    ids = jnp.asarray(_markov_batches(config)(2)[:, :-1])
+    ids = _source(config).sample_batch(jax.random.key(config.seed + 2), 2, config.seq_len, split="val")[:, :-1]
     u = model.blocks[0].norm1(model.embed_tokens(ids))
     diffs = _max_differences(att, u)
     data["trained_float32"] = diffs
