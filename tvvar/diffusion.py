@@ -455,20 +455,34 @@ def nelbo_exact(logits_fn: LogitsFn, x: Array, *, mask_id: int, prompt_length: i
         raise ValueError(f"nelbo_exact enumerates 2^{La} mask sets; the answer length L−prompt_length={La} exceeds "
                          f"max_answer_length={max_answer_length}")
     masks = _all_masks(L, P)
-    w = subset_weights(La, eps)[masks.sum(axis=1)]  # [n_masks]
+    nM = len(masks)
+    w = jnp.asarray(subset_weights(La, eps)[masks.sum(axis=1)])  # [nM]
     masks_j = jnp.asarray(masks)
     totals = []
-    for b in range(B):
-        tot = 0.0
-        for s in range(0, len(masks), chunk):
-            m = masks_j[s:s + chunk]
-            xs = jnp.broadcast_to(x[b], m.shape)
-            x_t = jnp.where(m, jnp.asarray(mask_id, x.dtype), xs)
-            nll = masked_token_nll(logits_fn(x_t), xs, m)  # [n, L]
-            per_set = jnp.sum(nll, axis=-1)
-            tot = tot + jnp.sum(per_set * jnp.asarray(w[s:s + chunk], per_set.dtype))
-        totals.append(tot)
-    return Likelihood(np.asarray(jnp.stack(totals)), La, None, "exact" if eps == 0 else f"exact_eps={eps:g}")
+    if nM >= chunk:  # one sequence at a time, its mask sets in chunks
+        for b in range(B):
+            tot = 0.0
+            for s in range(0, nM, chunk):
+                xs, x_t, m = _enumerate_draw(x[b:b + 1], masks_j[s:s + chunk], mask_id=int(mask_id))
+                tot = tot + jnp.sum(_weighted_nll(logits_fn(x_t), xs, m.astype(w.dtype) * w[s:s + chunk][:, None]))
+            totals.append(jnp.reshape(tot, (1,)))
+    else:  # several sequences per denoiser call
+        g = max(1, chunk // nM)
+        for b in range(0, B, g):
+            xb = x[b:b + g]
+            xs, x_t, m = _enumerate_draw(xb, masks_j, mask_id=int(mask_id))
+            wt = jnp.tile(w, xb.shape[0])[:, None] * m.astype(w.dtype)
+            totals.append(jnp.sum(_weighted_nll(logits_fn(x_t), xs, wt).reshape(xb.shape[0], nM), axis=1))
+    return Likelihood(np.asarray(jnp.concatenate(totals)), La, None, "exact" if eps == 0 else f"exact_eps={eps:g}")
+
+
+@partial(jax.jit, static_argnames=("mask_id",))
+def _enumerate_draw(x, masks, *, mask_id):
+    """Every row of x [g, L] under every mask set [n, L]: ([g·n, L] clean, masked input, mask)."""
+    g, L = x.shape
+    xs = jnp.repeat(x, masks.shape[0], axis=0)
+    m = jnp.tile(masks, (g, 1))
+    return xs, jnp.where(m, jnp.asarray(mask_id, x.dtype), xs), m
 
 
 def any_order_nll(logits_fn: LogitsFn, x: Array, *, mask_id: int, prompt_length: int = 0,
@@ -515,11 +529,10 @@ def reveal_schedule(num_masked: int, steps: int) -> tuple[int, ...]:
     return tuple(base + (1 if s < rem else 0) for s in range(steps))
 
 
-@partial(jax.jit, static_argnames=("n_reveal", "temperature", "remasking", "mask_id"))
-def _reveal(x: Array, logits: Array, key: PRNGKey, lo: Array, hi: Array, *, n_reveal: int,
-            temperature: float, remasking: str, mask_id: int) -> Array:
+def _reveal_body(x: Array, logits: Array, key: PRNGKey, step: Array, lo: Array, hi: Array, *, n_reveal: int,
+                 temperature: float, remasking: str, mask_id: int) -> Array:
     """One reverse step: propose x̂_i for every masked position, keep n_reveal of those in [lo, hi)."""
-    k_g, k_r = jax.random.split(key)
+    k_g, k_r = jax.random.split(jax.random.fold_in(key, step))
     logits32 = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     x0 = argsoftmax(k_g, logits32, temperature).astype(x.dtype)  # Gumbel-max in float32+
     if remasking == "low_confidence":
@@ -537,7 +550,7 @@ def _reveal(x: Array, logits: Array, key: PRNGKey, lo: Array, hi: Array, *, n_re
 
 def generate(logits_fn: LogitsFn, prompt: Array, key: PRNGKey | None, *, mask_id: int, steps: int,
              gen_length: int, block_length: int | None = None, temperature: float = 0.0,
-             remasking: str = "low_confidence", cfg_scale: float = 0.0) -> Array:
+             remasking: str = "low_confidence", cfg_scale: float = 0.0, jit_step: bool = False) -> Array:
     """LLaDA's reverse process: fill ``gen_length`` masked positions after ``prompt`` [B, P] in ``steps``
     denoiser calls. Returns [B, P + gen_length].
 
@@ -556,6 +569,9 @@ def generate(logits_fn: LogitsFn, prompt: Array, key: PRNGKey | None, *, mask_id
     * Classifier-free guidance (``cfg_scale`` = s > 0): the same call also evaluates the sequence with
       the prompt masked; logits = un + (s + 1)(cond − un). Both go through one batched call [2B, ...],
       so the denoiser is still called exactly ``steps`` times.
+    * ``jit_step=True`` traces ``logits_fn`` into one jitted function per step (denoiser call, guidance
+      and reveal fused; ``logits_fn`` must then be JAX-traceable and is cached by identity). Same tokens
+      as the default path, which calls ``logits_fn`` eagerly once per step (countable from Python).
     """
     _check_ids(prompt, "prompt")
     B, P = prompt.shape
@@ -586,24 +602,61 @@ def generate(logits_fn: LogitsFn, prompt: Array, key: PRNGKey | None, *, mask_id
             raise ValueError(f"prompt must hold token ids in [0, V={mask_id}) (no mask tokens), got values in [{lo_id}, {hi_id}]")
     key = jax.random.key(0) if key is None else key
     x = jnp.concatenate([prompt, jnp.full((B, gen_length), mask_id, prompt.dtype)], axis=1)
-    is_prompt = jnp.arange(P + gen_length) < P
+    opts = dict(temperature=float(temperature), remasking=remasking, mask_id=int(mask_id), P=P,
+                cfg_scale=float(cfg_scale))
+    if jit_step:
+        ck = (logits_fn, tuple(sorted(opts.items())))
+        if ck not in _STEP_CACHE:
+            if len(_STEP_CACHE) >= 8:
+                _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+            _STEP_CACHE[ck] = jax.jit(partial(_fused_step, logits_fn, **opts), static_argnames=("n_reveal",))
+        fused = _STEP_CACHE[ck]
     spb = steps // num_blocks
     schedule = reveal_schedule(block_length, spb)
     step = 0
     for blk in range(num_blocks):
         lo, hi = P + blk * block_length, P + (blk + 1) * block_length
         for n_reveal in schedule:
-            if cfg_scale > 0:
-                un = jnp.where(is_prompt[None], jnp.asarray(mask_id, x.dtype), x)
-                both = logits_fn(jnp.concatenate([x, un], axis=0))
-                cond, unc = both[:B].astype(jnp.float32), both[B:].astype(jnp.float32)
-                logits = unc + (cfg_scale + 1.0) * (cond - unc)
+            if jit_step:
+                x = fused(x, key, step, lo, hi, n_reveal=n_reveal)
             else:
-                logits = logits_fn(x)
-            x = _reveal(x, logits, jax.random.fold_in(key, step), jnp.asarray(lo), jnp.asarray(hi),
-                        n_reveal=n_reveal, temperature=float(temperature), remasking=remasking, mask_id=mask_id)
+                if cfg_scale > 0:
+                    logits = _cfg_combine(logits_fn(_cfg_inputs(x, mask_id=int(mask_id), P=P)), cfg_scale)
+                else:
+                    logits = logits_fn(x)
+                x = _reveal(x, logits, key, step, lo, hi, n_reveal=n_reveal, temperature=float(temperature),
+                            remasking=remasking, mask_id=int(mask_id))
             step += 1
     return x
+
+
+_STEP_CACHE: dict = {}
+_reveal = jax.jit(_reveal_body, static_argnames=("n_reveal", "temperature", "remasking", "mask_id"))
+
+
+@partial(jax.jit, static_argnames=("mask_id", "P"))
+def _cfg_inputs(x: Array, *, mask_id: int, P: int) -> Array:
+    """[x; x with the prompt masked]: both halves of classifier-free guidance in one batch [2B, L]."""
+    un = jnp.where((jnp.arange(x.shape[1]) < P)[None, :], jnp.asarray(mask_id, x.dtype), x)
+    return jnp.concatenate([x, un], axis=0)
+
+
+@partial(jax.jit, static_argnames=("scale",))
+def _cfg_combine(both: Array, scale: float) -> Array:
+    """un + (s + 1)(cond − un), in float32 or better."""
+    B = both.shape[0] // 2
+    both = both.astype(jnp.promote_types(both.dtype, jnp.float32))
+    cond, unc = both[:B], both[B:]
+    return unc + (scale + 1.0) * (cond - unc)
+
+
+def _fused_step(logits_fn, x, key, step, lo, hi, *, n_reveal, temperature, remasking, mask_id, P, cfg_scale):
+    if cfg_scale > 0:
+        logits = _cfg_combine(logits_fn(_cfg_inputs(x, mask_id=mask_id, P=P)), cfg_scale)
+    else:
+        logits = logits_fn(x)
+    return _reveal_body(x, logits, key, step, lo, hi, n_reveal=n_reveal, temperature=temperature,
+                        remasking=remasking, mask_id=mask_id)
 
 
 # --------------------------------------------------------------------------------------------------
