@@ -81,8 +81,9 @@ def test_objective_registry_and_cross_entropy_reference():
 
     model = TVVARModel(small_cfg().model, rngs=nnx.Rngs(0))
     batch = SRC.batch(jax.random.key(0), 4, 8)
-    loss, m = cross_entropy(model, batch, jax.random.key(1))
-    logits = np.asarray(model(batch["tokens"][:, :-1]), np.float64)
+    # one jitted call (eager NNX dispatches op by op, which is slow on a busy machine)
+    loss, m, logits = nnx.jit(lambda mod, b: (*cross_entropy(mod, b, jax.random.key(1)), mod(b["tokens"][:, :-1])))(model, batch)
+    logits = np.asarray(logits, np.float64)
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
     t = np.asarray(batch["tokens"][:, 1:])
     nll = -np.take_along_axis(logp, t[..., None], -1)[..., 0]
