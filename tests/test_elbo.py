@@ -132,6 +132,12 @@ def test_vocab_scores_consistent_and_normalized():
             # log P(v) is a distribution over the vocabulary
             np.testing.assert_allclose(jax.nn.logsumexp(s["log_p"], axis=-1), 0.0, atol=1e-10)
             assert np.all(np.asarray(s["elbo"]) <= np.asarray(s["log_p"]) + 1e-12)
+            if name == "pure_h3":  # affine readout: ELBO(v) − log P_soft(v) is constant in v (Theorem 7)
+                d = np.asarray(s["elbo"] - s["soft"])
+                assert np.max(d.max(-1) - d.min(-1)) < 1e-10
+            else:  # not a law for a nonlinear last layer: the spread is visibly nonzero here
+                d = np.asarray(s["elbo"] - s["soft"])
+                assert np.max(d.max(-1) - d.min(-1)) > 1e-3
 
 
 def test_pure_multihead_conditional_is_softmax_of_H_A_h_u_j():

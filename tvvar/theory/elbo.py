@@ -34,7 +34,8 @@ and E_Q[log P(U | J)] ≤ log P_soft(U) whenever f_i is affine (Jensen: log-soft
 logits) — true for the pure TV-VAR, not for a last layer with a nonlinear Ψ or a final norm.
 Theorem 7 (Eqs. 63–67): decoding picks argmax_v ELBO(v); since KL(Q ‖ P(J)) does not depend on v this
 is argmax_v E_Q[log P(v | J)]; :func:`vocab_scores` and :func:`decode_agreement` compare it with
-argmax_v log P(v) and argmax_v log P_soft(v).
+argmax_v log P(v) and argmax_v log P_soft(v). For an affine f_i, ELBO(v) − log P_soft(v) is the same for
+every v, so ELBO decoding and greedy soft decoding coincide exactly (tested in float64).
 
 Shapes: B batch, T rows (queries) and keys, H heads, V vocabulary; per-latent arrays are [B, T, H, T]
 laid out (query i, head h, key j). Cost of the exact terms: O(B·H·T·(T + V)·D) for the pure TV-VAR
@@ -160,8 +161,8 @@ def latent_features(model, ids: Array) -> LatentFeatures:
     A = mixer.value_maps().astype(z.dtype)  # [H, D_out, D]
     # H·A_h z_j: the mixer output if all of row i's attention sat on (h, j)
     m_BxHxTxD = H * jnp.einsum("hed,bjd->bhje", A, z, precision=jax.lax.Precision.HIGHEST)
-    pi = jnp.where(allowed[None, None], jnp.exp(log_pi), 0).astype(z.dtype)
-    m_soft_BxTxD = jnp.einsum("bhij,bhje->bie", pi, m_BxHxTxD, precision=jax.lax.Precision.HIGHEST) / H
+    # E_Q[H A_h z_j] = Σ_h Σ_j π^h[i, j] A_h z_j is the mixer's own output (Theorem 5): its fast path
+    m_soft_BxTxD = mixer(z)
 
     def after_mixer(m: Array, x_res: Array) -> Array:
         y = x_res + m if last.residual else m
@@ -385,6 +386,10 @@ def vocab_scores(model, ids: Array, prior: Any = "uniform") -> dict[str, Array]:
 
     ``elbo``: ELBO(v) = E_Q[log P(v | J)] − KL(Q ‖ P(J));  ``log_p``: log P(v) = log Σ_J P(J) P(v | J);
     ``soft``: log P_soft(v) (Eq. 54).
+
+    When the readout after the mixer is affine (the pure TV-VAR), E_Q[log softmax(z_J)_v] =
+    (E_Q z_J)_v − E_Q[logsumexp z_J], so ELBO(v) − log P_soft(v) does not depend on v and
+    argmax_v ELBO(v) = argmax_v P_soft(v) exactly: greedy soft-attention decoding *is* ELBO decoding.
     """
     mixer = _last_attention(model)
     prior = _checked_prior(prior, mixer.support(ids.shape[1]), mixer.num_heads)
