@@ -24,6 +24,7 @@ EXPERIMENTS: tuple[str, ...] = (
     "theorem5",
     "rademacher",
     "hopfield_capacity",
+    "llada",
 )
 
 
