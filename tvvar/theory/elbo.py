@@ -300,7 +300,7 @@ class PositionTerms(NamedTuple):
     elbo:     E_Q[log P(U | J)] − KL(Q ‖ P(J))                     (Theorem 6)
     e_loglik: E_Q[log P(U | J)]
     kl_prior: KL(Q ‖ P(J))
-    gap:      KL(Q ‖ P(J | U)) = log P(U) − ELBO (computed directly, not as the difference)
+    gap:      KL(Q ‖ P(J | U)) = Σ_J Q (log Q − log P(J, U)) + log P(U)  (= log P(U) − ELBO)
     soft_ll:  log P_soft(U)                                         (Eq. 54)
     log_post: [B, T, H, T] log P(J | U), ``finfo.min`` outside S(i)
     """
@@ -324,18 +324,24 @@ def kl(log_q: Array, log_p: Array, inside: Array, axis=(-2, -1)) -> Array:
 def position_terms(log_lik: Array, log_q: Array, log_prior_: Array, support: Array, soft_ll: Array | None = None) -> PositionTerms:
     """Enumerate J for every row: the quantities of :class:`PositionTerms` from plain arrays.
 
-    log_lik [B, T, H, T] = log P(U_i | J = (h, j)) at the observed token, log_q and log_prior_
-    broadcastable to it (arbitrary Q allowed: any distribution over S(i)), support [T, T].
+    log_lik [B, T, H, T] = log P(U_i | J = (h, j)) at the observed token (finite everywhere), log_q and
+    log_prior_ broadcastable to it, ``finfo.min`` outside S(i) (arbitrary Q allowed: any normalized
+    distribution over S(i)), support [T, T].
+
+    The gap uses Σ_J Q(J) = 1: KL(Q ‖ P(J | U)) = Σ_J Q (log Q − log P(J, U)) + log P(U), which needs
+    no pass over the materialized posterior (the posterior itself is still returned).
     """
     inside = jnp.broadcast_to(support[None, :, None, :], log_lik.shape)
     fill = masked_fill_value(log_lik.dtype)
     log_joint = jnp.where(inside, log_prior_ + log_lik, fill)
     log_p = jax.nn.logsumexp(log_joint, axis=(-2, -1))
-    log_post = jnp.where(inside, log_joint - log_p[..., None, None], fill)
     q = jnp.where(inside, jnp.exp(log_q), 0)
-    e_loglik = jnp.sum(q * jnp.where(inside, log_lik, 0), axis=(-2, -1))
-    kl_prior = kl(log_q, log_prior_, inside)
-    gap = kl(log_q, log_post, inside)
+    # 0·log 0 = 0: rows of Q may have exact zeros (underflow, or a given Q) where log Q = finfo.min
+    live = inside & (q > 0)
+    e_loglik = jnp.sum(q * log_lik, axis=(-2, -1))
+    kl_prior = jnp.sum(q * jnp.where(live, log_q - log_prior_, 0), axis=(-2, -1))
+    gap = jnp.sum(q * jnp.where(live, log_q - log_joint, 0), axis=(-2, -1)) + log_p
+    log_post = jnp.where(inside, log_joint - log_p[..., None, None], fill)
     soft = jnp.full_like(log_p, jnp.nan) if soft_ll is None else soft_ll
     return PositionTerms(log_p, e_loglik - kl_prior, e_loglik, kl_prior, gap, soft, log_post)
 
