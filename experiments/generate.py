@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.max_new_tokens < 0:
         raise SystemExit(f"error: --max-new-tokens must be ≥ 0, got {args.max_new_tokens}")
-    model, train_cfg, data_info = load_run(args.run, step=args.step)
+    from tvvar.train import CheckpointError
+
+    try:
+        model, train_cfg, data_info = load_run(args.run, step=args.step)
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
+        raise SystemExit(f"error: --run {args.run}: {e}") from None
     try:
         prompt_ids = encode_prompt(args.prompt, data_info, model.cfg.vocab_size)
         tokens = generate(model, jax.numpy.asarray(prompt_ids), args.max_new_tokens, key=jax.random.key(args.seed),

@@ -63,13 +63,18 @@ def test_mixer_step_equals_full_forward_rows_float64(name):
         u = jax.random.normal(jax.random.key(2), (2, 5, D), jnp.float64)
         u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
         full = np.asarray(m(u))
-        cache = m.init_cache(2, 6, jnp.float64)
-        rows = []
-        for t in range(5):
-            h_t, cache = m.step(cache, u[:, t])
-            rows.append(np.asarray(h_t))
-        assert int(cache["index"]) == 5
-        np.testing.assert_allclose(np.stack(rows, 1), full, atol=1e-10, rtol=1e-10)
+        h_t, cache = m.step(m.init_cache(2, 6, jnp.float64), u[:, 0])  # eagerly, once
+        np.testing.assert_allclose(np.asarray(h_t), full[:, 0], atol=1e-10, rtol=1e-10)
+
+        @jax.jit
+        def stepped(m, u):
+            cache, h_TxBxD = jax.lax.scan(lambda c, u_t: m.step(c, u_t)[::-1], m.init_cache(2, 6, jnp.float64),
+                                          jnp.swapaxes(u, 0, 1))
+            return jnp.swapaxes(h_TxBxD, 0, 1), cache["index"]
+
+        h, index = stepped(m, u)
+        assert int(index) == 5
+        np.testing.assert_allclose(np.asarray(h), full, atol=1e-10, rtol=1e-10)
 
 
 @jax.jit
@@ -121,11 +126,11 @@ def test_sampling_reproducible_and_equal_to_reference():
     model = _model("attention")
     prompt = _ids(3, 3)
     kw = dict(temperature=0.8, top_k=6, top_p=0.9)
-    a = generate(model, prompt, 5, key=jax.random.key(5), **kw)
-    b = generate(model, prompt, 5, key=jax.random.key(5), **kw)
-    c = generate(model, prompt, 5, key=jax.random.key(6), **kw)
-    ref = generate_recompute(model, prompt, 5, key=jax.random.key(5), **kw)  # the growing prefix
-    ref_padded = generate_recompute(model, prompt, 5, key=jax.random.key(5), padded=True, **kw)
+    a = generate(model, prompt, 4, key=jax.random.key(5), **kw)
+    b = generate(model, prompt, 4, key=jax.random.key(5), **kw)
+    c = generate(model, prompt, 4, key=jax.random.key(6), **kw)
+    ref = generate_recompute(model, prompt, 4, key=jax.random.key(5), **kw)  # the growing prefix
+    ref_padded = generate_recompute(model, prompt, 4, key=jax.random.key(5), padded=True, **kw)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(ref))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(ref_padded))
@@ -233,3 +238,67 @@ def test_mixer_without_cache_falls_back_to_recompute(monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             generate(model, prompt, 4, temperature=0.0, fallback=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# python -m experiments.generate
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cli_prompt_encoding():
+    from experiments.generate import decode_tokens, encode_prompt
+
+    np.testing.assert_array_equal(encode_prompt("3 1, 4", {"kind": "markov"}, 5), [3, 1, 4])
+    assert decode_tokens([3, 1, 4], {"kind": "markov"}) == "3 1 4"
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 5\)"):
+        encode_prompt("3 5", {"kind": "markov"}, 5)
+    with pytest.raises(ValueError, match="space-separated list of integer token ids"):
+        encode_prompt("3 x", {"kind": "synthetic-tvvar"}, 5)
+    with pytest.raises(ValueError, match="empty prompt"):
+        encode_prompt("  ", {"kind": "markov"}, 5)
+    text_info = {"kind": "text", "vocab": {"byte_level": False, "symbols": [" ", "a", "b"]}}
+    np.testing.assert_array_equal(encode_prompt("ab a", text_info, 3), [1, 2, 0, 1])
+    assert decode_tokens([2, 0, 1], text_info) == "b a"
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        encode_prompt("abc", text_info, 3)
+
+
+@pytest.mark.slow
+def test_cli_generates_from_a_trained_char_run(tmp_path, capsys):
+    """End to end: a 2-step character-level run, then the CLI continues a text prompt (greedy: the
+    same text as tvvar.generate on the loaded model)."""
+    from experiments.generate import main
+    from tvvar.data import TextCorpus
+    from tvvar.train import TrainConfig, load_run, train
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("abba cab dab bad cad " * 20)
+    data = TextCorpus(corpus)
+    cfg = TrainConfig(model=ModelConfig(vocab_size=data.vocab_size, d_model=16, num_layers=1, mixer={"num_heads": 2}),
+                      steps=2, batch_size=2, seq_len=8, warmup=0, eval_every=0, eval_batches=1, ckpt_every=2)
+    train(cfg, data, tmp_path / "run", progress=False)
+    out = main(["--run", str(tmp_path / "run"), "--prompt", "ab", "--max-new-tokens", "5", "--temperature", "0"])
+    assert out["text"].startswith("ab") and len(out["text"]) == 7 and out["prompt_len"] == 2
+    assert capsys.readouterr().out.strip() == out["text"]
+    model, _, _ = load_run(tmp_path / "run")
+    expect = generate(model, jnp.asarray(data.vocab.encode("ab")), 5, temperature=0.0)
+    assert out["text"] == data.vocab.decode(expect)
+    sampled = main(["--run", str(tmp_path / "run"), "--prompt", "ba", "--max-new-tokens", "4", "--top-k", "3",
+                    "--top-p", "0.9", "--seed", "1"])
+    assert len(sampled["text"]) == 6 and set(sampled["text"]) <= set(data.vocab.symbols)
+    with pytest.raises(SystemExit, match="outside the vocabulary"):
+        main(["--run", str(tmp_path / "run"), "--prompt", "xyz"])
+    with pytest.raises(SystemExit, match="not a tvvar run directory"):
+        main(["--run", str(tmp_path), "--prompt", "ab"])
+    with pytest.raises(SystemExit, match="max-new-tokens must be ≥ 0"):
+        main(["--run", str(tmp_path / "run"), "--prompt", "ab", "--max-new-tokens", "-1"])
+
+
+def test_cli_help_documents_every_option(capsys):
+    from experiments.generate import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for opt in ("--run", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--step"):
+        assert opt in text
