@@ -138,14 +138,38 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Mapping[str, str | N
     return jax.tree.map(one, abstract_state, is_leaf=_is_var)
 
 
+_UNTRACEABLE = (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError)
+
+
+def abstract_module(make: Callable[[], nnx.Module]) -> nnx.Module:
+    """``nnx.eval_shape(make)``; a constructor that cannot be traced (numpy on random draws) is built
+    eagerly instead — only shapes and axis-name metadata are read from the result."""
+    try:
+        return nnx.eval_shape(make)
+    except _UNTRACEABLE:
+        return make()
+
+
 def sharded_init_fn(make: Callable[[], nnx.Module], mesh: Mesh, rules: Mapping[str, str | None] | None = None,
                     ) -> tuple[nnx.GraphDef, Any, Callable[[], nnx.State]]:
     """(graphdef, state shardings, jitted ``init() -> state``) — the pieces of :func:`sharded_init`,
     for callers that initialize the same module more than once (the compiled ``init`` is reused)."""
-    abstract = nnx.eval_shape(make)
-    graphdef, abs_state = nnx.split(abstract)
+    graphdef, abs_state = nnx.split(abstract_module(make))
     shardings = state_shardings(abs_state, mesh, rules)
-    init = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)
+    jitted = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)
+
+    def init():
+        try:
+            return jitted()
+        except _UNTRACEABLE as e:
+            # a constructor that calls numpy on random draws cannot be traced: build it eagerly, then
+            # place each array on its shards (correct, but the full model exists once on the host)
+            import warnings
+
+            warnings.warn(f"module constructor is not traceable ({type(e).__name__}); initializing eagerly "
+                          "and resharding", stacklevel=2)
+            return jax.device_put(nnx.split(make())[1], shardings)
+
     return graphdef, shardings, init
 
 

@@ -40,7 +40,7 @@ from flax import nnx
 
 from tvvar.core import log_softmax32
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.sharding import batch_sharding, make_mesh, parse_mesh, replicated, sharded_init_fn
+from tvvar.sharding import abstract_module, batch_sharding, make_mesh, parse_mesh, replicated, sharded_init_fn
 from tvvar.typing import Array, PRNGKey
 
 __all__ = [
@@ -294,7 +294,9 @@ def _setup(cfg: TrainConfig) -> _Setup:
         param_sh, _ = nnx.split_state(state_sh, nnx.Param, ...)
         tx = make_optimizer(cfg)
         repl = replicated(mesh)
-        abs_params, _ = nnx.split_state(jax.eval_shape(init), nnx.Param, ...)
+        abs_params, _ = nnx.split_state(nnx.split(abstract_module(
+            lambda: TVVARModel(cfg.model, rngs=nnx.Rngs(params=cfg.seed))))[1], nnx.Param, ...)
+        abs_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abs_params)
         abs_opt = jax.eval_shape(tx.init, abs_params)
         opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
                                        transform_non_params=lambda _: repl,
