@@ -12,7 +12,7 @@ from flax import nnx
 
 from tvvar.core import build, mix_dense
 from tvvar.decompositions.ssm import DiagonalSSM, LTISSM, MambaBlock, ScalarSSM, inverse_softplus
-from tvvar.decompositions.ssm_kernels import segsum
+from tvvar.decompositions.ssm_kernels import decay_exp, segsum
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.testing import check_decomposition, random_input
 
@@ -46,7 +46,9 @@ def assert_close(a, b, tol, what):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in ("mamba", "ssm_dense") else n for n in sorted(SMALL)]
+)
 def test_kit(name):
     # T = 6 with chunk 4: the padded last chunk of the SSD path is exercised by the kit too
     check_decomposition(lambda rngs, dtype: build(name, D, rngs=rngs, dtype=dtype, **SMALL[name]))
@@ -68,8 +70,10 @@ def _steps(m, u, cache=None):
 
 @pytest.mark.parametrize("name", ["ssm", "ssm_diagonal", "ssm_dense", "mamba"])
 def test_scan_chunked_step_agree(name):
-    """Values and gradients: float64 at 1e-10 for chunk sizes 4 (divides T = 8) and 3 (does not);
-    float32 at 1e-5 for chunk size 3. ``__call__`` is the chunked path at the default size (4)."""
+    """Values and gradients in float64 at 1e-10 for chunk sizes 4 (divides T = 8) and 3 (does not);
+    values in float32 at 1e-5. (Float32 gradients of the chunked path are checked against the
+    coefficients' by the kit; compile time keeps this test to one float32 gradient-free pass.)
+    ``__call__`` is the chunked path at the default size (4)."""
     T = 8
     for dtype, chunk_sizes in ((jnp.float64, (None, 3)), (jnp.float32, (3,))):
         with jax.enable_x64(dtype == jnp.float64):
@@ -87,13 +91,15 @@ def test_scan_chunked_step_agree(name):
                 h, s = mm.scan(u) if algo == "scan" else mm.chunked(u, Q)
                 return jnp.sum(w * h) + sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(s))
 
-            g_scan = jax.grad(loss, argnums=(0, 1))(params, u, "scan", None)
+            grads = dtype == jnp.float64
+            g_scan = jax.grad(loss, argnums=(0, 1))(params, u, "scan", None) if grads else None
             for Q in chunk_sizes:
                 h_c, s_c = m.chunked(u, Q)
                 assert_close(h_c, h_scan, TOL[dtype], f"chunked(Q={Q}) vs scan")
                 assert_close(s_c, s_scan, TOL[dtype], f"chunked(Q={Q}) final state vs scan")
-                g_c = jax.grad(loss, argnums=(0, 1))(params, u, "chunked", Q)
-                assert_close(g_c, g_scan, TOL[dtype], f"gradients chunked(Q={Q}) vs scan")
+                if grads:
+                    g_c = jax.grad(loss, argnums=(0, 1))(params, u, "chunked", Q)
+                    assert_close(g_c, g_scan, TOL[dtype], f"gradients chunked(Q={Q}) vs scan")
             if dtype == jnp.float64:
                 assert_close(m(u), h_scan, TOL[dtype], "__call__ vs scan")
 
@@ -202,6 +208,15 @@ def test_lti_convolution_is_recurrence():
         np.testing.assert_allclose(A[0], A[1], atol=1e-12)  # input-independent
 
 
+def test_decay_exp_flushes_subnormals_only():
+    z = jnp.array([0.0, -1.0, -80.0, -88.0, -200.0, -jnp.inf], jnp.float32)
+    a = np.asarray(decay_exp(z))
+    np.testing.assert_allclose(a[:3], np.exp(np.asarray(z[:3], np.float64)), rtol=1e-6)
+    assert np.all(a[3:] == 0.0)  # exp(−88) < finfo(float32).tiny: flushed, as are −200 and −inf
+    g = np.asarray(jax.grad(lambda x: jnp.sum(decay_exp(x)))(z))
+    assert np.all(np.isfinite(g)) and np.all(g[3:] == 0.0)
+
+
 def test_segsum_is_masked_sum():
     x = jnp.array([0.5, -1.0, 2.0, 0.25])
     S = np.asarray(segsum(x))
@@ -216,10 +231,10 @@ def test_segsum_is_masked_sum():
 
 
 def test_standard_initializations():
-    diag = DiagonalSSM(D, rngs=nnx.Rngs(0), state_size=5)
-    np.testing.assert_allclose(np.asarray(diag.decay_rates()), -np.tile(np.arange(1, 6), (D, 1)), rtol=1e-6)  # S4D-real
+    diag = DiagonalSSM(D, rngs=nnx.Rngs(0), state_size=4)
+    np.testing.assert_allclose(np.asarray(diag.decay_rates()), -np.tile(np.arange(1, 5), (D, 1)), rtol=1e-6)  # S4D-real
     assert diag.num_heads == D and diag.head_dim == 1  # Mamba-1: one Δ per channel
-    sc = ScalarSSM(64, rngs=nnx.Rngs(0), num_heads=64)
+    sc = ScalarSSM(D, rngs=nnx.Rngs(0), num_heads=64, head_dim=1, state_size=4)
     A = -np.asarray(sc.decay_rates())[:, 0]
     assert A.min() >= 1.0 and A.max() <= 16.0 and A.max() - A.min() > 7.0  # Mamba-2: U(1, 16)
     dt = np.asarray(jax.nn.softplus(sc.b_dt[...]))
@@ -339,3 +354,10 @@ def test_usable_in_model_by_name(name):
     # causal: changing the last token leaves earlier logits unchanged
     ids2 = ids.at[:, -1].set((ids[:, -1] + 1) % 11)
     np.testing.assert_allclose(np.asarray(model(ids2))[:, :-1], np.asarray(logits)[:, :-1], atol=1e-6)
+    # the model-level decoding protocol drives the SSM caches: decode_step rows == the full forward
+    cache = model.init_cache(2, 7)
+    rows = []
+    for t in range(7):
+        logits_t, cache = model.decode_step(cache, ids[:, t])
+        rows.append(logits_t)
+    np.testing.assert_allclose(np.asarray(jnp.stack(rows, axis=1)), np.asarray(logits), atol=1e-5)
