@@ -23,6 +23,7 @@ from experiments.common import execute
 EXPERIMENTS: tuple[str, ...] = (
     "theorem5",
     "train_synthetic",
+    "elbo",
     "rademacher",
     "hopfield_capacity",
     "llada",

@@ -78,6 +78,8 @@ _OBJECTIVES: dict[str, Objective] = {}
 OBJECTIVE_MODULES: dict[str, str] = {
     "elbo": "tvvar.theory.elbo",
     "marginal": "tvvar.theory.elbo",
+    "marginal_attention": "tvvar.theory.elbo",
+    "soft": "tvvar.theory.elbo",
     "llada": "tvvar.diffusion",
 }
 
