@@ -22,6 +22,7 @@ from experiments.common import execute
 # In the order of the paper (Section V): Theorem 5, Eq. 78, training, Theorems 6–7, Theorem 8, V-E, Eq. 79.
 EXPERIMENTS: tuple[str, ...] = (
     "theorem5",
+    "ssm_vs_attention",
     "train_synthetic",
     "elbo",
     "rademacher",

@@ -194,10 +194,11 @@ class SelectiveSSM(Mixer):
         if A_init is not None:
             A = _check_decay_rates(A_init, a_shape, "[H, N] diagonal" if self.diagonal else "[H] one per head")
         elif self.diagonal:
-            A = -np.broadcast_to(np.arange(1, N + 1, dtype=np.float64), a_shape)  # S4D-real
+            A = -jnp.broadcast_to(jnp.arange(1, N + 1, dtype=dtype), a_shape)  # S4D-real
         else:
-            A = -np.asarray(jax.random.uniform(next(keys), (H,), jnp.float32, 1.0, 16.0))  # Mamba-2
-        self.A_log = param(jnp.asarray(np.log(-A), dtype), *(("heads", "state") if self.diagonal else ("heads",)))
+            # jnp, not numpy: the constructor must stay traceable (sharded init runs it under jit)
+            A = -jax.random.uniform(next(keys), (H,), jnp.float32, 1.0, 16.0)  # Mamba-2
+        self.A_log = param(jnp.log(-jnp.asarray(A, dtype)), *(("heads", "state") if self.diagonal else ("heads",)))
         if dt_init is not None:
             dt = jnp.asarray(_check_dt(dt_init, H), dtype)
         else:
