@@ -44,8 +44,9 @@ def test_required_decompositions_have_caches():
             assert name in CACHED
 
 
-def _model(name, dtype="float32", seed=0, **kw):
-    cfg = ModelConfig(vocab_size=V, d_model=D, num_layers=2, decomposition=name, mixer=_OPTIONS.get(name, {}),
+def _model(name, dtype="float32", seed=0, layers=1, **kw):
+    # one layer keeps compilation cheap; the two-layer loop over blocks is exercised in float64 below
+    cfg = ModelConfig(vocab_size=V, d_model=D, num_layers=layers, decomposition=name, mixer=_OPTIONS.get(name, {}),
                       param_dtype=dtype, dtype=dtype, **kw)
     return TVVARModel(cfg, rngs=nnx.Rngs(seed))
 
@@ -101,7 +102,7 @@ def test_decode_step_rows_float64():
     tested in float64 above and in tests/test_ssm.py, and every cache in float32 below)."""
     name = "attention"
     with jax.enable_x64(True):
-        model = _model(name, "float64", max_len=MAXLEN)
+        model = _model(name, "float64", layers=2, max_len=MAXLEN)
         _assert_rows(model, _ids(2, 7), 1e-10)
 
 
@@ -146,6 +147,9 @@ def test_top_k_one_is_greedy_and_unbatched_prompt():
     assert greedy.shape == (9,)
     np.testing.assert_array_equal(np.asarray(greedy), np.asarray(topk1))
     np.testing.assert_array_equal(np.asarray(generate(model, prompt, 0, temperature=0.0)), np.asarray(prompt))
+    # a one-token prompt: nothing to prefill; each new token is the argmax of the full forward
+    one = generate(model, prompt[:1], 3, temperature=0.0)
+    np.testing.assert_array_equal(np.asarray(one[1:]), np.asarray(model(one[None, :-1])[0].argmax(-1)))
 
 
 def test_sampling_frequencies_match_softmax():
@@ -225,7 +229,7 @@ def test_mixer_without_cache_falls_back_to_recompute(monkeypatch):
         step = None
 
     monkeypatch.setitem(core._REGISTRY, "_test_dense_nocache", NoCacheDense)
-    cfg = ModelConfig(vocab_size=V, d_model=D, num_layers=2, decomposition="_test_dense_nocache",
+    cfg = ModelConfig(vocab_size=V, d_model=D, num_layers=1, decomposition="_test_dense_nocache",
                       mixer={"max_len": MAXLEN})
     model = TVVARModel(cfg, rngs=nnx.Rngs(0))
     assert not supports_cache(model)
