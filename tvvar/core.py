@@ -304,8 +304,9 @@ class Readout(nnx.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def _noise_dtype(dtype: DType) -> DType:
-    # Gumbel noise in float32 or better (DESIGN numerics): bf16/fp16 logits are upcast.
+def float32_or_better(dtype: DType) -> DType:
+    """float64 for float64 input, else float32: the dtype of softmax, log-sum-exp, likelihood terms and
+    Gumbel noise (DESIGN numerics), so bf16/fp16 activations are upcast and float64 checks stay exact."""
     return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
 
 
@@ -348,7 +349,7 @@ def argsoftmax(
         raise ValueError(f"top_k must be an int in [1, V={V}], got {top_k!r}")
     if top_p is not None and not (0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
-    z = logits.astype(_noise_dtype(logits.dtype))
+    z = logits.astype(float32_or_better(logits.dtype))
     if top_k is not None and top_k < V:
         z = _top_k_filter(z, top_k)
     if top_p is not None and top_p < 1.0:
@@ -363,7 +364,7 @@ def argsoftmax(
 
 def log_softmax32(logits: Array) -> Array:
     """log-softmax in float32 or better (DESIGN numerics: likelihood terms never in bf16)."""
-    return jax.nn.log_softmax(logits.astype(_noise_dtype(logits.dtype)), axis=-1)
+    return jax.nn.log_softmax(logits.astype(float32_or_better(logits.dtype)), axis=-1)
 
 
 def glorot(key: PRNGKey, shape: tuple[int, ...], fan_in: int, dtype: DType) -> Array:

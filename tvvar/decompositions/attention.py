@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tvvar.core import (Mixer, check_cache_args, check_step_input, check_u, glorot, masked_fill_value, param,
+from tvvar.core import (Mixer, float32_or_better, check_cache_args, check_step_input, check_u, glorot, masked_fill_value, param,
                         register, support_mask)
 from tvvar.typing import Array, DType, MaskKind
 
@@ -43,10 +43,6 @@ __all__ = ["SoftmaxBilinearAttention", "Attention", "BilinearAttention"]
 
 Implementation = Literal["einsum", "xla", "cudnn"]
 _HI = jax.lax.Precision.HIGHEST
-
-
-def _softmax_dtype(dtype: DType) -> DType:
-    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
 
 
 class SoftmaxBilinearAttention(Mixer):
@@ -77,7 +73,7 @@ class SoftmaxBilinearAttention(Mixer):
 
     def _pi(self, s: Array, dtype: DType) -> Array:
         T = s.shape[-1]
-        s = s.astype(_softmax_dtype(dtype))
+        s = s.astype(float32_or_better(dtype))
         allowed = self.support(T)
         s = jnp.where(allowed, s, masked_fill_value(s.dtype))
         p = jax.nn.softmax(s, axis=-1)
@@ -91,7 +87,7 @@ class SoftmaxBilinearAttention(Mixer):
         row t of the full forward; the unfilled slots j > index are the j ∉ S(t).
         """
         L = s_BxHxL.shape[-1]
-        s = s_BxHxL.astype(_softmax_dtype(dtype))
+        s = s_BxHxL.astype(float32_or_better(dtype))
         allowed_L = jnp.arange(L) <= index
         s = jnp.where(allowed_L, s, masked_fill_value(s.dtype))
         p = jax.nn.softmax(s, axis=-1)

@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvvar.core import check_token_ids, masked_fill_value
+from tvvar.core import check_token_ids, masked_fill_value, float32_or_better
 from tvvar.typing import Array
 
 __all__ = [
@@ -86,9 +86,7 @@ __all__ = [
 PRIOR_KINDS = ("uniform", "recency", "attention")
 
 
-def _f32(dtype) -> Any:
-    """Likelihood dtype: float32, or float64 when the model computes in float64 (DESIGN numerics)."""
-    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+_f32 = float32_or_better  # likelihood dtype (DESIGN numerics)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 from scipy import special
 
-from tvvar.core import param, sphere
+from tvvar.core import param, sphere, float32_or_better
 from tvvar.model import register_psi
 from tvvar.typing import Array, DType, PRNGKey
 
@@ -55,8 +55,7 @@ __all__ = [
 FIXED_POINT_KINDS = ("single", "metastable", "global")
 
 
-def _f32(dtype) -> DType:
-    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+_f32 = float32_or_better  # likelihood dtype (DESIGN numerics)
 
 
 def check_beta(beta) -> float:
