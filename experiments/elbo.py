@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,10 @@ from tvvar.data import TextCorpus, TVVARSource
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.theory import elbo as E
 
-DEFAULT_TEXT = "/work/shared/data/tinyshakespeare.txt"
+# The team's public-domain corpus lives in shared/ beside the repository (never copied into it);
+# TVVAR_TEXT overrides the path.
+DEFAULT_TEXT = os.environ.get(
+    "TVVAR_TEXT", str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"))
 LABELS = {"soft": "soft attention (CE)", "marginal": "exact marginal (uniform prior)",
           "marginal_attention": "exact marginal (attention prior)", "elbo": "ELBO, Q = π (Thm 6)"}
 DENG_NOTE = ("Deng, Kim, Chiu, Guo, Rush (2018), 'Latent Alignment and Variational Attention', NeurIPS: compare "
