@@ -24,6 +24,7 @@ from tvvar.core import mix_dense
 from tvvar.data import MarkovSource
 from tvvar.decompositions.attention import Attention
 from tvvar.model import ModelConfig, TVVARModel
+from tvvar.train import cross_entropy
 from tvvar.testing import plain_attention
 
 SOURCE = "Bai, arXiv:2511.01202, Theorem 5 (Eqs. 45–53)"
@@ -75,11 +76,8 @@ def _train_briefly(cfg: Config) -> tuple[TVVARModel, list[float]]:
 
     @nnx.jit
     def step(model, opt, tokens):
-        def loss_fn(m):
-            logp = jax.nn.log_softmax(m(tokens[:, :-1]))
-            return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        # the training stack's own next-token objective (Eq. 44), not a private copy
+        loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m, {"tokens": tokens}, None)[0])(model)
         opt.update(model, grads)
         return loss
 
