@@ -18,11 +18,17 @@ def _once(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int = 1) -> dict[str, float]:
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int = 1, settle: int = 1
+) -> dict[str, float]:
     """Median seconds of each zero-argument callable, run alternately in one process.
 
     Every callable is called ``warmup`` times first (compilation), then the contenders take turns so
-    that drift in machine load hits them alike.
+    that drift in machine load hits them alike. In each turn a contender runs ``settle`` untimed calls
+    before the timed one: the first call after a different contender pays for that contender's memory
+    traffic (on CPU, page faults on the buffers the allocator just returned; a ``lax.scan`` gradient
+    frees hundreds of MiB), which is not the cost of the contender itself. Timed calls are therefore
+    steady-state calls, as in a training loop.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -30,6 +36,8 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 7, warmup
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            for _ in range(settle):
+                jax.block_until_ready(fn())
             times[k].append(_once(fn))
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -44,16 +44,18 @@ def acc_dtype(dtype: DType) -> DType:
 def segsum(x: Array) -> Array:
     """Stable segment sum: out[..., i, j] = Σ_{k=j+1..i} x[..., k] for j ≤ i, −inf for j > i.
 
-    Computed as a masked cumulative sum of direct terms, never as cumsum_i − cumsum_j, so long
-    sequences with strong decay do not lose precision to cancellation (DESIGN numerics). exp(segsum)
-    is the lower-triangular decay matrix Π_{k=j+1..i} a_k with exact zeros above the diagonal.
+    A sum of the direct terms x_k, never cumsum_i − cumsum_j, so long sequences with strong decay do
+    not lose precision to cancellation (DESIGN numerics). The masked sum is one matrix product with 0/1
+    masks, out[i, j] = Σ_k [k ≤ i]·[j < k]·x_k, which runs (forward and backward) as a batched matmul
+    instead of a scan of adds. exp(segsum) is the lower-triangular decay matrix Π_{k=j+1..i} a_k with
+    exact zeros above the diagonal.
     """
     T = x.shape[-1]
-    x_rep = jnp.broadcast_to(x[..., :, None], x.shape + (T,))  # [..., i, j] = x_i
-    strict = jnp.arange(T)[:, None] > jnp.arange(T)[None, :]
-    s = jnp.cumsum(jnp.where(strict, x_rep, 0), axis=-2)
-    lower = jnp.arange(T)[:, None] >= jnp.arange(T)[None, :]
-    return jnp.where(lower, s, -jnp.inf)
+    idx = jnp.arange(T)
+    upto = (idx[None, :] <= idx[:, None]).astype(x.dtype)  # [i, k]: k ≤ i
+    after = jnp.where(idx[:, None] < idx[None, :], x[..., None, :], 0)  # [..., j, k]: x_k for k > j
+    s = jnp.einsum("ik,...jk->...ij", upto, after, precision=_HI)
+    return jnp.where(idx[:, None] >= idx[None, :], s, -jnp.inf)
 
 
 def decay_exp(z: Array) -> Array:
@@ -135,45 +137,48 @@ def ssd_chunked(
         a = jnp.pad(a.astype(adt), [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
         return a.reshape((Bsz, nc, Q) + a.shape[2:])
 
-    x_c, la_c, B_c, C_c = chunks(x), chunks(la), chunks(Bm), chunks(Cm)  # [b, c, l, ...]
-    la_c = jnp.moveaxis(la_c, 2, -1)  # [b, c, h, d, l]  (d = 1 or N)
+    # Heads before time: every contraction below is a batched matmul over (b, h, c) or (b, c) with the
+    # summed axis last or second-to-last, so XLA emits no transposes inside the chunk loop.
+    x_c = jnp.transpose(chunks(x), (0, 3, 1, 2, 4))  # [b, h, c, l, p]
+    la_c = jnp.transpose(chunks(la), (0, 3, 4, 1, 2))  # [b, h, d, c, l]  (d = 1 or N)
+    B_c, C_c = chunks(Bm), chunks(Cm)  # [b, c, l, n]
     cum = jnp.cumsum(la_c, axis=-1)
 
     # (1) intra-chunk: y_i = Σ_{j≤i in chunk} (C_i·B_j ⊙ decay_ij) x̄_j
-    decay = decay_exp(segsum(la_c))  # [b, c, h, d, l, s]
+    decay = decay_exp(segsum(la_c))  # [b, h, d, c, l, s]
     if Nd == 1:
         CB = jnp.einsum("bcln,bcsn->bcls", C_c, B_c, precision=_HI)
-        y_diag = jnp.einsum("bcls,bchls,bcshp->bclhp", CB, decay[:, :, :, 0], x_c, precision=_HI)
+        G = CB[:, None] * decay[:, :, 0]
     else:
-        G = jnp.einsum("bcln,bcsn,bchnls->bchls", C_c, B_c, decay, precision=_HI)
-        y_diag = jnp.einsum("bchls,bcshp->bclhp", G, x_c, precision=_HI)
+        G = jnp.einsum("bcln,bcsn,bhncls->bhcls", C_c, B_c, decay, precision=_HI)
+    y_diag = jnp.einsum("bhcls,bhcsp->bhclp", G, x_c, precision=_HI)
 
     # (2) the state each chunk would end in from its own inputs
-    decay_to_end = decay_exp(cum[..., -1:] - cum)  # [b, c, h, d, l]; exponent ≤ 0
+    decay_to_end = decay_exp(cum[..., -1:] - cum)  # [b, h, d, c, l]; exponent ≤ 0
     if Nd == 1:
-        states = jnp.einsum("bcln,bchl,bclhp->bchpn", B_c, decay_to_end[:, :, :, 0], x_c, precision=_HI)
+        states = jnp.einsum("bhclp,bcln->bhcpn", x_c * decay_to_end[:, :, 0, ..., None], B_c, precision=_HI)
     else:
-        states = jnp.einsum("bcln,bchnl,bclhp->bchpn", B_c, decay_to_end, x_c, precision=_HI)
+        states = jnp.einsum("bhclp,bcln,bhncl->bhcpn", x_c, B_c, decay_to_end, precision=_HI)
 
     # (3) recurrence across chunk boundaries, from the initial state
     h0 = jnp.zeros((Bsz, H, P, N), adt) if initial_state is None else initial_state.astype(adt)
-    states = jnp.concatenate([h0[:, None], states], axis=1)  # [b, c+1, h, p, n]
-    chunk_la = jnp.pad(jnp.moveaxis(cum[..., -1], 1, -1), [(0, 0)] * 3 + [(1, 0)])  # [b, h, d, c+1]
+    states = jnp.concatenate([h0[:, :, None], states], axis=2)  # [b, h, c+1, p, n]
+    chunk_la = jnp.pad(cum[..., -1], [(0, 0)] * 3 + [(1, 0)])  # [b, h, d, c+1]
     decay_chunk = decay_exp(segsum(chunk_la))  # [b, h, d, z, c]
     if Nd == 1:
-        states = jnp.einsum("bhzc,bchpn->bzhpn", decay_chunk[:, :, 0], states, precision=_HI)
+        states = jnp.einsum("bhzc,bhcpn->bhzpn", decay_chunk[:, :, 0], states, precision=_HI)
     else:
-        states = jnp.einsum("bhnzc,bchpn->bzhpn", decay_chunk, states, precision=_HI)
-    entering, final = states[:, :-1], states[:, -1]
+        states = jnp.einsum("bhnzc,bhcpn->bhzpn", decay_chunk, states, precision=_HI)
+    entering, final = states[:, :, :-1], states[:, :, -1]
 
     # (4) the entering state's contribution inside each chunk
-    decay_in = decay_exp(cum)  # [b, c, h, d, l]
+    decay_in = decay_exp(cum)  # [b, h, d, c, l]
     if Nd == 1:
-        y_off = jnp.einsum("bcln,bchpn,bchl->bclhp", C_c, entering, decay_in[:, :, :, 0], precision=_HI)
+        y_off = jnp.einsum("bcln,bhcpn->bhclp", C_c, entering, precision=_HI) * decay_in[:, :, 0, ..., None]
     else:
-        y_off = jnp.einsum("bcln,bchpn,bchnl->bclhp", C_c, entering, decay_in, precision=_HI)
+        y_off = jnp.einsum("bcln,bhcpn,bhncl->bhclp", C_c, entering, decay_in, precision=_HI)
 
-    y = (y_diag + y_off).reshape(Bsz, nc * Q, H, P)[:, :T]
+    y = jnp.transpose(y_diag + y_off, (0, 2, 3, 1, 4)).reshape(Bsz, nc * Q, H, P)[:, :T]
     return y, final
 
 
