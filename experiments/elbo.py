@@ -100,6 +100,7 @@ def _train_cfg(cfg: Config, V: int, objective: str) -> T.TrainConfig:
 
 _terms = nnx.jit(E.elbo_terms, static_argnames=("prior",))
 _scores = nnx.jit(E.vocab_scores, static_argnames=("prior",))
+_features = nnx.jit(E.latent_features)
 
 
 def _heldout(model, data, cfg: Config) -> dict[str, float]:
@@ -137,7 +138,10 @@ def _dataset(name: str, data, cfg: Config, out: Path) -> tuple[dict, list[dict],
         curve += [{"step": h["step"], **{k: h[k] for k in ("log_p", "elbo", "soft_ll", "gap", "log_p_attention")}}
                   for h in r["history"]["val"]]
         t = jax.device_get(_terms(model, ids, tgt))
-        dev_id = max(dev_id, float(np.max(np.abs(t.elbo - (t.log_p - t.gap)))))
+        # KL(Q ‖ posterior) recomputed here from Q = π/H and the returned posterior, independently of t.gap
+        f = _features(model, ids)
+        kl_post = np.asarray(E.kl(f.log_q, jnp.asarray(t.log_post), f.support[None, :, None, :]))
+        dev_id = max(dev_id, float(np.max(np.abs(t.elbo - (t.log_p - kl_post)))))
         dev_le = max(dev_le, float(np.max(t.elbo - t.log_p)))
         dev_jensen = max(dev_jensen, float(np.max(t.e_loglik - t.soft_ll)))
         min_gap = min(min_gap, float(np.min(t.gap)))

@@ -33,6 +33,24 @@ def test_tvvar_form_equals_plain_multihead_attention(mask, dtype, tol):
             np.testing.assert_allclose(np.asarray(h), ref, atol=tol, rtol=tol, err_msg=name)
 
 
+@pytest.mark.parametrize("mask", ["causal", "bidirectional"])
+def test_head_outputs_are_the_per_head_terms_of_the_mixer_float64(mask):
+    """head_outputs(π, u)[:, :, h] = plain attention restricted to head h; their sum is the mixer."""
+    with jax.enable_x64(True):
+        att = Attention(12, mask=mask, rngs=nnx.Rngs(4), num_heads=3, head_dim=5, value_dim=4, d_out=7, dtype=jnp.float64)
+        bil = att.to_bilinear()
+        u = _u(2, 9, 12, jnp.float64, seed=1)
+        w = [np.asarray(p[...]) for p in (att.wq, att.wk, att.wv, att.wo)]
+        for m in (att, bil):
+            heads = np.asarray(m.head_outputs(m.pi(u), u))
+            assert heads.shape == (2, 3, 9, 7)
+            for h in range(3):
+                ref = plain_attention(np.asarray(u), *(x[:, h:h + 1] for x in w[:3]), w[3][h:h + 1],
+                                      causal=mask == "causal")
+                np.testing.assert_allclose(heads[:, h], ref, atol=1e-10, rtol=0, err_msg=type(m).__name__)
+            np.testing.assert_allclose(heads.sum(1), np.asarray(m(u)), atol=1e-10, rtol=0)
+
+
 def test_factorize_then_bilinear_roundtrip_float64():
     with jax.enable_x64(True):
         bil = BilinearAttention(6, rngs=nnx.Rngs(0), num_heads=2, dtype=jnp.float64)

@@ -16,7 +16,7 @@ from tvvar.theory import elbo as E
 F64 = dict(param_dtype="float64", dtype="float64")
 
 # jitted over the model state (eager JAX compiles every small op separately: ~3× the CPU time)
-_terms = nnx.jit(E.elbo_terms, static_argnames=("prior",))
+_terms = nnx.jit(E.elbo_terms, static_argnames=("prior", "method"))
 _scores = nnx.jit(E.vocab_scores, static_argnames=("prior",))
 _features = nnx.jit(E.latent_features)
 _call = nnx.jit(lambda m, ids: m(ids))
@@ -102,6 +102,71 @@ def test_identities_float64(name):
         # soft model of Eq. 54 is the network's own likelihood
         soft = _features(m, ids).soft_logp
         np.testing.assert_allclose(soft, jax.nn.log_softmax(_call(m, ids), axis=-1), atol=1e-10, rtol=0)
+
+
+_CLOSED_PRIORS = ("uniform", E.Recency(0.8), "attention", "recency", E.Recency(0.0))
+
+
+@pytest.mark.parametrize("mask", ["causal", "bidirectional"])
+@pytest.mark.parametrize("decomposition,heads", [("bilinear_attention", 1), ("attention", 3)])
+def test_closed_form_equals_enumeration_values_and_gradients_float64(mask, decomposition, heads):
+    """closed_form_terms (matrix products over j) == enumeration of every latent, 1e-10 in float64."""
+    with jax.enable_x64(True):
+        cfg = ModelConfig.pure(5, 6, decomposition, mask=mask, mixer={"num_heads": heads}, **F64)
+        m = _model(cfg, seed=8)
+        ids, tg = _ids(2, 21, 5, 9)  # T = 21 > one block of 16 in the causal prefix sum, and not a multiple
+        assert E.row_independent(m)
+        gd, st = nnx.split(m)
+
+        # ids/targets are arguments: the id checks run on concrete values only, not on closed-over tracers
+        def terms(st, ids, tg, method):
+            return [E.elbo_terms(nnx.merge(gd, st), ids, tg, prior=p, method=method) for p in _CLOSED_PRIORS]
+
+        def loss(st, ids, tg, method):  # every term of every prior, distinct weights
+            w = np.linspace(0.3, 1.7, len(_CLOSED_PRIORS) * 6).reshape(len(_CLOSED_PRIORS), 6)
+            return sum(jnp.sum(w[a, k] * t[k]) for a, t in enumerate(terms(st, ids, tg, method)) for k in range(6))
+
+        both = jax.jit(lambda st, ids, tg: (terms(st, ids, tg, "enumerate"), terms(st, ids, tg, "closed_form")))
+        grads = jax.jit(lambda st, ids, tg: [jax.grad(loss)(st, ids, tg, m_) for m_ in ("enumerate", "closed_form")])
+        enum, closed = both(st, ids, tg)
+        for prior, a, b in zip(_CLOSED_PRIORS, enum, closed):
+            for name, x, y in zip(E.PositionTerms._fields, a, b):
+                np.testing.assert_allclose(y, x, atol=1e-10, rtol=0, err_msg=f"{prior} {name}")
+        ga, gb = (jax.tree.leaves(nnx.to_pure_dict(g)) for g in grads(st, ids, tg))
+        for x, y in zip(ga, gb):
+            np.testing.assert_allclose(y, x, atol=1e-10, rtol=1e-10)
+        assert max(np.abs(np.asarray(x)).max() for x in gb) > 1e-3
+
+
+def test_closed_form_falls_back_to_enumeration_when_likelihoods_underflow(monkeypatch):
+    """A peaked conditional (Ξ = 0.002) drives P(U_i | J) below 1e-30 for every admissible J of some
+    rows (one head, so no other head rescues the sum): the shifted product would return log 0 = −inf;
+    the closed form detects it and enumerates instead."""
+    cfg = ModelConfig.pure(5, 6, "bilinear_attention", xi=0.002, mixer={"num_heads": 1})
+    m = _model(cfg, seed=2)
+    ids, tg = _ids(2, 8, 5, 3)
+    ref = _terms(m, ids, tg, method="enumerate")
+    assert np.all(np.isfinite(np.asarray(ref.log_p))) and np.asarray(ref.log_p).min() < -69  # below log 1e-30
+    got = _terms(m, ids, tg, method="closed_form")
+    np.testing.assert_allclose(got.log_p, ref.log_p, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got.gap, ref.gap, rtol=1e-4, atol=1e-3)
+    # without the fallback the same closed form is wrong (log 0 = −inf, or a flushed sum)
+    monkeypatch.setitem(E._UNDERFLOW, jnp.dtype(jnp.float32), 0.0)
+    naive = nnx.jit(E.elbo_terms, static_argnames=("prior", "method"))(m, ids, tg, method="closed_form")
+    assert not np.all(np.isfinite(np.asarray(naive.log_p)))
+
+
+def test_closed_form_is_refused_where_it_does_not_apply():
+    m = _model(_configs64()["transformer"][0].replace(param_dtype="float32", dtype="float32"))
+    ids, tg = _ids(1, 4, 5, 0)
+    assert not E.row_independent(m)
+    with pytest.raises(ValueError, match="method='closed_form' needs"):
+        E.elbo_terms(m, ids, tg, method="closed_form")
+    pure = _model(ModelConfig.pure(5, 6, "attention", mixer={"num_heads": 2}))
+    with pytest.raises(ValueError, match="method='closed_form' needs"):
+        E.elbo_terms(pure, ids, tg, prior=jnp.tril(jnp.ones((4, 4))) / jnp.arange(1, 5)[:, None], method="closed_form")
+    with pytest.raises(ValueError, match="method must be one of"):
+        E.elbo_terms(pure, ids, tg, method="fast")
 
 
 @pytest.mark.parametrize("name", ["pure_h3", "transformer"])

@@ -298,6 +298,12 @@ class Readout(nnx.Module):
         U = self.embedding.vectors()
         return jnp.einsum("...d,vd->...v", h, U) / jnp.asarray(self.xi, h.dtype)
 
+    def token_logits(self, h: Array, ids: Array) -> Array:
+        """The logit of one given token per vector, ũ_{ids}ᵀ h / Ξ — ``self(h)`` read at ``ids`` without
+        computing the other V − 1. h [..., D], ids broadcastable to h.shape[:-1] → h.shape[:-1]."""
+        U_ids = self.embedding.vectors()[ids].astype(h.dtype)  # [..., D]
+        return jnp.sum(h * U_ids, axis=-1) / jnp.asarray(self.xi, h.dtype)
+
 
 # --------------------------------------------------------------------------------------------------
 # argsoftmax: u_t ~ softmax(logits / Ξ)

@@ -93,6 +93,17 @@ class SoftmaxBilinearAttention(Mixer):
         p = jax.nn.softmax(s, axis=-1)
         return jnp.where(allowed_L, p, 0).astype(dtype)
 
+    def head_outputs(self, pi: Array, u: Array) -> Array:
+        """Σ_{j∈S(i)} π^h[i, j] A_h u_j for a given association π [B, H, T, T]: [B, H, T, D_out].
+
+        The mixer is the sum over heads, ``self(u) == head_outputs(self.pi(u), u).sum(1)`` (Theorem 5);
+        the heads apart are what the latent-position model of Theorem 6 needs (tvvar.theory.elbo).
+        Laid out like π (head before row) so the product with π is a plain batched matmul. This
+        generic version applies A_h to every u_j; subclasses with low-rank A_h override it.
+        """
+        v_BxHxTxDo = jnp.einsum("hde,bje->bhjd", self.value_maps().astype(u.dtype), u, precision=_HI)
+        return jnp.einsum("bhij,bhjd->bhid", pi.astype(u.dtype), v_BxHxTxDo, precision=_HI)
+
     def coefficients(self, u: Array) -> Array:
         """A[b, i, j] = Σ_h π^h[b, i, j] A_h: [B, T, T, D_out, D_in] (Theorem 5, Eq. 53)."""
         pi = self.pi(u)
@@ -286,6 +297,12 @@ class Attention(SoftmaxBilinearAttention):
                 q, k, v, scale=self.scale, is_causal=self.mask == "causal", implementation=self.implementation
             )
         return jnp.einsum("bihk,hke->bie", o_BxTxHxK, self.wo[...].astype(u.dtype), precision=_HI)
+
+    def head_outputs(self, pi: Array, u: Array) -> Array:
+        """Σ_j π^h[i, j] A_h u_j through the factors: (π^h V^h) W_o^h with V^h = u W_v^h — [B, H, T, D_out]."""
+        v_BxHxTxKv = jnp.einsum("btd,dhk->bhtk", u, self.wv[...].astype(u.dtype), precision=_HI)
+        o_BxHxTxKv = jnp.einsum("bhij,bhjk->bhik", pi.astype(u.dtype), v_BxHxTxKv, precision=_HI)
+        return jnp.einsum("bhik,hke->bhie", o_BxHxTxKv, self.wo[...].astype(u.dtype), precision=_HI)
 
     # ---- decoding protocol (tvvar.generate): the KV cache ---------------------------------------
 
