@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tvvar.core import log_softmax32
 from tvvar.model import ModelConfig, TVVARModel
@@ -389,9 +390,15 @@ def _build_fns(s: _Setup, data, objective: Objective):
 
     # keys are derived inside the jitted functions from the (replicated) step number, so the same
     # program runs unchanged on one device, a mesh, or several processes
+    # Sample with the rows spread over *every* device (data and model axes): otherwise XLA replicates
+    # the sampler (for a synthetic source a whole model run per position) on each model-axis device.
+    # The model then takes the batch split over ``data`` only (a small all-gather of token ids).
+    sample_sh = NamedSharding(mesh, P(tuple(mesh.axis_names))) if B % mesh.size == 0 else bsh
+
     def get_batch(step, split):
         k = _keys(cfg.seed)["data" if split == "train" else "val_data"]
-        return jax.lax.with_sharding_constraint(data.batch(jax.random.fold_in(k, step), B, T, split), bsh)
+        batch = jax.lax.with_sharding_constraint(data.batch(jax.random.fold_in(k, step), B, T, split), sample_sh)
+        return jax.lax.with_sharding_constraint(batch, bsh)
 
     def train_step(params, opt_state, step):
         batch = get_batch(step, "train")
