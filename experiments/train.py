@@ -56,6 +56,7 @@ class CLIConfig:
     num_heads: int = 4
     psi: str = "ffn"
     xi: float = 1.0
+    max_len: int | None = None
     mixer_options: dict[str, Any] = field(default_factory=dict)
     byte_level: bool = False
     val_fraction: float = 0.1
@@ -68,6 +69,8 @@ class CLIConfig:
             raise ValueError(f"--data must be one of {SYNTHETIC} or an existing text file, got {self.data!r}")
         if not (isinstance(self.steps, int) and self.steps >= 0):
             raise ValueError(f"--steps must be ≥ 0, got {self.steps}")
+        if self.max_len is not None and self.max_len < self.seq_len:
+            raise ValueError(f"--max-len (learned positions) must be ≥ --seq-len={self.seq_len}, got {self.max_len}")
         if self.mesh is not None:
             import jax
 
@@ -96,7 +99,8 @@ class CLIConfig:
         from tvvar.train import TrainConfig
 
         model = ModelConfig(vocab_size=vocab_size, d_model=self.d_model, num_layers=self.num_layers,
-                            decomposition=self.decomposition, mixer=self.mixer(), psi=self.psi, xi=self.xi)
+                            decomposition=self.decomposition, mixer=self.mixer(), psi=self.psi, xi=self.xi,
+                            max_len=self.max_len)
         return TrainConfig(model, objective=self.objective, steps=self.steps, batch_size=self.batch_size,
                            seq_len=self.seq_len, lr=self.lr, warmup=self.warmup, weight_decay=self.weight_decay,
                            clip=self.clip, eval_every=self.eval_every, eval_batches=self.eval_batches,
@@ -145,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-heads", type=int, default=d.num_heads, help="attention heads H (attention decompositions)")
     g.add_argument("--psi", default=d.psi, help=f"position-wise Ψ; one of: {', '.join(available_psi())}")
     g.add_argument("--xi", type=float, default=d.xi, help="readout temperature Ξ of Eq. 44")
+    g.add_argument("--max-len", type=int, default=None,
+                   help="learned absolute position vectors for up to this many tokens, added to u (≥ --seq-len; "
+                        "default: none, positions only through the mask and the decomposition)")
     g.add_argument("--mixer-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="extra decomposition option (JSON value), repeatable, e.g. --mixer-option state_dim=16")
     g = p.add_argument_group("text data")
@@ -159,7 +166,7 @@ def config_from_args(argv: list[str] | None = None) -> CLIConfig:
                      batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, warmup=a.warmup, weight_decay=a.weight_decay,
                      clip=a.clip, eval_every=a.eval_every, eval_batches=a.eval_batches, ckpt_every=a.ckpt_every,
                      keep=a.keep, seed=a.seed, mesh=parse_mesh(a.mesh), objective=a.objective, d_model=a.d_model,
-                     num_layers=a.num_layers, num_heads=a.num_heads, psi=a.psi, xi=a.xi,
+                     num_layers=a.num_layers, num_heads=a.num_heads, psi=a.psi, xi=a.xi, max_len=a.max_len,
                      mixer_options=dict(a.mixer_option), byte_level=a.byte_level, val_fraction=a.val_fraction,
                      progress=not a.no_progress)
 

@@ -247,6 +247,9 @@ def test_cli_help_and_validation(tmp_path, capsys):
         config_from_args(["--mesh", "data=3"])
     with pytest.raises(ValueError, match="--data must be"):
         config_from_args(["--data", str(tmp_path / "missing.txt")])
+    with pytest.raises(ValueError, match="--max-len .* must be ≥ --seq-len=64"):
+        config_from_args(["--max-len", "32"])
+    assert config_from_args(["--max-len", "96"]).train_config(5).model.max_len == 96
     with pytest.raises(SystemExit):
         main(["--decomposition", "nope"])
     # one real run through the command line, a few steps on a tiny text file
