@@ -107,9 +107,9 @@ def test_identities_float64(name):
 _CLOSED_PRIORS = ("uniform", E.Recency(0.8), "attention", "recency", E.Recency(0.0))
 
 
-@pytest.mark.parametrize("mask", ["causal", "bidirectional"])
-@pytest.mark.parametrize("decomposition,heads", [("bilinear_attention", 1), ("attention", 3)])
-def test_closed_form_equals_enumeration_values_and_gradients_float64(mask, decomposition, heads):
+# the causal prefix-sum and bidirectional plain-sum paths, each with one of the two head_outputs implementations
+@pytest.mark.parametrize("decomposition,heads,mask", [("attention", 3, "causal"), ("bilinear_attention", 1, "bidirectional")])
+def test_closed_form_equals_enumeration_values_and_gradients_float64(decomposition, heads, mask):
     """closed_form_terms (matrix products over j) == enumeration of every latent, 1e-10 in float64."""
     with jax.enable_x64(True):
         cfg = ModelConfig.pure(5, 6, decomposition, mask=mask, mixer={"num_heads": heads}, **F64)
