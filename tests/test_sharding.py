@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from tvvar.data import MarkovSource
 from tvvar.model import ModelConfig
-from tvvar.sharding import logical_to_spec, make_mesh, parse_mesh, sharded_init
+from tvvar.sharding import logical_to_spec, make_mesh, parse_mesh, sample_sharding, sharded_init
 from tvvar.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,9 @@ def test_parse_and_make_mesh_errors():
     m = make_mesh("data=2,model=4", jax.devices()[:8])
     assert dict(m.shape) == {"data": 2, "model": 4}
     assert all(t == jax.sharding.AxisType.Auto for t in m.axis_types)
+    # in-step sampling: rows over every device when the batch divides 8, else over data only
+    assert sample_sharding(m, 16).spec == P(("data", "model"))
+    assert sample_sharding(m, 6).spec == P("data")
 
 
 def test_logical_to_spec_by_hand():

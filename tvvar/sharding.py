@@ -37,6 +37,7 @@ __all__ = [
     "sharded_init",
     "sharded_init_fn",
     "batch_sharding",
+    "sample_sharding",
     "replicated",
     "initialize_distributed",
 ]
@@ -189,6 +190,15 @@ def sharded_init(make: Callable[[], nnx.Module], mesh: Mesh, rules: Mapping[str,
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis over ``data``, everything else replicated."""
     return NamedSharding(mesh, P("data"))
+
+
+def sample_sharding(mesh: Mesh, batch_size: int) -> NamedSharding:
+    """Leading (batch) axis over *every* mesh axis, for drawing a batch inside a jitted step: each
+    device samples its own rows, instead of every ``model``-axis device repeating its ``data`` shard's
+    sampler. :func:`batch_sharding` when ``batch_size`` does not divide the device count."""
+    if batch_size % mesh.size:
+        return batch_sharding(mesh)
+    return NamedSharding(mesh, P(tuple(mesh.axis_names)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

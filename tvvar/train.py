@@ -37,11 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tvvar.core import log_softmax32
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.sharding import abstract_module, batch_sharding, make_mesh, parse_mesh, replicated, sharded_init_fn
+from tvvar.sharding import (abstract_module, batch_sharding, make_mesh, parse_mesh, replicated, sample_sharding,
+                            sharded_init_fn)
 from tvvar.typing import Array, PRNGKey
 
 __all__ = [
@@ -390,10 +390,10 @@ def _build_fns(s: _Setup, data, objective: Objective):
 
     # keys are derived inside the jitted functions from the (replicated) step number, so the same
     # program runs unchanged on one device, a mesh, or several processes
-    # Sample with the rows spread over *every* device (data and model axes): otherwise XLA replicates
-    # the sampler (for a synthetic source a whole model run per position) on each model-axis device.
-    # The model then takes the batch split over ``data`` only (a small all-gather of token ids).
-    sample_sh = NamedSharding(mesh, P(tuple(mesh.axis_names))) if B % mesh.size == 0 else bsh
+    # Sample with the rows spread over every device, else XLA repeats the sampler (for a synthetic
+    # source a whole model run per position) on each model-axis device; the model then takes the batch
+    # split over ``data`` only (a small all-gather of token ids).
+    sample_sh = sample_sharding(mesh, B)
 
     def get_batch(step, split):
         k = _keys(cfg.seed)["data" if split == "train" else "val_data"]

@@ -376,7 +376,7 @@ METHODS = ("auto", "closed_form", "enumerate")
 
 
 def _closed_form_applies(model, prior: Any, q: Any) -> bool:
-    return q is None and (isinstance(prior, (str, Recency))) and row_independent(model)
+    return q is None and isinstance(prior, (str, Recency)) and row_independent(model)
 
 
 def elbo_terms(
@@ -461,7 +461,8 @@ def _causal_sum_at(p: Array, targets: Array, block: int = 16) -> Array:
 
 
 def closed_form_terms(model, ids: Array, targets: Array, priors: tuple = ("uniform",)) -> tuple[PositionTerms, ...]:
-    """:class:`PositionTerms` with Q = π for each named prior, by matrix products instead of enumeration.
+    """:class:`PositionTerms` (Theorem 6, Eqs. 54–62) with Q = π for each named prior, by matrix
+    products instead of enumeration.
 
     Needs :func:`row_independent` (P(v | h, j) = softmax(ℓ_hj)_v with ℓ_hj = ũᵀ(H A_h z_j)/Ξ the same
     for every row, and a linear readout). Then, with s^h the scores, log π^h_ij = s^h_ij − log Z^h_i and
@@ -525,35 +526,33 @@ def closed_form_terms(model, ids: Array, targets: Array, priors: tuple = ("unifo
 
     c = jax.lax.stop_gradient(jnp.max(cond, axis=1, keepdims=True))  # [B, 1, H, V]
     p_shift = jnp.exp(cond - c)  # [B, J, H, V]
-    c_t = jnp.take_along_axis(c, targets[:, :, None, None], axis=-1)[..., 0]  # [B, I, H]
     tiny = _UNDERFLOW[jnp.dtype(ld)]
+
+    def read_at_targets(x_BxIxHxV):  # x[b, i, h, U_i] → [B, I, H] (axis 1 may have size 1)
+        return jnp.take_along_axis(x_BxIxHxV, targets[:, :, None, None], axis=-1)[..., 0]
+
+    c_t = read_at_targets(c)  # [B, I, H]
     out = []
     for prior in priors:
-        # w_t[b, i, h] = Σ_j P(j | i, h) p_jh[U_i] (weighted[b, i, h, v]: the same for every v)
+        # w_t[b, i, h] = Σ_j P(j | i, h) p_jh[U_i]
         if isinstance(prior, str) and prior == "attention":
             lp = jnp.where(inside, jnp.log(jnp.where(inside, pi, 1)) - log_h, fill)
             lp = jnp.swapaxes(lp, 1, 2)  # [B, I, H, J]
             kl_prior = jnp.zeros(soft_ll.shape, ld)
-            weighted = jnp.einsum("bhij,bjhv->bihv", pi, p_shift, precision=jax.lax.Precision.HIGHEST)
+            w_t = read_at_targets(jnp.einsum("bhij,bjhv->bihv", pi, p_shift, precision=jax.lax.Precision.HIGHEST))
         else:
             lw = log_prior(prior, allowed, 1, dtype=ld)[0, :, 0, :]  # log w(j | i), [I, J]
-            if _is_uniform(prior):  # Σ_{j∈S(i)} p_j / |S(i)|: a prefix sum (causal) or a plain sum
-                count = jnp.sum(allowed, axis=-1).astype(ld)[None, :, None]  # [1, I, 1]
-                if mixer.mask == "causal":
-                    w_t = _causal_sum_at(p_shift, targets) / count
-                else:
-                    total = jnp.sum(p_shift, axis=1)  # [B, H, V]
-                    w_t = jnp.take_along_axis(total[:, None], targets[:, :, None, None], axis=-1)[..., 0] / count
-                weighted = None
-            else:
+            if not _is_uniform(prior):
                 w = jnp.where(allowed, jnp.exp(lw), 0)
-                weighted = jnp.einsum("ij,bjhv->bihv", w, p_shift, precision=jax.lax.Precision.HIGHEST)
+                w_t = read_at_targets(jnp.einsum("ij,bjhv->bihv", w, p_shift, precision=jax.lax.Precision.HIGHEST))
+            elif mixer.mask == "causal":  # Σ_{j ≤ i} p_j / (i + 1): a blocked prefix sum
+                w_t = _causal_sum_at(p_shift, targets) / jnp.arange(1, T + 1, dtype=ld)[None, :, None]
+            else:  # Σ_j p_j / T
+                w_t = read_at_targets(jnp.sum(p_shift, axis=1, keepdims=True)) / T
             # KL(Q ‖ P(J)) = (1/H) Σ_h Σ_j π (log π − log w) (the log H of Q and of P(J) cancel),
             # log π = (s − m) − log Σ e: one fused pass over π
             kl_prior = jnp.mean(jnp.sum(pi * jnp.where(inside, s - m - lw[None, None], 0), axis=-1) - jnp.log(zsum[..., 0]), axis=1)
             lp = log_prior(prior, allowed, H, dtype=ld)  # [1, I, H, J]
-        if weighted is not None:
-            w_t = jnp.take_along_axis(weighted, targets[:, :, None, None], axis=-1)[..., 0]  # [B, I, H]
 
         def direct(w_t=w_t):
             return jax.nn.logsumexp(jnp.log(w_t) + c_t, axis=-1) - log_h
