@@ -3,15 +3,22 @@
 An experiment module ``experiments/NAME.py`` defines
 
 * ``Config`` — a frozen dataclass with a ``seed`` field and classmethods ``quick()`` and ``full()``;
-* ``run(config, out: Path) -> dict`` with keys ``checks`` (list of :func:`check` dicts), ``figures``
-  (file names written into ``out``) and ``data`` (every number it reports);
+* ``run(config, out: Path) -> dict`` with keys ``checks`` (list of :func:`check` / :func:`skipped` dicts),
+  ``figures`` (file names written into ``out``) and ``data`` (every number it reports);
 * ``main = cli("NAME", Config, run)`` and ``if __name__ == "__main__": main()``.
 
 :func:`execute` adds ``experiment``, ``config`` and ``seconds`` and writes ``out/results.json``:
 
     {"experiment": "...", "config": {...}, "seconds": 41.2,
-     "checks": [{"name", "measured", "reference", "relation", "tolerance", "source", "passed"}, ...],
+     "checks": [{"name", "measured", "reference", "relation", "tolerance", "source", "passed", "skipped"}, ...],
      "figures": [...], "data": {...}}
+
+Every check has the same keys. A check that ran has ``"passed": true/false`` and ``"skipped": null``; a
+check the experiment promised but could not run (a missing corpus, a part switched off) has
+``"passed": null``, ``"measured": null`` and ``"skipped"`` = the reason (:func:`skipped`,
+:func:`as_skipped`). A skipped check is neither passed nor failed; :func:`tally` counts the three, and
+``experiments.reproduce`` fails on skips unless ``--allow-skips`` is given, so a check never disappears
+silently.
 """
 
 from __future__ import annotations
@@ -27,12 +34,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check", "execute", "cli", "save_figure", "to_jsonable", "load_results"]
+__all__ = ["check", "skipped", "as_skipped", "tally", "format_check", "execute", "cli", "save_figure",
+           "to_jsonable", "load_results"]
 
 RELATIONS = ("==", "<=", ">=", "~")
+CHECK_KEYS = frozenset({"name", "measured", "reference", "relation", "tolerance", "source", "passed", "skipped"})
 
 
-def check(name: str, measured: float, reference: float, relation: str, tolerance: float = 0.0, source: str = "") -> dict:
+def check(name: str, measured: float, reference: float, relation: str, tolerance: float = 0.0,
+          source: str = "") -> dict:
     """A comparison of a measurement with a theorem or literature value.
 
     ``==``/``~``: |measured − reference| ≤ tolerance;  ``<=``: measured ≤ reference + tolerance;
@@ -50,7 +60,39 @@ def check(name: str, measured: float, reference: float, relation: str, tolerance
     else:
         passed = m >= r - tol
     return {"name": name, "measured": m, "reference": r, "relation": relation, "tolerance": tol,
-            "source": source, "passed": bool(passed)}
+            "source": source, "passed": bool(passed), "skipped": None}
+
+
+def skipped(name: str, reason: str, reference: float | None = None, relation: str = "==", tolerance: float = 0.0,
+            source: str = "") -> dict:
+    """A check that was promised but not run: ``passed`` and ``measured`` are None, ``skipped`` says why."""
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+    if not (isinstance(reason, str) and reason.strip()):
+        raise ValueError(f"reason must be a non-empty string saying why the check was skipped, got {reason!r}")
+    ref = None if reference is None or not math.isfinite(float(reference)) else float(reference)
+    return {"name": name, "measured": None, "reference": ref, "relation": relation, "tolerance": float(tolerance),
+            "source": source, "passed": None, "skipped": reason}
+
+
+def as_skipped(c: dict, reason: str) -> dict:
+    """The skipped form of a planned check (same name, relation and source; the measurement dropped)."""
+    return skipped(c["name"], reason, c["reference"], c["relation"], c["tolerance"], c["source"])
+
+
+def tally(checks: list[dict]) -> dict[str, int]:
+    """Counts of a list of checks: ``passed``, ``failed``, ``skipped`` and ``total``."""
+    n_skip = sum(c.get("skipped") is not None for c in checks)
+    n_pass = sum(c.get("skipped") is None and c["passed"] is True for c in checks)
+    return {"passed": n_pass, "failed": len(checks) - n_pass - n_skip, "skipped": n_skip, "total": len(checks)}
+
+
+def format_check(c: dict) -> str:
+    """One line per check for the CLIs: ``[ok  ]``, ``[FAIL]`` or ``[skip]`` with the numbers or the reason."""
+    if c.get("skipped") is not None:
+        return f"  [skip] {c['name']}: skipped — {c['skipped']}"
+    mark = "ok  " if c["passed"] else "FAIL"
+    return f"  [{mark}] {c['name']}: {c['measured']:.6g} {c['relation']} {c['reference']:.6g} (tol {c['tolerance']:g})"
 
 
 def to_jsonable(x: Any) -> Any:
@@ -94,6 +136,11 @@ def execute(name: str, config: Any, run: Callable[[Any, Path], dict], out: Path 
     missing = {"checks", "figures", "data"} - set(res)
     if missing:
         raise ValueError(f"experiment {name!r}: run() must return checks, figures and data; missing {sorted(missing)}")
+    # a hand-built dict without "skipped" would be miscounted by tally(): only check()/skipped() shapes pass
+    odd = [c.get("name") for c in res["checks"] if set(c) != CHECK_KEYS]
+    if odd:
+        raise ValueError(f"experiment {name!r}: checks must be made by check() or skipped() "
+                         f"(keys {sorted(CHECK_KEYS)}); got other keys in {odd}")
     results = {"experiment": name, "config": to_jsonable(config), "seconds": round(seconds, 3),
                "checks": res["checks"], "figures": res["figures"], "data": to_jsonable(res["data"])}
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -122,11 +169,11 @@ def cli(name: str, config_cls: type, run: Callable[[Any, Path], dict]) -> Callab
         config = (config_cls.quick() if args.quick else config_cls.full())
         config = dataclasses.replace(config, seed=args.seed)
         results = execute(name, config, run, args.out)
-        n_pass = sum(c["passed"] for c in results["checks"])
-        print(f"{name}: {n_pass}/{len(results['checks'])} checks passed in {results['seconds']:.1f} s → {args.out}/results.json")
+        n = tally(results["checks"])
+        print(f"{name}: {n['passed']}/{n['total']} checks passed, {n['failed']} failed, {n['skipped']} skipped "
+              f"in {results['seconds']:.1f} s → {args.out}/results.json")
         for c in results["checks"]:
-            mark = "ok " if c["passed"] else "FAIL"
-            print(f"  [{mark}] {c['name']}: {c['measured']:.6g} {c['relation']} {c['reference']:.6g} (tol {c['tolerance']:g})")
+            print(format_check(c))
         return results
 
     return main

@@ -1,10 +1,13 @@
 """The project's main job: run every experiment and write one report with all theorem plots.
 
-    python -m experiments.reproduce [--quick] [--seed S] [--out DIR] [--only a,b]
+    python -m experiments.reproduce [--quick] [--seed S] [--out DIR] [--only a,b] [--allow-skips]
 
 Each experiment writes ``OUT/NAME/results.json`` and its figures; this module then writes
-``OUT/report.md`` (figures and one table of checks per experiment) and ``OUT/summary.json``.
-Exit status 1 if any check failed, so a broken theorem never hides in a green run.
+``OUT/report.md`` (figures and one table of checks per experiment, skipped checks with their reason)
+and ``OUT/summary.json`` (counts of passed, failed and skipped checks, and their names).
+Exit status 1 if any check failed, and also if any promised check was skipped (a missing corpus, a part
+switched off) unless ``--allow-skips`` is given, so neither a broken theorem nor an unrun one hides in a
+green run.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.common import execute
+from experiments.common import execute, tally
 
 # In the order of the paper (Section V): Theorem 5, Eq. 78, training, Theorems 6–7, Theorem 8, V-E, Eq. 79.
 EXPERIMENTS: tuple[str, ...] = (
@@ -35,28 +38,37 @@ def _fmt(x) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def _mark(c: dict) -> str:
+    if c.get("skipped") is not None:
+        return f"⏭️ skipped: {c['skipped']}"
+    return "✅" if c["passed"] else "❌"
+
+
 def render_report(results: list[dict], quick: bool) -> str:
-    n_checks = sum(len(r["checks"]) for r in results)
-    n_pass = sum(c["passed"] for r in results for c in r["checks"])
+    n = tally([c for r in results for c in r["checks"]])
     lines = [
         "# tvvar — reproduction report",
         "",
         "Bo Bai, *Forget BIT, It is All about TOKEN*, arXiv:2511.01202, Section V.",
-        f"Size: {'quick' if quick else 'full'}. Checks passed: **{n_pass}/{n_checks}**.",
+        f"Size: {'quick' if quick else 'full'}. Checks passed: **{n['passed']}/{n['total']}**, "
+        f"failed: **{n['failed']}**, skipped: **{n['skipped']}**.",
         "",
-        "| experiment | checks passed | seconds |",
-        "|---|---|---|",
+        "| experiment | checks passed | failed | skipped | seconds |",
+        "|---|---|---|---|---|",
     ]
     for r in results:
-        ok = sum(c["passed"] for c in r["checks"])
-        lines.append(f"| [{r['experiment']}](#{r['experiment']}) | {ok}/{len(r['checks'])} | {r['seconds']:.1f} |")
+        k = tally(r["checks"])
+        lines.append(f"| [{r['experiment']}](#{r['experiment']}) | {k['passed']}/{k['total']} | {k['failed']} | "
+                     f"{k['skipped']} | {r['seconds']:.1f} |")
     for r in results:
-        lines += ["", f"## {r['experiment']}", "", "| check | measured | relation | reference | tolerance | source | passed |",
+        lines += ["", f"## {r['experiment']}", "",
+                  "| check | measured | relation | reference | tolerance | source | passed |",
                   "|---|---|---|---|---|---|---|"]
         for c in r["checks"]:
-            mark = "✅" if c["passed"] else "❌"
-            lines.append(f"| {c['name']} | {_fmt(c['measured'])} | {c['relation']} | {_fmt(c['reference'])} | "
-                         f"{_fmt(c['tolerance'])} | {c['source']} | {mark} |")
+            measured = "—" if c["measured"] is None else _fmt(c["measured"])
+            reference = "—" if c["reference"] is None else _fmt(c["reference"])
+            lines.append(f"| {c['name']} | {measured} | {c['relation']} | {reference} | "
+                         f"{_fmt(c['tolerance'])} | {c['source']} | {_mark(c)} |")
         lines.append("")
         for fig in r["figures"]:
             lines.append(f"![{fig}]({r['experiment']}/{fig})")
@@ -69,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="random seed passed to every experiment")
     p.add_argument("--out", type=Path, default=Path("runs") / "reproduce", help="output directory")
     p.add_argument("--only", type=str, default=None, help=f"comma-separated subset of: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--allow-skips", action="store_true",
+                   help="exit 0 even if some promised checks were skipped (they are still listed in the report)")
     args = p.parse_args(argv)
     names = EXPERIMENTS if args.only is None else tuple(n.strip() for n in args.only.split(",") if n.strip())
     unknown = [n for n in names if n not in EXPERIMENTS]
@@ -82,22 +96,31 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(config, seed=args.seed)
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         res = execute(name, config, mod.run, args.out / name)
-        ok = sum(c["passed"] for c in res["checks"])
-        print(f"[{i}/{len(names)}] {name}: {ok}/{len(res['checks'])} checks passed in {res['seconds']:.1f} s", flush=True)
+        k = tally(res["checks"])
+        print(f"[{i}/{len(names)}] {name}: {k['passed']}/{k['total']} checks passed, {k['skipped']} skipped "
+              f"in {res['seconds']:.1f} s", flush=True)
         results.append(res)
 
     report = args.out / "report.md"
     report.write_text(render_report(results, args.quick))
-    failed = [(r["experiment"], c["name"]) for r in results for c in r["checks"] if not c["passed"]]
+    every = [(r["experiment"], c) for r in results for c in r["checks"]]
+    n = tally([c for _, c in every])
+    failed = [(exp, c["name"]) for exp, c in every if c["skipped"] is None and c["passed"] is not True]
+    skips = [{"experiment": exp, "name": c["name"], "reason": c["skipped"]}
+             for exp, c in every if c["skipped"] is not None]
     summary = {"experiments": [r["experiment"] for r in results], "seconds": round(time.perf_counter() - t0, 2),
-               "checks": sum(len(r["checks"]) for r in results), "failed": failed}
+               "checks": n["total"], "passed": n["passed"], "failed_count": n["failed"], "skipped_count": n["skipped"],
+               "failed": failed, "skipped": skips, "allow_skips": args.allow_skips}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"report: {report}  ({summary['checks'] - len(failed)}/{summary['checks']} checks passed, "
+    print(f"report: {report}  ({n['passed']}/{n['total']} checks passed, {n['failed']} failed, {n['skipped']} skipped, "
           f"{summary['seconds']:.0f} s)")
     for exp, name in failed:
         print(f"  FAILED [{exp}] {name}")
-    return 1 if failed else 0
-
+    for sk in skips:
+        print(f"  SKIPPED [{sk['experiment']}] {sk['name']}: {sk['reason']}")
+    if skips and not args.allow_skips:
+        print(f"  {len(skips)} promised check(s) were skipped: exit 1 (pass --allow-skips to accept them)")
+    return 1 if failed or (skips and not args.allow_skips) else 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -69,9 +69,19 @@ def _source(cfg: Config) -> MarkovSource:
     return MarkovSource(cfg.vocab_size, order=1, alpha=0.2, seed=cfg.seed)
 
 
-def _train_briefly(cfg: Config) -> tuple[TVVARModel, list[float]]:
+def _initial_model(cfg: Config) -> TVVARModel:
     model_cfg = ModelConfig(cfg.vocab_size, cfg.d_model, num_layers=1, mixer={"num_heads": cfg.num_heads})
-    model = TVVARModel(model_cfg, rngs=nnx.Rngs(cfg.seed))
+    return TVVARModel(model_cfg, rngs=nnx.Rngs(cfg.seed))
+
+
+def _relative_asymmetry(att: Attention) -> float:
+    """max |B_h − B_hᵀ| / max |B_h| over heads."""
+    B_h = np.asarray(att.bilinear_forms())
+    return float(np.max(np.abs(B_h - np.swapaxes(B_h, 1, 2))) / np.max(np.abs(B_h)))
+
+
+def _train_briefly(cfg: Config) -> tuple[TVVARModel, list[float]]:
+    model = _initial_model(cfg)
     opt = nnx.Optimizer(model, optax.adam(cfg.lr), wrt=nnx.Param)
 
     @nnx.jit
@@ -135,11 +145,10 @@ def run(config: Config, out: Path) -> dict:
     data["train_loss_first_last"] = [losses[0], losses[-1]]
     for what, d in diffs.items():
         checks.append(check(f"trained weights (float32): {what}", d, 0.0, "==", 1e-5, SOURCE))
-    B_h = np.asarray(att.bilinear_forms())
-    asym = float(np.max(np.abs(B_h - np.swapaxes(B_h, 1, 2))) / np.max(np.abs(B_h)))
-    data["relative_asymmetry_of_B"] = asym
-    checks.append(check("trained B_h = W_qW_kᵀ/√K is asymmetric (max|B−Bᵀ|/max|B|)", asym, 0.01, ">=", 0.0,
-                        "Theorem 5: B need not be symmetric"))
+    # B_h = W_q W_kᵀ/√K is as asymmetric at initialisation as after training, so "trained B is asymmetric"
+    # tests nothing about training or Theorem 5: it is recorded as data, not checked
+    data["relative_asymmetry_of_B"] = {"init": _relative_asymmetry(_initial_model(config).blocks[0].mixer),
+                                       "trained": _relative_asymmetry(att)}
     figures = _figures(att, u, out)
     return {"checks": checks, "figures": figures, "data": data}
 

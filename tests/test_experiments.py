@@ -30,7 +30,7 @@ def test_reproduce_quick_writes_report_and_results(tmp_path):
     assert set(res) == {"experiment", "config", "seconds", "checks", "figures", "data"}
     assert res["checks"] and all(c["passed"] for c in res["checks"])
     for c in res["checks"]:
-        assert set(c) == {"name", "measured", "reference", "relation", "tolerance", "source", "passed"}
+        assert set(c) == {"name", "measured", "reference", "relation", "tolerance", "source", "passed", "skipped"}
     for fig in res["figures"]:
         assert (tmp_path / "theorem5" / fig).stat().st_size > 1000
     report = (tmp_path / "report.md").read_text()
@@ -42,3 +42,113 @@ def test_reproduce_refuses_unknown_experiment(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--only", "nonexistent"])
     assert "unknown experiment" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# skipped checks: visible in report.md / summary.json, and reproduce's exit status honours them
+# --------------------------------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+
+from experiments import elbo  # noqa: E402
+from experiments.common import cli, skipped, tally  # noqa: E402
+
+
+def _fake_experiment(monkeypatch, run):
+    """A tiny module in the shape of experiments/NAME.py, put in place of the real experiments."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        seed: int = 0
+
+        @classmethod
+        def quick(cls):
+            return cls()
+
+        @classmethod
+        def full(cls):
+            return cls()
+
+    mod = types.ModuleType("experiments.fake")
+    mod.Config, mod.run = Config, run
+    monkeypatch.setitem(sys.modules, "experiments.fake", mod)
+    monkeypatch.setattr(reproduce, "EXPERIMENTS", ("fake",))
+    return mod
+
+
+def _text_like_run(config, out):
+    """What experiments.elbo does about its corpus, without training: its own corpus lookup and the
+    skipped rows of its text checks."""
+    cfg = elbo.Config.quick()
+    corpus, why = elbo.text_corpus(cfg)
+    checks = [check("always runs", 0.0, 0.0, "==")]
+    if corpus is None:
+        checks += elbo.planned_text_checks(cfg, why)
+    return {"checks": checks, "figures": [], "data": {}}
+
+
+def test_skipped_shape_and_tally():
+    s = skipped("x", "no corpus", 1.0, "<=", 0.5, "src")
+    assert set(s) == set(check("y", 1.0, 1.0, "==")) and s["passed"] is None and s["skipped"] == "no corpus"
+    assert tally([s, check("a", 0, 0, "=="), check("b", 1, 0, "==")]) == {"passed": 1, "failed": 1, "skipped": 1,
+                                                                          "total": 3}
+    with pytest.raises(ValueError, match="reason"):
+        skipped("x", "")
+
+
+def test_missing_corpus_is_skipped_in_report_and_fails_reproduce(monkeypatch, tmp_path, capsys):
+    missing = tmp_path / "no_such_corpus.txt"
+    monkeypatch.setenv("TVVAR_TEXT", str(missing))
+    _fake_experiment(monkeypatch, _text_like_run)
+    code = reproduce.main(["--quick", "--out", str(tmp_path / "r")])
+    assert code == 1
+    report = (tmp_path / "r" / "report.md").read_text()
+    rows = [ln for ln in report.splitlines() if ln.startswith("| ") and "⏭️ skipped:" in ln]
+    assert len(rows) == len(elbo.Config.quick().objectives) + 6
+    assert all("no_such_corpus.txt" in ln and ln.startswith("| text") for ln in rows)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["skipped_count"] == len(rows) and summary["failed"] == [] and summary["passed"] == 1
+    assert all("no_such_corpus.txt" in s["reason"] for s in summary["skipped"])
+    res = load_results(tmp_path / "r" / "fake")
+    assert sum(c["skipped"] is not None for c in res["checks"]) == len(rows)
+    assert "--allow-skips" in capsys.readouterr().out
+
+
+def test_allow_skips_exits_zero_but_still_reports(monkeypatch, tmp_path):
+    monkeypatch.setenv("TVVAR_TEXT", str(tmp_path / "no_such_corpus.txt"))
+    _fake_experiment(monkeypatch, _text_like_run)
+    assert reproduce.main(["--quick", "--allow-skips", "--out", str(tmp_path / "r")]) == 0
+    assert "skipped: **10**" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_corpus_present_means_nothing_skipped(monkeypatch, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 50)
+    monkeypatch.setenv("TVVAR_TEXT", str(corpus))
+    _fake_experiment(monkeypatch, _text_like_run)
+    assert reproduce.main(["--quick", "--out", str(tmp_path / "r")]) == 0
+
+
+def test_failed_check_still_fails_with_allow_skips(monkeypatch, tmp_path):
+    _fake_experiment(monkeypatch, lambda c, o: {"checks": [check("bad", 1.0, 0.0, "==")], "figures": [], "data": {}})
+    assert reproduce.main(["--quick", "--allow-skips", "--out", str(tmp_path / "r")]) == 1
+
+
+def test_cli_prints_skipped_checks(monkeypatch, tmp_path, capsys):
+    mod = _fake_experiment(monkeypatch, lambda c, o: {"checks": [skipped("needs data", "no data here")],
+                                                      "figures": [], "data": {}})
+    cli("fake", mod.Config, mod.run)(["--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "[skip] needs data: skipped — no data here" in out and "1 skipped" in out
+
+
+def test_execute_refuses_hand_built_checks(monkeypatch, tmp_path):
+    from experiments.common import execute
+
+    bad = {"name": "x", "measured": 0.0, "reference": 0.0, "relation": "==", "tolerance": 0, "source": "",
+           "passed": True}
+    with pytest.raises(ValueError, match="check\\(\\) or skipped\\(\\)"):
+        execute("fake", None, lambda c, o: {"checks": [bad], "figures": [], "data": {}}, tmp_path)
+
