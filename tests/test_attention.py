@@ -125,3 +125,35 @@ def test_bad_input_is_refused_with_a_named_error():
         build("attention", 8, rngs=nnx.Rngs(0), mask="sideways")
     with pytest.raises(ValueError, match="unknown decomposition 'transformer'"):
         build("transformer", 8, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("mask", ["causal", "bidirectional"])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
+def test_xla_implementation_equals_the_einsum_path(mask, dtype, tol):
+    """implementation='xla' against the einsum path and the float64 QKV reference, in both dtypes."""
+    with jax.enable_x64(dtype == jnp.float64):
+        ein = Attention(12, mask=mask, rngs=nnx.Rngs(4), num_heads=3, dtype=dtype)
+        xla = Attention.from_weights(ein.wq[...], ein.wk[...], ein.wv[...], ein.wo[...], mask=mask,
+                                     implementation="xla")
+        u = _u(2, 9, 12, dtype, seed=1)
+        ref = plain_attention(np.asarray(u), *(np.asarray(w[...]) for w in (ein.wq, ein.wk, ein.wv, ein.wo)),
+                              causal=mask == "causal")
+        h = xla(u)
+        assert h.dtype == dtype
+        np.testing.assert_allclose(np.asarray(h), np.asarray(ein(u)), atol=tol, rtol=tol)
+        np.testing.assert_allclose(np.asarray(h), ref, atol=tol, rtol=tol)
+
+
+def test_every_dense_fast_path_contraction_asks_for_highest_precision():
+    """DenseTVVAR's __call__ and step were the fast paths without precision=HIGHEST (TF32/bf16 passes on
+    accelerators); the jaxpr shows the precision of every dot_general."""
+    m = build("dense", 4, rngs=nnx.Rngs(0), max_len=5)
+    u = _u(1, 5, 4, jnp.float32)
+    cache = m.init_cache(1, 5)
+
+    def precisions(fn, *args):
+        eqns = jax.make_jaxpr(fn)(*args).jaxpr.eqns
+        return [e.params["precision"] for e in eqns if e.primitive.name == "dot_general"]
+
+    for ps in (precisions(m, u), precisions(lambda c, x: m.step(c, x), cache, u[:, 0])):
+        assert ps and all(p is not None and jax.lax.Precision.HIGHEST in tuple(p) for p in ps), ps

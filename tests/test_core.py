@@ -165,3 +165,62 @@ def test_dense_decomposition_kit_and_max_len():
     m = build("dense", 4, rngs=nnx.Rngs(0), max_len=5)
     with pytest.raises(ValueError, match="T=6 exceeds the dense decomposition's max_len=5"):
         m(jnp.zeros((1, 6, 4)))
+
+
+def test_token_logits_refuses_out_of_range_ids_and_never_clamps():
+    ro = Readout(4, 3, rngs=nnx.Rngs(0))
+    h = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, V=4\)"):
+        ro.token_logits(h, jnp.array([0, 4]))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, V=4\)"):
+        ro.token_logits(h, jnp.array([-1, 0]))
+    with pytest.raises(TypeError, match="integer"):
+        ro.token_logits(h, jnp.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="must broadcast to h.shape"):
+        ro.token_logits(h, jnp.array([0, 1, 2]))
+    # traced ids cannot raise: an out-of-range id reads NaN, not the last row's logit (the old clamp)
+    out = jax.jit(ro.token_logits)(h, jnp.array([3, 4]))
+    assert np.isfinite(float(out[0])) and np.isnan(float(out[1]))
+
+
+def test_check_token_ids_names_the_argument_rank_and_empty_sequences():
+    with pytest.raises(ValueError, match=r"prompt must have shape \[B, T\] \(rank 2\)"):
+        core.check_token_ids(jnp.zeros((3,), jnp.int32), 5, name="prompt", ndim=2)
+    with pytest.raises(ValueError, match=r"ids must hold at least one token \(T ≥ 1"):
+        core.check_token_ids(jnp.zeros((2, 0), jnp.int32), 5, ndim=2)
+    with pytest.raises(TypeError, match="ids must be an integer array"):
+        core.check_token_ids([1, 2], 5)
+    # a tracer passes (the range is unknowable there), so jitted callers still trace
+    jax.jit(lambda x: core.check_token_ids(x, 5, ndim=2) or x)(jnp.full((1, 2), 9, jnp.int32))
+
+
+def test_lecun_normal_is_the_initializer_and_glorot_a_deprecated_alias():
+    key = jax.random.key(3)
+    w = core.lecun_normal(key, (4000, 50), 50, jnp.float32)
+    assert abs(float(jnp.var(w)) - 1 / 50) < 0.05 / 50  # N(0, 1/fan_in): fan_in only, not Glorot's 2/(in+out)
+    with pytest.warns(DeprecationWarning, match="lecun_normal"):
+        w2 = core.glorot(key, (4000, 50), 50, jnp.float32)
+    np.testing.assert_array_equal(np.asarray(w), np.asarray(w2))
+
+
+def test_lru_cache_is_bounded_and_evicts_the_least_recently_used():
+    c = core.LRUCache(2)
+    calls = []
+    make = lambda k: (lambda: calls.append(k) or k)  # noqa: E731
+    for k in ("a", "b", "a", "c"):  # "b" is the least recently used when "c" arrives
+        c.get_or_create(k, make(k))
+    assert len(c) == 2 and "a" in c and "c" in c and "b" not in c
+    assert calls == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="maxsize"):
+        core.LRUCache(0)
+
+
+def test_build_refuses_unknown_options_with_the_valid_list():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['num_heads'\] for decomposition 'dense'; "
+                                         r"valid options: d_out, max_len"):
+        build("dense", 4, rngs=nnx.Rngs(0), num_heads=2)
+    assert "num_heads" in core.mixer_options("attention") and "implementation" in core.mixer_options("attention")
+    # options forwarded by **kw up the MRO count as the subclass's own
+    assert {"expand", "d_conv", "state_size", "chunk_size"} <= set(core.mixer_options("mamba"))
+    assert {"state_size", "num_heads"} <= set(core.mixer_options("ssm_lti"))
+    assert "rngs" not in core.mixer_options("ssm") and "mask" not in core.mixer_options("ssm")

@@ -228,3 +228,43 @@ def test_make_source_by_name(corpus_file):
     assert isinstance(make_source("markov", vocab_size=4), MarkovSource)
     assert isinstance(make_source("hmm", vocab_size=4, num_states=2), HiddenMarkovSource)
     assert isinstance(make_source(str(corpus_file)), TextCorpus)
+
+
+def test_byte_level_corpus_reads_any_binary_file(tmp_path):
+    raw = bytes(range(256)) * 3 + b"\xff\xfe\x00\x80"  # not UTF-8
+    p = tmp_path / "blob.bin"
+    p.write_bytes(raw)
+    c = TextCorpus(p, byte_level=True, val_fraction=0.25)
+    assert c.vocab_size == 256 and c.split_size("train") + c.split_size("val") == len(raw)
+    row = np.asarray(c.batch(jax.random.key(0), 1, 40)["tokens"])[0]
+    assert bytes(row.tolist()) in raw
+    np.testing.assert_array_equal(c.vocab.encode(b"\xff\x00"), [255, 0])
+    with pytest.raises(ValueError, match="not valid UTF-8 .* byte_level=True"):
+        TextCorpus(p)  # character mode still decodes, and says how to read it instead
+
+
+def test_source_registries_list_the_valid_names(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"neither a source name \(hmm, markov, synthetic-tvvar\)"):
+        make_source("markvo")
+    with pytest.raises(ValueError, match=r"unknown data source kind 'lstm' .*"
+                                         r"expected one of hmm, markov, synthetic-tvvar, text"):
+        source_from_info({"kind": "lstm"})
+    m = make_source("markov", vocab_size=3, order=1, seed=7)
+    m2 = source_from_info(json.loads(json.dumps(m.info())))
+    assert isinstance(m2, MarkovSource) and np.array_equal(m2.P, m.P)
+    import tvvar.data as data
+
+    assert not hasattr(data, "info_json")  # dead code removed (json.dumps(source.info()) is the one way)
+
+
+def test_sources_refuse_bad_parameters():
+    with pytest.raises(ValueError, match="vocab_size must be an int ≥ 2, got 2.5"):
+        TVVARSource(2.5, 4)
+    with pytest.raises(ValueError, match="xi must be a finite number > 0, got inf"):
+        TVVARSource(4, 4, xi=float("inf"))
+    with pytest.raises(ValueError, match=r"eps must be a finite number in \[0, 1\), got 1.5"):
+        MarkovSource(4, eps=1.5)
+    with pytest.raises(ValueError, match="alpha_emit must be a finite number > 0"):
+        HiddenMarkovSource(4, 2, alpha_emit=0.0)
+    with pytest.raises(ValueError, match="seq_len must be an int ≥ 1"):
+        MarkovSource(4).batch(jax.random.key(0), 2, 0)

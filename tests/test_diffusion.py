@@ -521,3 +521,79 @@ def test_sampler_argument_errors():
         D.generate(fn, pr, None, mask_id=3, steps=2, gen_length=8, temperature=1.0)
     with pytest.raises(ValueError, match="cfg_scale must be"):
         D.generate(fn, pr, k, mask_id=3, steps=2, gen_length=8, cfg_scale=-1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# hardening (issue 12 items 12, 14, 18): input checks, chunk-independent draws, a bounded step cache
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimator", ["mc", "count"])
+def test_mc_nelbo_values_do_not_depend_on_chunk(estimator):
+    table = np.random.default_rng(5).normal(size=((V + 1) ** L, L, V))
+    fn = table_denoiser(table)
+    x = jnp.asarray([[0, 2, 1, 1], [2, 2, 0, 1]])
+    S = 7
+    est = D.nelbo_mc if estimator == "mc" else D.nelbo_count
+    runs = [est(fn, x, jax.random.key(4), mask_id=M, num_samples=S, chunk=c) for c in (1, 3, None)]
+    for r in runs[:2]:
+        np.testing.assert_array_equal(r.samples, runs[2].samples)
+        np.testing.assert_array_equal(r.nats, runs[2].nats)
+    assert np.unique(runs[2].samples[:, 0]).size > 1  # the draws differ from one another
+
+
+def test_mask_tokens_and_loss_refuse_bad_mask_probabilities():
+    x = jnp.zeros((2, 3), jnp.int32)
+    key = jax.random.key(0)
+    for bad in (1.5, -0.2, float("nan")):
+        with pytest.raises(ValueError, match=r"p_mask must lie in \[0, 1\]"):
+            D.mask_tokens(key, x, jnp.asarray([0.5, bad]), M)
+    logits = jnp.zeros((2, 3, V))
+    masked = jnp.ones((2, 3), bool)
+    with pytest.raises(ValueError, match=r"p_mask must lie in \(0, 1\] \(it divides the loss"):
+        D.weighted_masked_loss(logits, x, masked, jnp.asarray([0.5, 0.0]))
+    # traced p = 0 (nothing masked there) contributes 0 instead of inf/NaN
+    out = jax.jit(D.weighted_masked_loss)(logits, x, masked & jnp.asarray([[True], [False]]), jnp.asarray([0.5, 0.0]))
+    assert np.isfinite(float(out))
+
+
+def test_likelihoods_refuse_out_of_range_ids_and_bad_mask_id():
+    fn = table_denoiser(np.zeros(((V + 1) ** L, L, V)))
+    bad = jnp.asarray([[0, 1, M, 2]])  # the mask id is not a data token
+    for call in (lambda: D.nelbo_exact(fn, bad, mask_id=M),
+                 lambda: D.nelbo_mc(fn, bad, jax.random.key(0), mask_id=M, num_samples=2),
+                 lambda: D.nelbo_count(fn, bad, jax.random.key(0), mask_id=M, num_samples=2),
+                 lambda: D.any_order_nll(fn, bad, mask_id=M)):
+        with pytest.raises(ValueError, match=r"x must lie in \[0, V=3\)"):
+            call()
+    with pytest.raises(ValueError, match="mask_id must be an int ≥ 1"):
+        D.nelbo_exact(fn, jnp.zeros((1, L), jnp.int32), mask_id=2.5)
+    with pytest.raises(ValueError, match=r"x must hold at least one token"):
+        D.nelbo_mc(fn, jnp.zeros((1, 0), jnp.int32), jax.random.key(0), mask_id=M, num_samples=2)
+
+
+def test_the_jitted_step_cache_is_bounded_and_does_not_keep_denoisers_alive():
+    import gc
+    import weakref
+
+    D._STEP_CACHE.clear()
+    pr = jnp.asarray([[0, 1]])
+    kw = dict(mask_id=5, steps=1, gen_length=2, jit_step=True)
+
+    class Denoiser:  # stands for a model: an object the cache must not own
+        def __call__(self, ids):
+            return jax.nn.one_hot(ids % 5, 5) * 3.0
+
+    d = Denoiser()
+    alive = weakref.ref(d)
+    a = D.generate(d, pr, None, **kw)
+    b = D.generate(d, pr, None, **kw)  # a cache hit, same tokens
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(D._STEP_CACHE) == 1
+    del d
+    gc.collect()
+    assert alive() is None and len(D._STEP_CACHE) == 0
+    keep = [Denoiser() for _ in range(D._STEP_CACHE.maxsize + 3)]
+    for fn in keep:
+        D.generate(fn, pr, None, **kw)
+    assert len(D._STEP_CACHE) == D._STEP_CACHE.maxsize

@@ -430,3 +430,16 @@ def test_training_with_elbo_decreases_heldout_nll():
     assert after["nll"] < before["nll"] - 0.1, (before, after)
     assert after["neg_elbo"] < before["neg_elbo"] - 0.1, (before, after)
     assert after["soft_nll"] < before["soft_nll"] - 0.1, (before, after)
+
+
+def test_elbo_terms_validate_ids_before_any_compute():
+    m = _model(ModelConfig.pure(5, 6, "attention", mixer={"num_heads": 2}))
+    ids, tg = jnp.zeros((1, 3), jnp.int32), jnp.zeros((1, 3), jnp.int32)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, V=5\)"):
+        E.elbo_terms(m, ids.at[0, 1].set(5), tg)
+    with pytest.raises(ValueError, match=r"ids must have shape \[B, T\] \(rank 2\)"):
+        E.elbo_terms(m, ids[0], tg[0])
+    with pytest.raises(ValueError, match=r"ids must hold at least one token"):
+        E.elbo_terms(m, jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0), jnp.int32))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, V=5\)"):
+        E.latent_features(m, ids.at[0, 0].set(-1))

@@ -290,12 +290,14 @@ def test_cli_generates_from_a_trained_char_run(tmp_path, capsys):
     sampled = main(["--run", str(tmp_path / "run"), "--prompt", "ba", "--max-new-tokens", "4", "--top-k", "3",
                     "--top-p", "0.9", "--seed", "1"])
     assert len(sampled["text"]) == 6 and set(sampled["text"]) <= set(data.vocab.symbols)
-    with pytest.raises(SystemExit, match="outside the vocabulary"):
-        main(["--run", str(tmp_path / "run"), "--prompt", "xyz"])
-    with pytest.raises(SystemExit, match="not a tvvar run directory"):
-        main(["--run", str(tmp_path), "--prompt", "ab"])
-    with pytest.raises(SystemExit, match="max-new-tokens must be ≥ 0"):
-        main(["--run", str(tmp_path / "run"), "--prompt", "ab", "--max-new-tokens", "-1"])
+    # bad input: status 2 and one line on stderr naming the flag (experiments/generate.py's usage errors)
+    for argv, message in ((["--run", str(tmp_path / "run"), "--prompt", "xyz"], "outside the vocabulary"),
+                          (["--run", str(tmp_path), "--prompt", "ab"], "not a tvvar run directory"),
+                          (["--run", str(tmp_path / "run"), "--prompt", "ab", "--max-new-tokens", "-1"],
+                           "max-new-tokens must be ≥ 0")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_cli_help_documents_every_option(capsys):
@@ -306,3 +308,9 @@ def test_cli_help_documents_every_option(capsys):
     text = capsys.readouterr().out
     for opt in ("--run", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--step"):
         assert opt in text
+
+
+def test_infinite_temperature_is_refused():
+    model = _model("attention", max_len=12)
+    with pytest.raises(ValueError, match="temperature .* finite number ≥ 0, got inf"):
+        generate(model, _ids(2, 4), 3, key=jax.random.key(0), temperature=float("inf"))

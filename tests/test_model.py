@@ -98,3 +98,38 @@ def test_bad_config_and_input_are_refused():
         m(jnp.array([[0.5, 1.0]]))
     with pytest.raises(ValueError, match="exceeds max_len=4"):
         m(jnp.zeros((1, 5), jnp.int32))
+
+
+def test_config_refuses_nonfinite_xi_fractional_max_len_and_unknown_options():
+    with pytest.raises(ValueError, match="xi .* finite number > 0, got inf"):
+        ModelConfig(5, 8, xi=float("inf"))
+    with pytest.raises(ValueError, match="xi"):
+        ModelConfig(5, 8, xi=float("nan"))
+    with pytest.raises(ValueError, match="max_len must be an int ≥ 1 or None, got 2.5"):
+        ModelConfig(5, 8, max_len=2.5)
+    with pytest.raises(ValueError, match="vocab_size"):
+        ModelConfig(True, 8)
+    with pytest.raises(ValueError, match=r"mixer: unknown option\(s\) \['num_head'\] for decomposition 'attention'; "
+                                         r"valid options: .*num_heads"):
+        ModelConfig(5, 8, mixer={"num_head": 2})
+    # a heads option on a decomposition without heads is refused, not ignored
+    with pytest.raises(ValueError, match=r"\['num_heads'\] for decomposition 'dense'"):
+        ModelConfig(5, 8, decomposition="dense", mixer={"num_heads": 2})
+    with pytest.raises(ValueError, match=r"psi_options: unknown option\(s\) \['width'\] for psi 'ffn'; "
+                                         r"valid options: d_ff"):
+        ModelConfig(5, 8, psi_options={"width": 3})
+    with pytest.raises(TypeError, match="mixer .* must be a dict"):
+        ModelConfig(5, 8, mixer=[("num_heads", 2)])
+    ModelConfig(5, 8, decomposition="ssm", mixer={"num_heads": 2, "state_size": 4})  # valid options pass
+
+
+def test_empty_sequences_and_traced_out_of_range_ids():
+    m = TVVARModel(ModelConfig(5, 8, num_layers=1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"ids must hold at least one token \(T ≥ 1"):
+        m(jnp.zeros((2, 0), jnp.int32))
+    with pytest.raises(ValueError, match=r"ids_t must have shape \[B\]"):
+        m.decode_step(m.init_cache(1, 4), jnp.zeros((1, 1), jnp.int32))
+    # documented behaviour under jit: the row of an id ≥ V is NaN (nothing can raise on a tracer)
+    fwd = nnx.jit(lambda mm, x: mm(x))
+    assert bool(jnp.isnan(fwd(m, jnp.array([[1, 7, 2]]))[0, 1]).all())
+    assert bool(jnp.isfinite(fwd(m, jnp.array([[1, 4, 2]]))).all())

@@ -279,3 +279,30 @@ def test_bad_input_errors():
         rd.violation_tolerance(0.1, 0)
     with pytest.raises(ValueError, match="M·V"):
         rd.linear_rc_exact(np.zeros((10, 2)), 3, 1.0)
+
+
+def test_sweep_cache_is_bounded_and_does_not_keep_teachers_alive():
+    import gc
+    import weakref
+
+    rd._SWEEP_CACHE.clear()
+    for M in range(1, 30):  # a sweep over M: one jitted function per M (built, not compiled, here)
+        rd._sweep_fn(M, 1.0, 1.0, 2, 1.0, 2, 1)
+    assert len(rd._SWEEP_CACHE) <= rd._SWEEP_CACHE.maxsize
+    teacher = rd.LinearSoftmaxTeacher.create(jax.random.key(0), 3, 2, 1.0)
+    alive = weakref.ref(teacher)
+    rd.linear_sweep_reference(jax.random.key(1), teacher, teacher.sample_x(jax.random.key(2), 8), M=4, R=1, Lam=1.0,
+                              steps=1, n_sigma=2)
+    del teacher
+    gc.collect()
+    assert alive() is None
+
+
+def test_target_logit_tables_list_the_valid_names():
+    z, y = jnp.asarray([[1.0, 2.0, 4.0]]), jnp.asarray([1])
+    assert float(rd.target_logit(z, y, gauge="center")[0]) == pytest.approx(2.0 - 7.0 / 3.0)
+    assert float(rd.target_logit(z, y, reading="max_abs")[0]) == 4.0
+    with pytest.raises(ValueError, match=r"gauge must be one of \('raw', 'center', 'logprob'\), got 'mean'"):
+        rd.target_logit(z, y, gauge="mean")
+    with pytest.raises(ValueError, match=r"reading must be one of \('target', 'max_abs'\)"):
+        rd.target_logit(z, y, reading="min")

@@ -20,7 +20,10 @@ i + 1, ``h_i = Σ_{j∈S(i)} A[i, j] u_j`` with S(i) = {0..i} (causal) or all j 
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -49,6 +52,12 @@ __all__ = [
     "check_token_ids",
     "check_cache_args",
     "check_step_input",
+    "LRUCache",
+    "constructor_options",
+    "check_options",
+    "mixer_options",
+    "lecun_normal",
+    "glorot",
 ]
 
 
@@ -74,14 +83,64 @@ def check_u(u: Array, d_in: int, *, name: str = "u") -> None:
         raise TypeError(f"{name} must be a floating array, got dtype {u.dtype}")
 
 
-def check_token_ids(ids: Array, vocab_size: int, *, name: str = "ids") -> None:
-    """Token ids must be integers; when concrete, they must lie in [0, vocab_size)."""
-    if not jnp.issubdtype(jnp.asarray(ids).dtype, jnp.integer):
-        raise TypeError(f"{name} must be an integer array of token ids, got dtype {jnp.asarray(ids).dtype}")
+def check_token_ids(ids: Array, vocab_size: int, *, name: str = "ids", ndim: int | None = None) -> None:
+    """Token ids must be a non-empty integer array (of rank ``ndim`` if given); when concrete, every id
+    must lie in [0, vocab_size).
+
+    The range check needs values, so it runs only on concrete arrays. Under ``jit`` a traced id cannot
+    raise: an id outside [0, V) then reads ``jnp.take``'s fill value (NaN token vectors, NaN logits), which
+    is why every public entry point calls this on its concrete input before tracing.
+    """
+    shape, dtype = getattr(ids, "shape", None), getattr(ids, "dtype", None)
+    if shape is None or dtype is None:
+        raise TypeError(f"{name} must be an integer array of token ids, got {type(ids).__name__}")
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array of token ids, got dtype {dtype}")
+    if ndim is not None and len(shape) != ndim:
+        axes = {1: "[B]", 2: "[B, T]"}.get(ndim, f"rank {ndim}")
+        raise ValueError(f"{name} must have shape {axes} (rank {ndim}), got shape {tuple(shape)}")
+    if math.prod(shape) == 0:
+        raise ValueError(f"{name} must hold at least one token (T ≥ 1, B ≥ 1), got shape {tuple(shape)}")
     if not isinstance(ids, jax.core.Tracer):
         lo, hi = int(jnp.min(ids)), int(jnp.max(ids))
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"{name} must lie in [0, V={vocab_size}), got values in [{lo}, {hi}]")
+
+
+class LRUCache:
+    """A small least-recently-used map for jitted functions built on demand.
+
+    Module-level caches of ``jax.jit`` wrappers must be bounded: each entry holds compiled executables
+    (and whatever its closure holds) for the life of the process.
+    """
+
+    def __init__(self, maxsize: int):
+        if not (isinstance(maxsize, int) and maxsize >= 1):
+            raise ValueError(f"maxsize must be an int ≥ 1, got {maxsize!r}")
+        self.maxsize = maxsize
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+
+    def get_or_create(self, key: Any, factory: Callable[[], Any]) -> Any:
+        if key in self._data:
+            self._data.move_to_end(key)
+            return self._data[key]
+        value = factory()
+        self._data[key] = value
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+        return value
+
+    def pop(self, key: Any) -> None:
+        self._data.pop(key, None)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._data
 
 
 def masked_fill_value(dtype: DType) -> Array:
@@ -197,9 +256,53 @@ def get(name: str) -> type[Mixer]:
     return _REGISTRY[name]
 
 
+# Arguments that build() and the model supply themselves; never user options of a decomposition.
+_BUILD_ARGS = frozenset({"self", "d_model", "mask", "rngs", "dtype"})
+
+
+def constructor_options(cls: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The keyword options a constructor accepts, without the arguments build() supplies itself.
+
+    For a class, ``__init__`` is followed up the MRO while it forwards ``**kw`` (a subclass that passes
+    ``**kw`` on accepts its parents' options too). A plain function taking ``**kw`` gives None: its
+    options cannot be known, so they are not checked.
+    """
+    names: set[str] = set()
+    if isinstance(cls, type):
+        inits = [k.__dict__["__init__"] for k in cls.__mro__ if "__init__" in k.__dict__]
+    else:
+        inits = [cls]
+    for init in inits:
+        params = list(inspect.signature(init).parameters.values())
+        names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return tuple(sorted(names - _BUILD_ARGS))
+    return None
+
+
+def check_options(options: Any, valid: tuple[str, ...] | None, *, what: str, name: str = "mixer") -> dict[str, Any]:
+    """``options`` must be a dict whose keys are all in ``valid`` (None: any); the error lists the valid names."""
+    if not isinstance(options, dict):
+        raise TypeError(f"{name} (the options of {what}) must be a dict, got {type(options).__name__}")
+    unknown = [] if valid is None else sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {unknown} for {what}; "
+                         f"valid options: {', '.join(valid) or '(none)'}")
+    return options
+
+
+def mixer_options(name: str) -> tuple[str, ...] | None:
+    """The options the registered decomposition ``name`` accepts (from its constructor's signature)."""
+    return constructor_options(get(name))
+
+
 def build(name: str, d_model: int, *, rngs: nnx.Rngs, mask: MaskKind = "causal", **options: Any) -> Mixer:
-    """Construct the registered decomposition ``name``."""
-    return get(name)(d_model, mask=check_mask_kind(mask), rngs=rngs, **options)
+    """Construct the registered decomposition ``name``; an option its constructor does not take is refused
+    with the list of those it does (never passed on or dropped)."""
+    cls = get(name)
+    user_options = {k: v for k, v in options.items() if k != "dtype"}  # dtype is build-level, as mask is
+    check_options(user_options, constructor_options(cls), what=f"decomposition {name!r}")
+    return cls(d_model, mask=check_mask_kind(mask), rngs=rngs, **options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,7 +371,8 @@ class SphereEmbedding(nnx.Module):
 
     def __call__(self, ids: Array) -> Array:
         check_token_ids(ids, self.vocab_size)
-        return jnp.take(self.vectors(), ids, axis=0)
+        # mode="fill": a traced out-of-range id (it cannot raise under jit) gives NaN, never a clamped token
+        return jnp.take(self.vectors(), ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
 class Readout(nnx.Module):
@@ -300,8 +404,18 @@ class Readout(nnx.Module):
 
     def token_logits(self, h: Array, ids: Array) -> Array:
         """The logit of one given token per vector, ũ_{ids}ᵀ h / Ξ — ``self(h)`` read at ``ids`` without
-        computing the other V − 1. h [..., D], ids broadcastable to h.shape[:-1] → h.shape[:-1]."""
-        U_ids = self.embedding.vectors()[ids].astype(h.dtype)  # [..., D]
+        computing the other V − 1. h [..., D], ids broadcastable to h.shape[:-1] → h.shape[:-1].
+
+        Concrete ids outside [0, V) raise; traced ones read NaN vectors (``mode="fill"``), never a
+        silently clamped neighbour."""
+        V = self.embedding.vocab_size
+        check_token_ids(ids, V)
+        try:
+            jnp.broadcast_shapes(jnp.shape(ids), h.shape[:-1])
+        except ValueError:
+            raise ValueError(f"ids of shape {tuple(jnp.shape(ids))} must broadcast to h.shape[:-1] = "
+                             f"{tuple(h.shape[:-1])}") from None
+        U_ids = jnp.take(self.embedding.vectors(), ids, axis=0, mode="fill", fill_value=jnp.nan).astype(h.dtype)
         return jnp.sum(h * U_ids, axis=-1) / jnp.asarray(self.xi, h.dtype)
 
 
@@ -373,6 +487,13 @@ def log_softmax32(logits: Array) -> Array:
     return jax.nn.log_softmax(logits.astype(float32_or_better(logits.dtype)), axis=-1)
 
 
-def glorot(key: PRNGKey, shape: tuple[int, ...], fan_in: int, dtype: DType) -> Array:
-    """N(0, 1/fan_in) initialization used by the built-in decompositions."""
+def lecun_normal(key: PRNGKey, shape: tuple[int, ...], fan_in: int, dtype: DType) -> Array:
+    """N(0, 1/fan_in) (LeCun normal) initialization used by the built-in decompositions."""
     return jax.random.normal(key, shape, dtype) / math.sqrt(fan_in)
+
+
+def glorot(key: PRNGKey, shape: tuple[int, ...], fan_in: int, dtype: DType) -> Array:
+    """Deprecated alias of :func:`lecun_normal` (the old name; it was never Glorot's fan-in + fan-out)."""
+    warnings.warn("tvvar.core.glorot is LeCun-normal and is deprecated; use tvvar.core.lecun_normal",
+                  DeprecationWarning, stacklevel=2)
+    return lecun_normal(key, shape, fan_in, dtype)

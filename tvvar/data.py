@@ -30,7 +30,6 @@ Synthetic sources fold the split name into the key, so train and validation draw
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +69,18 @@ def _check_sizes(batch_size: int, seq_len: int) -> None:
         raise ValueError(f"batch_size must be an int ≥ 1, got {batch_size!r}")
     if not (isinstance(seq_len, (int, np.integer)) and seq_len >= 1):
         raise ValueError(f"seq_len must be an int ≥ 1, got {seq_len!r}")
+
+
+def _check_int(name: str, v: Any, lo: int) -> int:
+    if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo):
+        raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}")
+    return int(v)
+
+
+def _check_real(name: str, v: Any, valid: str, ok) -> float:
+    if not (isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)):
+        raise ValueError(f"{name} must be a finite number {valid}, got {v!r}")
+    return float(v)
 
 
 def entropy_of_logits(logits: Array) -> Array:
@@ -142,7 +153,8 @@ class TVVARSource(DataSource):
 
         from tvvar.model import ModelConfig, TVVARModel
 
-        self.vocab_size, self.d_model, self.xi, self.seed = int(vocab_size), int(d_model), float(xi), int(seed)
+        self.vocab_size, self.d_model = _check_int("vocab_size", vocab_size, 2), _check_int("d_model", d_model, 1)
+        self.xi, self.seed = _check_real("xi", xi, "> 0", lambda v: v > 0), _check_int("seed", seed, 0)
         self.decomposition = decomposition
         self.mixer = dict(mixer if mixer is not None else ({"num_heads": 2} if decomposition == "attention" else {}))
         self.config = ModelConfig.pure(self.vocab_size, self.d_model, decomposition, xi=self.xi, mixer=self.mixer)
@@ -187,6 +199,11 @@ class TVVARSource(DataSource):
         return {"kind": self.kind, "vocab_size": self.vocab_size, "d_model": self.d_model, "xi": self.xi,
                 "decomposition": self.decomposition, "mixer": self.mixer, "seed": self.seed}
 
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "TVVARSource":
+        return cls(info["vocab_size"], info["d_model"], xi=info["xi"], decomposition=info["decomposition"],
+                   mixer=info["mixer"], seed=info["seed"])
+
 
 # --------------------------------------------------------------------------------------------------
 # (b) finite-order Markov chain and hidden Markov model
@@ -221,13 +238,13 @@ class MarkovSource(DataSource):
             raise ValueError(f"order must be an int ≥ 1, got {order!r}")
         if not (isinstance(vocab_size, int) and vocab_size >= 2):
             raise ValueError(f"vocab_size must be an int ≥ 2, got {vocab_size!r}")
+        _check_real("eps", eps, "in [0, 1)", lambda v: 0 <= v < 1)
         if vocab_size**order > 2**16:
             raise ValueError(f"vocab_size**order = {vocab_size**order} k-gram states is too many (max 65536)")
         self.vocab_size, self.order, self.alpha, self.eps, self.seed = vocab_size, order, float(alpha), float(eps), int(seed)
         V, k = vocab_size, order
         if transitions is None:
-            if not alpha > 0:
-                raise ValueError(f"alpha must be > 0, got {alpha}")
+            _check_real("alpha", alpha, "> 0", lambda v: v > 0)
             P = _dirichlet_rows(np.random.default_rng(seed), V**k, V, alpha, eps)
             self._given = False
         else:
@@ -304,6 +321,11 @@ class MarkovSource(DataSource):
             d["transitions"] = self.P.tolist()
         return d
 
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "MarkovSource":
+        return cls(info["vocab_size"], info["order"], alpha=info["alpha"], eps=info["eps"], seed=info["seed"],
+                   transitions=np.asarray(info["transitions"]) if "transitions" in info else None)
+
 
 class HiddenMarkovSource(DataSource):
     """A hidden Markov model: z_{i+1} ~ T[z_i, ·], x_i ~ E[z_i, ·], z_0 ~ π (stationary).
@@ -325,7 +347,10 @@ class HiddenMarkovSource(DataSource):
             raise ValueError(f"vocab_size must be an int ≥ 2, got {vocab_size!r}")
         if not (isinstance(num_states, int) and num_states >= 1):
             raise ValueError(f"num_states must be an int ≥ 1, got {num_states!r}")
-        self.vocab_size, self.num_states, self.seed = vocab_size, num_states, int(seed)
+        for name, a in (("alpha_trans", alpha_trans), ("alpha_emit", alpha_emit)):
+            _check_real(name, a, "> 0", lambda v: v > 0)
+        _check_real("eps", eps, "in [0, 1)", lambda v: 0 <= v < 1)
+        self.vocab_size, self.num_states, self.seed = vocab_size, num_states, _check_int("seed", seed, 0)
         self.alpha_trans, self.alpha_emit, self.eps = float(alpha_trans), float(alpha_emit), float(eps)
         rng = np.random.default_rng(seed)
         S, V = num_states, vocab_size
@@ -382,6 +407,13 @@ class HiddenMarkovSource(DataSource):
             d["transitions"], d["emissions"] = self.T.tolist(), self.E.tolist()
         return d
 
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "HiddenMarkovSource":
+        return cls(info["vocab_size"], info["num_states"], alpha_trans=info["alpha_trans"],
+                   alpha_emit=info["alpha_emit"], eps=info["eps"], seed=info["seed"],
+                   transitions=np.asarray(info["transitions"]) if "transitions" in info else None,
+                   emissions=np.asarray(info["emissions"]) if "emissions" in info else None)
+
 
 # --------------------------------------------------------------------------------------------------
 # (c) character / byte corpora
@@ -406,9 +438,13 @@ class Vocab:
     def size(self) -> int:
         return 256 if self.byte_level else len(self.symbols)
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str | bytes) -> np.ndarray:
+        """Ids of ``text``; at byte level ``text`` may be raw bytes (any binary data) or a str (UTF-8)."""
         if self.byte_level:
-            return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+            raw = text if isinstance(text, (bytes, bytearray)) else text.encode("utf-8")
+            return np.frombuffer(bytes(raw), np.uint8).astype(np.int32)
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str for a character vocabulary, got {type(text).__name__}")
         index = {c: i for i, c in enumerate(self.symbols)}
         missing = sorted({c for c in text if c not in index})
         if missing:
@@ -430,12 +466,13 @@ class Vocab:
 
 
 class TextCorpus(DataSource):
-    """A UTF-8 text file as one long token stream (characters, or bytes with ``byte_level=True``).
+    """A file as one long token stream: UTF-8 characters, or with ``byte_level=True`` its raw bytes (any
+    file, binary included: nothing is decoded).
 
     The split is deterministic and contiguous: the first ``1 − val_fraction`` of the stream is train,
     the rest validation. ``batch`` draws random contiguous windows of seq_len + 1 tokens from the split.
-    Errors: missing file (FileNotFoundError), empty file, undecodable UTF-8 and a window longer than a
-    split (ValueError) — each names the path and what was expected.
+    Errors: missing file (FileNotFoundError), empty file, undecodable UTF-8 in character mode and a window
+    longer than a split (ValueError) — each names the path and what was expected.
     """
 
     kind = "text"
@@ -451,14 +488,21 @@ class TextCorpus(DataSource):
         raw = self.path.read_bytes()
         if len(raw) == 0:
             raise ValueError(f"corpus file {str(self.path)!r} is empty")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"corpus file {str(self.path)!r} is not valid UTF-8 (byte {e.start}: {e.reason})") from None
-        self.byte_level, self.val_fraction = bool(byte_level), float(val_fraction)
-        self.vocab = Vocab(byte_level=True) if byte_level else Vocab(tuple(sorted(set(text))))
+        if not isinstance(byte_level, bool):
+            raise TypeError(f"byte_level must be a bool, got {byte_level!r}")
+        self.byte_level, self.val_fraction = byte_level, float(val_fraction)
+        if byte_level:
+            self.vocab = Vocab(byte_level=True)
+            ids = self.vocab.encode(raw)
+        else:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"corpus file {str(self.path)!r} is not valid UTF-8 (byte {e.start}: {e.reason}); "
+                                 "read it with byte_level=True") from None
+            self.vocab = Vocab(tuple(sorted(set(text))))
+            ids = self.vocab.encode(text)
         self.vocab_size = self.vocab.size
-        ids = self.vocab.encode(text)
         n_val = max(1, int(round(len(ids) * val_fraction)))
         if len(ids) - n_val < 1:
             raise ValueError(f"corpus file {str(self.path)!r} has {len(ids)} tokens: too short to split")
@@ -485,48 +529,46 @@ class TextCorpus(DataSource):
                 "val_fraction": self.val_fraction, "vocab_size": self.vocab_size, "vocab": self.vocab.to_json(),
                 "sizes": {s: self.split_size(s) for s in SPLITS}}
 
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "TextCorpus | Vocab":
+        """The corpus if its file is still there with the same vocabulary, else the saved :class:`Vocab`."""
+        vocab = Vocab.from_json(info["vocab"])
+        p = Path(info["path"])
+        if p.is_file():
+            corpus = cls(p, byte_level=info["byte_level"], val_fraction=info["val_fraction"])
+            if corpus.vocab == vocab:
+                return corpus
+        return vocab
+
 
 # --------------------------------------------------------------------------------------------------
 # construction by name / from a saved description
 # --------------------------------------------------------------------------------------------------
 
 
+# kind → class: the source classes rebuild themselves from their info() (``from_info``); a corpus is
+# named by its path, not by a kind.
+_SOURCES: dict[str, type[DataSource]] = {cls.kind: cls for cls in (TVVARSource, MarkovSource, HiddenMarkovSource)}
+_SAVED_KINDS: dict[str, type[DataSource]] = {**_SOURCES, TextCorpus.kind: TextCorpus}
+
+
 def make_source(spec: str, **options: Any) -> DataSource:
-    """``"synthetic-tvvar"``, ``"markov"``, ``"hmm"`` or a path to a UTF-8 text file."""
-    if spec == "synthetic-tvvar":
-        return TVVARSource(**options)
-    if spec == "markov":
-        return MarkovSource(**options)
-    if spec == "hmm":
-        return HiddenMarkovSource(**options)
+    """A source by name (``"synthetic-tvvar"``, ``"markov"``, ``"hmm"``) or a path to a text file."""
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"spec must be a source name or a file path, got {type(spec).__name__}")
+    if isinstance(spec, str) and spec in _SOURCES:
+        return _SOURCES[spec](**options)
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"data source {str(spec)!r} is neither a source name ({', '.join(sorted(_SOURCES))}) "
+                                "nor an existing file: corpus file does not exist")
     return TextCorpus(spec, **options)
 
 
 def source_from_info(info: dict[str, Any]) -> DataSource | Vocab:
     """Rebuild a synthetic source from its ``info()``; for a corpus, the file if it is still there,
     otherwise its :class:`Vocab` (enough to encode prompts and decode generations)."""
-    kind = info.get("kind")
-    if kind == "synthetic-tvvar":
-        return TVVARSource(info["vocab_size"], info["d_model"], xi=info["xi"], decomposition=info["decomposition"],
-                           mixer=info["mixer"], seed=info["seed"])
-    if kind == "markov":
-        return MarkovSource(info["vocab_size"], info["order"], alpha=info["alpha"], eps=info["eps"], seed=info["seed"],
-                            transitions=np.asarray(info["transitions"]) if "transitions" in info else None)
-    if kind == "hmm":
-        return HiddenMarkovSource(info["vocab_size"], info["num_states"], alpha_trans=info["alpha_trans"],
-                                  alpha_emit=info["alpha_emit"], eps=info["eps"], seed=info["seed"],
-                                  transitions=np.asarray(info["transitions"]) if "transitions" in info else None,
-                                  emissions=np.asarray(info["emissions"]) if "emissions" in info else None)
-    if kind == "text":
-        vocab = Vocab.from_json(info["vocab"])
-        p = Path(info["path"])
-        if p.is_file():
-            corpus = TextCorpus(p, byte_level=info["byte_level"], val_fraction=info["val_fraction"])
-            if corpus.vocab == vocab:
-                return corpus
-        return vocab
-    raise ValueError(f"unknown data source kind {kind!r} in saved info; expected synthetic-tvvar, markov, hmm or text")
-
-
-def info_json(source: DataSource) -> str:
-    return json.dumps(source.info(), indent=2)
+    kind = info.get("kind") if isinstance(info, dict) else None
+    if kind not in _SAVED_KINDS:
+        raise ValueError(f"unknown data source kind {kind!r} in saved info; "
+                         f"expected one of {', '.join(sorted(_SAVED_KINDS))}")
+    return _SAVED_KINDS[kind].from_info(info)

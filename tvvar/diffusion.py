@@ -36,8 +36,10 @@ position-aware decomposition (e.g. ``"dense"``); the wrapper warns otherwise.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -48,7 +50,7 @@ import numpy as np
 from flax import nnx
 from scipy.special import betainc, comb
 
-from tvvar.core import argsoftmax, log_softmax32
+from tvvar.core import LRUCache, argsoftmax, check_token_ids, log_softmax32
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.typing import Array, PRNGKey
 
@@ -143,11 +145,42 @@ def _check_eps(eps: float) -> float:
     return float(eps)
 
 
-def _check_ids(x: Array, name: str = "x") -> None:
+def _check_ids(x: Array, name: str = "x", *, vocab_size: int | None = None) -> None:
+    """x: integer [B, L]; with ``vocab_size`` (= the mask id M) concrete values must lie in [0, M]."""
     if getattr(x, "ndim", None) != 2:
         raise ValueError(f"{name} must have shape [B, L] (rank 2), got shape {getattr(x, 'shape', None)}")
     if not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(f"{name} must be an integer array of token ids, got dtype {x.dtype}")
+    if vocab_size is not None:
+        check_token_ids(x, vocab_size, name=name, ndim=2)
+
+
+def _check_mask_id(mask_id: int) -> int:
+    if not (isinstance(mask_id, (int, np.integer)) and not isinstance(mask_id, bool) and mask_id >= 1):
+        raise ValueError(f"mask_id must be an int ≥ 1 (the mask token M = V, one past the data vocabulary), "
+                         f"got {mask_id!r}")
+    return int(mask_id)
+
+
+def _check_clean(x: Array, mask_id: int, name: str = "x") -> int:
+    """Clean sequences for a likelihood: integer [B, L] with concrete ids in [0, V = mask_id) (no mask)."""
+    mask_id = _check_mask_id(mask_id)
+    _check_ids(x, name, vocab_size=mask_id)
+    return mask_id
+
+
+def _check_rates(p: Array, B: int, *, name: str, low_open: bool) -> None:
+    """Masking probabilities [B]: concrete values must lie in [0, 1] ((0, 1] when they divide the loss)."""
+    if getattr(p, "shape", None) != (B,):
+        raise ValueError(f"{name} must have shape [B={B}], got {getattr(p, 'shape', None)}")
+    if isinstance(p, jax.core.Tracer):
+        return
+    a = np.asarray(p, np.float64)
+    lo_ok = a > 0 if low_open else a >= 0
+    if not np.all(np.isfinite(a) & lo_ok & (a <= 1)):
+        bad = a[~(np.isfinite(a) & lo_ok & (a <= 1))][:3].tolist()
+        rng = "(0, 1] (it divides the loss: 1/p)" if low_open else "[0, 1]"
+        raise ValueError(f"{name} must lie in {rng}, got e.g. {bad}")
 
 
 def sample_mask_probs(key: PRNGKey, n: int, *, eps: float = DEFAULT_EPS, stratified: bool = False) -> Array:
@@ -186,8 +219,7 @@ def mask_tokens(key: PRNGKey, x: Array, p_mask: Array, mask_id: int, *, prompt_m
     probability p_mask[b]. Returns (x_t [B, L], masked bool [B, L])."""
     _check_ids(x)
     B, L = x.shape
-    if getattr(p_mask, "shape", None) != (B,):
-        raise ValueError(f"p_mask must have shape [B={B}], got {getattr(p_mask, 'shape', None)}")
+    _check_rates(p_mask, B, name="p_mask", low_open=False)
     masked = jax.random.uniform(key, (B, L), jnp.float32) < p_mask[:, None].astype(jnp.float32)
     masked = masked & ~_prompt_mask(prompt_mask, (B, L))
     return jnp.where(masked, jnp.asarray(mask_id, x.dtype), x), masked
@@ -226,9 +258,13 @@ def weighted_masked_loss(logits: Array, x: Array, masked: Array, p_mask: Array, 
         (1 / B) Σ_b (1 / L^ans_b) Σ_i 1[masked_bi ∧ ¬prompt_bi] (−log q(x_bi | x_t)) / p_b,
     L^ans_b = the number of non-prompt positions of row b (rows without an answer contribute 0).
     """
+    _check_ids(x)
     B, L = x.shape
+    _check_rates(p_mask, B, name="p_mask", low_open=True)
     nll = masked_token_nll(logits, x, masked)
-    w = nll / p_mask.astype(nll.dtype)[:, None]
+    # a traced p = 0 masks nothing (u < 0 never holds): its row contributes 0, not 0/0
+    p = p_mask.astype(nll.dtype)[:, None]
+    w = jnp.where(masked, nll / jnp.where(p > 0, p, 1.0), 0.0)
     if prompt_mask is None:
         return jnp.sum(w) / (B * L)
     pm = _prompt_mask(prompt_mask, (B, L))
@@ -324,14 +360,23 @@ def _check_samples(num_samples: int, chunk: int | None) -> int:
     return int(num_samples)
 
 
+def _per_draw(mask_fn, key, x, start, per_draw):
+    """Draw s (global index) masks x with ``fold_in(key, s)``, so a draw never depends on which chunk holds
+    it: ([n·B, L] clean, masked input, mask), draw-major rows (row s·B + b)."""
+    B, L = x.shape
+    n = per_draw.shape[0]
+    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(start + jnp.arange(n))
+    x_t, masked = jax.vmap(lambda k, v: mask_fn(k, x, jnp.broadcast_to(v, (B,))))(keys, per_draw)
+    return jnp.tile(x, (n, 1)), x_t.reshape(n * B, L), masked.reshape(n * B, L)
+
+
 @partial(jax.jit, static_argnames=("mask_id", "P"))
 def _mc_draw(key, x, start, p_all, *, mask_id, P):
     """Draws start..start+n−1 of estimator (a) for every row of x [B, L] at once: ([n·B, L] x_t, weight)."""
     B, L = x.shape
-    n = p_all.shape[0]
-    xs = jnp.tile(x, (n, 1))
+    pm = jnp.arange(L) < P
+    xs, x_t, masked = _per_draw(lambda k, xx, p: mask_tokens(k, xx, p, mask_id, prompt_mask=pm), key, x, start, p_all)
     p = jnp.repeat(p_all, B)
-    x_t, masked = mask_tokens(jax.random.fold_in(key, start), xs, p, mask_id, prompt_mask=jnp.arange(L) < P)
     return xs, x_t, jnp.where(masked, 1.0 / p[:, None], 0.0)
 
 
@@ -339,10 +384,10 @@ def _mc_draw(key, x, start, p_all, *, mask_id, P):
 def _count_draw(key, x, start, ell_all, *, mask_id, P):
     """The same for estimator (b): exactly ℓ answer positions masked, weight (L − P)/ℓ."""
     B, L = x.shape
-    n = ell_all.shape[0]
-    xs = jnp.tile(x, (n, 1))
+    pm = jnp.arange(L) < P
+    xs, x_t, masked = _per_draw(lambda k, xx, n: mask_exactly(k, xx, n, mask_id, prompt_mask=pm), key, x, start,
+                                ell_all)
     ell = jnp.repeat(ell_all, B)
-    x_t, masked = mask_exactly(jax.random.fold_in(key, start), xs, ell, mask_id, prompt_mask=jnp.arange(L) < P)
     return xs, x_t, jnp.where(masked, ((L - P) / ell.astype(jnp.float32))[:, None], 0.0)
 
 
@@ -374,9 +419,10 @@ def nelbo_mc(logits_fn: LogitsFn, x: Array, key: PRNGKey, *, mask_id: int, num_s
     value (1/p) Σ_{i masked} −log q(x_i | x_t). Its expectation is Σ_M w_ε(|M|) Σ_{i∈M} −log q(x_i | x_{−M})
     with w_ε of :func:`subset_weights` (→ the exact NELBO as ε → 0; the difference is O(ε)).
     ``stratified``: the S draws of τ are evenly spread (:func:`sample_mask_probs`), per sequence.
-    ``chunk``: draws per denoiser call (memory); the values do not depend on it.
+    ``chunk``: draws per denoiser call (memory); the values do not depend on it (draw s uses the key
+    ``fold_in(key, s)`` whatever chunk holds it).
     """
-    _check_ids(x)
+    mask_id = _check_clean(x, mask_id)
     B, L = x.shape
     P = _check_prompt_length(prompt_length, L)
     S = _check_samples(num_samples, chunk)
@@ -396,8 +442,9 @@ def nelbo_count(logits_fn: LogitsFn, x: Array, key: PRNGKey, *, mask_id: int, nu
 
     ``stratified`` (default, as LLaDA evaluates): ℓ_s = ((k + ⌊s·L/S⌋) mod L) + 1 with one k ~ U{0..L−1},
     so each ℓ_s is still uniform but the S draws cover 1..L evenly. L is the answer length with a prompt.
+    ``chunk``: draws per denoiser call; as for :func:`nelbo_mc`, the values do not depend on it.
     """
-    _check_ids(x)
+    mask_id = _check_clean(x, mask_id)
     B, L = x.shape
     P = _check_prompt_length(prompt_length, L)
     S = _check_samples(num_samples, chunk)
@@ -447,7 +494,9 @@ def nelbo_exact(logits_fn: LogitsFn, x: Array, *, mask_id: int, prompt_length: i
     for any denoiser. ``eps > 0`` gives the exact expectation of estimator (a) instead (see
     :func:`subset_weights`). Refuses answers longer than ``max_answer_length``.
     """
-    _check_ids(x)
+    mask_id = _check_clean(x, mask_id)
+    if not (isinstance(chunk, int) and chunk >= 1):
+        raise ValueError(f"chunk must be an int ≥ 1, got {chunk!r}")
     B, L = x.shape
     P = _check_prompt_length(prompt_length, L)
     La = L - P
@@ -496,7 +545,7 @@ def any_order_nll(logits_fn: LogitsFn, x: Array, *, mask_id: int, prompt_length:
     """
     import itertools
 
-    _check_ids(x)
+    mask_id = _check_clean(x, mask_id)
     B, L = x.shape
     P = _check_prompt_length(prompt_length, L)
     La = L - P
@@ -596,6 +645,7 @@ def generate(logits_fn: LogitsFn, prompt: Array, key: PRNGKey | None, *, mask_id
         raise ValueError(f"cfg_scale must be a number ≥ 0, got {cfg_scale!r}")
     if key is None and (temperature > 0 or remasking == "random"):
         raise ValueError("key must be a PRNG key when temperature > 0 or remasking='random'")
+    mask_id = _check_mask_id(mask_id)
     if P and not isinstance(prompt, jax.core.Tracer):
         lo_id, hi_id = int(jnp.min(prompt)), int(jnp.max(prompt))
         if lo_id < 0 or hi_id >= mask_id:
@@ -605,12 +655,7 @@ def generate(logits_fn: LogitsFn, prompt: Array, key: PRNGKey | None, *, mask_id
     opts = dict(temperature=float(temperature), remasking=remasking, mask_id=int(mask_id), P=P,
                 cfg_scale=float(cfg_scale))
     if jit_step:
-        ck = (logits_fn, tuple(sorted(opts.items())))
-        if ck not in _STEP_CACHE:
-            if len(_STEP_CACHE) >= 8:
-                _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
-            _STEP_CACHE[ck] = jax.jit(partial(_fused_step, logits_fn, **opts), static_argnames=("n_reveal",))
-        fused = _STEP_CACHE[ck]
+        fused = _fused_step_fn(logits_fn, opts)
     spb = steps // num_blocks
     schedule = reveal_schedule(block_length, spb)
     step = 0
@@ -630,7 +675,41 @@ def generate(logits_fn: LogitsFn, prompt: Array, key: PRNGKey | None, *, mask_id
     return x
 
 
-_STEP_CACHE: dict = {}
+# One jitted step per (denoiser, options). The denoiser is held weakly, so a cached step never keeps a
+# model alive: its entry is dropped when the denoiser is collected, and at most maxsize entries live.
+_STEP_CACHE = LRUCache(4)
+
+
+def _weak(fn: Callable) -> Callable[[], Callable | None]:
+    if inspect.ismethod(fn):
+        return weakref.WeakMethod(fn)
+    try:
+        return weakref.ref(fn)
+    except TypeError:  # not weak-referenceable: held strongly, still bounded by the LRU
+        return lambda: fn
+
+
+def _fused_step_fn(logits_fn: LogitsFn, opts: dict) -> Callable:
+    opt_key = tuple(sorted(opts.items()))
+    ref = _weak(logits_fn)
+    if isinstance(ref, weakref.ref):
+        # the callback runs once the denoiser is gone and frees the compiled step (and its constants)
+        ref = (weakref.WeakMethod if isinstance(ref, weakref.WeakMethod) else weakref.ref)(
+            logits_fn, lambda r: _STEP_CACHE.pop((r, opt_key)))
+        key = (ref, opt_key)
+    else:
+        key = (logits_fn, opt_key)
+
+    def make():
+        return jax.jit(partial(_fused_step_weak, ref, **opts), static_argnames=("n_reveal",))
+
+    return _STEP_CACHE.get_or_create(key, make)
+
+
+def _fused_step_weak(ref, *args, **kw):
+    return _fused_step(ref(), *args, **kw)
+
+
 _reveal = jax.jit(_reveal_body, static_argnames=("n_reveal", "temperature", "remasking", "mask_id"))
 
 

@@ -26,6 +26,7 @@ and falls back to :func:`generate_recompute` (pass ``fallback=False`` to get an 
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 import jax
@@ -73,8 +74,9 @@ def _validate(model, prompt, max_new_tokens, key, temperature, top_k, top_p):
     if limit is not None and total > limit:
         raise ValueError(f"prompt length {prompt.shape[1]} + max_new_tokens {max_new_tokens} = {total} exceeds the "
                          f"model's max_len={limit}")
-    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature >= 0):
-        raise ValueError(f"temperature (Ξ) must be a number ≥ 0, got {temperature!r}")
+    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+            and 0 <= temperature < math.inf):
+        raise ValueError(f"temperature (Ξ) must be a finite number ≥ 0, got {temperature!r}")
     V = model.cfg.vocab_size
     if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= V):
         raise ValueError(f"top_k must be an int in [1, V={V}], got {top_k!r}")

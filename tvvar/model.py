@@ -14,6 +14,7 @@ identity, so ``logits_i = ũᵀ Σ_{j∈S(i)} A[i, j] u_j / Ξ`` exactly.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tvvar.core import Readout, SphereEmbedding, build, check_mask_kind, check_token_ids, get, glorot, param
+from tvvar.core import (Readout, SphereEmbedding, build, check_mask_kind, check_options, check_token_ids,
+                        constructor_options, get, lecun_normal, param)
 from tvvar.typing import Array, DType
 
 __all__ = ["ModelConfig", "TVVARModel", "Block", "FFN", "RMSNorm", "register_psi", "available_psi"]
@@ -76,8 +78,8 @@ class FFN(nnx.Module):
 
     def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: DType = jnp.float32, d_ff: int | None = None):
         d_ff = d_ff or 4 * d_model
-        self.w1 = param(glorot(rngs.params(), (d_model, d_ff), d_model, dtype), "embed", "mlp")
-        self.w2 = param(glorot(rngs.params(), (d_ff, d_model), d_ff, dtype), "mlp", "embed")
+        self.w1 = param(lecun_normal(rngs.params(), (d_model, d_ff), d_model, dtype), "embed", "mlp")
+        self.w2 = param(lecun_normal(rngs.params(), (d_ff, d_model), d_ff, dtype), "mlp", "embed")
 
     def __call__(self, x: Array) -> Array:
         h = jax.nn.gelu(x @ self.w1[...].astype(x.dtype))
@@ -127,22 +129,35 @@ class ModelConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if not (isinstance(self.vocab_size, int) and self.vocab_size >= 2):
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not (is_int(self.vocab_size) and self.vocab_size >= 2):
             raise ValueError(f"vocab_size must be an int ≥ 2, got {self.vocab_size!r}")
-        if not (isinstance(self.d_model, int) and self.d_model >= 1):
+        if not (is_int(self.d_model) and self.d_model >= 1):
             raise ValueError(f"d_model must be an int ≥ 1, got {self.d_model!r}")
-        if not (isinstance(self.num_layers, int) and self.num_layers >= 1):
+        if not (is_int(self.num_layers) and self.num_layers >= 1):
             raise ValueError(f"num_layers must be an int ≥ 1, got {self.num_layers!r}")
-        get(self.decomposition)  # raises with the list of available names
-        if not _lookup_psi(self.psi):
+        if not isinstance(self.decomposition, str):
+            raise TypeError(f"decomposition must be a registered name (str), got {type(self.decomposition).__name__}")
+        # options are checked against the constructor now, not when the first Block is built
+        check_options(self.mixer, constructor_options(get(self.decomposition)),
+                      what=f"decomposition {self.decomposition!r}", name="mixer")
+        if not (isinstance(self.psi, str) and _lookup_psi(self.psi)):
             raise ValueError(f"unknown psi {self.psi!r}; available: {', '.join(available_psi())}")
+        check_options(self.psi_options, constructor_options(_PSI[self.psi]), what=f"psi {self.psi!r}",
+                      name="psi_options")
         if self.norm not in ("rms", "none"):
             raise ValueError(f"norm must be 'rms' or 'none', got {self.norm!r}")
-        if not self.xi > 0:
-            raise ValueError(f"xi (the temperature Ξ) must be > 0, got {self.xi}")
+        for name in ("residual", "tied"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not (isinstance(self.xi, (int, float)) and not isinstance(self.xi, bool)
+                and math.isfinite(self.xi) and self.xi > 0):
+            raise ValueError(f"xi (the temperature Ξ) must be a finite number > 0, got {self.xi!r}")
         check_mask_kind(self.mask)
-        if self.max_len is not None and self.max_len < 1:
-            raise ValueError(f"max_len must be ≥ 1 or None, got {self.max_len}")
+        if self.max_len is not None and not (is_int(self.max_len) and self.max_len >= 1):
+            raise ValueError(f"max_len must be an int ≥ 1 or None, got {self.max_len!r}")
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in ("float32", "float64", "bfloat16", "float16"):
                 raise ValueError(f"{name} must be float32, float64, bfloat16 or float16, got {getattr(self, name)!r}")
@@ -190,7 +205,13 @@ class Block(nnx.Module):
 
 
 class TVVARModel(nnx.Module):
-    """Token ids [B, T] → logits [B, T, V] (float32); row i predicts token i + 1."""
+    """Token ids [B, T] → logits [B, T, V] (float32); row i predicts token i + 1.
+
+    Concrete ids are checked (integer, rank 2, T ≥ 1, values in [0, V)). Under ``jit`` the ids are traced
+    and their values cannot be checked: an id ≥ V or < 0 then reads a NaN token vector, so its row's logits
+    are NaN (and other rows too wherever a zero weight multiplies it, 0·NaN = NaN) — never a silently
+    clamped token. Validate before jitting.
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -208,9 +229,7 @@ class TVVARModel(nnx.Module):
 
     def embed_tokens(self, ids: Array) -> Array:
         """u = ũ_{ids} (+ positions): [B, T, D] in the compute dtype."""
-        if getattr(ids, "ndim", None) != 2:
-            raise ValueError(f"ids must have shape [B, T] (rank 2), got shape {getattr(ids, 'shape', None)}")
-        check_token_ids(ids, self.cfg.vocab_size)
+        check_token_ids(ids, self.cfg.vocab_size, ndim=2)
         u = self.embed(ids)
         if self.pos is not None:
             T = ids.shape[1]
@@ -262,9 +281,7 @@ class TVVARModel(nnx.Module):
     def decode_step(self, cache: dict, ids_t: Array) -> tuple[Array, dict]:
         """Feed token ids_t [B] at position t = ``cache["index"]``: logits [B, V] (float32) equal to row t
         of ``self(ids)`` on the full sequence, and the advanced cache."""
-        if getattr(ids_t, "ndim", None) != 1:
-            raise ValueError(f"ids_t must have shape [B] (one token per sequence), got shape {getattr(ids_t, 'shape', None)}")
-        check_token_ids(ids_t, self.cfg.vocab_size, name="ids_t")
+        check_token_ids(ids_t, self.cfg.vocab_size, name="ids_t", ndim=1)
         t = cache["index"]
         x_t = self.embed(ids_t)
         if self.pos is not None:

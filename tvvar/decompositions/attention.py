@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tvvar.core import (Mixer, float32_or_better, check_cache_args, check_step_input, check_u, glorot, masked_fill_value, param,
-                        register, support_mask)
+from tvvar.core import (Mixer, check_cache_args, check_step_input, check_u, float32_or_better, lecun_normal,
+                        masked_fill_value, param, register, support_mask)
 from tvvar.typing import Array, DType, MaskKind
 
 __all__ = ["SoftmaxBilinearAttention", "Attention", "BilinearAttention"]
@@ -128,8 +128,8 @@ class BilinearAttention(SoftmaxBilinearAttention):
             raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
         self.d_in, self.d_out, self.mask, self.num_heads = d_model, d_out or d_model, mask, num_heads
         D, Do, H = self.d_in, self.d_out, num_heads
-        self.B = param(glorot(rngs.params(), (H, D, D), D, dtype), "heads", "embed", "embed2")
-        self.A = param(glorot(rngs.params(), (H, Do, D), D * H, dtype), "heads", "embed2", "embed")
+        self.B = param(lecun_normal(rngs.params(), (H, D, D), D, dtype), "heads", "embed", "embed2")
+        self.A = param(lecun_normal(rngs.params(), (H, Do, D), D * H, dtype), "heads", "embed2", "embed")
 
     def bilinear_forms(self) -> Array:
         return self.B[...]
@@ -225,7 +225,8 @@ class Attention(SoftmaxBilinearAttention):
     """Standard multi-head attention, W_q, W_k [D, H, K], W_v [D, H, K_v], W_o [H, K_v, D_out].
 
     ``implementation``: ``"einsum"`` (hand-written, fastest on few CPU cores), ``"xla"`` or ``"cudnn"``
-    (``jax.nn.dot_product_attention``; cuDNN only on GPU and raises on unsupported shapes).
+    (``jax.nn.dot_product_attention``; cuDNN only on GPU and raises on unsupported shapes). That kernel
+    forms its scores in float32, so float64 input always runs the einsum path.
     """
 
     def __init__(
@@ -255,10 +256,10 @@ class Attention(SoftmaxBilinearAttention):
         self.implementation = implementation
         D, H, K, Kv, Do = d_model, num_heads, head_dim, self.value_dim, self.d_out
         keys = jax.random.split(rngs.params(), 4)
-        self.wq = param(glorot(keys[0], (D, H, K), D, dtype), "embed", "heads", "kv")
-        self.wk = param(glorot(keys[1], (D, H, K), D, dtype), "embed", "heads", "kv")
-        self.wv = param(glorot(keys[2], (D, H, Kv), D, dtype), "embed", "heads", "kv")
-        self.wo = param(glorot(keys[3], (H, Kv, Do), H * Kv, dtype), "heads", "kv", "embed")
+        self.wq = param(lecun_normal(keys[0], (D, H, K), D, dtype), "embed", "heads", "kv")
+        self.wk = param(lecun_normal(keys[1], (D, H, K), D, dtype), "embed", "heads", "kv")
+        self.wv = param(lecun_normal(keys[2], (D, H, Kv), D, dtype), "embed", "heads", "kv")
+        self.wo = param(lecun_normal(keys[3], (H, Kv, Do), H * Kv, dtype), "heads", "kv", "embed")
 
     @property
     def scale(self) -> float:
@@ -286,7 +287,9 @@ class Attention(SoftmaxBilinearAttention):
     def __call__(self, u: Array) -> Array:
         check_u(u, self.d_in)
         q, k, v = self._qkv(u)
-        if self.implementation == "einsum":
+        # jax.nn.dot_product_attention computes its scores in float32 whatever the input dtype, so float64
+        # runs take the einsum path: the same map, exact in float64
+        if self.implementation == "einsum" or u.dtype == jnp.float64:
             s_BxHxTxT = jnp.einsum("bihk,bjhk->bhij", q, k, precision=_HI) * self.scale
             pi = self._pi(s_BxHxTxT, u.dtype)
             o_BxTxHxK = jnp.einsum("bhij,bjhk->bihk", pi, v, precision=_HI)

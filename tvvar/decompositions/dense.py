@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tvvar.core import Mixer, check_cache_args, check_step_input, check_u, glorot, param, register
+from tvvar.core import Mixer, check_cache_args, check_step_input, check_u, lecun_normal, param, register
 from tvvar.typing import Array, DType, MaskKind
 
 __all__ = ["DenseTVVAR"]
+
+_HI = jax.lax.Precision.HIGHEST  # as every other fast path: no reduced-precision (TF32/bf16) passes on GPU/TPU
 
 
 @register("dense")
@@ -35,7 +37,7 @@ class DenseTVVAR(Mixer):
             raise ValueError(f"max_len must be ≥ 1, got {max_len}")
         self.d_in, self.d_out, self.mask, self.max_len = d_model, d_out or d_model, mask, max_len
         shape = (max_len, max_len, self.d_out, d_model)
-        self.W = param(glorot(rngs.params(), shape, d_model * max_len, dtype), None, None, "embed2", "embed")
+        self.W = param(lecun_normal(rngs.params(), shape, d_model * max_len, dtype), None, None, "embed2", "embed")
 
     def _table(self, T: int, dtype: DType) -> Array:
         if T > self.max_len:
@@ -50,7 +52,7 @@ class DenseTVVAR(Mixer):
 
     def __call__(self, u: Array) -> Array:
         check_u(u, self.d_in)
-        return jnp.einsum("ijde,bje->bid", self._table(u.shape[1], u.dtype), u)
+        return jnp.einsum("ijde,bje->bid", self._table(u.shape[1], u.dtype), u, precision=_HI)
 
     # ---- decoding protocol (tvvar.generate): cache the token vectors u_j ------------------------
 
@@ -69,5 +71,5 @@ class DenseTVVAR(Mixer):
         u_BxLxD = jax.lax.dynamic_update_slice_in_dim(cache["u"], u_t[:, None].astype(cache["u"].dtype), t, axis=1)
         W_t = jax.lax.dynamic_index_in_dim(self.W[...], t, axis=0, keepdims=False)[:L].astype(u_t.dtype)
         W_t = jnp.where((jnp.arange(L) <= t)[:, None, None], W_t, 0)
-        h_BxDo = jnp.einsum("jde,bje->bd", W_t, u_BxLxD.astype(u_t.dtype))
+        h_BxDo = jnp.einsum("jde,bje->bd", W_t, u_BxLxD.astype(u_t.dtype), precision=_HI)
         return h_BxDo, {"u": u_BxLxD, "index": t + 1}

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tvvar.core import Mixer, check_u, glorot, param, register
+from tvvar.core import Mixer, check_u, lecun_normal, param, register
 from tvvar.decompositions.ssm_kernels import (
     acc_dtype,
     causal_conv,
@@ -187,8 +187,8 @@ class SelectiveSSM(Mixer):
         self.selective, self.skip = bool(selective), bool(skip)
         keys = iter(jax.random.split(rngs.params(), 8))
 
-        self.W_x = param(glorot(next(keys), (D, H, P), D, dtype), "embed", "heads", "kv")
-        self.W_o = param(glorot(next(keys), (H, P, self.d_out), H * P, dtype), "heads", "kv", "embed")
+        self.W_x = param(lecun_normal(next(keys), (D, H, P), D, dtype), "embed", "heads", "kv")
+        self.W_o = param(lecun_normal(next(keys), (H, P, self.d_out), H * P, dtype), "heads", "kv", "embed")
         # Decay rates: A = −exp(A_log) < 0 by construction, so Ā = exp(ΔA) ∈ (0, 1).
         a_shape = (H, N) if self.diagonal else (H,)
         if A_init is not None:
@@ -206,12 +206,12 @@ class SelectiveSSM(Mixer):
             dt = jnp.exp(jax.random.uniform(next(keys), (H,), jnp.float32, lo, hi)).astype(dtype)
         self.b_dt = param(inverse_softplus(dt), "heads")
         if self.selective:
-            self.W_dt = param(glorot(next(keys), (D, H), D, dtype), "embed", "heads")
-            self.W_B = param(glorot(next(keys), (D, N), D, dtype), "embed", "state")
-            self.W_C = param(glorot(next(keys), (D, N), D, dtype), "embed", "state")
+            self.W_dt = param(lecun_normal(next(keys), (D, H), D, dtype), "embed", "heads")
+            self.W_B = param(lecun_normal(next(keys), (D, N), D, dtype), "embed", "state")
+            self.W_C = param(lecun_normal(next(keys), (D, N), D, dtype), "embed", "state")
         else:
-            self.B = param(glorot(next(keys), (N,), 1, dtype), "state")
-            self.C = param(glorot(next(keys), (N,), N, dtype), "state")
+            self.B = param(lecun_normal(next(keys), (N,), 1, dtype), "state")
+            self.C = param(lecun_normal(next(keys), (N,), N, dtype), "state")
         if self.skip:
             self.D = param(jnp.ones((H,), dtype), "heads")
 
@@ -439,9 +439,9 @@ class MambaBlock(ScalarSSM):
         E, N, D = H * self.head_dim, self.state_size, self.d_in
         keys = jax.random.split(rngs.params(), 3)
         if self.gate:
-            self.W_z = param(glorot(keys[0], (D, H, self.head_dim), D, dtype), "embed", "heads", "kv")
+            self.W_z = param(lecun_normal(keys[0], (D, H, self.head_dim), D, dtype), "embed", "heads", "kv")
         if d_conv:
-            self.conv_w = param(glorot(keys[1], (d_conv, E + 2 * N), d_conv, dtype), None, "mlp")
+            self.conv_w = param(lecun_normal(keys[1], (d_conv, E + 2 * N), d_conv, dtype), None, "mlp")
         self.conv_b = param(jnp.zeros((2 * N,), dtype), "state")
 
     @property
@@ -599,14 +599,14 @@ class DenseSSM(Mixer):
                 raise ValueError(f"A0_init must have shape [N, N] = [{N}, {N}] (state_size={N}), got {list(A0.shape)}")
             A0 = jnp.asarray(A0, dtype)
         else:
-            A0 = jnp.diag(jnp.linspace(0.9, 0.5, N, dtype=dtype)) + glorot(keys[0], (N, N), N, dtype) * 0.1
+            A0 = jnp.diag(jnp.linspace(0.9, 0.5, N, dtype=dtype)) + lecun_normal(keys[0], (N, N), N, dtype) * 0.1
         self.A0 = param(A0, "state", "state2")
         self.b_dt = param(inverse_softplus(jnp.asarray(_check_dt(dt_init, 1)[0], dtype)))
-        self.B = param(glorot(keys[1], (N, D), D, dtype), "state", "embed")
-        self.C = param(glorot(keys[2], (self.d_out, N), N, dtype), "embed", "state")
+        self.B = param(lecun_normal(keys[1], (N, D), D, dtype), "state", "embed")
+        self.C = param(lecun_normal(keys[2], (self.d_out, N), N, dtype), "embed", "state")
         if self.selective:
-            self.W_A = param(glorot(keys[3], (D, N, N), D * N, dtype) * 0.3, "embed", "state", "state2")
-            self.w_dt = param(glorot(keys[4], (D,), D, dtype), "embed")
+            self.W_A = param(lecun_normal(keys[3], (D, N, N), D * N, dtype) * 0.3, "embed", "state", "state2")
+            self.w_dt = param(lecun_normal(keys[4], (D,), D, dtype), "embed")
 
     def _transitions(self, u: Array) -> tuple[Array, Array, Array]:
         """A_t [B, T, N, N], Δ_t [B, T] and B̄_t u_t = Δ_t B u_t [B, T, N]."""

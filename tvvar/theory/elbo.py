@@ -169,6 +169,8 @@ def latent_features(model, ids: Array) -> LatentFeatures:
     """
     from tvvar.model import Identity
 
+    check_token_ids(ids, model.cfg.vocab_size, name="ids", ndim=2)
+
     mixer, last, x, z = _last_mixer_input(model, ids)
     H = mixer.num_heads
     ld = _f32(z.dtype)
@@ -393,6 +395,7 @@ def elbo_terms(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_token_ids(ids, model.cfg.vocab_size, name="ids", ndim=2)
     if getattr(targets, "shape", None) != getattr(ids, "shape", None):
         raise ValueError(f"targets must have the shape of ids {getattr(ids, 'shape', None)}, got {getattr(targets, 'shape', None)}")
     check_token_ids(targets, model.cfg.vocab_size, name="targets")

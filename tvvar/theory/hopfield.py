@@ -147,6 +147,21 @@ def _integer_couplings(patterns: Array, mask: Array | None = None) -> Array:
     return J * (1.0 - jnp.eye(patterns.shape[1], dtype=patterns.dtype))
 
 
+def _sign_couplings(W: Array) -> Array:
+    """Couplings with the signs of their fields decided exactly.
+
+    A Hebbian W = J/n (J integer) is rounded in float32, so a field J s = 0 comes out as ±tiny and a true
+    fixed point is misjudged; n·W rounded back to J gives the same signs (a positive factor) and exact
+    integer fields. Couplings that are not multiples of 1/n (e.g. learned ones) are returned unchanged.
+    """
+    n = W.shape[0]
+    J = W * n
+    Jr = jnp.round(J)
+    # n·fl(J/n) is within a few ulps of J; 1e-3 is far above that and far below the spacing 1
+    integer = jnp.all(jnp.abs(J - Jr) <= 1e-3) & jnp.all(jnp.abs(Jr) < 2**24)
+    return jnp.where(integer, Jr, W)
+
+
 def hebbian_couplings(patterns: Array, mask: Array | None = None) -> Array:
     """W = (1/n) Σ_μ ξ^μ ξ^μᵀ with W_ii = 0 (Hebb's rule): [n, n].
 
@@ -174,10 +189,10 @@ def local_field(W: Array, s: Array) -> Array:
 
 
 def synchronous_step(W: Array, s: Array) -> Array:
-    """All neurons at once: s_i ← sign(h_i) (a zero field keeps s_i)."""
+    """All neurons at once: s_i ← sign(h_i) (a zero field keeps s_i, decided exactly for Hebbian W)."""
     n = _check_couplings(W)
     _check_state(s, n)
-    return _sign_keep(W @ s, s)
+    return _sign_keep(_sign_couplings(W) @ s, s)
 
 
 def _run_sync(W, s, max_steps):
@@ -203,7 +218,7 @@ def run_synchronous(W: Array, s: Array, max_steps: int = 100) -> tuple[Array, Ar
     """
     n = _check_couplings(W)
     _check_state(s, n)
-    return _run_sync(W, s, max_steps)
+    return _run_sync(_sign_couplings(W), s, max_steps)
 
 
 def _async_sweeps(J: Array, s: Array, key: PRNGKey, max_sweeps: int):
@@ -252,14 +267,15 @@ def run_asynchronous(W: Array, s: Array, key: PRNGKey, max_sweeps: int = 100) ->
     """
     n = _check_couplings(W)
     _check_state(s, n)
-    return jax.jit(_async_sweeps, static_argnums=3)(W, s, key, max_sweeps)
+    return jax.jit(_async_sweeps, static_argnums=3)(_sign_couplings(W), s, key, max_sweeps)
 
 
 def one_step_flip_rate(W: Array, pattern: Array) -> Array:
-    """Fraction of neurons that one update from the stored pattern ξ flips: mean_i [ξ_i h_i < 0]."""
+    """Fraction of neurons that one update from the stored pattern ξ flips: mean_i [ξ_i h_i < 0] (a zero
+    field is no flip, decided exactly for Hebbian W)."""
     n = _check_couplings(W)
     _check_state(pattern, n, name="pattern")
-    return jnp.mean((pattern * (W @ pattern)) < 0)
+    return jnp.mean((pattern * (_sign_couplings(W) @ pattern)) < 0)
 
 
 def flip_rate_reference(alpha) -> np.ndarray:
@@ -545,11 +561,8 @@ def _max_stability_masked(x, y, mask, iters, m=None):
 # Dense associative memory (Krotov & Hopfield 2016; Demircigil et al. 2017)
 # --------------------------------------------------------------------------------------------------
 
-DENSE_KINDS = ("poly", "exp")
-
-
 def _check_dense(kind: str, k: int) -> None:
-    if kind not in DENSE_KINDS:
+    if kind not in _DENSE:
         raise ValueError(f"kind must be one of {DENSE_KINDS} (F(x) = x^k or F = exp), got {kind!r}")
     if kind == "poly" and not (isinstance(k, int) and k >= 2):
         raise ValueError(f"k (the power of F(x) = x^k) must be an int ≥ 2, got {k!r}")
@@ -565,8 +578,77 @@ def dense_energy(patterns: Array, s: Array, kind: str = "poly", k: int = 3) -> A
     check_binary_patterns(patterns)
     _check_dense(kind, k)
     _check_state(s, patterns.shape[1])
-    o = patterns @ s
-    return -jnp.sum(o**k) if kind == "poly" else -jnp.sum(jnp.exp(o))
+    return -jnp.sum(_DENSE[kind][0](patterns @ s, k))
+
+
+def _b_plus_minus(patterns, s):
+    """b_μi ± ξ^μ_i with b_μi = Σ_{j≠i} ξ^μ_j s_j: the overlaps with s_i set to +ξ^μ_i and −ξ^μ_i."""
+    b_PxN = (patterns @ s)[:, None] - patterns * s[None, :]
+    return b_PxN + patterns, b_PxN - patterns
+
+
+def _poly_fields(patterns, s, k, mask):
+    n = patterns.shape[1]
+    plus, minus = _b_plus_minus(patterns, s)
+    return jnp.sum(jnp.where(mask[:, None] > 0, (plus / n) ** k - (minus / n) ** k, 0.0), axis=0)
+
+
+def _exp_fields(patterns, s, k, mask):
+    plus, minus = _b_plus_minus(patterns, s)
+    neg = jnp.finfo(patterns.dtype).min
+    lse = lambda z: jax.nn.logsumexp(jnp.where(mask[:, None] > 0, z, neg), axis=0)  # noqa: E731
+    return lse(plus) - lse(minus)
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _exact_column_sign(t_PxN: Array, bound: int) -> Array:
+    """sign(Σ_μ t[μ, i]) exactly for int32 terms |t| ≤ ``bound``, whatever the total's size.
+
+    Chunks of c terms with c·bound < 2^31 sum exactly in int32; each chunk sum is split as hi·2^16 + lo
+    (lo ∈ [0, 2^16)) so that the sums over chunks cannot overflow either; a final carry normalizes lo.
+    """
+    P, n = t_PxN.shape
+    if P * bound <= _INT32_MAX:
+        return jnp.sign(jnp.sum(t_PxN, axis=0))
+    c = max(1, _INT32_MAX // bound)
+    chunks = -(-P // c)
+    if chunks >= 2**15:
+        raise ValueError(f"too many patterns (P={P}) for exact integer fields at this n and k")
+    t = jnp.pad(t_PxN, ((0, chunks * c - P), (0, 0))).reshape(chunks, c, n)
+    part = jnp.sum(t, axis=1)  # |part| ≤ c·bound < 2^31: exact
+    hi = jnp.sum(part >> 16, axis=0)
+    lo = jnp.sum(part & 0xFFFF, axis=0)
+    hi, lo = hi + (lo >> 16), lo & 0xFFFF
+    return jnp.where(hi != 0, jnp.sign(hi), jnp.sign(lo))
+
+
+def _poly_keeps(patterns, s, k, mask):
+    """s_i Δ_i ≥ 0, exactly: Δ_i·n^k = Σ_μ (b+ξ)^k − (b−ξ)^k = Σ_μ ξ^μ_i g(b_μi), g(b) = (b+1)^k − (b−1)^k,
+    an integer sum. Float32 division by n^k would turn a zero Δ_i into ±tiny and call a fixed point
+    unstable. Falls back to the float fields when n^k does not fit int32."""
+    n = patterns.shape[1]
+    if n**k > _INT32_MAX:
+        return s * _poly_fields(patterns, s, k, mask) >= 0
+    X, si = patterns.astype(jnp.int32), s.astype(jnp.int32)
+    b = (X @ si)[:, None] - X * si[None, :]  # |b| ≤ n − 1
+    t = X * ((b + 1) ** k - (b - 1) ** k) * (mask[:, None] > 0).astype(jnp.int32)
+    return si * _exact_column_sign(t, n**k - (n - 2) ** k) >= 0
+
+
+def _exp_keeps(patterns, s, k, mask):
+    # Σ_μ ξ_μ e^{b_μ} with integer b is 0 only when, for every b, the signed count of its ξ_μ is 0 (e is
+    # transcendental); such a tie is measured only as lse(plus) == lse(minus) in floating point.
+    return s * _exp_fields(patterns, s, k, mask) >= 0
+
+
+# kind → (F, sign-equivalent fields, exact "keeps its state" test): the one place a kind is dispatched
+_DENSE = {
+    "poly": (lambda o, k: o**k, _poly_fields, _poly_keeps),
+    "exp": (lambda o, k: jnp.exp(o), _exp_fields, _exp_keeps),
+}
+DENSE_KINDS = tuple(_DENSE)
 
 
 def _dense_fields(patterns, s, kind, k, mask):
@@ -576,17 +658,14 @@ def _dense_fields(patterns, s, kind, k, mask):
 
     poly: returned divided by n^k (a positive factor, so the sign is unchanged and float32 is safe);
     exp: returned as lse_μ(b_μi + ξ^μ_i) − lse_μ(b_μi − ξ^μ_i), the log of the ratio of the two sums.
+    Decisions about ties use :func:`_dense_keeps`, which is exact for poly.
     """
-    n = patterns.shape[1]
-    o_P = patterns @ s
-    b_PxN = o_P[:, None] - patterns * s[None, :]
-    plus, minus = b_PxN + patterns, b_PxN - patterns
-    m = mask[:, None]
-    if kind == "poly":
-        return jnp.sum(jnp.where(m > 0, (plus / n) ** k - (minus / n) ** k, 0.0), axis=0)
-    neg = jnp.finfo(patterns.dtype).min
-    lse = lambda z: jax.nn.logsumexp(jnp.where(m > 0, z, neg), axis=0)  # noqa: E731
-    return lse(plus) - lse(minus)
+    return _DENSE[kind][1](patterns, s, k, mask)
+
+
+def _dense_keeps(patterns, s, kind, k, mask):
+    """bool [n]: s_i Δ_i ≥ 0 (neuron i keeps its state; a zero field keeps it)."""
+    return _DENSE[kind][2](patterns, s, k, mask)
 
 
 def dense_fields(patterns: Array, s: Array, kind: str = "poly", k: int = 3, mask: Array | None = None) -> Array:
@@ -612,7 +691,7 @@ def dense_stable(patterns: Array, kind: str = "poly", k: int = 3, mask: Array | 
 
 @jax.jit(static_argnums=(1, 2))
 def _dense_stable(patterns, kind, k, mask, idx):
-    return jax.vmap(lambda nu: patterns[nu] * _dense_fields(patterns, patterns[nu], kind, k, mask) >= 0)(idx)
+    return jax.vmap(lambda nu: _dense_keeps(patterns, patterns[nu], kind, k, mask))(idx)
 
 
 def dense_flip_reference(n: int, p, kind: str = "poly", k: int = 3) -> np.ndarray:
@@ -676,7 +755,7 @@ def dense_sweep(key: PRNGKey, n: int, loads, trials: int, kind: str = "poly", k:
     def one(key, p):
         pats = random_patterns(key, P, n)
         mask = (jnp.arange(P) < p).astype(pats.dtype)
-        ok_QxN = jax.vmap(lambda nu: pats[nu] * _dense_fields(pats, pats[nu], kind, k, mask) >= 0)(jnp.arange(Q))
+        ok_QxN = jax.vmap(lambda nu: _dense_keeps(pats, pats[nu], kind, k, mask))(jnp.arange(Q))
         valid = jnp.arange(Q) < p
         nq = jnp.sum(valid)
         stable = jnp.sum(jnp.all(ok_QxN, axis=1) & valid) / nq

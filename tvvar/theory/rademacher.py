@@ -73,7 +73,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvvar.core import log_softmax32, sphere
+from tvvar.core import LRUCache, log_softmax32, sphere
 from tvvar.typing import Array, PRNGKey
 
 __all__ = [
@@ -211,18 +211,24 @@ def target_logit(logits: Array, targets: Array, *, reading: str = "target", gaug
     "raw": the model's logits as they are; "center": minus their mean over the vocabulary;
     "logprob": log softmax(z) (then |z_m^ħ| is the per-sample cross-entropy itself).
     """
-    z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    if gauge == "center":
-        z = z - jnp.mean(z, axis=-1, keepdims=True)
-    elif gauge == "logprob":
-        z = jax.nn.log_softmax(z, axis=-1)
-    elif gauge != "raw":
-        raise ValueError(f"gauge must be 'raw', 'center' or 'logprob', got {gauge!r}")
-    if reading == "target":
-        return jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0]
-    if reading == "max_abs":
-        return jnp.max(jnp.abs(z), axis=-1)
-    raise ValueError(f"reading must be 'target' or 'max_abs', got {reading!r}")
+    if gauge not in GAUGES:
+        raise ValueError(f"gauge must be one of {tuple(GAUGES)}, got {gauge!r}")
+    if reading not in READINGS:
+        raise ValueError(f"reading must be one of {tuple(READINGS)}, got {reading!r}")
+    z = GAUGES[gauge](logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
+    return READINGS[reading](z, targets)
+
+
+# The gauges (same probabilities, different logits) and readings of z_m^ħ, by name.
+GAUGES = {
+    "raw": lambda z: z,
+    "center": lambda z: z - jnp.mean(z, axis=-1, keepdims=True),
+    "logprob": lambda z: jax.nn.log_softmax(z, axis=-1),
+}
+READINGS = {
+    "target": lambda z, y: jnp.take_along_axis(z, y[:, None], axis=-1)[:, 0],
+    "max_abs": lambda z, y: jnp.max(jnp.abs(z), axis=-1),
+}
 
 
 def confidence_term(M, delta, B=1.0) -> Array:
@@ -544,19 +550,21 @@ def linear_sweep(key: PRNGKey, teacher: LinearSoftmaxTeacher, X_fresh: Array, *,
     return fn(jax.random.split(key, R), teacher.W_star, X_fresh)
 
 
-_SWEEP_CACHE: dict = {}
+# Jitted sweeps keyed by their static hyperparameters; bounded, since every (M, Λ, …) of a sweep over M
+# compiles its own and an unbounded map would keep them all for the life of the process.
+_SWEEP_CACHE = LRUCache(8)
 
 
 def _sweep_fn(M, Lam, xi, steps, lr, n_sigma, bs):
-    k = (M, Lam, xi, steps, lr, n_sigma, bs)
-    if k not in _SWEEP_CACHE:
+    def make():
         def f(keys, W_star, X_fresh):
             trial = lambda kk: linear_trial(kk, W_star, X_fresh, M=M, Lam=Lam, xi=xi, steps=steps, lr=lr,
                                             n_sigma=n_sigma)
             return jax.lax.map(trial, keys, batch_size=bs)
 
-        _SWEEP_CACHE[k] = jax.jit(f)
-    return _SWEEP_CACHE[k]
+        return jax.jit(f)
+
+    return _SWEEP_CACHE.get_or_create((M, Lam, xi, steps, lr, n_sigma, bs), make)
 
 
 def linear_sweep_reference(key: PRNGKey, teacher: LinearSoftmaxTeacher, X_fresh: Array, *, M: int, R: int,
@@ -564,10 +572,9 @@ def linear_sweep_reference(key: PRNGKey, teacher: LinearSoftmaxTeacher, X_fresh:
     """Plain reference for :func:`linear_sweep`: a Python loop over repeats, one trial at a time (no
     vmap, no lax.map chunking; each trial is jitted only so that the reference runs in test time)."""
     ck = ("ref", M, float(Lam), teacher.xi, steps, float(lr), n_sigma)
-    if ck not in _SWEEP_CACHE:
-        _SWEEP_CACHE[ck] = jax.jit(lambda k, W, Xf: linear_trial(k, W, Xf, M=M, Lam=Lam, xi=teacher.xi, steps=steps,
-                                                                 lr=lr, n_sigma=n_sigma))
-    trial = _SWEEP_CACHE[ck]
+    xi = teacher.xi  # not the teacher: a cached closure must not keep it alive
+    trial = _SWEEP_CACHE.get_or_create(ck, lambda: jax.jit(
+        lambda k, W, Xf: linear_trial(k, W, Xf, M=M, Lam=Lam, xi=xi, steps=steps, lr=lr, n_sigma=n_sigma)))
     outs = [trial(k, teacher.W_star, X_fresh) for k in jax.random.split(key, R)]
     return {name: jnp.stack([o[name] for o in outs]) for name in outs[0]}
 
