@@ -28,6 +28,7 @@ EXPERIMENTS: tuple[str, ...] = (
     "ssm_vs_attention",
     "train_synthetic",
     "elbo",
+    "latent_alignment",
     "rademacher",
     "hopfield_capacity",
     "llada",

@@ -51,6 +51,7 @@ __all__ = [
     "entropy_of_logits",
     "make_source",
     "source_from_info",
+    "register_source",
     "SPLITS",
 ]
 
@@ -552,6 +553,19 @@ _SOURCES: dict[str, type[DataSource]] = {cls.kind: cls for cls in (TVVARSource, 
 _SAVED_KINDS: dict[str, type[DataSource]] = {**_SOURCES, TextCorpus.kind: TextCorpus}
 
 
+def register_source(cls: type[DataSource]) -> type[DataSource]:
+    """Make a source class known to :func:`make_source` and :func:`source_from_info` by its ``kind``
+    (it must rebuild itself with ``cls.from_info(info)``). Usable as a class decorator."""
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, str) or kind in ("abstract", TextCorpus.kind):
+        raise ValueError(f"cls.kind must name the source, got {kind!r}")
+    if not callable(getattr(cls, "from_info", None)):
+        raise TypeError(f"{cls.__name__} needs a from_info(info) classmethod to be rebuilt from a saved run")
+    _SOURCES[kind] = cls
+    _SAVED_KINDS[kind] = cls
+    return cls
+
+
 def make_source(spec: str, **options: Any) -> DataSource:
     """A source by name (``"synthetic-tvvar"``, ``"markov"``, ``"hmm"``) or a path to a text file."""
     if not isinstance(spec, (str, Path)):
@@ -572,3 +586,7 @@ def source_from_info(info: dict[str, Any]) -> DataSource | Vocab:
         raise ValueError(f"unknown data source kind {kind!r} in saved info; "
                          f"expected one of {', '.join(sorted(_SAVED_KINDS))}")
     return _SAVED_KINDS[kind].from_info(info)
+
+
+# Sources defined in their own modules register themselves on import (they import this module first).
+from tvvar import alignment as _alignment  # noqa: E402, F401
