@@ -1,10 +1,12 @@
 """Side-by-side benchmarks of every fast path against its contender; writes ``benchmark.json``.
 
-    python -m experiments.benchmark [--only NAME[,NAME]] [--quick] [--out DIR]
+    python -m experiments.benchmark [--only NAME[,NAME]] [--quick] [--out DIR] [--no-fail]
 
 Benchmarks live one module per concern in ``experiments/benchmarks/`` (each ``run(quick) -> list``),
 discovered automatically. Each entry: {"name", "baseline", "contender", "baseline_s", "contender_s",
 "ratio", "target", "met", ...} with medians of interleaved runs after compilation (DESIGN.md).
+Exit status 1 when an entry misses its target (``"met": false``; ``None`` only reports), after writing
+``benchmark.json``, so a regression fails a script or CI job; ``--no-fail`` keeps it 0.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", type=str, default=None, help=f"comma-separated subset of: {', '.join(names)}")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds, for smoke tests)")
     p.add_argument("--out", type=Path, default=Path("runs") / "benchmark", help="output directory")
+    p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed (status 1 otherwise)")
     args = p.parse_args(argv)
     chosen = names if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in names]
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmark.json").write_text(json.dumps(entries, indent=2, default=str))
     print(f"wrote {args.out / 'benchmark.json'}")
+    missed = [f"[{e['module']}] {e['name']}" for e in entries if e.get("met") is False]
+    if missed:
+        print(f"{len(missed)} of {len(entries)} targets NOT met: {'; '.join(missed)}", file=sys.stderr)
+        return 0 if args.no_fail else 1
     return 0
 
 

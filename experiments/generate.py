@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["main", "encode_prompt", "decode_tokens"]
+__all__ = ["main", "cli", "encode_prompt", "decode_tokens"]
 
 
 def encode_prompt(prompt: str, data_info: dict, vocab_size: int):
@@ -28,7 +28,10 @@ def encode_prompt(prompt: str, data_info: dict, vocab_size: int):
 
         if prompt == "":
             raise ValueError("--prompt must hold at least one character")
-        return Vocab.from_json(data_info["vocab"]).encode(prompt)
+        try:
+            return Vocab.from_json(data_info["vocab"]).encode(prompt)
+        except ValueError as e:
+            raise ValueError(f"--prompt {prompt!r}: {e} (the run's vocabulary is in its data.json)") from None
     parts = prompt.replace(",", " ").split()
     if not parts:
         raise ValueError(f"--prompt must be a space-separated list of token ids in [0, {vocab_size}) for this "
@@ -71,36 +74,87 @@ def _parser() -> argparse.ArgumentParser:
                    help="nucleus sampling: the smallest set of tokens with total probability ≥ p, in (0, 1] (default: off)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the sampler (default 0)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step to load (default: the latest)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable): the module that registers the run's own decomposition")
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = _parser().parse_args(argv)
-    import jax
+def _fail(message: str) -> None:
+    # one paragraph on stderr and status 2 (a usage error, as argparse's own), never a traceback
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    raise SystemExit(2)
 
-    from tvvar.generate import generate
-    from tvvar.train import load_run
+
+def _check_ranges(args) -> None:
+    """What can be checked before the run is loaded, named by its flag."""
+    import math
 
     if args.max_new_tokens < 0:
-        raise SystemExit(f"error: --max-new-tokens must be ≥ 0, got {args.max_new_tokens}")
-    from tvvar.train import CheckpointError
+        _fail(f"--max-new-tokens must be ≥ 0, got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        _fail(f"--temperature must be a finite number ≥ 0 (0: greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        _fail(f"--top-k must be ≥ 1 (and at most the vocabulary size), got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        _fail(f"--top-p must lie in (0, 1], got {args.top_p}")
+    if args.step is not None and args.step < 0:
+        _fail(f"--step must be a committed checkpoint step ≥ 0, got {args.step}")
+    if not args.run.is_dir():
+        _fail(f"--run {args.run}: no such run directory (write one with `python -m experiments.train --out DIR`)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse, load, generate; returns the tokens and text. Bad input raises ``SystemExit(2)`` after one
+    ``error:`` paragraph on stderr."""
+    args = _parser().parse_args(argv)
+    _check_ranges(args)
+    from experiments.train import import_modules
+
+    try:
+        import_modules(args.imports)
+    except ValueError as e:
+        _fail(str(e))
+    import jax
+
+    from tvvar.generate import generate, length_limit
+    from tvvar.train import CheckpointError, load_run
 
     try:
         model, train_cfg, data_info = load_run(args.run, step=args.step)
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
-        raise SystemExit(f"error: --run {args.run}: {e}") from None
+    except (FileNotFoundError, CheckpointError, ValueError, TypeError) as e:
+        _fail(f"--run {args.run}: {e}")
+    if model.cfg.mask != "causal":
+        _fail(f"--run {args.run} holds a {model.cfg.mask} model (objective {train_cfg.objective!r}, e.g. a "
+              "masked-diffusion LLaDA run); autoregressive decoding needs a causal one — sample a LLaDA run with "
+              "tvvar.diffusion.generate")
+    V = model.cfg.vocab_size
+    if args.top_k is not None and args.top_k > V:
+        _fail(f"--top-k must be at most the run's vocabulary size {V}, got {args.top_k}")
     try:
-        prompt_ids = encode_prompt(args.prompt, data_info, model.cfg.vocab_size)
+        prompt_ids = encode_prompt(args.prompt, data_info, V)
+    except ValueError as e:
+        _fail(str(e))
+    limit = length_limit(model)
+    if limit is not None and len(prompt_ids) + args.max_new_tokens > limit:
+        _fail(f"--prompt ({len(prompt_ids)} tokens) + --max-new-tokens {args.max_new_tokens} = "
+              f"{len(prompt_ids) + args.max_new_tokens} exceeds the run's length limit {limit}")
+    try:
         tokens = generate(model, jax.numpy.asarray(prompt_ids), args.max_new_tokens, key=jax.random.key(args.seed),
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        _fail(str(e))
     tokens = [int(t) for t in tokens]
     text = decode_tokens(tokens, data_info)
     new_text = decode_tokens(tokens[len(prompt_ids):], data_info)
     print(text)
     sys.stdout.flush()
     return {"tokens": tokens, "text": text, "new_text": new_text, "prompt_len": len(prompt_ids)}
+
+
+def cli() -> int:
+    """Console-script entry: :func:`main` with the exit status as its value (0 on success)."""
+    main()
+    return 0
 
 
 if __name__ == "__main__":

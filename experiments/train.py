@@ -1,11 +1,15 @@
 """Train a TV-VAR language model: ``python -m experiments.train --decomposition attention --data synthetic-tvvar``.
 
 Any registered decomposition (``tvvar.core.available()``) and objective (``tvvar.train``) can be chosen;
-``--data`` is ``synthetic-tvvar`` (the default TV-VAR source with exact entropies), ``markov``, ``hmm``
-or the path of a UTF-8 text file (character level, ``--byte-level`` for bytes). The run directory
-(``--out``) receives train_config.json, data.json, metrics.jsonl, loss.png and checkpoints/;
-``--resume`` continues it exactly. On a synthetic source the output says how far the validation
-cross-entropy is above the source's exact conditional entropy (the floor).
+``--import MODULE`` imports a module of your own first, so the decompositions (and objectives) it
+registers can be named too. ``--data`` is ``synthetic-tvvar`` (the default TV-VAR source with exact
+entropies), ``markov``, ``hmm`` or the path of a UTF-8 text file (character level, ``--byte-level`` for
+bytes). ``--objective llada`` trains the masked-diffusion model of Eq. 79 (bidirectional mask, one extra
+mask token). The run directory (``--out``) receives train_config.json, data.json, metrics.jsonl, loss.png
+and checkpoints/; ``--resume`` continues it exactly, also to more ``--steps`` when ``--schedule-steps``
+fixes the learning-rate schedule. On a synthetic source the output says how far the validation
+cross-entropy is above the source's exact conditional entropy (the floor). A configuration that cannot
+train exits with status 2 and one message, and leaves no run directory behind.
 
 Defaults reach validation CE within 0.05 nats of the floor of the default synthetic source in a few
 minutes on 2 CPU cores.
@@ -14,19 +18,36 @@ minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tvvar.core import available
+from tvvar.core import available, mixer_options
 from tvvar.model import ModelConfig, available_psi
 from tvvar.sharding import parse_mesh
 
-__all__ = ["CLIConfig", "build_parser", "config_from_args", "main"]
+__all__ = ["CLIConfig", "build_parser", "config_from_args", "import_modules", "main", "cli"]
 
 SYNTHETIC = ("synthetic-tvvar", "markov", "hmm")
+
+
+def import_modules(names) -> None:
+    """Import each module named by ``--import`` (idempotent), so what it registers can be named."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # any failure of a user's module is a bad --import, reported as such
+            raise ValueError(f"--import {name}: the module could not be imported ({type(e).__name__}: {e}); "
+                             "it must be importable from the current directory or the Python path") from None
+
+
+def _objectives() -> tuple[str, ...]:
+    from tvvar.train import available_objectives
+
+    return available_objectives()
 
 
 @dataclass(frozen=True)
@@ -38,6 +59,7 @@ class CLIConfig:
     out: Path = Path("runs/train")
     resume: bool = False
     steps: int = 600
+    schedule_steps: int | None = None
     batch_size: int = 32
     seq_len: int = 64
     lr: float = 3e-3
@@ -53,7 +75,7 @@ class CLIConfig:
     objective: str = "cross_entropy"
     d_model: int = 64
     num_layers: int = 2
-    num_heads: int = 4
+    num_heads: int | None = None
     psi: str = "ffn"
     xi: float = 1.0
     max_len: int | None = None
@@ -61,16 +83,30 @@ class CLIConfig:
     byte_level: bool = False
     val_fraction: float = 0.1
     progress: bool = True
+    imports: tuple[str, ...] = ()
 
     def __post_init__(self):
+        import_modules(self.imports)
         if self.decomposition not in available():
-            raise ValueError(f"unknown decomposition {self.decomposition!r}; available: {', '.join(available())}")
+            raise ValueError(f"unknown decomposition {self.decomposition!r}; available: {', '.join(available())} "
+                             "(a decomposition of your own: --import the module that registers it)")
+        if self.objective not in _objectives():
+            raise ValueError(f"unknown --objective {self.objective!r}; available: {', '.join(_objectives())}")
         if self.data not in SYNTHETIC and not Path(self.data).is_file():
             raise ValueError(f"--data must be one of {SYNTHETIC} or an existing text file, got {self.data!r}")
         if not (isinstance(self.steps, int) and self.steps >= 0):
             raise ValueError(f"--steps must be ≥ 0, got {self.steps}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ValueError(f"--schedule-steps must be ≥ 1 (default: --steps), got {self.schedule_steps}")
         if self.max_len is not None and self.max_len < self.seq_len:
             raise ValueError(f"--max-len (learned positions) must be ≥ --seq-len={self.seq_len}, got {self.max_len}")
+        self._check_mixer_options()
+        if self.objective == "llada" and self.max_len is None and self.decomposition != "dense":
+            # the same condition MaskedDiffusionLM warns about: bidirectional mixing with no position
+            # vectors is blind to token order
+            raise ValueError(f"--objective llada trains a bidirectional model, and {self.decomposition!r} without "
+                             f"learned positions cannot tell positions apart; pass --max-len ≥ --seq-len "
+                             f"(e.g. --max-len {self.seq_len})")
         if self.mesh is not None:
             import jax
 
@@ -80,10 +116,29 @@ class CLIConfig:
                 raise ValueError(f"--mesh {m} needs {n} devices, which does not divide the {jax.device_count()} "
                                  "available (for fake CPU devices set JAX_NUM_CPU_DEVICES)")
 
+    def _check_mixer_options(self) -> None:
+        valid = mixer_options(self.decomposition)  # None: a constructor taking **options, not checkable
+        if valid is not None:
+            unknown = sorted(set(self.mixer_options) - set(valid))
+            if unknown:
+                raise ValueError(f"--mixer-option {', '.join(unknown)}: not an option of decomposition "
+                                 f"{self.decomposition!r}; valid options: {', '.join(valid) or '(none)'}")
+        if self.num_heads is None:
+            return
+        if not (isinstance(self.num_heads, int) and self.num_heads >= 1):
+            raise ValueError(f"--num-heads must be ≥ 1, got {self.num_heads}")
+        if valid is not None and "num_heads" not in valid:
+            with_heads = [n for n in available() if "num_heads" in (mixer_options(n) or ())]
+            raise ValueError(f"--num-heads does not apply to decomposition {self.decomposition!r}, which has no "
+                             f"heads; decompositions with heads: {', '.join(with_heads)}")
+        given = self.mixer_options.get("num_heads", self.num_heads)
+        if given != self.num_heads:
+            raise ValueError(f"--num-heads {self.num_heads} and --mixer-option num_heads={given} disagree; give one")
+
     def mixer(self) -> dict[str, Any]:
         opts = dict(self.mixer_options)
-        if self.decomposition in ("attention", "bilinear_attention"):
-            opts.setdefault("num_heads", self.num_heads)
+        if self.num_heads is not None:
+            opts["num_heads"] = self.num_heads
         if self.decomposition == "dense":
             opts.setdefault("max_len", self.seq_len)
         return opts
@@ -92,19 +147,32 @@ class CLIConfig:
         from tvvar.data import make_source
 
         if self.data in SYNTHETIC:
-            return make_source(self.data)
-        return make_source(self.data, byte_level=self.byte_level, val_fraction=self.val_fraction)
+            src = make_source(self.data)
+        else:
+            src = make_source(self.data, byte_level=self.byte_level, val_fraction=self.val_fraction)
+        if self.objective == "llada":
+            from tvvar.diffusion import MaskTokenSource
+
+            return MaskTokenSource(src)  # the same batches; the mask token is one more id of the model
+        return src
 
     def train_config(self, vocab_size: int):
+        """The TrainConfig for a source of ``vocab_size`` tokens (for llada: counting the mask token)."""
         from tvvar.train import TrainConfig
 
-        model = ModelConfig(vocab_size=vocab_size, d_model=self.d_model, num_layers=self.num_layers,
+        V = vocab_size - 1 if self.objective == "llada" else vocab_size
+        model = ModelConfig(vocab_size=V, d_model=self.d_model, num_layers=self.num_layers,
                             decomposition=self.decomposition, mixer=self.mixer(), psi=self.psi, xi=self.xi,
                             max_len=self.max_len)
-        return TrainConfig(model, objective=self.objective, steps=self.steps, batch_size=self.batch_size,
-                           seq_len=self.seq_len, lr=self.lr, warmup=self.warmup, weight_decay=self.weight_decay,
-                           clip=self.clip, eval_every=self.eval_every, eval_batches=self.eval_batches,
-                           ckpt_every=self.ckpt_every, keep=self.keep, seed=self.seed, mesh=self.mesh)
+        if self.objective == "llada":
+            from tvvar.diffusion import llada_model_config
+
+            model = llada_model_config(model)  # V + 1 tokens (the last is the mask), bidirectional
+        return TrainConfig(model, objective=self.objective, steps=self.steps, schedule_steps=self.schedule_steps,
+                           batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr, warmup=self.warmup,
+                           weight_decay=self.weight_decay, clip=self.clip, eval_every=self.eval_every,
+                           eval_batches=self.eval_batches, ckpt_every=self.ckpt_every, keep=self.keep, seed=self.seed,
+                           mesh=self.mesh)
 
 
 def _kv(s: str) -> tuple[str, Any]:
@@ -122,17 +190,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("run")
+    g.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable): a module of your own whose @register classes "
+                        "(tvvar.core.register) or objectives then can be named, e.g. --import my_package.my_mixers "
+                        "--decomposition my_mixer")
     g.add_argument("--decomposition", default=d.decomposition,
                    help=f"registered decomposition of A_tj; one of: {', '.join(available())}")
     g.add_argument("--data", default=d.data, help="synthetic-tvvar | markov | hmm | PATH to a UTF-8 text file")
     g.add_argument("--out", type=Path, default=d.out, help="run directory (config, metrics, loss.png, checkpoints)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last committed checkpoint")
-    g.add_argument("--objective", default=d.objective, help="registered training objective (e.g. cross_entropy)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last committed checkpoint; --steps, --eval-every, "
+                        "--eval-batches, --ckpt-every, --keep and --no-progress may differ from the saved run")
+    g.add_argument("--objective", default=d.objective,
+                   help=f"training objective; one of: {', '.join(_objectives())} (llada: the masked-diffusion "
+                        "model of Eq. 79, bidirectional with a mask token; needs --max-len unless dense; "
+                        "elbo, marginal, marginal_attention, soft: an attention decomposition)")
     g.add_argument("--mesh", default=None, help="device mesh, e.g. data=2,model=4 (default: one device)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of every random stream")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("optimization")
     g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    g.add_argument("--schedule-steps", type=int, default=None,
+                   help="length of the warmup + cosine learning-rate schedule (default: --steps); fix it to train "
+                        "in parts: --steps 100 --schedule-steps 200, then --steps 200 --schedule-steps 200 --resume, "
+                        "equals one 200-step run")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per step (divisible by mesh data)")
     g.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sequence (inputs; targets shifted by 1)")
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
@@ -146,14 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=int, default=d.d_model, help="width D")
     g.add_argument("--num-layers", type=int, default=d.num_layers, help="layers L")
-    g.add_argument("--num-heads", type=int, default=d.num_heads, help="attention heads H (attention decompositions)")
+    g.add_argument("--num-heads", type=int, default=None,
+                   help="heads H of every decomposition that has heads (attention, SSM, mamba, ...; refused for "
+                        "one without); default: the decomposition's own")
     g.add_argument("--psi", default=d.psi, help=f"position-wise Ψ; one of: {', '.join(available_psi())}")
     g.add_argument("--xi", type=float, default=d.xi, help="readout temperature Ξ of Eq. 44")
     g.add_argument("--max-len", type=int, default=None,
                    help="learned absolute position vectors for up to this many tokens, added to u (≥ --seq-len; "
                         "default: none, positions only through the mask and the decomposition)")
     g.add_argument("--mixer-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="extra decomposition option (JSON value), repeatable, e.g. --mixer-option state_dim=16")
+                   help="extra decomposition option (JSON value), repeatable, e.g. --decomposition ssm "
+                        "--mixer-option state_size=32; an unknown KEY is refused with the decomposition's options")
     g = p.add_argument_group("text data")
     g.add_argument("--byte-level", action="store_true", help="bytes instead of characters as tokens")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="tail fraction of the file used for validation")
@@ -161,37 +245,64 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: list[str] | None = None) -> CLIConfig:
+    # --import runs before the full parser is built, so --help and the validation see what it registers
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--import", dest="imports", action="append", default=[])
+    import_modules(pre.parse_known_args(argv)[0].imports)
     a = build_parser().parse_args(argv)
     return CLIConfig(decomposition=a.decomposition, data=a.data, out=a.out, resume=a.resume, steps=a.steps,
-                     batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, warmup=a.warmup, weight_decay=a.weight_decay,
-                     clip=a.clip, eval_every=a.eval_every, eval_batches=a.eval_batches, ckpt_every=a.ckpt_every,
-                     keep=a.keep, seed=a.seed, mesh=parse_mesh(a.mesh), objective=a.objective, d_model=a.d_model,
-                     num_layers=a.num_layers, num_heads=a.num_heads, psi=a.psi, xi=a.xi, max_len=a.max_len,
+                     schedule_steps=a.schedule_steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr,
+                     warmup=a.warmup, weight_decay=a.weight_decay, clip=a.clip, eval_every=a.eval_every,
+                     eval_batches=a.eval_batches, ckpt_every=a.ckpt_every, keep=a.keep, seed=a.seed,
+                     mesh=parse_mesh(a.mesh), objective=a.objective, d_model=a.d_model, num_layers=a.num_layers,
+                     num_heads=a.num_heads, psi=a.psi, xi=a.xi, max_len=a.max_len,
                      mixer_options=dict(a.mixer_option), byte_level=a.byte_level, val_fraction=a.val_fraction,
-                     progress=not a.no_progress)
+                     progress=not a.no_progress, imports=tuple(a.imports))
+
+
+def _fail(message: str) -> None:
+    # one paragraph on stderr and status 2 (a usage error, as argparse's own), never a traceback
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Parse, validate, train; returns :func:`tvvar.train.train`'s result. A configuration that cannot
+    train raises ``SystemExit(2)`` after one ``error:`` paragraph on stderr."""
     try:
         c = config_from_args(argv)
         source = c.source()
         tc = c.train_config(source.vocab_size)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        _fail(str(e))
     from tvvar.sharding import initialize_distributed
-    from tvvar.train import train
+    from tvvar.train import CheckpointError, train
 
     initialize_distributed()  # no-op unless TVVAR_COORDINATOR is set
-    r = train(tc, source, c.out, resume=c.resume, progress=c.progress)
+    try:
+        r = train(tc, source, c.out, resume=c.resume, progress=c.progress)
+    except CheckpointError as e:
+        _fail(str(e))
+    except (ValueError, TypeError, NotImplementedError) as e:
+        # raised while building the model, tracing the objective on the data or compiling the step,
+        # all before train() writes anything
+        _fail(f"cannot train decomposition {c.decomposition!r} with --objective {c.objective} on --data {c.data}: "
+              f"{e}")
     v = r["final"]["val"]
     print(f"done: {tc.steps} steps of {tc.model.decomposition} on {c.data} in {r['final']['seconds']:.1f} s → {c.out}")
-    print(f"  validation loss {v['loss']:.4f} nats/token")
+    what = " (the masked-diffusion loss of Eq. 79)" if c.objective == "llada" else ""
+    print(f"  validation loss {v['loss']:.4f} nats/token{what}")
     if "entropy" in v:
         gap = v["excess"]
         print(f"  exact conditional entropy (floor) {v['entropy']:.4f}; measured − floor = {gap:.4f} nats "
               f"({'within' if gap <= 0.05 else 'NOT within'} 0.05)")
     return r
+
+
+def cli() -> int:
+    """Console-script entry: :func:`main` with the exit status as its value (0 on success)."""
+    main()
+    return 0
 
 
 if __name__ == "__main__":

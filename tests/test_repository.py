@@ -212,9 +212,6 @@ def _exit_status(target, argv: list[str], monkeypatch) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="experiments.train.main and experiments.generate.main return a dict, "
-                   "which sys.exit turns into status 1; needs an int-returning wrapper in experiments/ "
-                   "(reported to the lead) and [project.scripts] pointed at it")
 def test_train_and_generate_console_scripts_exit_0_on_success(tmp_path, monkeypatch, capsys):
     scripts = _scripts()
 

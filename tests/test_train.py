@@ -174,6 +174,18 @@ def test_foreign_and_corrupt_checkpoint_dirs(full_run, tmp_path):
         train(small_cfg(steps=12), SRC, corrupt, resume=True, progress=False)
     with pytest.raises(CheckpointError, match="could not be restored"):
         load_run(corrupt)
+    # only the array data corrupt: tensorstore's error carries its whole JSON spec; the message stays one
+    # short line that says what was read wrong
+    data_only = tmp_path / "data_only"
+    shutil.copytree(out, data_only)
+    for p in (data_only / "checkpoints" / "12").rglob("*"):
+        if p.is_file() and p.parent.name == "d":
+            p.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as err:
+        load_run(data_only)
+    msg = str(err.value)
+    assert "could not be restored" in msg and "tensorstore_spec" not in msg and "\n" not in msg, msg
+    assert len(msg) < 400 and err.value.__cause__ is None and err.value.__suppress_context__, msg
     # a checkpoint of a different model shape, config file forged to match: refused, not reinitialized
     other = tmp_path / "other"
     train(small_cfg(steps=4, ckpt_every=4, eval_every=0, model=ModelConfig(vocab_size=8, d_model=8, num_layers=1,
@@ -182,6 +194,63 @@ def test_foreign_and_corrupt_checkpoint_dirs(full_run, tmp_path):
     (other / "train_config.json").write_text(json.dumps(small_cfg(steps=4, ckpt_every=4, eval_every=0).to_dict()))
     with pytest.raises(CheckpointError, match="could not be restored"):
         train(small_cfg(steps=4, ckpt_every=4, eval_every=0), SRC, other, resume=True, progress=False)
+
+
+def test_continue_a_finished_run_to_more_steps(full_run, tmp_path):
+    """A run trained 12 steps of a 16-step schedule and continued to 16 is the uninterrupted 16-step run;
+    eval cadence and size may change on resume, the schedule and the math may not."""
+    cfg = small_cfg(steps=16, schedule_steps=16)
+    ref = train(cfg, SRC, tmp_path / "ref", progress=False)
+    part = tmp_path / "part"
+    train(cfg.replace(steps=12), SRC, part, progress=False)
+    with pytest.raises(CheckpointError, match=r"schedule length \(schedule_steps, else steps\): saved 16 vs now 20"):
+        train(cfg.replace(steps=20, schedule_steps=None), SRC, part, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="different configuration: weight_decay: saved 0.01 vs now 0.1"):
+        train(cfg.replace(weight_decay=0.1), SRC, part, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="steps must be ≥ 12"):
+        train(cfg.replace(steps=8), SRC, part, resume=True, progress=False)
+    r = train(cfg.replace(eval_every=2, eval_batches=3, ckpt_every=8, keep=2), SRC, part, resume=True, progress=False)
+    assert r["start_step"] == 12
+    np.testing.assert_array_equal(losses(r), losses(ref))
+    assert json.loads((part / "train_config.json").read_text())["steps"] == 16
+    # the 12-step run of `full_run` decays over its 12 steps: continuing it keeps that schedule when asked
+    # to (schedule_steps=12), and a config saved before schedule_steps existed reads as None
+    old = tmp_path / "old"
+    shutil.copytree(full_run[0], old)
+    saved = json.loads((old / "train_config.json").read_text())
+    del saved["schedule_steps"]
+    (old / "train_config.json").write_text(json.dumps(saved))
+    r = train(small_cfg(steps=14, schedule_steps=12), SRC, old, resume=True, progress=False)
+    assert r["start_step"] == 12 and [h["lr"] for h in r["history"]["train"][-2:]] == pytest.approx([1e-3, 1e-3])
+
+
+def test_refused_configuration_leaves_no_run_dir(tmp_path):
+    ssm = ModelConfig(vocab_size=8, d_model=16, num_layers=1, decomposition="ssm", mixer={"num_heads": 2})
+    out = tmp_path / "run"
+    with pytest.raises(TypeError, match="needs an attention-decomposed last layer"):
+        train(small_cfg(model=ssm, objective="elbo"), SRC, out, progress=False)  # fails while compiling
+    assert not out.exists()
+    r = train(small_cfg(model=ssm, steps=2, ckpt_every=2, eval_every=0), SRC, out, progress=False)
+    assert r["start_step"] == 0 and (out / "checkpoints" / "2").is_dir()
+
+
+def test_compiled_step_cache_is_bounded(monkeypatch, tmp_path):
+    """The module caches hold a step's closure, and with it its data source: a bounded LRU lets it go."""
+    import gc
+    import weakref
+
+    from tvvar import train as T
+
+    monkeypatch.setattr(T._FNS, "maxsize", 1)
+    cfg = small_cfg(steps=1, ckpt_every=0, eval_every=0, eval_batches=1)
+    first = MarkovSource(8, 1, alpha=0.3, seed=0)
+    train(cfg, first, tmp_path / "a", progress=False)
+    alive = weakref.ref(first)
+    del first
+    train(cfg, MarkovSource(8, 1, alpha=0.3, seed=0), tmp_path / "b", progress=False)
+    gc.collect()
+    assert len(T._FNS) == 1 and len(T._SETUPS) <= T._SETUPS.maxsize
+    assert alive() is None, "an evicted step's data source is still referenced"
 
 
 # ------------------------------------------------------------------------------ SIGKILL

@@ -21,11 +21,15 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
+import logging
 import math
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +42,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from tvvar.core import log_softmax32
+from tvvar.core import LRUCache, log_softmax32
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.sharding import (abstract_module, batch_sharding, make_mesh, parse_mesh, replicated, sample_sharding,
                             sharded_init_fn)
@@ -55,6 +59,8 @@ __all__ = [
     "evaluate",
     "load_run",
     "CheckpointError",
+    "RESUMABLE_FIELDS",
+    "schedule_length",
     "CONFIG_FILE",
     "DATA_FILE",
     "METRICS_FILE",
@@ -148,7 +154,9 @@ class TrainConfig:
 
     steps: optimizer steps; batch_size × seq_len tokens per step (batch_size divisible by the mesh's
     ``data`` size); lr: peak learning rate, reached linearly over ``warmup`` steps, then cosine decay to
-    ``lr_min_ratio``·lr at ``steps``; weight_decay: AdamW's (decoupled); clip: global gradient-norm
+    ``lr_min_ratio``·lr at ``schedule_steps`` (None: at ``steps``; constant after it) — set it to train a
+    run in parts: 100 steps of a 200-step schedule resumed to ``steps=200`` is the 200-step run;
+    weight_decay: AdamW's (decoupled); clip: global gradient-norm
     clip (0 = none); eval_every / eval_batches: validation cadence and size (0 = only at the end);
     ckpt_every: checkpoint cadence (0 = no checkpoints; a final one is saved otherwise); keep: how many
     to keep; seed: every random stream; mesh: ``{"data": d, "model": m}`` or None (one device).
@@ -161,6 +169,7 @@ class TrainConfig:
     seq_len: int = 64
     lr: float = 3e-3
     warmup: int = 100
+    schedule_steps: int | None = None
     lr_min_ratio: float = 0.1
     b1: float = 0.9
     b2: float = 0.99
@@ -184,6 +193,9 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
                 raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}")
+        s = self.schedule_steps
+        if s is not None and not (isinstance(s, int) and not isinstance(s, bool) and s >= 1):
+            raise ValueError(f"schedule_steps must be None (decay over `steps`) or an int ≥ 1, got {s!r}")
         for name in ("lr", "lr_min_ratio", "weight_decay", "clip"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
@@ -229,8 +241,13 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
+def schedule_length(cfg: TrainConfig) -> int:
+    """Steps over which the learning rate warms up and decays: ``schedule_steps``, else ``steps``."""
+    return max(cfg.steps if cfg.schedule_steps is None else cfg.schedule_steps, cfg.warmup + 1)
+
+
 def _schedule(cfg: TrainConfig) -> optax.Schedule:
-    total = max(cfg.steps, cfg.warmup + 1)
+    total = schedule_length(cfg)
     return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, total, end_value=cfg.lr * cfg.lr_min_ratio)
 
 
@@ -275,42 +292,48 @@ class _Setup:
     opt_sh: Any
 
 
-_CACHE: dict[Any, Any] = {}
+# Compiled initializers and steps, reused by repeated runs in one process (tests, sweeps, resume). Bounded:
+# an entry holds executables, and a step's closure holds its data source, for as long as it is cached.
+_SETUPS = LRUCache(4)
+_FNS = LRUCache(4)
 
 
 def _key(cfg: TrainConfig, *fields: str) -> str:
-    d = cfg.to_dict()
+    d = {**cfg.to_dict(), "schedule": schedule_length(cfg)}
     return json.dumps({f: d[f] for f in fields}, sort_keys=True, default=str)
 
 
-_INIT_FIELDS = ("model", "seed", "mesh", "steps", "lr", "warmup", "lr_min_ratio", "b1", "b2", "weight_decay", "clip")
+# what the optimizer and the initial state depend on: ``steps`` only through the schedule's length,
+# so a run continued to more steps on the same schedule reuses its compiled step
+_INIT_FIELDS = ("model", "seed", "mesh", "schedule", "lr", "warmup", "lr_min_ratio", "b1", "b2", "weight_decay",
+                "clip")
 
 
 def _setup(cfg: TrainConfig) -> _Setup:
-    # compiled initializers are cached per (model, seed, mesh, optimizer): repeated runs in one process
-    # (tests, sweeps, resume) do not recompile
-    key = ("setup", _key(cfg, *_INIT_FIELDS))
-    if key not in _CACHE:
-        mesh = make_mesh(cfg.mesh)
-        graphdef, state_sh, init = sharded_init_fn(
-            lambda: TVVARModel(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), mesh)
-        param_sh, _ = nnx.split_state(state_sh, nnx.Param, ...)
-        tx = make_optimizer(cfg)
-        repl = replicated(mesh)
-        abs_params, _ = nnx.split_state(nnx.split(abstract_module(
-            lambda: TVVARModel(cfg.model, rngs=nnx.Rngs(params=cfg.seed))))[1], nnx.Param, ...)
-        abs_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abs_params)
-        abs_opt = jax.eval_shape(tx.init, abs_params)
-        opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
-                                       transform_non_params=lambda _: repl,
-                                       is_leaf=lambda x: isinstance(x, (nnx.Variable, jax.sharding.Sharding)))
-        opt_init = jax.jit(tx.init, out_shardings=opt_sh)
-        _CACHE[key] = (mesh, graphdef, init, tx, param_sh, opt_sh, opt_init)
-    mesh, graphdef, init, tx, param_sh, opt_sh, opt_init = _CACHE[key]
+    mesh, graphdef, init, tx, param_sh, opt_sh, opt_init = _SETUPS.get_or_create(
+        ("setup", _key(cfg, *_INIT_FIELDS)), lambda: _build_setup(cfg))
     with jax.set_mesh(mesh):
         params, rest = nnx.split_state(init(), nnx.Param, ...)
         opt_state = opt_init(params)
     return _Setup(cfg, mesh, graphdef, rest, tx, params, opt_state, param_sh, opt_sh)
+
+
+def _build_setup(cfg: TrainConfig) -> tuple:
+    mesh = make_mesh(cfg.mesh)
+    graphdef, state_sh, init = sharded_init_fn(
+        lambda: TVVARModel(cfg.model, rngs=nnx.Rngs(params=cfg.seed)), mesh)
+    param_sh, _ = nnx.split_state(state_sh, nnx.Param, ...)
+    tx = make_optimizer(cfg)
+    repl = replicated(mesh)
+    abs_params, _ = nnx.split_state(nnx.split(abstract_module(
+        lambda: TVVARModel(cfg.model, rngs=nnx.Rngs(params=cfg.seed))))[1], nnx.Param, ...)
+    abs_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abs_params)
+    abs_opt = jax.eval_shape(tx.init, abs_params)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
+                                   transform_non_params=lambda _: repl,
+                                   is_leaf=lambda x: isinstance(x, (nnx.Variable, jax.sharding.Sharding)))
+    opt_init = jax.jit(tx.init, out_shardings=opt_sh)
+    return mesh, graphdef, init, tx, param_sh, opt_sh, opt_init
 
 
 def _train_state(s: _Setup) -> dict:
@@ -326,7 +349,8 @@ def _manager(ckpt_dir: Path, cfg: TrainConfig, *, read_only: bool = False):
 
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=not read_only, read_only=read_only,
                                            enable_async_checkpointing=cfg.async_checkpoint)
-    return ocp.CheckpointManager(ckpt_dir.resolve(), options=options)
+    with _quiet_orbax():
+        return ocp.CheckpointManager(ckpt_dir.resolve(), options=options)
 
 
 def _committed_steps(ckpt_dir: Path) -> list[int]:
@@ -350,18 +374,61 @@ def _committed_steps(ckpt_dir: Path) -> list[int]:
 
 
 def _restore(mngr, step: int, target: dict, ckpt_dir: Path) -> dict:
+    """The checkpoint ``step`` as ``target``'s tree; any failure is one :class:`CheckpointError` line."""
     import orbax.checkpoint as ocp
 
     flat_target = _flatten(_abstract(target))
+    _ignore_orphaned_restore_callbacks()
     try:
-        flat = mngr.restore(step, args=ocp.args.StandardRestore(flat_target))
+        with _quiet_orbax():
+            flat = mngr.restore(step, args=ocp.args.StandardRestore(flat_target))
     except Exception as e:  # orbax raises many types; all mean "this is not our checkpoint"
-        raise CheckpointError(f"checkpoint step {step} in {ckpt_dir} could not be restored — corrupt, or written "
-                              f"by a different model/optimizer configuration: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"checkpoint step {step} in {ckpt_dir} could not be restored ({_short_reason(e)}): it is "
+                              "corrupt, or was written by a different model/optimizer configuration") from None
     missing = set(flat_target) - set(flat)
     if missing:
         raise CheckpointError(f"checkpoint step {step} in {ckpt_dir} lacks arrays {sorted(missing)[:5]}")
     return _unflatten(target, flat)
+
+
+def _short_reason(e: Exception) -> str:
+    # tensorstore appends its whole JSON spec (paths, cache sizes, ...) and orbax advice on options the
+    # user never set; the first sentence, or its last clause when that is long, says what was wrong
+    text = str(e).split(" [tensorstore_spec", 1)[0].split("\n", 1)[0].split(". ", 1)[0].strip()
+    if len(text) > 160:
+        text = text.rsplit(": ", 1)[-1]
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    # orbax logs each read-only option it adjusts and each unreadable file as absl warnings/errors;
+    # a failure becomes the CheckpointError raised by the caller, which says it once
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _ignore_orphaned_restore_callbacks() -> None:
+    # When one array of a restore fails, tensorstore still completes the other reads orbax had started;
+    # their callbacks post to orbax's event loop, already closed, and Python prints each "Event loop is
+    # closed" RuntimeError through sys.unraisablehook, during and after the failure. Those reads belong
+    # to an abandoned restore, so exactly that error is dropped; any other goes to the previous hook.
+    previous = sys.unraisablehook
+    if getattr(previous, "_tvvar_filter", False):
+        return
+
+    def hook(u):
+        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+            return
+        previous(u)
+
+    hook._tvvar_filter = True
+    sys.unraisablehook = hook
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,10 +443,9 @@ def _keys(seed: int) -> dict[str, PRNGKey]:
 
 
 def _make_fns(s: _Setup, data, objective: Objective):
+    # id(data) cannot be reused while the entry (which holds ``data``) is cached
     key = ("fns", _key(s.cfg, *_INIT_FIELDS, "batch_size", "seq_len", "objective"), id(data), id(objective))
-    if key not in _CACHE or _CACHE[key][0] is not data:
-        _CACHE[key] = (data, _build_fns(s, data, objective))
-    return _CACHE[key][1]
+    return _FNS.get_or_create(key, lambda: (data, _build_fns(s, data, objective)))[1]
 
 
 def _build_fns(s: _Setup, data, objective: Objective):
@@ -421,6 +487,12 @@ def _build_fns(s: _Setup, data, objective: Objective):
     step_fn = jax.jit(train_step, in_shardings=(s.param_sh, s.opt_sh, repl), out_shardings=(s.param_sh, s.opt_sh, repl),
                       donate_argnums=(0, 1))
     eval_fn = jax.jit(eval_step, in_shardings=(s.param_sh, repl), out_shardings=repl)
+    # Compiled here, before train() writes anything: a decomposition option, objective or data source
+    # that does not fit the model fails now, not after a half-written run directory. The executables
+    # land in JAX's compilation cache, so the first real call does not compile again.
+    with jax.set_mesh(mesh):
+        step_fn.lower(s.params, s.opt_state, np.int32(0)).compile()
+        eval_fn.lower(s.params, np.int32(0)).compile()
     return step_fn, eval_fn
 
 
@@ -480,6 +552,37 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+#: fields a resumed run may change: how long it runs and what it records, not the math of a step
+#: (``steps`` only when the schedule's length, :func:`schedule_length`, stays the same)
+RESUMABLE_FIELDS = ("steps", "eval_every", "eval_batches", "ckpt_every", "keep", "async_checkpoint")
+
+
+def _config_mismatch(saved: TrainConfig, now: TrainConfig) -> list[str]:
+    """``field: saved X vs now Y`` for every difference that would change the resumed run's math."""
+    skip = set(RESUMABLE_FIELDS) | {"schedule_steps"}
+    a, b = ({k: v for k, v in json.loads(json.dumps(c.to_dict())).items() if k not in skip} for c in (saved, now))
+    out = _diff(a, b)
+    if schedule_length(saved) != schedule_length(now):
+        out.append(f"schedule length (schedule_steps, else steps): saved {schedule_length(saved)} vs now "
+                   f"{schedule_length(now)} — the learning-rate schedule would change; to continue the saved one "
+                   f"pass schedule_steps={schedule_length(saved)} (--schedule-steps {schedule_length(saved)}), "
+                   "or set schedule_steps to the final length when a run is to be continued")
+    return out
+
+
+def _read_config(path: Path) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the run directory is corrupt") from None
+    except (TypeError, KeyError) as e:
+        raise CheckpointError(f"{path} is not a tvvar TrainConfig ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        hint = (" (a decomposition, Ψ or objective of your own must be registered first: import its module, "
+                "or pass --import MODULE to the CLI)") if "unknown" in str(e) else ""
+        raise ValueError(f"{path}: {e}{hint}") from None
+
+
 def _prepare_run_dir(out: Path, cfg: TrainConfig, data, resume: bool) -> list[int]:
     """Validate ``out`` for a fresh or resumed run; returns the committed checkpoint steps."""
     ckpt_dir = out / CKPT_DIR
@@ -495,14 +598,13 @@ def _prepare_run_dir(out: Path, cfg: TrainConfig, data, resume: bool) -> list[in
         return []
     if not cfg_file.exists():
         raise CheckpointError(f"{out} has checkpoints but no {CONFIG_FILE}: not a tvvar run directory")
-    try:
-        saved = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); the run directory is corrupt") from e
-    now = json.loads(json.dumps(cfg.to_dict()))
-    d = _diff(saved, now)
+    saved = _read_config(cfg_file)
+    d = _config_mismatch(saved, cfg)
     if d:
         raise CheckpointError(f"cannot resume {out} with a different configuration: " + "; ".join(d[:8]))
+    if steps and cfg.steps < steps[-1]:
+        raise CheckpointError(f"cannot resume {out} to steps={cfg.steps}: its latest checkpoint is step {steps[-1]} "
+                              f"(steps must be ≥ {steps[-1]})")
     data_file = out / DATA_FILE
     if data_file.exists():
         d = _diff(json.loads(data_file.read_text()), json.loads(json.dumps(data.info())))
@@ -571,17 +673,29 @@ def train(cfg: TrainConfig, data, out_dir: str | Path, resume: bool = False, *, 
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("tvvar.train: run directory checked")
+    if steps_done and cfg.ckpt_every == 0:
+        raise CheckpointError(f"{out} has checkpoints but ckpt_every=0; cannot resume without checkpointing")
+    # Everything that can refuse this configuration (building the model with its options, tracing the
+    # objective on the data, compiling the step) happens before the run directory is touched: a refused
+    # run leaves nothing behind, and the same command works once the cause is fixed.
+    s = _setup(cfg)
+    step_fn, eval_fn = _make_fns(s, data, objective)
+    created = main and not out.exists()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    s = _setup(cfg)
-    mngr = _manager(out / CKPT_DIR, cfg) if cfg.ckpt_every > 0 else None
-    start = 0
-    if steps_done:
-        if mngr is None:
-            raise CheckpointError(f"{out} has checkpoints but ckpt_every=0; cannot resume without checkpointing")
-        start = steps_done[-1]
-        restored = _restore(mngr, start, _train_state(s), out / CKPT_DIR)
-        s.params, s.opt_state = restored["params"], restored["opt_state"]
+    mngr, start = None, 0
+    try:
+        mngr = _manager(out / CKPT_DIR, cfg) if cfg.ckpt_every > 0 else None
+        if steps_done:
+            start = steps_done[-1]
+            restored = _restore(mngr, start, _train_state(s), out / CKPT_DIR)
+            s.params, s.opt_state = restored["params"], restored["opt_state"]
+    except BaseException:
+        if mngr is not None:  # an open manager's threads outlive the error and print at exit
+            mngr.close()
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if main:
         (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
         (out / DATA_FILE).write_text(json.dumps(data.info(), indent=2))
@@ -589,7 +703,6 @@ def train(cfg: TrainConfig, data, out_dir: str | Path, resume: bool = False, *, 
     if main:  # drop records written after the last commit by an interrupted run
         (out / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history["train"] + history["val"]))
 
-    step_fn, eval_fn = _make_fns(s, data, objective)
     schedule = _schedule(cfg)
     bar = None
     if progress and main:
@@ -679,7 +792,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[TVVARModel, 
     run = Path(run_dir)
     if not (run / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run} is not a tvvar run directory (no {CONFIG_FILE})")
-    cfg = TrainConfig.from_dict(json.loads((run / CONFIG_FILE).read_text()))
+    cfg = _read_config(run / CONFIG_FILE)
     data_info = json.loads((run / DATA_FILE).read_text()) if (run / DATA_FILE).is_file() else {}
     steps = _committed_steps(run / CKPT_DIR)
     if not steps:
@@ -691,6 +804,8 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[TVVARModel, 
     cfg1 = cfg.replace(mesh=None)
     s = _setup(cfg1)
     mngr = _manager(run / CKPT_DIR, cfg1, read_only=True)
-    restored = _restore(mngr, step, _train_state(s), run / CKPT_DIR)
-    mngr.close()
+    try:
+        restored = _restore(mngr, step, _train_state(s), run / CKPT_DIR)
+    finally:
+        mngr.close()
     return nnx.merge(s.graphdef, restored["params"], s.rest), cfg, data_info
