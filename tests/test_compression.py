@@ -1,0 +1,168 @@
+"""Lemma 1, Theorems 3–4 (Bai, Section IV): semantic compression by random projections."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.fft
+import scipy.linalg
+
+from tvvar.theory.compression import (
+    KINDS,
+    compression_distortion,
+    fwht,
+    jl_dimension,
+    jl_epsilon,
+    max_inner_product_error,
+    random_projection,
+    random_sphere_points,
+)
+from tvvar.theory.semantic_space import SemanticSpace
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 64])
+def test_fwht_equals_hadamard_values_and_gradients_float64(n):
+    with jax.enable_x64(True):
+        H = scipy.linalg.hadamard(n).astype(np.float64)
+        x = np.random.default_rng(n).standard_normal((3, n))
+        np.testing.assert_allclose(fwht(jnp.asarray(x)), x @ H.T, atol=1e-10)
+        np.testing.assert_allclose(fwht(jnp.asarray(x.T), axis=0), (x @ H.T).T, atol=1e-10)
+        J = jax.jit(jax.jacobian(fwht))(jnp.asarray(x[0]))
+        np.testing.assert_allclose(J, H, atol=1e-10)
+        w = np.random.default_rng(n + 1).standard_normal(n)
+        g = jax.jit(jax.grad(lambda v: jnp.dot(jnp.asarray(w), fwht(v))))(jnp.asarray(x[0]))
+        np.testing.assert_allclose(g, H.T @ w, atol=1e-10)
+
+
+def test_fwht_refuses_non_power_of_two():
+    with pytest.raises(ValueError, match="power-of-two.*zero-pad to 8"):
+        fwht(jnp.ones((6,)))
+
+
+def test_dct_and_srht_rows_match_scipy_float64():
+    with jax.enable_x64(True):
+        n, m = 16, 5
+        for kind, F in (("dct", scipy.fft.dct(np.eye(n), norm="ortho", axis=0)),
+                        ("srht", scipy.linalg.hadamard(n) / np.sqrt(n))):
+            P = random_projection(jax.random.key(0), kind, n, m, dtype=jnp.float64)
+            expected = np.sqrt(n / m) * F[np.asarray(P.rows)] * np.asarray(P.signs)[None, :]
+            np.testing.assert_allclose(P.matrix(jnp.float64), expected, atol=1e-10)
+            assert len(set(np.asarray(P.rows).tolist())) == m  # rows drawn without replacement
+
+
+def test_srht_pads_non_power_of_two_and_says_so():
+    with jax.enable_x64(True):
+        with pytest.warns(UserWarning, match="zero-padded to N'=16"):
+            P = random_projection(jax.random.key(1), "srht", 12, 4, dtype=jnp.float64)
+        assert P.padded_n == 16
+        x = np.random.default_rng(0).standard_normal((2, 12))
+        H = scipy.linalg.hadamard(16) / 4.0
+        xp = np.concatenate([x, np.zeros((2, 4))], axis=1) * np.asarray(P.signs)
+        np.testing.assert_allclose(P(jnp.asarray(x)), np.sqrt(16 / 4) * (xp @ H.T)[:, np.asarray(P.rows)],
+                                   atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_norm_preserved_in_expectation(kind):
+    """E‖Px‖² = ‖x‖²: the mean over 200 draws is within 5 standard errors (the sample's own) and 10 %."""
+    n, m = 64, 16
+    x = np.asarray(random_sphere_points(jax.random.key(7), 1, n))[0] * 2.0
+    keys = jax.random.split(jax.random.key(8), 200)
+    sq = np.asarray(jax.jit(jax.vmap(lambda k: jnp.sum(random_projection(k, kind, n, m)(x) ** 2)))(keys))
+    se = sq.std(ddof=1) / np.sqrt(len(sq))
+    assert abs(sq.mean() - 4.0) < 5 * se + 1e-6, (sq.mean(), se)
+    assert abs(sq.mean() - 4.0) < 0.1 * 4.0
+
+
+@pytest.mark.parametrize(
+    "kind, n, m, match",
+    [("gaussian", 64, 64, "1 ≤ m < N=64"), ("dct", 64, 0, "1 ≤ m < N=64"), ("srht", 64, 100, "m=100"),
+     ("fourier", 64, 8, r"one of \['gaussian', 'sparse', 'dct', 'srht'\]")],
+)
+def test_bad_projection_arguments(kind, n, m, match):
+    with pytest.raises(ValueError, match=match):
+        random_projection(jax.random.key(0), kind, n, m)
+
+
+def test_projection_refuses_wrong_width():
+    P = random_projection(jax.random.key(0), "gaussian", 8, 4)
+    with pytest.raises(ValueError, match="last dimension N=8"):
+        P(jnp.ones((3, 7)))
+
+
+def test_jl_dimension_and_epsilon():
+    assert jl_dimension(1000, 0.5) == 332
+    eps = jl_epsilon(1000, 332)
+    assert 0.49 < eps <= 0.5
+    m = 1000
+    e = jl_epsilon(1000, m)
+    assert m * (e**2 / 2 - e**3 / 3) == pytest.approx(4 * np.log(1000), rel=1e-9)
+    with pytest.raises(ValueError, match="eps must lie in"):
+        jl_dimension(1000, 1.0)
+    with pytest.raises(ValueError, match="num_points"):
+        jl_dimension(1, 0.5)
+    with pytest.raises(ValueError, match="24 ln M"):
+        jl_epsilon(1000, 100)
+
+
+def _numpy_reference_error(kind, x, m, rng):
+    """The same experiment written independently in numpy/scipy (its own RNG, explicit matrices)."""
+    n = x.shape[1]
+    if kind == "gaussian":
+        P = rng.standard_normal((m, n)) / np.sqrt(m)
+    else:
+        F = scipy.fft.dct(np.eye(n), norm="ortho", axis=0) if kind == "dct" else scipy.linalg.hadamard(n) / np.sqrt(n)
+        P = np.sqrt(n / m) * F[rng.choice(n, m, replace=False)] * rng.choice([-1.0, 1.0], n)[None, :]
+    y = x @ P.T
+    err = np.abs(y @ y.T - x @ x.T)
+    np.fill_diagonal(err, 0.0)
+    return err.max()
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "srht", "dct"])
+def test_jl_error_small_instance_matches_independent_reference(kind):
+    """M = 200 points on S^255, m = 32 and 64: median over 5 draws within 10 % of the numpy reference's."""
+    M, n = 200, 256
+    x = np.asarray(random_sphere_points(jax.random.key(3), M, n), np.float64)
+    rng = np.random.default_rng(0)
+    for m in (32, 64):
+        ours = np.median([max_inner_product_error(jnp.asarray(x, jnp.float32),
+                                                  random_projection(jax.random.key(s), kind, n, m)(x))
+                          for s in range(5)])
+        ref = np.median([_numpy_reference_error(kind, x, m, rng) for _ in range(5)])
+        assert ours == pytest.approx(ref, rel=0.10), (kind, m, ours, ref)
+
+
+JL_TABLE = {  # max_{i<j} |⟨Px_i, Px_j⟩ − ⟨x_i, x_j⟩|, M = 1000 points on S^1023 (issue 15)
+    "gaussian": {64: 0.638, 128: 0.439, 256: 0.320, 512: 0.209},
+    "srht": {64: 0.619, 128: 0.395, 256: 0.254, 512: 0.154},
+    "dct": {64: 0.621, 128: 0.412, 256: 0.269, 512: 0.150},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(JL_TABLE))
+def test_jl_table_full(kind):
+    """The issue's table at ±10 %, the median of 3 projection draws per cell."""
+    x = random_sphere_points(jax.random.key(0), 1000, 1024)
+    for m, ref in JL_TABLE[kind].items():
+        err = np.median([max_inner_product_error(x, random_projection(jax.random.key(s), kind, 1024, m)(x))
+                         for s in range(3)])
+        assert err == pytest.approx(ref, rel=0.10), (kind, m, err, ref)
+
+
+def test_theorem4_distortion_bounded_and_decreasing_in_m():
+    """d_s²(S, S') ≤ Eq. 34 at the identity coupling ≤ ε̂² (exact bounds), and both shrink as m grows."""
+    S = SemanticSpace(np.asarray(random_sphere_points(jax.random.key(5), 32, 128)))
+    rows = []
+    for m in (32, 96):
+        out = compression_distortion(S, random_projection(jax.random.key(m), "srht", 128, m))
+        assert out["converged"]
+        assert out["gw"] <= out["identity_coupling"] * (1 + 1e-3) + 1e-7
+        assert out["identity_coupling"] <= out["max_cosine_error"] ** 2 + 1e-7
+        rows.append(out)
+    assert rows[1]["identity_coupling"] < rows[0]["identity_coupling"]
+    assert rows[1]["max_cosine_error"] < rows[0]["max_cosine_error"]
+    # Lemma 1 gives an ε < 1 only where m > 24 ln N (N = 32: 83.2); there the measured cosine error lies inside it
+    assert rows[0]["lemma1_epsilon"] is None
+    assert rows[1]["max_cosine_error"] < rows[1]["lemma1_epsilon"]

@@ -1,0 +1,234 @@
+"""Section IV of Bai (arXiv:2511.01202): semantic compression by random projections (Lemma 1, Theorems 3–4).
+
+A projection P: R^N → R^m (m < N) compresses a semantic space when it preserves inner products. Every
+projection here is scaled so that E‖Px‖² = ‖x‖² for every x:
+
+* ``"gaussian"``  — Lemma 1 (Johnson–Lindenstrauss, Eq. 35): P = G/√m, G_ij ~ N(0, 1).
+* ``"sparse"``    — Achlioptas (2003): P_ij = √(3/m) · {+1 w.p. 1/6, 0 w.p. 2/3, −1 w.p. 1/6}.
+* ``"dct"``       — Theorem 3 (Eqs. 36–38): P = √(N/m) R F D_σ, F the orthonormal DCT-II
+                    (``jax.scipy.fft.dct(norm="ortho")``), D_σ random signs, R m rows drawn without
+                    replacement.
+* ``"srht"``      — the subsampled randomised Hadamard transform P = √(N'/m) R H D_σ with H the
+                    orthonormal Walsh–Hadamard matrix, applied by :func:`fwht` in O(N log N). N' = N when N
+                    is a power of two; otherwise x is ZERO-PADDED to the next power of two N' (norms and
+                    inner products unchanged) and a warning says so.
+
+Rows are points: ``project(x)`` maps x [..., N] → [..., m]. The Dasgupta–Gupta bound (Lemma 1) says
+m ≥ 4 ln M / (ε²/2 − ε³/3) keeps every pairwise squared distance of M points within a factor 1 ± ε
+(:func:`jl_dimension`, :func:`jl_epsilon` its inverse). Theorem 4 measures the distortion of compression
+as d_s²(S, S') of Eq. 34 (:func:`compression_distortion`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy import fft as jfft
+
+from tvvar.theory.semantic_space import SemanticSpace, gromov_wasserstein, gw_objective
+from tvvar.typing import Array, PRNGKey
+
+__all__ = [
+    "KINDS",
+    "Projection",
+    "random_projection",
+    "fwht",
+    "next_power_of_two",
+    "jl_dimension",
+    "jl_epsilon",
+    "random_sphere_points",
+    "max_inner_product_error",
+    "compress",
+    "compression_distortion",
+]
+
+KINDS = ("gaussian", "sparse", "dct", "srht")
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def fwht(x: Array, axis: int = -1) -> Array:
+    """Unnormalised fast Walsh–Hadamard transform along ``axis``: H_N x with H_N = scipy.linalg.hadamard(N).
+
+    Sylvester order, H_2N = [[H_N, H_N], [H_N, −H_N]]: log₂N butterfly stages, each one reshape and one
+    add/subtract, so O(N log N) work and differentiable (the transform is linear; its VJP is H_N itself).
+    N must be a power of two (refused otherwise; :func:`random_projection` pads for you).
+    """
+    x = jnp.asarray(x)
+    x = jnp.moveaxis(x, axis, -1)
+    n = x.shape[-1]
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"fwht needs a power-of-two length along axis {axis}, got {n} (zero-pad to "
+                         f"{next_power_of_two(n)})")
+    lead = x.shape[:-1]
+    h = 1
+    while h < n:
+        # [..., blocks, 2, h]: entry (b, 0, :) and (b, 1, :) are the butterfly's two halves
+        y = x.reshape(*lead, n // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        x = jnp.stack([a + b, a - b], axis=-2).reshape(*lead, n)
+        h *= 2
+    return jnp.moveaxis(x, -1, axis)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """P: R^N → R^m of one kind (see the module docstring), with E‖Px‖² = ‖x‖²."""
+
+    kind: str
+    n: int  # N, the input dimension
+    m: int  # the output dimension
+    matrix_or_none: Array | None  # [m, N] for "gaussian" and "sparse"
+    signs: Array | None  # D_σ [N'] for "dct" and "srht"
+    rows: Array | None  # R: the m kept row indices for "dct" and "srht"
+    padded_n: int  # N' (= N except for "srht" with N not a power of two)
+
+    def __call__(self, x: Array) -> Array:
+        x = jnp.asarray(x)
+        if x.shape[-1] != self.n:
+            raise ValueError(f"x must have last dimension N={self.n} (the projection's input), got shape {x.shape}")
+        if self.matrix_or_none is not None:
+            return x @ self.matrix_or_none.T.astype(x.dtype)
+        if self.padded_n != self.n:
+            x = jnp.concatenate([x, jnp.zeros((*x.shape[:-1], self.padded_n - self.n), x.dtype)], axis=-1)
+        y = x * self.signs.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+        if self.kind == "dct":
+            y = jfft.dct(y, type=2, norm="ortho", axis=-1)
+        else:
+            y = fwht(y) / math.sqrt(self.padded_n)
+        return jnp.take(y, self.rows, axis=-1) * math.sqrt(self.padded_n / self.m)
+
+    def matrix(self, dtype=jnp.float32) -> Array:
+        """The explicit [m, N] matrix (P applied to the identity)."""
+        return self(jnp.eye(self.n, dtype=dtype)).T
+
+
+def _check_dims(n, m) -> None:
+    for name, v in (("n", n), ("m", m)):
+        if not isinstance(v, int | np.integer) or isinstance(v, bool):
+            raise TypeError(f"{name} must be an integer, got {v!r}")
+    if n < 2:
+        raise ValueError(f"n (the input dimension N) must be ≥ 2, got {n}")
+    if not 1 <= m < n:
+        raise ValueError(f"m (the compressed dimension) must satisfy 1 ≤ m < N={n}, got m={m}")
+
+
+def random_projection(key: PRNGKey, kind: str, n: int, m: int, *, dtype=jnp.float32) -> Projection:
+    """A random P: R^n → R^m of ``kind`` in :data:`KINDS`."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    _check_dims(n, m)
+    k_mat, k_sign, k_rows = jax.random.split(key, 3)
+    if kind == "gaussian":
+        P = jax.random.normal(k_mat, (m, n), dtype) / math.sqrt(m)
+        return Projection(kind, n, m, P, None, None, n)
+    if kind == "sparse":
+        entry = jax.random.choice(k_mat, jnp.array([1.0, 0.0, -1.0], dtype), (m, n), p=jnp.array([1, 4, 1]) / 6)
+        return Projection(kind, n, m, entry * math.sqrt(3.0 / m), None, None, n)
+    n_pad = n
+    if kind == "srht" and n & (n - 1):
+        n_pad = next_power_of_two(n)
+        warnings.warn(f"random_projection(kind='srht'): N={n} is not a power of two; inputs are zero-padded to "
+                      f"N'={n_pad} (norms and inner products unchanged)", stacklevel=2)
+    signs = jax.random.rademacher(k_sign, (n_pad,), dtype)
+    rows = jax.random.choice(k_rows, n_pad, (m,), replace=False)
+    return Projection(kind, n, m, None, signs, rows, n_pad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lemma 1: the Johnson–Lindenstrauss dimension
+# --------------------------------------------------------------------------------------------------
+
+
+def jl_dimension(num_points: int, eps: float) -> int:
+    """⌈4 ln M / (ε²/2 − ε³/3)⌉ (Dasgupta & Gupta 2003, Lemma 1): M = 1000, ε = 0.5 → 332."""
+    if not isinstance(num_points, int | np.integer) or num_points < 2:
+        raise ValueError(f"num_points (M) must be an integer ≥ 2, got {num_points!r}")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
+    return math.ceil(4.0 * math.log(num_points) / (eps**2 / 2 - eps**3 / 3))
+
+
+def jl_epsilon(num_points: int, m: int) -> float:
+    """The ε of Lemma 1 for a given m: the root in (0, 1) of m (ε²/2 − ε³/3) = 4 ln M (nan-free: refuses
+    m too small for any ε < 1, i.e. m < 24 ln M)."""
+    if not isinstance(num_points, int | np.integer) or num_points < 2:
+        raise ValueError(f"num_points (M) must be an integer ≥ 2, got {num_points!r}")
+    target = 4.0 * math.log(num_points)
+    # ε²/2 − ε³/3 increases on (0, 1) to 1/6, so a root exists iff m/6 > 4 ln M
+    if not m / 6.0 > target:
+        raise ValueError(f"m={m} is below 24 ln M = {6 * target:.1f}: Lemma 1 gives no ε < 1 for M={num_points}")
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if m * (mid**2 / 2 - mid**3 / 3) < target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurement: the inner-product error of a compression (the JL table) and Theorem 4's distortion
+# --------------------------------------------------------------------------------------------------
+
+
+def random_sphere_points(key: PRNGKey, num_points: int, dim: int, dtype=jnp.float32) -> Array:
+    """M points uniform on S^{dim−1}: [M, dim]."""
+    x = jax.random.normal(key, (num_points, dim), dtype)
+    return x / jnp.linalg.norm(x, axis=1, keepdims=True)
+
+
+def max_inner_product_error(x: Array, px: Array) -> float:
+    """max_{i<j} |⟨Px_i, Px_j⟩ − ⟨x_i, x_j⟩| over all distinct pairs of rows (the JL table's number)."""
+    if x.ndim != 2 or px.ndim != 2 or x.shape[0] != px.shape[0]:
+        raise ValueError(f"x [M, N] and px [M, m] must be matrices with the same rows, got {x.shape}, {px.shape}")
+    err = jnp.abs(px @ px.T - x @ x.T)
+    off_diagonal = ~jnp.eye(x.shape[0], dtype=bool)
+    return float(jnp.max(jnp.where(off_diagonal, err, 0.0)))
+
+
+def compress(space: SemanticSpace, projection: Projection) -> SemanticSpace:
+    """S' = ({Pu_i/‖Pu_i‖}, μ): the compressed space, back on the sphere S^{m−1} (the measure is kept).
+
+    A point that P sends to 0 has no direction: refused (SemanticSpace.from_matrix raises).
+    """
+    if projection.n != space.dim:
+        raise ValueError(f"projection input N={projection.n} must equal the space's dimension m={space.dim}")
+    pu = np.asarray(projection(space.points))
+    norms = np.linalg.norm(pu, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError("the projection sends a point to 0: its compression has no direction on the sphere")
+    return SemanticSpace(pu / norms, np.asarray(space.measure))
+
+
+def compression_distortion(space: SemanticSpace, projection: Projection, *, epsilon: float = 1e-3,
+                           on_unconverged: str = "raise") -> dict:
+    """Theorem 4 measured: d_s²(S, S') of Eq. 34 between a space and its compression, with two references.
+
+    Returns {"m", "lemma1_epsilon": the ε Lemma 1 guarantees for N points at this m (None when m < 24 ln N),
+    "gw": d_s² by entropic GW started from the identity correspondence (None if unconverged and flagged),
+    "identity_coupling": Eq. 34 at π = diag(μ) (a feasible coupling, so an exact upper bound on d_s²),
+    "max_cosine_error": ε̂ = max_{i,j} |cos' − cos| (so identity coupling ≤ ε̂²), "converged", "result"
+    (the GWResult)}.
+    """
+    compressed = compress(space, projection)
+    # point i's compression is point i: start from that correspondence (an upper bound GW can only lower)
+    result = gromov_wasserstein(space, compressed, epsilon=epsilon, on_unconverged=on_unconverged,
+                                init_coupling=jnp.diag(space.measure))
+    G, G2 = space.inner_products(), compressed.inner_products()
+    identity = float(gw_objective(G, G2, jnp.diag(space.measure)))
+    lemma1 = jl_epsilon(space.n, projection.m) if space.n >= 2 and projection.m > 24 * math.log(space.n) else None
+    return {
+        "m": projection.m,
+        "lemma1_epsilon": lemma1,
+        "gw": result.objective if result.converged else None,
+        "identity_coupling": identity,
+        "max_cosine_error": float(jnp.max(jnp.abs(G2 - G))),
+        "converged": result.converged,
+        "result": result,
+    }
