@@ -25,7 +25,8 @@ _NOT_BENCHMARKS = {"timing"}
 
 
 def discover() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(_pkg.__path__) if m.name not in _NOT_BENCHMARKS and not m.name.startswith("_"))
+    return sorted(m.name for m in pkgutil.iter_modules(_pkg.__path__)
+                  if m.name not in _NOT_BENCHMARKS and not m.name.startswith("_"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,12 +91,12 @@ class Config:
     heldout_batches: int = 8
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(steps=100, batch_size=16, seq_len=24, D=16, eval_every=25, eval_batches=2, heldout_batches=2,
                    warmup=10)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 
@@ -372,7 +372,7 @@ def run(config: Config, out: Path) -> dict:
     fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4), squeeze=False)
     kinds = [("soft", "soft"), ("marginal_uniform", "exact marginal, uniform"),
              ("marginal_attention", "exact marginal, attention prior"), ("elbo_bound", "exp(−ELBO) bound")]
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=True):
         x = np.arange(len(cfg.objectives))
         w = 0.8 / len(kinds)
         for k, (key, lab) in enumerate(kinds):
@@ -384,7 +384,7 @@ def run(config: Config, out: Path) -> dict:
     figs.append(save_figure(fig, out, "perplexity.png"))
     fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 3.8), squeeze=False)
     pairs = ["elbo_vs_log_p", "elbo_vs_soft", "log_p_vs_soft", "all_three"]
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=True):
         x = np.arange(len(cfg.objectives))
         w = 0.8 / len(pairs)
         for k, p in enumerate(pairs):

@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Continue a prompt with a trained tvvar run (cached autoregressive decoding, Eq. 44).",
     )
     p.add_argument("--run", type=Path, required=True,
-                   help="run directory written by `python -m experiments.train --out DIR` (its latest checkpoint is used)")
+                   help="run directory written by `python -m experiments.train --out DIR` "
+                        "(its latest checkpoint is used)")
     p.add_argument("--prompt", type=str, required=True,
                    help="text for a character/byte-level run; a space-separated list of token ids "
                         "(e.g. \"3 1 4\") for a synthetic run")
@@ -71,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="sampling temperature Ξ of argsoftmax (default 1.0; 0 = greedy argmax)")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens (default: all)")
     p.add_argument("--top-p", type=float, default=None,
-                   help="nucleus sampling: the smallest set of tokens with total probability ≥ p, in (0, 1] (default: off)")
+                   help="nucleus sampling: the smallest set of tokens with total probability ≥ p, in (0, 1] "
+                        "(default: off)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the sampler (default 0)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step to load (default: the latest)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",

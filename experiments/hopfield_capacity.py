@@ -62,7 +62,7 @@ class Config:
     lr: float = 3e-2
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(n_classical=(200, 500), alphas=(0.04, 0.08, 0.12, 0.14, 0.16, 0.20, 0.24), trials_classical=6,
                    n_gardner=64, alphas_gardner=(0.15, 0.2, 0.25, 0.3, 0.5, 0.7, 0.9, 1.0, 1.2, 1.5, 1.8, 2.0, 2.3),
                    nets_gardner=2, iters_gardner=1000, n_dense=16, dense_log2_loads=tuple(range(1, 15)),
@@ -70,7 +70,7 @@ class Config:
                    trials_modern=128, train_steps=300, batch=64)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 
@@ -182,11 +182,12 @@ def _dense(cfg, key, out, checks, data, figs):
     secs = time.perf_counter() - t0
     fig, ax = plt.subplots(figsize=(6, 4))
     out_data = {}
-    for (kind, k), (name, r) in zip(kinds, res.items()):
+    for (kind, k), (name, r) in zip(kinds, res.items(), strict=True):
         st = r["stable"].mean(1)
         line, = ax.semilogx(loads, st, "o-", ms=3, label=f"F = {name}")
         half = _crossing(np.log2(loads), st)
-        entry = {"stable_fraction": st, "flip_rate": r["flip_rate"].mean(1), "p_half": 2**half if np.isfinite(half) else None}
+        entry = {"stable_fraction": st, "flip_rate": r["flip_rate"].mean(1),
+                 "p_half": 2**half if np.isfinite(half) else None}
         if kind == "poly":
             ref_st = (1 - H.dense_flip_reference(n, loads, "poly", k)) ** n
             ax.semilogx(loads, ref_st, ":", color=line.get_color())
@@ -247,7 +248,7 @@ def _modern(cfg, key, out, checks, data, figs):
     a0 = acc[(cfg.d_modern[0], beta)]
     jN = int(np.argmin(abs(a0 - 0.5)))
     series = [float(acc[(d, beta)][jN]) for d in cfg.d_modern]
-    worst = min(b - a for a, b in zip(series, series[1:]))
+    worst = min(b - a for a, b in zip(series, series[1:], strict=False))
     se = math.sqrt(0.25 / cfg.trials_modern)
     checks.append(check(f"modern retrieval non-decreasing in d at N={Ns[jN]}, beta={beta} (min step)", worst, 0.0, ">=",
                         3 * math.sqrt(2) * se, "Ramsauer et al. 2020: capacity exponential in d (3 SE)"))
@@ -262,7 +263,11 @@ def _modern(cfg, key, out, checks, data, figs):
             continue
         N = int(min(t3["N"], 4096))
         keys = jax.random.split(jax.random.fold_in(key, 7000 + d), 32)
-        ok = jax.jit(jax.vmap(lambda k: H.theorem3_storage_condition(H.sphere_patterns(k, N, d, t3["M"]), beta)))(keys)
+
+        def storage_ok(k, N=N, d=d, M=t3["M"]):
+            return H.theorem3_storage_condition(H.sphere_patterns(k, N, d, M), beta)
+
+        ok = jax.jit(jax.vmap(storage_ok))(keys)
         checks.append(check(f"Theorem 3 storage condition at N={N} (bound {t3['N']:.3g}), d={d}, beta={beta}",
                             float(np.mean(ok)), 1 - cfg.p_fail, ">=", 0.0, "Ramsauer et al. 2020, Theorem 3"))
     # attention is retrieval: one update through the attention decomposition

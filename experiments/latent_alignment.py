@@ -92,11 +92,11 @@ class Config:
     q_margin: float = 0.05
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(seeds=2, steps=300, batch_size=16, seq_len=24, D=16, eval_every=50, heldout_batches=4, warmup=20)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 
@@ -349,7 +349,7 @@ def _fig_orderings(data: dict, cfg: Config, out: Path) -> str:
 
     fig, axes = plt.subplots(1, len(SOURCES), figsize=(6.2 * len(SOURCES), 4.2), squeeze=False)
     x = np.arange(len(cfg.objectives))
-    for ax, name in zip(axes[0], SOURCES):
+    for ax, name in zip(axes[0], SOURCES, strict=True):
         d = data[name]
         ppl = [[math.exp(v) for v in d["runs"][o]["own_nll"]] for o in cfg.objectives]
         ax.bar(x, [np.mean(v) for v in ppl], 0.6, color=["C0", "C1", "C2", "C3"][:len(x)], alpha=0.8)
@@ -402,7 +402,7 @@ def _fig_curves(data: dict, cfg: Config, out: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(SOURCES), figsize=(6.2 * len(SOURCES), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], SOURCES):
+    for ax, name in zip(axes[0], SOURCES, strict=True):
         for k, o in enumerate(cfg.objectives):
             for s, c in enumerate(data[name]["curves"][o]):
                 ax.plot([p["step"] for p in c], [p["own_nll"] for p in c], color=f"C{k}", lw=1,

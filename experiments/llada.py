@@ -66,11 +66,11 @@ class Config:
     gen_steps: tuple[int, ...] = (1, 2, 4, 7)
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls()
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls(vocab_size=16, seq_len=12, d_model=64, num_layers=3, num_heads=4, steps_ar=2000,
                    steps_llada=6000, eval_sequences=128, mc_samples=1024, var_sequences=16, var_repeats=64,
                    var_sizes=(1, 2, 4, 8, 16, 32, 64, 128), gen_prompts=1024, gen_steps=(1, 2, 3, 4, 6, 11))
@@ -177,7 +177,7 @@ def run(cfg: Config, out: Path) -> dict:
         ax.plot(cfg.gen_steps, q, "o-", label=f"LLaDA, {remasking} remasking")
     ax.axhline(ar_quality, color="C2", ls="--", label="AR ancestral sampling")
     ax.axhline(-H, color="k", ls=":", label="source samples (−H)")
-    ax.set_xlabel("sampling steps (gen_length = %d)" % T)
+    ax.set_xlabel(f"sampling steps (gen_length = {T:d})")
     ax.set_ylabel("source log-likelihood per generated token (nats)")
     ax.set_title("Sample quality vs sampling steps (temperature 1)")
     ax.legend(fontsize=8)

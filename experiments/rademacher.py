@@ -72,11 +72,11 @@ class Config:
     tv_check_n: int = 4096  # source.batch sample that cross-checks the enumerated law
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls()
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls(Ms=(100, 316, 1000, 3162, 10000, 31623, 100000), steps=100, n_sigma=16, n_fresh=2**16,
                    tv_train_steps=600, tv_Ms=(100, 316, 1000, 3162, 10000, 31623, 100000), tv_R=50,
                    tv_check_n=16384)
@@ -90,7 +90,7 @@ def _conf(M, deltas, B=1.0) -> np.ndarray:
 def regime(Ms, bound_mean, log_V: float) -> dict:
     """Where a bound is informative: the M at which its mean is below ln V (what predicting uniformly
     achieves). Above it the bound says less than guessing, and no risk of interest can violate it."""
-    informative = [int(M) for M, b in zip(Ms, bound_mean) if b < log_V]
+    informative = [int(M) for M, b in zip(Ms, bound_mean, strict=True) if b < log_V]
     return {"informative_Ms": informative, "vacuous_Ms": [int(M) for M in Ms if int(M) not in informative],
             "first_informative_M": informative[0] if informative else None}
 
@@ -107,7 +107,7 @@ def violation_check(label: str, Ms, bound_mean, viol, delta: float, R: int, log_
     within δ + 3√(δ(1−δ)/R). With no informative M the measurement is NaN and the check fails: the sweep
     then holds no M at which the bound could be violated, and must be extended."""
     use = regime(Ms, bound_mean, log_V)["informative_Ms"]
-    rates = [float(v) for M, v in zip(Ms, viol) if int(M) in use]
+    rates = [float(v) for M, v in zip(Ms, viol, strict=True) if int(M) in use]
     where = f"worst of M ∈ {use} (bound < ln V)" if use else "no M with the bound below ln V (vacuous sweep)"
     return check(f"{label} violation rate, δ={delta}, {where}", max(rates) if rates else math.nan, delta, "<=",
                  3 * math.sqrt(delta * (1 - delta) / R), source)
@@ -163,7 +163,7 @@ def _part_linear(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     dl = np.asarray(cfg.deltas)
     rows = []
     viol = {"paper": [], "rigorous": [], "rigorous_certified": [], "empirical": []}
-    for M, o in zip(cfg.Ms, per_M):
+    for M, o in zip(cfg.Ms, per_M, strict=True):
         tr = o["true_risk"]
         paper = o["empirical"][:, None] + o["paper_logit"][:, None] + _conf(M, dl)[None, :]
         rig = np.stack([np.asarray(rd.rigorous_bound(o["empirical"], o["rc_mc"], M, float(d), B).total) for d in dl], 1)
@@ -237,7 +237,7 @@ def _part_linear(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     figures.append(save_figure(fig, out, "rademacher_linear_risk_vs_M.png"))
 
     fig, axs = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, idx in zip(axs, (0, len(cfg.Ms) - 1)):
+    for ax, idx in zip(axs, (0, len(cfg.Ms) - 1), strict=True):
         ax.plot(dl, dl, "k:", label="δ (allowed)")
         ax.plot(dl, [rd.violation_tolerance(d, cfg.R) for d in dl], "k--", lw=0.8, label="δ + 3√(δ(1−δ)/R)")
         ax.plot(dl, viol["paper"][idx], "C3-s", ms=4, label="paper bound (Eq. 72)")
@@ -356,7 +356,10 @@ def _part_tvvar(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     import matplotlib.pyplot as plt
 
     Ms = np.asarray(cfg.tv_Ms, float)
-    g = lambda k: np.array([r[k] for r in rows])
+
+    def g(k):
+        return np.array([r[k] for r in rows])
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.axhline(true_risk, color="k", lw=1.5, label="true risk (exact)")
     ax.axhline(floor, color="gray", ls="--", lw=1, label="H(U_t | context) (exact)")

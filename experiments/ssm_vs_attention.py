@@ -39,11 +39,11 @@ class Config:
     law_tolerance: float = 1e-4
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(T=24, d_model=16, vocab_size=32, state_size=8, chunk_size=8)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 
@@ -105,7 +105,7 @@ def run(config: Config, out: Path) -> dict:
     T = c.T
     below = np.tril(np.ones((T, T), bool))
     fig, axes = plt.subplots(1, len(norms), figsize=(5.0 * len(norms), 4.4))
-    for ax, (label, nrm) in zip(axes, norms.items()):
+    for ax, (label, nrm) in zip(axes, norms.items(), strict=True):
         shown = np.where(below, np.log10(np.maximum(nrm, 1e-12)), np.nan)
         vmax = np.nanmax(shown)
         im = ax.imshow(shown, cmap="viridis", vmin=max(np.nanmin(shown), vmax - 6), vmax=vmax, origin="upper")

@@ -24,8 +24,8 @@ from tvvar.core import mix_dense
 from tvvar.data import MarkovSource
 from tvvar.decompositions.attention import Attention
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.train import cross_entropy
 from tvvar.testing import plain_attention
+from tvvar.train import cross_entropy
 
 SOURCE = "Bai, arXiv:2511.01202, Theorem 5 (Eqs. 45–53)"
 
@@ -42,11 +42,11 @@ class Config:
     lr: float = 3e-3
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(train_steps=150, seq_len=16)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls(d_model=64, num_heads=8, seq_len=48, train_steps=1500)
 
 

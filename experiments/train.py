@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=int, default=d.warmup, help="linear warmup steps, then cosine decay")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decoupled weight decay")
     g.add_argument("--clip", type=float, default=d.clip, help="global gradient-norm clip (0: none)")
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validations (0: only at the end)")
+    g.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="steps between validations (0: only at the end)")
     g.add_argument("--eval-batches", type=int, default=d.eval_batches, help="validation batches per evaluation")
     g.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints (0: none)")
     g.add_argument("--keep", type=int, default=d.keep, help="checkpoints kept")
@@ -240,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--mixer-option state_size=32; an unknown KEY is refused with the decomposition's options")
     g = p.add_argument_group("text data")
     g.add_argument("--byte-level", action="store_true", help="bytes instead of characters as tokens")
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="tail fraction of the file used for validation")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="tail fraction of the file used for validation")
     return p
 
 

@@ -44,11 +44,11 @@ class Config:
     eval_batches: int = 8
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(steps=300, eval_every=100, warmup=50)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 
@@ -60,7 +60,8 @@ def run(config: Config, out: Path) -> dict:
 
     c = config
     src = TVVARSource(c.V, c.D_source, xi=c.xi)
-    tc = TrainConfig(ModelConfig(vocab_size=c.V, d_model=c.d_model, num_layers=c.num_layers, mixer={"num_heads": c.num_heads}),
+    tc = TrainConfig(ModelConfig(vocab_size=c.V, d_model=c.d_model, num_layers=c.num_layers,
+                                 mixer={"num_heads": c.num_heads}),
                      steps=c.steps, batch_size=c.batch_size, seq_len=c.seq_len, lr=c.lr, warmup=c.warmup,
                      eval_every=c.eval_every, eval_batches=c.eval_batches, ckpt_every=0, seed=c.seed)
     run_dir = Path(out) / "run"
@@ -77,7 +78,8 @@ def run(config: Config, out: Path) -> dict:
     tr = r["history"]["train"]
     steps = np.array([x["step"] for x in tr])
     w = 10
-    ax.plot(steps[w - 1:], np.convolve([x["loss"] for x in tr], np.ones(w) / w, "valid"), lw=1, label="train CE (mean of 10)")
+    ax.plot(steps[w - 1:], np.convolve([x["loss"] for x in tr], np.ones(w) / w, "valid"), lw=1,
+            label="train CE (mean of 10)")
     ax.plot([x["step"] for x in val], [x["loss"] for x in val], "o-", ms=4, label="validation CE")
     ax.axhline(final["entropy"], color="k", ls="--", lw=1, label=f"exact conditional entropy {final['entropy']:.3f}")
     ax.axhline(math.log(c.V), color="gray", ls=":", lw=1, label=f"log V = {math.log(c.V):.3f}")
@@ -86,7 +88,8 @@ def run(config: Config, out: Path) -> dict:
     ax.set_title("loss vs the entropy floor")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    ax2.plot([x["step"] for x in val], [max(x["loss"] - x["entropy"], 1e-4) for x in val], "o-", ms=4, label="validation CE − floor")
+    ax2.plot([x["step"] for x in val], [max(x["loss"] - x["entropy"], 1e-4) for x in val], "o-", ms=4,
+             label="validation CE − floor")
     ax2.axhline(TARGET, color="r", ls="--", lw=1, label=f"target {TARGET}")
     ax2.set_yscale("log")
     ax2.set_xlabel("step")

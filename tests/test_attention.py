@@ -37,7 +37,8 @@ def test_tvvar_form_equals_plain_multihead_attention(mask, dtype, tol):
 def test_head_outputs_are_the_per_head_terms_of_the_mixer_float64(mask):
     """head_outputs(π, u)[:, :, h] = plain attention restricted to head h; their sum is the mixer."""
     with jax.enable_x64(True):
-        att = Attention(12, mask=mask, rngs=nnx.Rngs(4), num_heads=3, head_dim=5, value_dim=4, d_out=7, dtype=jnp.float64)
+        att = Attention(12, mask=mask, rngs=nnx.Rngs(4), num_heads=3, head_dim=5, value_dim=4, d_out=7,
+                        dtype=jnp.float64)
         bil = att.to_bilinear()
         u = _u(2, 9, 12, jnp.float64, seed=1)
         w = [np.asarray(p[...]) for p in (att.wq, att.wk, att.wv, att.wo)]

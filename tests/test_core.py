@@ -90,7 +90,8 @@ def test_tied_token_vectors_have_unit_norm_and_readout_is_eq44():
     ids = jnp.array([[0, 10], [3, 3], [7, 1]])
     hh = jnp.broadcast_to(h[:, None], (3, 2, 6))
     np.testing.assert_allclose(np.asarray(ro.token_logits(hh, ids)),
-                               np.take_along_axis(np.asarray(ro(hh)), np.asarray(ids)[..., None], -1)[..., 0], rtol=1e-5, atol=1e-5)
+                               np.take_along_axis(np.asarray(ro(hh)), np.asarray(ids)[..., None], -1)[..., 0],
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_readout_and_embedding_refuse_bad_input():

@@ -148,7 +148,7 @@ def test_hmm_filter_equals_brute_force_enumeration():
         tot = 0.0
         for zs in itertools.product(range(S), repeat=len(xs)):
             p = hmm.pi[zs[0]] * E[zs[0], xs[0]]
-            for a, bz, x in zip(zs, zs[1:], xs[1:]):
+            for a, bz, x in zip(zs, zs[1:], xs[1:], strict=False):
                 p *= Tm[a, bz] * E[bz, x]
             tot += p
         return tot
@@ -192,7 +192,8 @@ def test_corpus_vocab_split_windows(corpus_file):
         assert c.vocab.decode(row) in text[c.split_size("train"):]
     assert c.vocab.decode(c.vocab.encode("fox ö")) == "fox ö"
     # a new object over the same file splits and samples identically
-    np.testing.assert_array_equal(TextCorpus(corpus_file, val_fraction=0.25).batch(jax.random.key(0), 8, 16)["tokens"], b)
+    np.testing.assert_array_equal(
+        TextCorpus(corpus_file, val_fraction=0.25).batch(jax.random.key(0), 8, 16)["tokens"], b)
 
 
 def test_corpus_byte_level_and_vocab_json(corpus_file):

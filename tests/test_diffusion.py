@@ -137,7 +137,8 @@ def test_true_conditionals_make_the_bound_tight():
         np.testing.assert_allclose(cond.nats, -np.log(p / p0), atol=1e-10, rtol=0)
         # a wrong model is an upper bound in expectation under p only if it is a consistent joint;
         # for a perturbed table we only check that the identity is not vacuous: it breaks.
-        bad = D.nelbo_exact(table_denoiser(table + 0.3 * np.random.default_rng(2).normal(size=table.shape)), xs, mask_id=M)
+        bad = D.nelbo_exact(table_denoiser(table + 0.3 * np.random.default_rng(2).normal(size=table.shape)), xs,
+                            mask_id=M)
         assert np.max(np.abs(bad.nats + np.log(p))) > 1e-2
 
 
@@ -151,8 +152,8 @@ def test_subset_weights():
     eps = 0.05
     w = D.subset_weights(4, eps)
     for k in range(1, 5):
-        ref = integrate.quad(lambda t: ((1 - eps) * t + eps) ** (k - 1) * (1 - ((1 - eps) * t + eps)) ** (4 - k), 0, 1,
-                             epsabs=1e-14)[0]
+        ref = integrate.quad(lambda t, k=k: ((1 - eps) * t + eps) ** (k - 1) * (1 - ((1 - eps) * t + eps)) ** (4 - k),
+                             0, 1, epsabs=1e-14)[0]
         assert abs(w[k] - ref) < 1e-12
     with pytest.raises(ValueError, match="eps must be"):
         D.subset_weights(4, 1.0)
@@ -178,7 +179,8 @@ def test_estimators_agree_with_exact_and_count_estimator_has_lower_variance():
     b = D.nelbo_count(fn, x, jax.random.key(1), mask_id=M, num_samples=S, stratified=False)
     for lik, ref in ((a, exact_eps), (b, exact)):
         for k in range(x.shape[0]):
-            assert abs(lik.nats[k] - ref.nats[k]) < 4 * _se(lik, k), (lik.method, k, lik.nats[k], ref.nats[k], _se(lik, k))
+            assert abs(lik.nats[k] - ref.nats[k]) < 4 * _se(lik, k), (
+                lik.method, k, lik.nats[k], ref.nats[k], _se(lik, k))
     # stratified variants are unbiased too (their i.i.d. standard error is conservative)
     a_s = D.nelbo_mc(fn, x, jax.random.key(2), mask_id=M, num_samples=S, stratified=True)
     b_s = D.nelbo_count(fn, x, jax.random.key(3), mask_id=M, num_samples=S, stratified=True)
@@ -269,7 +271,7 @@ def test_diffusion_loss_is_unbiased_for_the_mean_token_nll():
     nll_all = -jnp.take_along_axis(jax.nn.log_softmax(base), x[..., None], -1)[..., 0]
     want = float(jnp.mean(nll_all))
     for stratified in (False, True):
-        one = lambda k: D.diffusion_loss(fn, x, k, mask_id=Vx, stratified=stratified)[0]  # noqa: E731
+        one = lambda k, stratified=stratified: D.diffusion_loss(fn, x, k, mask_id=Vx, stratified=stratified)[0]  # noqa: E731
         losses = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), 400)))
         se = losses.std(ddof=1) / math.sqrt(len(losses))
         assert abs(losses.mean() - want) < 4 * se, (stratified, losses.mean(), want, se)

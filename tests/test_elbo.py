@@ -85,7 +85,7 @@ def test_identities_float64(name):
         m = _model(cfg, seed=3)
         ids, tg = _ids(3, 7, cfg.vocab_size, 4)
         q = np.exp(np.asarray(_features(m, ids).log_q)) * np.tril(np.ones((7, 7)))[None, :, None, :]
-        for prior, t in zip(_PRIORS, _terms3(m, ids, tg)):
+        for prior, t in zip(_PRIORS, _terms3(m, ids, tg), strict=True):
             assert t.log_p.dtype == jnp.float64 and t.log_p.shape == (3, 7)
             # ELBO(Q) = log P − KL(Q ‖ posterior), with the KL recomputed here from Q and the posterior
             np.testing.assert_allclose(t.elbo, t.log_p - _kl_to_posterior(q, t), atol=1e-10, rtol=0)
@@ -108,7 +108,8 @@ _CLOSED_PRIORS = ("uniform", E.Recency(0.8), "attention", "recency", E.Recency(0
 
 
 # the causal prefix-sum and bidirectional plain-sum paths, each with one of the two head_outputs implementations
-@pytest.mark.parametrize("decomposition,heads,mask", [("attention", 3, "causal"), ("bilinear_attention", 1, "bidirectional")])
+@pytest.mark.parametrize("decomposition,heads,mask",
+                         [("attention", 3, "causal"), ("bilinear_attention", 1, "bidirectional")])
 def test_closed_form_equals_enumeration_values_and_gradients_float64(decomposition, heads, mask):
     """closed_form_terms (matrix products over j) == enumeration of every latent, 1e-10 in float64."""
     with jax.enable_x64(True):
@@ -129,11 +130,11 @@ def test_closed_form_equals_enumeration_values_and_gradients_float64(decompositi
         both = jax.jit(lambda st, ids, tg: (terms(st, ids, tg, "enumerate"), terms(st, ids, tg, "closed_form")))
         grads = jax.jit(lambda st, ids, tg: [jax.grad(loss)(st, ids, tg, m_) for m_ in ("enumerate", "closed_form")])
         enum, closed = both(st, ids, tg)
-        for prior, a, b in zip(_CLOSED_PRIORS, enum, closed):
-            for name, x, y in zip(E.PositionTerms._fields, a, b):
+        for prior, a, b in zip(_CLOSED_PRIORS, enum, closed, strict=True):
+            for name, x, y in zip(E.PositionTerms._fields, a, b, strict=True):
                 np.testing.assert_allclose(y, x, atol=1e-10, rtol=0, err_msg=f"{prior} {name}")
         ga, gb = (jax.tree.leaves(nnx.to_pure_dict(g)) for g in grads(st, ids, tg))
-        for x, y in zip(ga, gb):
+        for x, y in zip(ga, gb, strict=True):
             np.testing.assert_allclose(y, x, atol=1e-10, rtol=1e-10)
         assert max(np.abs(np.asarray(x)).max() for x in gb) > 1e-3
 
@@ -200,7 +201,7 @@ def test_vocab_scores_consistent_and_normalized():
             ids, tg = _ids(2, 5, cfg.vocab_size, 9)
             s = _scores(m, ids, prior=E.Recency(0.5))
             t = _terms(m, ids, tg, prior=E.Recency(0.5))
-            at = lambda a: jnp.take_along_axis(a, tg[..., None], axis=-1)[..., 0]  # noqa: E731
+            at = lambda a, tg=tg: jnp.take_along_axis(a, tg[..., None], axis=-1)[..., 0]  # noqa: E731
             np.testing.assert_allclose(at(s["elbo"]), t.elbo, atol=1e-10, rtol=0)
             np.testing.assert_allclose(at(s["log_p"]), t.log_p, atol=1e-10, rtol=0)
             np.testing.assert_allclose(at(s["soft"]), t.soft_ll, atol=1e-10, rtol=0)
@@ -263,9 +264,9 @@ def test_hand_computed_T3_V2():
     pis = [[1.0], pi1, pi2]
     exp_log_p = [log(1 - s), log(0.5), log((2 - s) / 3)]
     exp_post = [[1.0], [s, 1 - s], [(1 - s) / (2 - s), s / (2 - s), (1 - s) / (2 - s)]]
-    exp_e = [sum(p * log(l) for p, l in zip(pis[i], lik[i])) for i in range(3)]
+    exp_e = [sum(p * log(lk) for p, lk in zip(pis[i], lik[i], strict=True)) for i in range(3)]
     exp_klp = [sum(p * log(p * (i + 1)) for p in pis[i]) for i in range(3)]
-    exp_gap = [sum(p * log(p / q) for p, q in zip(pis[i], exp_post[i])) for i in range(3)]
+    exp_gap = [sum(p * log(p / q) for p, q in zip(pis[i], exp_post[i], strict=True)) for i in range(3)]
     # soft: h_i = a·(mass on token 0, mass on token 1); P_soft(v) = softmax(h_i)_v
     h = [(0.0 + a, 0.0), (a * pi1[0], a * pi1[1]), (a * (pi2[0] + pi2[2]), a * pi2[1])]
     tgt = [1, 0, 1]
@@ -288,8 +289,10 @@ def test_hand_computed_T3_V2():
         r = 0.9
         w = [exp(-2 * r), exp(-r), 1.0]
         tr = _terms(m, ids, tg, prior=E.Recency(r))
-        np.testing.assert_allclose(tr.log_p[0, 2], log(sum(wj * l for wj, l in zip(w, lik[2])) / sum(w)), atol=1e-12)
-        np.testing.assert_allclose(tr.kl_prior[0, 2], sum(p * log(p / (wj / sum(w))) for p, wj in zip(pi2, w)), atol=1e-12)
+        np.testing.assert_allclose(tr.log_p[0, 2],
+                                   log(sum(wj * lk for wj, lk in zip(w, lik[2], strict=True)) / sum(w)), atol=1e-12)
+        np.testing.assert_allclose(tr.kl_prior[0, 2],
+                                   sum(p * log(p / (wj / sum(w))) for p, wj in zip(pi2, w, strict=True)), atol=1e-12)
         # Theorem 7 at row 1: ELBO(v) = Σ_j π_j log P(v | j) − KL;  log P(v) = log ½ for both v
         sc = _scores(m, ids)
         elbo_v = [pi1[0] * log(s) + pi1[1] * log(1 - s), pi1[0] * log(1 - s) + pi1[1] * log(s)]
@@ -386,7 +389,8 @@ def test_objectives_by_name_match_the_terms():
     t = _terms(m, tokens[:, :-1], tokens[:, 1:])
     ta = _terms(m, tokens[:, :-1], tokens[:, 1:], prior="attention")
     np.testing.assert_allclose([l_elbo, l_marg, l_att, l_soft],
-                               [-jnp.mean(t.elbo), -jnp.mean(t.log_p), -jnp.mean(ta.log_p), -jnp.mean(t.soft_ll)], rtol=1e-6)
+                               [-jnp.mean(t.elbo), -jnp.mean(t.log_p), -jnp.mean(ta.log_p), -jnp.mean(t.soft_ll)],
+                               rtol=1e-6)
     np.testing.assert_allclose(l_soft, l_ce, rtol=1e-6)  # Eq. 54's soft model is the usual cross-entropy
     np.testing.assert_allclose(met["log_p_attention"], jnp.mean(ta.log_p), rtol=1e-6)
     assert l_att <= l_elbo + 1e-6  # −log P_attention(U) ≤ −E_π log P(U|J) (Jensen) ≤ −ELBO (KL ≥ 0)

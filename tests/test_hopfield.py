@@ -9,10 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from scipy import optimize, stats
+from scipy import optimize
 
 from tvvar.theory import hopfield as H
-
 
 # ----------------------------------------------------------------------------------------------
 # Classical network
@@ -199,7 +198,7 @@ def test_dense_fields_are_energy_differences_float64():
         S_minus = np.where(np.eye(n) > 0, -1.0, s_np[None, :])
         for kind, k in [("poly", 2), ("poly", 3), ("poly", 4), ("exp", 3)]:
             f = np.asarray(H.dense_fields(pats, s, kind, k))
-            F = (lambda o: o**k) if kind == "poly" else np.exp  # noqa: E731
+            F = (lambda o, k=k: o**k) if kind == "poly" else np.exp  # noqa: E731
             Ep, Em = -F(S_plus @ X.T).sum(1), -F(S_minus @ X.T).sum(1)  # energies, plain numpy
             ref = (Em - Ep) / n**k if kind == "poly" else np.log(-Ep) - np.log(-Em)
             np.testing.assert_allclose(f, ref, rtol=1e-10, atol=1e-10, err_msg=f"{kind} {k}")
@@ -290,8 +289,8 @@ def test_update_against_numpy_and_fixed_point_kinds():
     xi = np.random.default_rng(0).normal(size=6)
     z = 0.7 * X @ xi
     p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-    np.testing.assert_allclose(np.asarray(H.hopfield_update(jnp.asarray(X, jnp.float32), jnp.asarray(xi, jnp.float32), 0.7)),
-                               X.T @ p, atol=1e-6)
+    got = H.hopfield_update(jnp.asarray(X, jnp.float32), jnp.asarray(xi, jnp.float32), 0.7)
+    np.testing.assert_allclose(np.asarray(got), X.T @ p, atol=1e-6)
     # separation by hand
     Xs = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     np.testing.assert_allclose(np.asarray(H.separation(Xs)), [1.0 - 0.6, 1.0 - 0.8, 1.0 - 0.8], atol=1e-6)
@@ -310,7 +309,7 @@ def test_retrieval_accuracy_nondecreasing_in_d():
         accs.append(float(r["accuracy"][0]))
     se = np.sqrt(0.25 / 400)
     assert accs[-1] - accs[0] > 0.3, accs  # the sweep spans a real range, so the test can fail
-    for a, b in zip(accs, accs[1:]):
+    for a, b in zip(accs, accs[1:], strict=False):
         assert b >= a - 3 * np.sqrt(2) * se, accs  # non-decreasing within 3 SE of the difference
 
 
@@ -331,9 +330,11 @@ def test_one_update_is_attention():
         xi64 = X64[2] + 0.5 * jax.random.normal(jax.random.key(6), (8,), jnp.float64)
         np.testing.assert_allclose(np.asarray(via_attention(X64, xi64, 2.0)),
                                    np.asarray(H.hopfield_update(X64, xi64, 2.0)), atol=1e-10)
-        g_attn = jax.jit(jax.grad(lambda X, x: jnp.sum(jnp.sin(H.hopfield_update_via_attention(X, x, 2.0))), argnums=(0, 1)))(X64, xi64)
-        g_hop = jax.jit(jax.grad(lambda X, x: jnp.sum(jnp.sin(H.hopfield_update(X, x, 2.0))), argnums=(0, 1)))(X64, xi64)
-        for a, b in zip(g_attn, g_hop):
+        g_attn = jax.jit(jax.grad(lambda X, x: jnp.sum(jnp.sin(H.hopfield_update_via_attention(X, x, 2.0))),
+                                  argnums=(0, 1)))(X64, xi64)
+        g_hop = jax.jit(jax.grad(lambda X, x: jnp.sum(jnp.sin(H.hopfield_update(X, x, 2.0))),
+                                 argnums=(0, 1)))(X64, xi64)
+        for a, b in zip(g_attn, g_hop, strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-10)
 
 
@@ -356,7 +357,8 @@ def test_hopfield_psi_layer_matches_update_values_and_gradients():
 def test_model_uses_hopfield_psi():
     from tvvar.model import ModelConfig, TVVARModel
 
-    cfg = ModelConfig(16, d_model=8, num_layers=1, psi="hopfield", psi_options={"num_patterns": 6}, mixer={"num_heads": 2})
+    cfg = ModelConfig(16, d_model=8, num_layers=1, psi="hopfield", psi_options={"num_patterns": 6},
+                      mixer={"num_heads": 2})
     model = TVVARModel(cfg, rngs=nnx.Rngs(0))
     assert isinstance(model.blocks[0].psi, H.HopfieldPsi)
     logits = model(jnp.zeros((2, 5), jnp.int32))

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvvar.core import sphere
 from tvvar.theory import rademacher as rd
 
 
@@ -30,7 +29,7 @@ def test_paper_bound_matches_hand_computation():
         emp = (math.log(4 / 3) + math.log(2.0)) / 2
         comp = 2 * math.sqrt(2) / 2 * (math.log(3.0) + 0.0)  # (2√2/M) Σ |z_m^ħ|
         conf = 3 * math.sqrt(math.log(2 / 0.5) / (2 * 2))
-        for got, want in zip(b, (emp, comp, conf, emp + comp + conf)):
+        for got, want in zip(b, (emp, comp, conf, emp + comp + conf), strict=True):
             assert abs(float(got) - want) < 1e-10
         # the alternative readings/gauges are switches, computed by hand too
         b_max = rd.paper_bound(logits, y, 0.5, reading="max_abs")
@@ -93,7 +92,10 @@ def test_linear_rc_sup_is_attained_and_not_exceeded():
         sup = float(rd.linear_rc_sup(sigma, X, Lam))
         G = np.asarray(sigma).T @ np.asarray(X)
         W_star = Lam * G / np.linalg.norm(G)
-        value = lambda W: float(np.sum(np.asarray(sigma) * (np.asarray(X) @ W.T)) / M)
+
+        def value(W):
+            return float(np.sum(np.asarray(sigma) * (np.asarray(X) @ W.T)) / M)
+
         assert abs(value(W_star) - sup) < 1e-10
         for _ in range(200):
             W = rng.normal(size=(V, D))
@@ -136,7 +138,10 @@ def test_finite_context_rc_hand_example_and_brute_force():
     brute = np.mean(np.max(np.einsum("smv,fmv->sf", sig, f), axis=1)) / M
     assert brute <= rd.finite_context_rc(ids, V, c) + 1e-12
     counts = np.bincount(ids)
-    e_abs = lambda n: np.mean(np.abs(np.sum(((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1, axis=1)))
+
+    def e_abs(n):
+        return np.mean(np.abs(np.sum(((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1, axis=1)))
+
     assert brute == pytest.approx(c * V / M * sum(e_abs(n) for n in counts), abs=1e-12)
 
 
@@ -186,7 +191,8 @@ def test_sweep_matches_reference_values_and_gradients():
         out = fn(jax.random.key(2), rd.LinearSoftmaxTeacher(W), Xf, **kw, **extra)
         return jnp.sum(out["true_risk"] + out["paper_logit"]), out
 
-    (_, fast), g_fast = jax.value_and_grad(lambda W: total(rd.linear_sweep, W, batch_size=2), has_aux=True)(teacher.W_star)
+    (_, fast), g_fast = jax.value_and_grad(lambda W: total(rd.linear_sweep, W, batch_size=2),
+                                           has_aux=True)(teacher.W_star)
     (_, ref), g_ref = jax.value_and_grad(lambda W: total(rd.linear_sweep_reference, W), has_aux=True)(teacher.W_star)
     for k in ref:
         np.testing.assert_allclose(np.asarray(fast[k]), np.asarray(ref[k]), rtol=2e-5, atol=2e-5, err_msg=k)

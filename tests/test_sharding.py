@@ -56,7 +56,8 @@ def test_logical_to_spec_by_hand():
     assert logical_to_spec(("vocab", "embed"), (65, 16), mesh) == P()  # 65 % 4: replicated
     assert logical_to_spec(("heads", "mlp"), (8, 8), mesh) == P("model")  # a mesh axis is used once
     assert logical_to_spec(("embed", "mystery"), (4, 4), mesh) == P()
-    assert logical_to_spec(("embed", "mlp"), (16, 64), mesh, rules={"embed": "data", "mlp": "model"}) == P("data", "model")
+    rules = {"embed": "data", "mlp": "model"}
+    assert logical_to_spec(("embed", "mlp"), (16, 64), mesh, rules=rules) == P("data", "model")
     with pytest.raises(ValueError, match="logical axis names"):
         logical_to_spec(("embed",), (4, 4), mesh)
 
@@ -146,7 +147,7 @@ def test_two_process_run_matches_single_process(single, tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, o in zip(procs, outs):
+    for p, o in zip(procs, outs, strict=True):
         assert p.returncode == 0, o[-3000:]
     for pid in range(2):
         got = json.loads((tmp_path / f"losses.{pid}.json").read_text())

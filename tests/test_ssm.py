@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from tvvar.core import build, mix_dense
-from tvvar.decompositions.ssm import DiagonalSSM, LTISSM, MambaBlock, ScalarSSM, inverse_softplus
+from tvvar.decompositions.ssm import LTISSM, DiagonalSSM, MambaBlock, ScalarSSM, inverse_softplus
 from tvvar.decompositions.ssm_kernels import decay_exp, segsum
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.testing import check_decomposition, random_input
@@ -34,7 +34,7 @@ def make(name, dtype=jnp.float32, seed=0, **kw):
 def assert_close(a, b, tol, what):
     a, b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(a) == len(b), what
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         scale = max(1.0, float(np.abs(y).max()))
         err = float(np.abs(x - y).max())
@@ -86,7 +86,7 @@ def test_scan_chunked_step_agree(name):
             graphdef, params = nnx.split(m)
             w = jax.random.normal(jax.random.key(4), (2, T, m.d_out), dtype)
 
-            def loss(params, u, algo, Q):
+            def loss(params, u, algo, Q, graphdef=graphdef, w=w):
                 mm = nnx.merge(graphdef, params)
                 h, s = mm.scan(u) if algo == "scan" else mm.chunked(u, Q)
                 return jnp.sum(w * h) + sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(s))
@@ -186,7 +186,8 @@ def test_closed_form_dense_lti():
     """Non-selective dense SSM: A[i, j] = C A₀^(i−j) Δ B (Eq. 78 with constant A, B, C)."""
     with jax.enable_x64(True):
         A0 = np.array([[0.5, 0.2], [-0.3, 0.4]])
-        m = build("ssm_dense", 2, rngs=nnx.Rngs(0), dtype=jnp.float64, state_size=2, selective=False, A0_init=A0, dt_init=0.25)
+        m = build("ssm_dense", 2, rngs=nnx.Rngs(0), dtype=jnp.float64, state_size=2, selective=False, A0_init=A0,
+                  dt_init=0.25)
         Bm, Cm = np.array([[1.0, 2.0], [0.0, -1.0]]), np.array([[1.0, 1.0], [2.0, 0.0]])
         m.B[...], m.C[...] = jnp.asarray(Bm), jnp.asarray(Cm)
         u = random_input(m, 1, 3, jnp.float64)
@@ -239,7 +240,8 @@ def test_standard_initializations():
     assert A.min() >= 1.0 and A.max() <= 16.0 and A.max() - A.min() > 7.0  # Mamba-2: U(1, 16)
     dt = np.asarray(jax.nn.softplus(sc.b_dt[...]))
     assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 0.1 * (1 + 1e-5) and dt.max() / dt.min() > 10
-    np.testing.assert_allclose(np.asarray(jax.nn.softplus(inverse_softplus(jnp.array([1e-3, 0.1])))), [1e-3, 0.1], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.nn.softplus(inverse_softplus(jnp.array([1e-3, 0.1])))), [1e-3, 0.1],
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["ssm", "ssm_diagonal"])

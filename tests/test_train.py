@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -82,9 +81,11 @@ def test_objective_registry_and_cross_entropy_reference():
     model = TVVARModel(small_cfg().model, rngs=nnx.Rngs(0))
     batch = SRC.batch(jax.random.key(0), 4, 8)
     # one jitted call (eager NNX dispatches op by op, which is slow on a busy machine)
-    loss, m, logits = nnx.jit(lambda mod, b: (*cross_entropy(mod, b, jax.random.key(1)), mod(b["tokens"][:, :-1])))(model, batch)
+    loss, m, logits = nnx.jit(
+        lambda mod, b: (*cross_entropy(mod, b, jax.random.key(1)), mod(b["tokens"][:, :-1])))(model, batch)
     logits = np.asarray(logits, np.float64)
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    top = logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits - top).sum(-1, keepdims=True)) - top
     t = np.asarray(batch["tokens"][:, 1:])
     nll = -np.take_along_axis(logp, t[..., None], -1)[..., 0]
     np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)
@@ -108,9 +109,9 @@ def test_run_dir_contents_and_learning(full_run):
     for f in ("train_config.json", "data.json", "metrics.jsonl", "loss.png"):
         assert (out / f).is_file(), f
     assert sorted(int(p.name) for p in (out / "checkpoints").iterdir()) == [4, 8, 12]
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines if l["split"] == "train"] == list(range(1, 13))
-    assert [l["step"] for l in lines if l["split"] == "val"] == [6, 12]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r_["step"] for r_ in lines if r_["split"] == "train"] == list(range(1, 13))
+    assert [r_["step"] for r_ in lines if r_["split"] == "val"] == [6, 12]
     L = losses(r)
     assert np.all(np.isfinite(L)) and L[-3:].mean() < L[:3].mean() - 0.1  # it learns
     v = r["final"]["val"]
@@ -150,8 +151,8 @@ def test_resume_after_interruption_is_exact(full_run, tmp_path):
     r = train(small_cfg(), SRC, tmp_path, resume=True, progress=False)
     assert r["start_step"] == 8
     np.testing.assert_array_equal(losses(r), losses(ref))  # steps 1–8 read back, 9–12 recomputed
-    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines if l["split"] == "train"] == list(range(1, 13))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r_["step"] for r_ in lines if r_["split"] == "train"] == list(range(1, 13))
 
 
 def test_foreign_and_corrupt_checkpoint_dirs(full_run, tmp_path):

@@ -267,7 +267,7 @@ class LatentAlignmentSource(DataSource):
         return d
 
     @classmethod
-    def from_info(cls, info: dict[str, Any]) -> "LatentAlignmentSource":
+    def from_info(cls, info: dict[str, Any]) -> LatentAlignmentSource:
         """Rebuild the source from :meth:`info` (what a run directory's ``data.json`` holds)."""
         if info.get("kind") != KIND:
             raise ValueError(f"info['kind'] must be {KIND!r}, got {info.get('kind')!r}")

@@ -189,7 +189,7 @@ def param(value: Array, *axes: str | None) -> nnx.Param:
 # The abstract decomposition and its registry
 # --------------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type["Mixer"]] = {}
+_REGISTRY: dict[str, type[Mixer]] = {}
 
 
 class Mixer(nnx.Module):
@@ -311,7 +311,7 @@ def build(name: str, d_model: int, *, rngs: nnx.Rngs, mask: MaskKind = "causal",
 # --------------------------------------------------------------------------------------------------
 
 
-def check_cache_args(mixer: "Mixer", batch_size: int, max_len: int) -> None:
+def check_cache_args(mixer: Mixer, batch_size: int, max_len: int) -> None:
     """Validate the arguments of ``Mixer.init_cache`` (a cache exists only for the causal mask)."""
     if getattr(mixer, "mask", "causal") != "causal":
         raise ValueError(
@@ -323,7 +323,7 @@ def check_cache_args(mixer: "Mixer", batch_size: int, max_len: int) -> None:
         raise ValueError(f"max_len must be an int ≥ 1, got {max_len!r}")
 
 
-def check_step_input(mixer: "Mixer", cache: Any, u_t: Array, batch_size: int, max_len: int | None = None) -> None:
+def check_step_input(mixer: Mixer, cache: Any, u_t: Array, batch_size: int, max_len: int | None = None) -> None:
     """Validate ``u_t`` [B, D_in] for ``Mixer.step``; a concrete ``cache["index"]`` must be < ``max_len``.
 
     (Under jit the index is traced and cannot be checked here; :mod:`tvvar.generate` validates lengths
@@ -335,7 +335,8 @@ def check_step_input(mixer: "Mixer", cache: Any, u_t: Array, batch_size: int, ma
     if not jnp.issubdtype(u_t.dtype, jnp.floating):
         raise TypeError(f"u_t must be a floating array, got dtype {u_t.dtype}")
     if not isinstance(cache, dict) or "index" not in cache:
-        raise ValueError(f"cache must be the dict returned by {type(mixer).__name__}.init_cache, got {type(cache).__name__}")
+        raise ValueError(f"cache must be the dict returned by {type(mixer).__name__}.init_cache, "
+                         f"got {type(cache).__name__}")
     index = cache["index"]
     if max_len is not None and not isinstance(index, jax.core.Tracer):
         if int(index) >= max_len:
@@ -396,7 +397,8 @@ class Readout(nnx.Module):
             raise ValueError(f"xi (the temperature Ξ) must be > 0, got {xi}")
         self.xi = float(xi)
         self.tied = embedding is not None
-        self.embedding = embedding if embedding is not None else SphereEmbedding(vocab_size, d_model, rngs=rngs, dtype=dtype)
+        self.embedding = (embedding if embedding is not None
+                          else SphereEmbedding(vocab_size, d_model, rngs=rngs, dtype=dtype))
 
     def __call__(self, h: Array) -> Array:
         U = self.embedding.vectors()

@@ -201,7 +201,7 @@ class TVVARSource(DataSource):
                 "decomposition": self.decomposition, "mixer": self.mixer, "seed": self.seed}
 
     @classmethod
-    def from_info(cls, info: dict[str, Any]) -> "TVVARSource":
+    def from_info(cls, info: dict[str, Any]) -> TVVARSource:
         return cls(info["vocab_size"], info["d_model"], xi=info["xi"], decomposition=info["decomposition"],
                    mixer=info["mixer"], seed=info["seed"])
 
@@ -242,7 +242,8 @@ class MarkovSource(DataSource):
         _check_real("eps", eps, "in [0, 1)", lambda v: 0 <= v < 1)
         if vocab_size**order > 2**16:
             raise ValueError(f"vocab_size**order = {vocab_size**order} k-gram states is too many (max 65536)")
-        self.vocab_size, self.order, self.alpha, self.eps, self.seed = vocab_size, order, float(alpha), float(eps), int(seed)
+        self.vocab_size, self.order, self.alpha, self.eps, self.seed = (vocab_size, order, float(alpha), float(eps),
+                                                                        int(seed))
         V, k = vocab_size, order
         if transitions is None:
             _check_real("alpha", alpha, "> 0", lambda v: v > 0)
@@ -251,7 +252,8 @@ class MarkovSource(DataSource):
         else:
             P = np.asarray(transitions, np.float64)
             if P.shape != (V**k, V) or np.any(P < 0) or not np.allclose(P.sum(-1), 1.0, atol=1e-12):
-                raise ValueError(f"transitions must be a [V^k={V**k}, V={V}] row-stochastic matrix, got shape {P.shape}")
+                raise ValueError(f"transitions must be a [V^k={V**k}, V={V}] row-stochastic matrix, "
+                                 f"got shape {P.shape}")
             self._given = True
         self.P = P
         self.pi = self._stationary()
@@ -323,7 +325,7 @@ class MarkovSource(DataSource):
         return d
 
     @classmethod
-    def from_info(cls, info: dict[str, Any]) -> "MarkovSource":
+    def from_info(cls, info: dict[str, Any]) -> MarkovSource:
         return cls(info["vocab_size"], info["order"], alpha=info["alpha"], eps=info["eps"], seed=info["seed"],
                    transitions=np.asarray(info["transitions"]) if "transitions" in info else None)
 
@@ -355,7 +357,8 @@ class HiddenMarkovSource(DataSource):
         self.alpha_trans, self.alpha_emit, self.eps = float(alpha_trans), float(alpha_emit), float(eps)
         rng = np.random.default_rng(seed)
         S, V = num_states, vocab_size
-        Tm = _dirichlet_rows(rng, S, S, alpha_trans, eps) if transitions is None else np.asarray(transitions, np.float64)
+        Tm = (_dirichlet_rows(rng, S, S, alpha_trans, eps) if transitions is None
+              else np.asarray(transitions, np.float64))
         E = _dirichlet_rows(rng, S, V, alpha_emit, eps) if emissions is None else np.asarray(emissions, np.float64)
         for name, M, shape in (("transitions", Tm, (S, S)), ("emissions", E, (S, V))):
             if M.shape != shape or np.any(M < 0) or not np.allclose(M.sum(-1), 1.0, atol=1e-12):
@@ -395,7 +398,8 @@ class HiddenMarkovSource(DataSource):
         _, (xs, Hs) = jax.lax.scan(step, (z0, b0), jnp.arange(seq_len + 1))
         return {"tokens": xs.T, "entropy": Hs.T[:, 1:].astype(jnp.promote_types(dt, jnp.float32))}
 
-    def estimate_entropy_rate(self, key: PRNGKey, batch_size: int = 256, seq_len: int = 256, burn_in: int = 64) -> tuple[float, float]:
+    def estimate_entropy_rate(self, key: PRNGKey, batch_size: int = 256, seq_len: int = 256,
+                              burn_in: int = 64) -> tuple[float, float]:
         """(mean, standard error) of H(x_i | x_{<i}) over positions i > burn_in: the entropy rate's estimate."""
         H = np.asarray(jax.jit(lambda k: self.batch(k, batch_size, seq_len)["entropy"])(key))[:, burn_in:]
         per_seq = H.mean(1)
@@ -409,7 +413,7 @@ class HiddenMarkovSource(DataSource):
         return d
 
     @classmethod
-    def from_info(cls, info: dict[str, Any]) -> "HiddenMarkovSource":
+    def from_info(cls, info: dict[str, Any]) -> HiddenMarkovSource:
         return cls(info["vocab_size"], info["num_states"], alpha_trans=info["alpha_trans"],
                    alpha_emit=info["alpha_emit"], eps=info["eps"], seed=info["seed"],
                    transitions=np.asarray(info["transitions"]) if "transitions" in info else None,
@@ -462,7 +466,7 @@ class Vocab:
         return {"byte_level": self.byte_level, "symbols": list(self.symbols)}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Vocab":
+    def from_json(cls, d: dict[str, Any]) -> Vocab:
         return cls(tuple(d.get("symbols", ())), bool(d.get("byte_level", False)))
 
 
@@ -531,7 +535,7 @@ class TextCorpus(DataSource):
                 "sizes": {s: self.split_size(s) for s in SPLITS}}
 
     @classmethod
-    def from_info(cls, info: dict[str, Any]) -> "TextCorpus | Vocab":
+    def from_info(cls, info: dict[str, Any]) -> TextCorpus | Vocab:
         """The corpus if its file is still there with the same vocabulary, else the saved :class:`Vocab`."""
         vocab = Vocab.from_json(info["vocab"])
         p = Path(info["path"])

@@ -40,7 +40,7 @@ import inspect
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -348,7 +348,8 @@ class Likelihood:
 
 def _check_prompt_length(prompt_length: int, L: int) -> int:
     if not (isinstance(prompt_length, (int, np.integer)) and 0 <= prompt_length < L):
-        raise ValueError(f"prompt_length must be an int in [0, L={L}) (at least one scored position), got {prompt_length!r}")
+        raise ValueError(f"prompt_length must be an int in [0, L={L}) (at least one scored position), "
+                         f"got {prompt_length!r}")
     return int(prompt_length)
 
 
@@ -550,7 +551,8 @@ def any_order_nll(logits_fn: LogitsFn, x: Array, *, mask_id: int, prompt_length:
     P = _check_prompt_length(prompt_length, L)
     La = L - P
     if La > max_answer_length:
-        raise ValueError(f"any_order_nll loops over {La}! orders; answer length {La} exceeds max_answer_length={max_answer_length}")
+        raise ValueError(f"any_order_nll loops over {La}! orders; answer length {La} exceeds "
+                         f"max_answer_length={max_answer_length}")
     total = np.zeros(B)
     orders = list(itertools.permutations(range(P, L)))
     for order in orders:
@@ -634,7 +636,8 @@ def generate(logits_fn: LogitsFn, prompt: Array, key: PRNGKey | None, *, mask_id
         raise ValueError(f"gen_length={gen_length} must be divisible by block_length={block_length}")
     num_blocks = gen_length // block_length
     if steps % num_blocks:
-        raise ValueError(f"steps={steps} must be divisible by the number of blocks gen_length/block_length={num_blocks}")
+        raise ValueError(f"steps={steps} must be divisible by the number of blocks "
+                         f"gen_length/block_length={num_blocks}")
     if steps > gen_length:
         raise ValueError(f"steps={steps} must be ≤ gen_length={gen_length} (each step reveals at least one token)")
     if remasking not in REMASKING:
@@ -649,7 +652,8 @@ def generate(logits_fn: LogitsFn, prompt: Array, key: PRNGKey | None, *, mask_id
     if P and not isinstance(prompt, jax.core.Tracer):
         lo_id, hi_id = int(jnp.min(prompt)), int(jnp.max(prompt))
         if lo_id < 0 or hi_id >= mask_id:
-            raise ValueError(f"prompt must hold token ids in [0, V={mask_id}) (no mask tokens), got values in [{lo_id}, {hi_id}]")
+            raise ValueError(f"prompt must hold token ids in [0, V={mask_id}) (no mask tokens), "
+                             f"got values in [{lo_id}, {hi_id}]")
     key = jax.random.key(0) if key is None else key
     x = jnp.concatenate([prompt, jnp.full((B, gen_length), mask_id, prompt.dtype)], axis=1)
     opts = dict(temperature=float(temperature), remasking=remasking, mask_id=int(mask_id), P=P,

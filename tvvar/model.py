@@ -23,8 +23,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tvvar.core import (Readout, SphereEmbedding, build, check_mask_kind, check_options, check_token_ids,
-                        constructor_options, get, lecun_normal, param)
+from tvvar.core import (
+    Readout,
+    SphereEmbedding,
+    build,
+    check_mask_kind,
+    check_options,
+    check_token_ids,
+    constructor_options,
+    get,
+    lecun_normal,
+    param,
+)
 from tvvar.typing import Array, DType
 
 __all__ = ["ModelConfig", "TVVARModel", "Block", "FFN", "RMSNorm", "register_psi", "available_psi"]
@@ -163,12 +173,12 @@ class ModelConfig:
                 raise ValueError(f"{name} must be float32, float64, bfloat16 or float16, got {getattr(self, name)!r}")
 
     @classmethod
-    def pure(cls, vocab_size: int, d_model: int, decomposition: str = "attention", **kw) -> "ModelConfig":
+    def pure(cls, vocab_size: int, d_model: int, decomposition: str = "attention", **kw) -> ModelConfig:
         """The single-layer TV-VAR of Eq. 44: logits = ũᵀ Σ_j A[i, j] u_j / Ξ."""
         return cls(vocab_size, d_model, num_layers=1, decomposition=decomposition, psi="identity",
                    norm="none", residual=False, **kw)
 
-    def replace(self, **kw) -> "ModelConfig":
+    def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
 
@@ -268,8 +278,10 @@ class TVVARModel(nnx.Module):
         if not (isinstance(max_len, int) and max_len >= 1):
             raise ValueError(f"max_len must be an int ≥ 1, got {max_len!r}")
         if self.cfg.max_len is not None and max_len > self.cfg.max_len:
-            raise ValueError(f"max_len={max_len} exceeds the model's learned positions ModelConfig.max_len={self.cfg.max_len}")
-        missing = sorted({type(b.mixer).__name__ for b in self.blocks if not callable(getattr(b.mixer, "init_cache", None))})
+            raise ValueError(f"max_len={max_len} exceeds the model's learned positions "
+                             f"ModelConfig.max_len={self.cfg.max_len}")
+        missing = sorted({type(b.mixer).__name__ for b in self.blocks
+                          if not callable(getattr(b.mixer, "init_cache", None))})
         if missing:
             raise NotImplementedError(
                 f"decomposition {self.cfg.decomposition!r} ({', '.join(missing)}) has no init_cache/step; "
@@ -290,7 +302,7 @@ class TVVARModel(nnx.Module):
             x_t = x_t + jax.lax.dynamic_index_in_dim(self.pos[...], t, axis=0, keepdims=True)  # [1, D]
         x_t = x_t.astype(jnp.dtype(self.cfg.dtype))
         new_blocks = []
-        for block, c in zip(self.blocks, cache["blocks"]):
+        for block, c in zip(self.blocks, cache["blocks"], strict=True):
             x_t, c = block.step(c, x_t)
             new_blocks.append(c)
         h_t = self.final_norm(x_t) if self.final_norm is not None else x_t

@@ -25,7 +25,8 @@ from typing import Any
 
 import jax
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 __all__ = [
     "MESH_AXES",
@@ -111,7 +112,7 @@ def logical_to_spec(names: tuple[str | None, ...] | None, shape: tuple[int, ...]
         raise ValueError(f"{len(names)} logical axis names {names} for an array of shape {shape}")
     used: set[str] = set()
     spec: list[str | None] = []
-    for name, dim in zip(names, shape):
+    for name, dim in zip(names, shape, strict=True):
         axis = rules.get(name) if name is not None else None
         if axis is not None and (axis in used or dim % mesh.shape[axis]):
             axis = None

@@ -85,7 +85,8 @@ def check_law(mixer: Mixer, u: jax.Array) -> None:
     A = mixer.coefficients(u)
     expect_A = (u.shape[0], u.shape[1], u.shape[1], mixer.d_out, mixer.d_in)
     if A.shape != expect_A:
-        raise AssertionError(f"law: coefficients returned shape {A.shape}, expected [B, T, T, D_out, D_in] = {expect_A}")
+        raise AssertionError(f"law: coefficients returned shape {A.shape}, "
+                             f"expected [B, T, T, D_out, D_in] = {expect_A}")
     _close("law: mixer(u) vs mix_dense(coefficients(u), u)", h, mix_dense(A, u), _tol(u))
 
 
@@ -106,7 +107,7 @@ def check_gradients(mixer: Mixer, u: jax.Array, seed: int = 1) -> None:
     g_slow = jax.jit(jax.grad(slow, argnums=(0, 1)))(state, u)
     leaves_f, leaves_s = jax.tree.leaves(g_fast), jax.tree.leaves(g_slow)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(g_fast)[0]]
-    for path, a, b in zip(paths, leaves_f, leaves_s):
+    for path, a, b in zip(paths, leaves_f, leaves_s, strict=True):
         _close(f"gradients: d/d{path}", a, b, _tol(u))
 
 
@@ -136,7 +137,8 @@ def check_causality(mixer: Mixer, u: jax.Array, J: np.ndarray | None = None) -> 
     if leak != 0.0:
         i, j = np.argwhere(outside)[0]
         raise AssertionError(
-            f"causality: ∂h_i/∂u_j = {leak:.3e} ≠ 0 for some j ∉ S(i) (mask={mixer.mask!r}; e.g. i={i}, j={j} is outside)"
+            f"causality: ∂h_i/∂u_j = {leak:.3e} ≠ 0 for some j ∉ S(i) "
+            f"(mask={mixer.mask!r}; e.g. i={i}, j={j} is outside)"
         )
 
 

@@ -27,12 +27,11 @@ import importlib
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +43,15 @@ from flax import nnx
 
 from tvvar.core import LRUCache, log_softmax32
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.sharding import (abstract_module, batch_sharding, make_mesh, parse_mesh, replicated, sample_sharding,
-                            sharded_init_fn)
+from tvvar.sharding import (
+    abstract_module,
+    batch_sharding,
+    make_mesh,
+    parse_mesh,
+    replicated,
+    sample_sharding,
+    sharded_init_fn,
+)
 from tvvar.typing import Array, PRNGKey
 
 __all__ = [
@@ -216,14 +222,14 @@ class TrainConfig:
         if self.model.max_len is not None and self.seq_len > self.model.max_len:
             raise ValueError(f"seq_len={self.seq_len} exceeds model.max_len={self.model.max_len}")
 
-    def replace(self, **kw) -> "TrainConfig":
+    def replace(self, **kw) -> TrainConfig:
         return dataclasses.replace(self, **kw)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
@@ -481,7 +487,8 @@ def _build_fns(s: _Setup, data, objective: Objective):
 
     def eval_step(params, i):
         batch = get_batch(i, "val")
-        loss, metrics = objective(nnx.merge(graphdef, params, rest), batch, jax.random.fold_in(_keys(cfg.seed)["val_step"], i))
+        rng = jax.random.fold_in(_keys(cfg.seed)["val_step"], i)
+        loss, metrics = objective(nnx.merge(graphdef, params, rest), batch, rng)
         return {**metrics, "loss": loss}
 
     step_fn = jax.jit(train_step, in_shardings=(s.param_sh, s.opt_sh, repl), out_shardings=(s.param_sh, s.opt_sh, repl),
@@ -523,7 +530,8 @@ def _eval_fn(graphdef, data, fn, batch_size: int, seq_len: int, split: str):
 
 
 def evaluate(model: nnx.Module, data, objective: str | Objective = "cross_entropy", batches: int = 4,
-             rng: PRNGKey | None = None, *, batch_size: int = 32, seq_len: int = 64, split: str = "val") -> dict[str, float]:
+             rng: PRNGKey | None = None, *, batch_size: int = 32, seq_len: int = 64,
+             split: str = "val") -> dict[str, float]:
     """Mean of ``objective``'s loss and metrics over ``batches`` batches of ``data``'s ``split``.
 
     Batch i is drawn with ``fold_in(rng, i)`` (default key 0), so the same rng evaluates the same tokens.
@@ -737,8 +745,8 @@ def train(cfg: TrainConfig, data, out_dir: str | Path, resume: bool = False, *, 
             log.write(json.dumps(r) + "\n")
             log.flush()
         if bar is not None:
-            bar.write(f"step {step}: val loss {r['loss']:.4f}" + (f" (floor {r['entropy']:.4f}, excess {r['excess']:.4f})"
-                                                                    if "excess" in r else ""))
+            floor = f" (floor {r['entropy']:.4f}, excess {r['excess']:.4f})" if "excess" in r else ""
+            bar.write(f"step {step}: val loss {r['loss']:.4f}{floor}")
 
     log_every = 1 if callback is not None else 25
     try:

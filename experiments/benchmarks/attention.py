@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from experiments.benchmarks.timing import compare
@@ -88,7 +87,8 @@ def _memory(quick: bool) -> dict:
     u = jnp.ones((1, T, D))
     fast = _temp_bytes(lambda s, x: nnx.merge(graphdef, s)(x), state, u)
     slow = _temp_bytes(lambda s, x: mix_dense(nnx.merge(graphdef, s).coefficients(x), x), state, u)
-    by_T = {t: _temp_bytes(lambda s, x: nnx.merge(graphdef, s)(x), state, jnp.ones((1, t, D))) for t in (T // 4, T // 2, T)}
+    by_T = {t: _temp_bytes(lambda s, x: nnx.merge(graphdef, s)(x), state, jnp.ones((1, t, D)))
+            for t in (T // 4, T // 2, T)}
     return {
         "name": f"peak temp memory at T={T}, D={D}, H={H} (bytes)", "baseline": "coefficients + mix_dense",
         "contender": "fast path", "baseline_s": float("nan"), "contender_s": float("nan"),

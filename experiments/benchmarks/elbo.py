@@ -55,13 +55,15 @@ def run(quick: bool) -> list[dict]:
     shape = dict(B=B, T=T, D=D, H=H, V=V)
     reps = 5 if quick else 25  # ~10 ms calls: many repeats are cheap and steady the medians
     return [
-        compare(f"ELBO + exact log P evaluation vs forward pass, T={T}", ("forward + soft log-likelihood", lambda: forward(state, ids, tgt)),
+        compare(f"ELBO + exact log P evaluation vs forward pass, T={T}",
+                ("forward + soft log-likelihood", lambda: forward(state, ids, tgt)),
                 ("forward + soft LL + exact log P + ELBO + gap (elbo_terms)", lambda: terms(state, ids, tgt)),
                 target=1.5, repeats=reps, **shape),
         compare(f"the enumeration reference (every latent materialized) vs forward pass, T={T}",
                 ("forward + soft log-likelihood", lambda: forward(state, ids, tgt)),
                 ("elbo_terms(method='enumerate')", lambda: enumerated(state, ids, tgt)),
                 target=None, repeats=reps, **shape),
-        compare(f"gradient step: elbo objective vs cross_entropy, T={T}", ("cross_entropy grad", lambda: step_ce(state, tokens)),
+        compare(f"gradient step: elbo objective vs cross_entropy, T={T}",
+                ("cross_entropy grad", lambda: step_ce(state, tokens)),
                 ("elbo grad", lambda: step_elbo(state, tokens)), target=None, repeats=reps, **shape),
     ]

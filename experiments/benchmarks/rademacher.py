@@ -17,7 +17,12 @@ def run(quick: bool) -> list[dict]:
     teacher = rd.LinearSoftmaxTeacher.create(jax.random.key(0), 8, 4, 6.0)
     X_fresh = teacher.sample_x(jax.random.key(1), 2**14)
     kw = dict(M=M, R=R, Lam=8.0, steps=steps, n_sigma=8)
-    loop = lambda: rd.linear_sweep_reference(jax.random.key(2), teacher, X_fresh, **kw)
-    fast = lambda: rd.linear_sweep(jax.random.key(2), teacher, X_fresh, **kw)
+
+    def loop():
+        return rd.linear_sweep_reference(jax.random.key(2), teacher, X_fresh, **kw)
+
+    def fast():
+        return rd.linear_sweep(jax.random.key(2), teacher, X_fresh, **kw)
+
     return [compare(f"rademacher sweep M={M} R={R}", ("python loop of jitted trials", loop),
                     ("vmapped+jitted sweep", fast), target=1.0, direction=">=", repeats=3, M=M, R=R, steps=steps)]

@@ -72,13 +72,15 @@ def run(quick: bool) -> list[dict]:
     out.append(compare("SSD forward: chunked SSD vs lax.scan", ("scan", lambda: k_scan(*args)),
                        ("chunked SSD", lambda: k_chunk(*args)), target=None, direction=">=", repeats=repeats, **sizes))
     gs, gc = fwd_bwd("scan"), fwd_bwd("chunked")
-    out.append(compare("ssm mixer (with projections) forward+backward: chunked vs scan", ("scan", lambda: gs(params, u)),
+    out.append(compare("ssm mixer (with projections) forward+backward: chunked vs scan",
+                       ("scan", lambda: gs(params, u)),
                        ("chunked SSD", lambda: gc(params, u)), target=None, direction=">=", repeats=repeats, **sizes))
     fc = forward("chunked")
     step = jax.jit(lambda p, c, x: nnx.merge(graphdef, p).step(c, x))
     cache = m.init_cache(s.B, s.T, jnp.float32)
     u_t = u[:, 0]
-    entry = compare("ssm decode: one step vs one full chunked forward over T", ("chunked forward (T tokens)", lambda: fc(params, u)),
+    entry = compare("ssm decode: one step vs one full chunked forward over T",
+                    ("chunked forward (T tokens)", lambda: fc(params, u)),
                     ("decode step (1 token)", lambda: step(params, cache, u_t)), target=None, direction="<=",
                     repeats=repeats, **sizes)
     entry["T_steps_vs_forward"] = entry["contender_s"] * s.T / entry["baseline_s"]

@@ -63,7 +63,8 @@ def compare(
     ratio = c / b if direction == "<=" else b / c
     met = None if target is None else (ratio <= target if direction == "<=" else ratio >= target)
     entry = {"name": name, "baseline": bname, "contender": cname, "baseline_s": b, "contender_s": c,
-             "ratio": ratio, "ratio_definition": "contender_s / baseline_s" if direction == "<=" else "baseline_s / contender_s",
+             "ratio": ratio,
+             "ratio_definition": "contender_s / baseline_s" if direction == "<=" else "baseline_s / contender_s",
              "target": target, "met": met}
     entry.update(extra)
     return entry

@@ -17,7 +17,7 @@ built-in, or import it yourself before calling ``tvvar.core.build``.
 
 from tvvar.decompositions.attention import Attention, BilinearAttention, SoftmaxBilinearAttention
 from tvvar.decompositions.dense import DenseTVVAR
-from tvvar.decompositions.ssm import DenseSSM, DiagonalSSM, LTISSM, MambaBlock, ScalarSSM
+from tvvar.decompositions.ssm import LTISSM, DenseSSM, DiagonalSSM, MambaBlock, ScalarSSM
 
 __all__ = ["Attention", "BilinearAttention", "SoftmaxBilinearAttention", "DenseTVVAR"]
 __all__ += ["ScalarSSM", "DiagonalSSM", "LTISSM", "DenseSSM", "MambaBlock"]

@@ -35,8 +35,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tvvar.core import (Mixer, check_cache_args, check_step_input, check_u, float32_or_better, lecun_normal,
-                        masked_fill_value, param, register, support_mask)
+from tvvar.core import (
+    Mixer,
+    check_cache_args,
+    check_step_input,
+    check_u,
+    float32_or_better,
+    lecun_normal,
+    masked_fill_value,
+    param,
+    register,
+)
 from tvvar.typing import Array, DType, MaskKind
 
 __all__ = ["SoftmaxBilinearAttention", "Attention", "BilinearAttention"]
@@ -165,14 +174,15 @@ class BilinearAttention(SoftmaxBilinearAttention):
         Bf = self.B[...].astype(dt)
         v_BxHxDo = jnp.einsum("hde,be->bhd", self.A[...].astype(dt), u_t, precision=_HI)
         u_BxLxD = jax.lax.dynamic_update_slice_in_dim(cache["u"], u_t[:, None].astype(cache["u"].dtype), t, axis=1)
-        v_BxLxHxDo = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BxHxDo[:, None].astype(cache["v"].dtype), t, axis=1)
+        v_BxLxHxDo = jax.lax.dynamic_update_slice_in_dim(
+            cache["v"], v_BxHxDo[:, None].astype(cache["v"].dtype), t, axis=1)
         s_BxHxL = jnp.einsum("bd,hde,bje->bhj", u_t, Bf, u_BxLxD.astype(dt), precision=_HI)
         pi_BxHxL = self._step_pi(s_BxHxL, t, dt)
         h_BxDo = jnp.einsum("bhj,bjhd->bd", pi_BxHxL, v_BxLxHxDo.astype(dt), precision=_HI)
         return h_BxDo, {"u": u_BxLxD, "v": v_BxLxHxDo, "index": t + 1}
 
     @classmethod
-    def from_weights(cls, B: Array, A: Array, *, mask: MaskKind = "causal") -> "BilinearAttention":
+    def from_weights(cls, B: Array, A: Array, *, mask: MaskKind = "causal") -> BilinearAttention:
         """Build from B [H, D, D] and A [H, D_out, D]."""
         if B.ndim != 3 or B.shape[1] != B.shape[2]:
             raise ValueError(f"B must have shape [H, D, D], got {B.shape}")
@@ -183,7 +193,7 @@ class BilinearAttention(SoftmaxBilinearAttention):
         m.A[...] = A
         return m
 
-    def factorize(self, head_dim: int | None = None, value_dim: int | None = None, rtol: float = 1e-7) -> "Attention":
+    def factorize(self, head_dim: int | None = None, value_dim: int | None = None, rtol: float = 1e-7) -> Attention:
         """The standard W_q, W_k, W_v, W_o with the same map (exact up to rounding).
 
         B_h = U S Vᵀ gives W_q = U √S K^{1/4}, W_k = V √S K^{1/4}, so W_q W_kᵀ / √K = B_h. Raises if
@@ -192,7 +202,7 @@ class BilinearAttention(SoftmaxBilinearAttention):
         """
         B = np.asarray(self.B[...], dtype=np.float64)
         A = np.asarray(self.A[...], dtype=np.float64)
-        H, D, Do = self.num_heads, self.d_in, self.d_out
+        D, Do = self.d_in, self.d_out
 
         def rank(s):
             return int(np.sum(s > rtol * max(s.max(), 1e-300)))
@@ -329,8 +339,10 @@ class Attention(SoftmaxBilinearAttention):
         q_BxHxK = jnp.einsum("bd,dhk->bhk", u_t, w(self.wq), precision=_HI)
         k_BxHxK = jnp.einsum("bd,dhk->bhk", u_t, w(self.wk), precision=_HI)
         v_BxHxKv = jnp.einsum("bd,dhk->bhk", u_t, w(self.wv), precision=_HI)
-        k_BxLxHxK = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BxHxK[:, None].astype(cache["k"].dtype), t, axis=1)
-        v_BxLxHxKv = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BxHxKv[:, None].astype(cache["v"].dtype), t, axis=1)
+        k_BxLxHxK = jax.lax.dynamic_update_slice_in_dim(
+            cache["k"], k_BxHxK[:, None].astype(cache["k"].dtype), t, axis=1)
+        v_BxLxHxKv = jax.lax.dynamic_update_slice_in_dim(
+            cache["v"], v_BxHxKv[:, None].astype(cache["v"].dtype), t, axis=1)
         s_BxHxL = jnp.einsum("bhk,bjhk->bhj", q_BxHxK, k_BxLxHxK.astype(dt), precision=_HI) * self.scale
         pi_BxHxL = self._step_pi(s_BxHxL, t, dt)
         o_BxHxKv = jnp.einsum("bhj,bjhk->bhk", pi_BxHxL, v_BxLxHxKv.astype(dt), precision=_HI)
@@ -338,7 +350,7 @@ class Attention(SoftmaxBilinearAttention):
         return h_BxDo, {"k": k_BxLxHxK, "v": v_BxLxHxKv, "index": t + 1}
 
     @classmethod
-    def from_weights(cls, wq: Array, wk: Array, wv: Array, wo: Array, *, mask: MaskKind = "causal", **kw) -> "Attention":
+    def from_weights(cls, wq: Array, wk: Array, wv: Array, wo: Array, *, mask: MaskKind = "causal", **kw) -> Attention:
         """Build from W_q, W_k [D, H, K], W_v [D, H, K_v], W_o [H, K_v, D_out]."""
         if wq.ndim != 3 or wk.shape != wq.shape:
             raise ValueError(f"wq and wk must both have shape [D, H, K], got {wq.shape} and {wk.shape}")

@@ -53,7 +53,6 @@ from tvvar.decompositions.ssm_kernels import (
     acc_dtype,
     causal_conv,
     conv_step,
-    segsum,
     ssd_chunked,
     ssd_scan,
     ssd_step,
@@ -111,7 +110,8 @@ def _check_decay_rates(A_init: Any, shape: tuple[int, ...], what: str) -> np.nda
         raise ValueError(f"A_init must have shape {list(shape)} ({what}), got {list(a.shape)}")
     if np.iscomplexobj(a):
         if not np.all(a.real < 0):
-            raise ValueError(f"A_init must have a strictly negative real part (decay requires Re(A) < 0), got max Re = {a.real.max()}")
+            raise ValueError("A_init must have a strictly negative real part (decay requires Re(A) < 0), "
+                             f"got max Re = {a.real.max()}")
         raise ValueError("A_init: complex decay rates are not supported by this real-valued SSM; pass the real part")
     if not np.all(np.isfinite(a)) or not np.all(a < 0):
         raise ValueError(f"A_init must be finite and strictly negative (decay requires Re(A) < 0), got max {a.max()}")
@@ -241,7 +241,8 @@ class SelectiveSSM(Mixer):
 
     def _value(self, u: Array) -> Array:
         """x = W_x u: [B, T, H, P] (the part of the map linear in u)."""
-        return jnp.einsum("btd,dhp->bthp", u.astype(acc_dtype(u.dtype)), self.W_x[...].astype(acc_dtype(u.dtype)), precision=_HI)
+        return jnp.einsum("btd,dhp->bthp", u.astype(acc_dtype(u.dtype)), self.W_x[...].astype(acc_dtype(u.dtype)),
+                          precision=_HI)
 
     def _skip(self, x: Array) -> Array:
         return self.D[...].astype(x.dtype)[None, None, :, None] * x if self.skip else jnp.zeros_like(x)
@@ -270,7 +271,8 @@ class SelectiveSSM(Mixer):
         return self._run(u, initial_state, ssd_scan)
 
     @_jitted("chunk_size")
-    def chunked(self, u: Array, chunk_size: int | None = None, initial_state: Array | None = None) -> tuple[Array, Array]:
+    def chunked(self, u: Array, chunk_size: int | None = None,
+                initial_state: Array | None = None) -> tuple[Array, Array]:
         """Chunked SSD (T need not divide by ``chunk_size``): → (h [B, T, D_out], final state)."""
         Q = self.chunk_size if chunk_size is None else _positive_int("chunk_size", chunk_size)
         return self._run(u, initial_state, lambda *a: ssd_chunked(*a[:4], Q, a[4]))
@@ -359,7 +361,8 @@ class LTISSM(DiagonalSSM):
 
     def __init__(self, d_model: int, **kw):
         if kw.pop("selective", False):
-            raise ValueError("ssm_lti is time-invariant: selective must be False (use 'ssm_diagonal' for a selective SSM)")
+            raise ValueError("ssm_lti is time-invariant: selective must be False "
+                             "(use 'ssm_diagonal' for a selective SSM)")
         super().__init__(d_model, selective=False, **kw)
 
     def kernel(self, T: int, dtype: DType = jnp.float32) -> Array:
@@ -466,8 +469,10 @@ class MambaBlock(ScalarSSM):
         Bm, Cm = jax.nn.silu(bc[..., :N]), jax.nn.silu(bc[..., N:])
         s = jax.nn.sigmoid(xc)
         u32 = u.astype(adt)
-        dt = jax.nn.softplus(jnp.einsum("btd,dh->bth", u32, self.W_dt[...].astype(adt), precision=_HI) + self.b_dt[...].astype(adt)[None, None])
-        g = jax.nn.silu(jnp.einsum("btd,dhp->bthp", u32, self.W_z[...].astype(adt), precision=_HI)) if self.gate else None
+        dt = jax.nn.softplus(jnp.einsum("btd,dh->bth", u32, self.W_dt[...].astype(adt), precision=_HI)
+                             + self.b_dt[...].astype(adt)[None, None])
+        g = (jax.nn.silu(jnp.einsum("btd,dhp->bthp", u32, self.W_z[...].astype(adt), precision=_HI)) if self.gate
+             else None)
         return s * xc, s, dt, Bm, Cm, g
 
     def _out_gated(self, y: Array, g: Array | None, dtype: DType) -> Array:
@@ -482,7 +487,8 @@ class MambaBlock(ScalarSSM):
     def _check_cache(self, state: Any, batch_size: int, name: str) -> None:
         shapes = self.state_shapes(batch_size)
         if not isinstance(state, dict) or set(state) != set(shapes):
-            raise ValueError(f"{name} must be a dict with keys {sorted(shapes)} (the mamba block's state), got {type(state).__name__}"
+            raise ValueError(f"{name} must be a dict with keys {sorted(shapes)} (the mamba block's state), "
+                             f"got {type(state).__name__}"
                              + (f" with keys {sorted(state)}" if isinstance(state, dict) else ""))
         for k, shp in shapes.items():
             _check_state(state[k], shp, f"{name}[{k!r}]")
@@ -519,7 +525,8 @@ class MambaBlock(ScalarSSM):
             pre, new["conv"] = conv_step(pre, self.conv_w[...].astype(pre.dtype), cache["conv"])
         x, _, dt, Bm, Cm, g = self._post_conv(pre[:, None], u)
         la = dt[..., None] * self.decay_rates().astype(dt.dtype)[None, None]
-        y_t, new["ssm"] = ssd_step(cache["ssm"].astype(x.dtype), (x * dt[..., None])[:, 0], la[:, 0], Bm[:, 0], Cm[:, 0])
+        y_t, new["ssm"] = ssd_step(cache["ssm"].astype(x.dtype), (x * dt[..., None])[:, 0], la[:, 0], Bm[:, 0],
+                                   Cm[:, 0])
         return self._out_gated(y_t[:, None] + self._skip(x), g, u_t.dtype)[:, 0], new
 
     def _selective(self, u: Array) -> tuple[Array, Array, Array]:
@@ -616,7 +623,8 @@ class DenseSSM(Mixer):
         Bu = jnp.einsum("nd,btd->btn", self.B[...].astype(adt), u32, precision=_HI)
         if self.selective:
             A_t = A0[None, None] + jnp.einsum("btd,dnm->btnm", u32, self.W_A[...].astype(adt), precision=_HI)
-            dt = jax.nn.softplus(jnp.einsum("btd,d->bt", u32, self.w_dt[...].astype(adt), precision=_HI) + self.b_dt[...].astype(adt))
+            dt = jax.nn.softplus(jnp.einsum("btd,d->bt", u32, self.w_dt[...].astype(adt), precision=_HI)
+                                 + self.b_dt[...].astype(adt))
         else:
             A_t = jnp.broadcast_to(A0[None, None], u.shape[:2] + A0.shape)
             dt = jnp.broadcast_to(jax.nn.softplus(self.b_dt[...].astype(adt)), u.shape[:2])
@@ -648,7 +656,8 @@ class DenseSSM(Mixer):
         return self._readout(jnp.moveaxis(zs, 0, 1), u.dtype), zT
 
     @_jitted("chunk_size")
-    def chunked(self, u: Array, chunk_size: int | None = None, initial_state: Array | None = None) -> tuple[Array, Array]:
+    def chunked(self, u: Array, chunk_size: int | None = None,
+                initial_state: Array | None = None) -> tuple[Array, Array]:
         check_u(u, self.d_in)
         Q = self.chunk_size if chunk_size is None else _positive_int("chunk_size", chunk_size)
         z0 = self._init(u, initial_state)

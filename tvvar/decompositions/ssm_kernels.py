@@ -203,7 +203,6 @@ def causal_conv(z: Array, w: Array, buffer: Array | None = None) -> tuple[Array,
 @jax.jit
 def conv_step(z_t: Array, w: Array, buffer: Array) -> tuple[Array, Array]:
     """One step of :func:`causal_conv`: z_t [B, C], buffer [B, K−1, C] → (out_t [B, C], buffer)."""
-    K = w.shape[0]
     window = jnp.concatenate([buffer.astype(z_t.dtype), z_t[:, None]], axis=1)  # [B, K, C], oldest first
     out = jnp.einsum("kc,bkc->bc", w[::-1], window, precision=_HI)
     return out, window[:, 1:]

@@ -44,8 +44,8 @@ O(B·T·H·T·V) with a residual stream, the last Ψ applied to B·T·H·T vecto
 identity — small T only), and, when the conditional does not depend on the query row and the readout
 is linear (:func:`row_independent`, e.g. the pure TV-VAR), :func:`closed_form_terms`: every sum over
 J becomes a product over j of size [T, T]·[T, V] or less, about 1.2× the forward pass at T = 256
-(``experiments.benchmark --only elbo``), equal to enumeration at 1e-10 in float64 (tested). All likelihood terms run in float32 (float64
-under x64), masked entries are ``finfo.min``, and 0·log 0 = 0.
+(``experiments.benchmark --only elbo``), equal to enumeration at 1e-10 in float64 (tested). All likelihood
+terms run in float32 (float64 under x64), masked entries are ``finfo.min``, and 0·log 0 = 0.
 
 Training objectives (:func:`make_objective`; importing this module registers them with
 ``tvvar.train.register_objective``): ``"elbo"`` (−ELBO with Q = π, uniform prior — Theorem 6),
@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvvar.core import check_token_ids, masked_fill_value, float32_or_better
+from tvvar.core import check_token_ids, float32_or_better, masked_fill_value
 from tvvar.typing import Array
 
 __all__ = [
@@ -250,7 +250,8 @@ def validate_prior(prior: Array, support: Array, num_heads: int) -> Array:
     p = np.asarray(joint, np.float64)
     inside = np.broadcast_to(np.asarray(support)[None, :, None, :], p.shape)
     if not np.all(np.isfinite(p)) or np.any(p < 0):
-        raise ValueError("prior must be finite and ≥ 0 (probabilities P(J | context)); got negative or non-finite entries")
+        raise ValueError("prior must be finite and ≥ 0 (probabilities P(J | context)); "
+                         "got negative or non-finite entries")
     outside_mass = np.where(inside, 0.0, p)
     if np.any(outside_mass != 0):
         b, i, h, j = np.argwhere(outside_mass != 0)[0]
@@ -344,7 +345,8 @@ def kl(log_q: Array, log_p: Array, inside: Array, axis=(-2, -1)) -> Array:
     return jnp.sum(q * safe, axis=axis)
 
 
-def position_terms(log_lik: Array, log_q: Array, log_prior_: Array, support: Array, soft_ll: Array | None = None) -> PositionTerms:
+def position_terms(log_lik: Array, log_q: Array, log_prior_: Array, support: Array,
+                   soft_ll: Array | None = None) -> PositionTerms:
     """Enumerate J for every row: the quantities of :class:`PositionTerms` from plain arrays.
 
     log_lik [B, T, H, T] = log P(U_i | J = (h, j)) at the observed token (finite everywhere), log_q and
@@ -397,7 +399,8 @@ def elbo_terms(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     check_token_ids(ids, model.cfg.vocab_size, name="ids", ndim=2)
     if getattr(targets, "shape", None) != getattr(ids, "shape", None):
-        raise ValueError(f"targets must have the shape of ids {getattr(ids, 'shape', None)}, got {getattr(targets, 'shape', None)}")
+        raise ValueError(f"targets must have the shape of ids {getattr(ids, 'shape', None)}, "
+                         f"got {getattr(targets, 'shape', None)}")
     check_token_ids(targets, model.cfg.vocab_size, name="targets")
     mixer = _last_attention(model)
     H, support = mixer.num_heads, mixer.support(ids.shape[1])
@@ -416,7 +419,8 @@ def elbo_terms(
     return terms_from_features(latent_features(model, ids), targets, prior, qj)
 
 
-def terms_from_features(f: LatentFeatures, targets: Array, prior: Any = "uniform", q: Array | None = None) -> PositionTerms:
+def terms_from_features(f: LatentFeatures, targets: Array, prior: Any = "uniform",
+                        q: Array | None = None) -> PositionTerms:
     """:class:`PositionTerms` from precomputed :class:`LatentFeatures` (priors/Q already validated)."""
     H = f.log_q.shape[2]
     ld = f.log_q.dtype
@@ -458,7 +462,8 @@ def _causal_sum_at(p: Array, targets: Array, block: int = 16) -> Array:
     b_ix, h_ix, t_ix = jnp.arange(Bsz)[:, None, None], jnp.arange(H)[None, None, :], targets[:, :, None]
     from_before = before[b_ix, (i // block)[None, :, None], h_ix, t_ix]  # [B, I, H]
     r = jnp.arange(block)
-    own = pb[b_ix[..., None], (i // block)[None, :, None, None], r[None, None, None, :], h_ix[..., None], t_ix[..., None]]
+    own = pb[b_ix[..., None], (i // block)[None, :, None, None], r[None, None, None, :], h_ix[..., None],
+             t_ix[..., None]]
     own = jnp.sum(jnp.where(r[None, None, None, :] <= (i % block)[None, :, None, None], own, 0), axis=-1)  # [B, I, H]
     return from_before + own
 
@@ -554,7 +559,8 @@ def closed_form_terms(model, ids: Array, targets: Array, priors: tuple = ("unifo
                 w_t = read_at_targets(jnp.sum(p_shift, axis=1, keepdims=True)) / T
             # KL(Q ‖ P(J)) = (1/H) Σ_h Σ_j π (log π − log w) (the log H of Q and of P(J) cancel),
             # log π = (s − m) − log Σ e: one fused pass over π
-            kl_prior = jnp.mean(jnp.sum(pi * jnp.where(inside, s - m - lw[None, None], 0), axis=-1) - jnp.log(zsum[..., 0]), axis=1)
+            kl_prior = jnp.mean(jnp.sum(pi * jnp.where(inside, s - m - lw[None, None], 0), axis=-1)
+                                - jnp.log(zsum[..., 0]), axis=1)
             lp = log_prior(prior, allowed, H, dtype=ld)  # [1, I, H, J]
 
         def direct(w_t=w_t):

@@ -97,7 +97,8 @@ def check_binary_patterns(patterns: Array, *, name: str = "patterns") -> None:
         a = np.asarray(patterns)
         if not np.all(np.abs(a) == 1):
             bad = a[np.abs(a) != 1].ravel()[:3]
-            raise ValueError(f"{name} must contain only ±1 entries for a binary Hopfield network, found e.g. {bad.tolist()}")
+            raise ValueError(f"{name} must contain only ±1 entries for a binary Hopfield network, "
+                             f"found e.g. {bad.tolist()}")
 
 
 def _check_state(s: Array, n: int, *, name: str = "s") -> None:
@@ -521,7 +522,8 @@ def gardner_sweep(key: PRNGKey, n: int, loads, nets: int, *, iters: int = 1000, 
     keys = jax.random.split(key, L * nets)
     ps = jnp.asarray(np.repeat(loads, nets), dtype=jnp.int32)
     lo, up = _chunked(jax.jit(jax.vmap(one)), keys, ps, chunk)
-    return {"loads": loads, "alpha": loads / (n - 1), "lower": lo.reshape(L, nets * n), "upper": up.reshape(L, nets * n)}
+    return {"loads": loads, "alpha": loads / (n - 1), "lower": lo.reshape(L, nets * n),
+            "upper": up.reshape(L, nets * n)}
 
 
 def _max_stability_masked(x, y, mask, iters, m=None):
@@ -548,7 +550,8 @@ def _max_stability_masked(x, y, mask, iters, m=None):
         return (a_new, v_new, t_new, jnp.maximum(best, dual(a_new))), None
 
     a0 = jnp.zeros((p,), x.dtype)
-    (a, _, _, best), _ = jax.lax.scan(body, (a0, a0, jnp.asarray(1.0, x.dtype), jnp.asarray(0.0, x.dtype)), None, length=iters)
+    (a, _, _, best), _ = jax.lax.scan(body, (a0, a0, jnp.asarray(1.0, x.dtype), jnp.asarray(0.0, x.dtype)), None,
+                                      length=iters)
     w = Z.T @ a
     wn = jnp.sqrt(jnp.dot(w, w))
     margins = jnp.where(mask > 0, Z @ w, jnp.inf)

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 from scipy import special
 
-from tvvar.core import param, sphere, float32_or_better
+from tvvar.core import float32_or_better, param, sphere
 from tvvar.model import register_psi
 from tvvar.typing import Array, DType, PRNGKey
 

@@ -441,7 +441,7 @@ class LinearSoftmaxTeacher:
         self.V, self.D = W_star.shape
 
     @classmethod
-    def create(cls, key: PRNGKey, V: int, D: int, norm: float, xi: float = 1.0) -> "LinearSoftmaxTeacher":
+    def create(cls, key: PRNGKey, V: int, D: int, norm: float, xi: float = 1.0) -> LinearSoftmaxTeacher:
         """A random teacher whose effective weights W*/Ξ have Frobenius norm ``norm``."""
         W = jax.random.normal(key, (V, D), jnp.float32)
         return cls(W * (norm * xi / jnp.linalg.norm(W)), xi)
@@ -535,7 +535,8 @@ def linear_trial(key: PRNGKey, W_star: Array, X_fresh: Array, *, M: int, Lam: fl
 
 
 def linear_sweep(key: PRNGKey, teacher: LinearSoftmaxTeacher, X_fresh: Array, *, M: int, R: int, Lam: float,
-                 steps: int = 100, lr: float = 2.0, n_sigma: int = 16, batch_size: int | None = None) -> dict[str, Array]:
+                 steps: int = 100, lr: float = 2.0, n_sigma: int = 16,
+                 batch_size: int | None = None) -> dict[str, Array]:
     """R independent repeats of :func:`linear_trial` at one M in one jitted call, vmapped in chunks of
     ``batch_size`` repeats via lax.map (default: 1 on CPU, where it measured fastest; memory-bounded
     chunks elsewhere).  Returns arrays of shape [R]."""
@@ -558,8 +559,9 @@ _SWEEP_CACHE = LRUCache(8)
 def _sweep_fn(M, Lam, xi, steps, lr, n_sigma, bs):
     def make():
         def f(keys, W_star, X_fresh):
-            trial = lambda kk: linear_trial(kk, W_star, X_fresh, M=M, Lam=Lam, xi=xi, steps=steps, lr=lr,
-                                            n_sigma=n_sigma)
+            def trial(kk):
+                return linear_trial(kk, W_star, X_fresh, M=M, Lam=Lam, xi=xi, steps=steps, lr=lr, n_sigma=n_sigma)
+
             return jax.lax.map(trial, keys, batch_size=bs)
 
         return jax.jit(f)
