@@ -245,10 +245,11 @@ def test_byte_level_corpus_reads_any_binary_file(tmp_path):
 
 
 def test_source_registries_list_the_valid_names(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"neither a source name \(hmm, markov, synthetic-tvvar\)"):
+    names = r"\(hmm, latent-alignment, markov, synthetic-tvvar\)"
+    with pytest.raises(FileNotFoundError, match=r"neither a source name " + names):
         make_source("markvo")
     with pytest.raises(ValueError, match=r"unknown data source kind 'lstm' .*"
-                                         r"expected one of hmm, markov, synthetic-tvvar, text"):
+                                         r"expected one of hmm, latent-alignment, markov, synthetic-tvvar, text"):
         source_from_info({"kind": "lstm"})
     m = make_source("markov", vocab_size=3, order=1, seed=7)
     m2 = source_from_info(json.loads(json.dumps(m.info())))
