@@ -20,7 +20,7 @@ v-independent ELBO(v) − log P_soft(v), that training lowers each objective's h
 (synthetic) the Gibbs floor: no model's cross-entropy goes below the source's exact entropy.
 ``data[NAME]["theorem6_sensitivity"]`` re-runs the Theorem 6 checks with the library's log P shifted by
 +5 nats (and its posterior by −5, as a bug in log P would do): they must fail there. The text corpus is
-``data/tinyshakespeare.txt`` in the repository (``TVVAR_TEXT`` overrides it); when it is missing, the text
+``data/tinyshakespeare.txt.gz`` in the repository (``TVVAR_TEXT`` overrides it); when it is missing, the text
 checks are recorded as skipped with the reason, never dropped.
 
 ``python -m experiments.elbo [--quick] [--seed S] [--out DIR]``
@@ -45,7 +45,7 @@ from tvvar.data import TextCorpus, TVVARSource
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.theory import elbo as E
 
-REPO_TEXT = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt"
+REPO_TEXT = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt.gz"
 
 
 def default_text_path() -> str:

@@ -244,6 +244,27 @@ def test_byte_level_corpus_reads_any_binary_file(tmp_path):
         TextCorpus(p)  # character mode still decodes, and says how to read it instead
 
 
+def test_gzipped_corpus_equals_the_plain_file_and_a_truncated_one_is_refused(tmp_path):
+    import gzip
+
+    text = "to be, or not to be: that is the question\n" * 20
+    plain, packed = tmp_path / "c.txt", tmp_path / "c.txt.gz"
+    plain.write_text(text, encoding="utf-8")
+    packed.write_bytes(gzip.compress(text.encode()))
+    a, b = TextCorpus(plain), TextCorpus(packed)
+    assert a.vocab == b.vocab
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(a._splits[split], b._splits[split])
+    truncated = tmp_path / "cut.txt.gz"
+    truncated.write_bytes(packed.read_bytes()[:-12])
+    with pytest.raises(ValueError, match="cut.txt.gz.*not a complete gzip file"):
+        TextCorpus(truncated)
+    not_gzip = tmp_path / "plain.gz"
+    not_gzip.write_text(text)
+    with pytest.raises(ValueError, match="plain.gz.*not a complete gzip file"):
+        TextCorpus(not_gzip)
+
+
 def test_source_registries_list_the_valid_names(tmp_path):
     names = r"\(hmm, latent-alignment, markov, synthetic-tvvar\)"
     with pytest.raises(FileNotFoundError, match=r"neither a source name " + names):

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN = ROOT / "docs" / "design.md"
 README = ROOT / "README.md"
-CORPUS = ROOT / "data" / "tinyshakespeare.txt"
+CORPUS = ROOT / "data" / "tinyshakespeare.txt.gz"  # gzipped: 0.43 MB in git instead of 1.1 MB
 CORPUS_BYTES = 1_115_394
 CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"  # Karpathy's char-rnn input.txt
 
@@ -59,12 +59,27 @@ def test_the_outside_pattern_catches_each_form():
 
 def test_the_corpus_is_inside_the_repository():
     assert CORPUS.is_file(), f"{CORPUS.relative_to(ROOT)} is missing"
-    raw = CORPUS.read_bytes()
+    import gzip
+
+    raw = gzip.decompress(CORPUS.read_bytes())
     assert len(raw) == CORPUS_BYTES, f"{CORPUS.name}: {len(raw)} bytes, expected {CORPUS_BYTES}"
     import hashlib
 
     assert hashlib.sha256(raw).hexdigest() == CORPUS_SHA256
     assert raw.startswith(b"First Citizen:")
+
+
+def test_the_gzipped_corpus_reads_as_the_plain_text(tmp_path):
+    import gzip
+
+    from tvvar.data import TextCorpus
+
+    plain = tmp_path / "tinyshakespeare.txt"
+    plain.write_bytes(gzip.decompress(CORPUS.read_bytes()))
+    a, b = TextCorpus(CORPUS), TextCorpus(plain)
+    assert a.vocab == b.vocab and a.vocab_size == 65
+    for split in ("train", "val"):
+        assert (a._splits[split] == b._splits[split]).all()
 
 
 # --------------------------------------------------------------------------------------------------

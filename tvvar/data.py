@@ -30,7 +30,9 @@ Synthetic sources fold the split name into the key, so train and validation draw
 
 from __future__ import annotations
 
+import gzip
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -470,9 +472,21 @@ class Vocab:
         return cls(tuple(d.get("symbols", ())), bool(d.get("byte_level", False)))
 
 
+def _read_corpus_bytes(path: Path) -> bytes:
+    """The file's bytes; a name ending in ``.gz`` is gunzipped first (the repository ships its corpus so)."""
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"corpus file {str(path)!r} ends in .gz but is not a complete gzip file ({e})") from None
+
+
 class TextCorpus(DataSource):
     """A file as one long token stream: UTF-8 characters, or with ``byte_level=True`` its raw bytes (any
-    file, binary included: nothing is decoded).
+    file, binary included: nothing is decoded). A path ending in ``.gz`` is read decompressed, so
+    ``data/tinyshakespeare.txt.gz`` and the same file gunzipped give the same corpus.
 
     The split is deterministic and contiguous: the first ``1 − val_fraction`` of the stream is train,
     the rest validation. ``batch`` draws random contiguous windows of seq_len + 1 tokens from the split.
@@ -490,7 +504,7 @@ class TextCorpus(DataSource):
             raise ValueError(f"corpus path {str(self.path)!r} is not a regular file")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-        raw = self.path.read_bytes()
+        raw = _read_corpus_bytes(self.path)
         if len(raw) == 0:
             raise ValueError(f"corpus file {str(self.path)!r} is empty")
         if not isinstance(byte_level, bool):
