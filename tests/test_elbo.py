@@ -1,6 +1,7 @@
 """Theorems 6 and 7 (Section V-C): the latent-position model behind attention, its exact ELBO, the
 posterior gap, Eq. 54's soft likelihood, ELBO decoding, and the training objectives."""
 
+import dataclasses
 import math
 
 import jax
@@ -447,3 +448,65 @@ def test_elbo_terms_validate_ids_before_any_compute():
         E.elbo_terms(m, jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0), jnp.int32))
     with pytest.raises(ValueError, match=r"ids must lie in \[0, V=5\)"):
         E.latent_features(m, ids.at[0, 0].set(-1))
+
+
+# ---- issue 17, item 7: Theorem 7's vocab_scores without the [B, T, H, T, V] enumeration -------------------------
+
+_scores_m = nnx.jit(E.vocab_scores, static_argnames=("prior", "method"))
+
+
+@pytest.mark.parametrize("name", ["pure_h1", "pure_h3"])
+def test_vocab_scores_closed_form_equals_enumeration_float64(name):
+    """Every row-independent configuration, three priors, causal and bidirectional: closed form == enumeration."""
+    with jax.enable_x64(True):
+        base, _ = _configs64()[name]
+        for mask in ("causal", "bidirectional"):
+            cfg = base if mask == "causal" else dataclasses.replace(base, mask=mask)
+            m = _model(cfg, seed=11)
+            assert E.row_independent(m)
+            ids, _ = _ids(2, 6, cfg.vocab_size, 12)
+            for prior in _PRIORS:
+                ref = _scores_m(m, ids, prior=prior, method="enumerate")
+                for method in ("closed_form", "auto"):
+                    got = _scores_m(m, ids, prior=prior, method=method)
+                    for k in ("elbo", "log_p", "soft"):
+                        np.testing.assert_allclose(got[k], ref[k], atol=1e-10, rtol=0, err_msg=f"{mask} {prior} {k}")
+                eager = E.vocab_scores(m, ids, prior=prior, method="closed_form")
+                np.testing.assert_allclose(eager["log_p"], ref["log_p"], atol=1e-10, rtol=0)
+
+
+def test_vocab_scores_closed_form_gradients_equal_enumeration_float64():
+    with jax.enable_x64(True):
+        cfg, _ = _configs64()["pure_h3"]
+        m = _model(cfg, seed=13)
+        ids, _ = _ids(2, 5, cfg.vocab_size, 14)
+        w = jax.random.normal(jax.random.key(0), (2, 5, cfg.vocab_size), jnp.float64)
+
+        def grad(method):
+            f = lambda mm: sum(jnp.sum(w * v) for v in E.vocab_scores(mm, ids, method=method).values())  # noqa: E731
+            return jax.tree.leaves(nnx.state(nnx.grad(f)(m), nnx.Param))
+
+        for a, b in zip(grad("closed_form"), grad("enumerate"), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_vocab_scores_closed_form_underflow_falls_back_to_enumeration():
+    """A readout so sharp that a row's admissible likelihoods underflow after the shift: the enumeration is used."""
+    cfg = ModelConfig.pure(5, 6, "bilinear_attention", mixer={"num_heads": 1}, xi=1e-3)
+    m = _model(cfg, seed=3)
+    ids, _ = _ids(1, 6, 5, 4)
+    ref = E.vocab_scores(m, ids, method="enumerate")
+    for got in (E.vocab_scores(m, ids, method="closed_form"), _scores_m(m, ids, method="closed_form")):
+        assert np.all(np.isfinite(np.asarray(got["log_p"])))
+        np.testing.assert_allclose(got["log_p"], ref["log_p"], rtol=1e-5, atol=1e-3)
+
+
+def test_vocab_scores_method_errors():
+    cfg, _ = _configs64()["transformer"]
+    with jax.enable_x64(True):
+        m = _model(cfg, seed=1)
+        ids, _ = _ids(1, 4, cfg.vocab_size, 2)
+        with pytest.raises(ValueError, match="method must be"):
+            E.vocab_scores(m, ids, method="fast")
+        with pytest.raises(ValueError, match="needs a row-independent model"):
+            E.vocab_scores(m, ids, method="closed_form")

@@ -7,7 +7,8 @@ reverse-process step vs one forward pass.
 * ``sampling step vs forward``: :func:`tvvar.diffusion.generate` with k steps vs k jitted forward
   passes of the same [B, P + G] input, for both step paths (``jit_step=True``: denoiser + reveal fused
   into one jitted step; default: the denoiser called from Python, then the jitted reveal). Ratio = time
-  per sampling step / time per forward pass. Target ≤ 1.10×.
+  per sampling step / time per forward pass. Target ≤ 1.10×. Full size: B 8, T 256, D 256, 4 layers, 16 steps
+  (a forward ≥ 20 ms, so fixed per-step costs are weighed against real work), about a minute in all.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ def _forward(cfg: ModelConfig):
 
 
 def run(quick: bool) -> list[dict]:
-    B, T, Dm, layers, steps = (8, 64, 64, 2, 16) if quick else (16, 256, 256, 4, 64)
+    # full size: a forward is ≥ 20 ms here, so a step's fixed cost (Gumbel noise, top-k, dispatch) is measured
+    # against real work; 16 steps × 5 interleaved repeats keep the whole module under 2 minutes
+    B, T, Dm, layers, steps = (8, 64, 64, 2, 16) if quick else (8, 256, 256, 4, 16)
     V = 32
     base = ModelConfig(V + 1, Dm, num_layers=layers, max_len=T, mixer={"num_heads": 4})
     ids = jax.random.randint(jax.random.key(0), (B, T), 0, V)
     causal = _forward(base)
     bidir = _forward(base.replace(mask="bidirectional"))
-    repeats = 21 if quick else 11
+    repeats = 21 if quick else 5
     out = [compare("llada: bidirectional vs causal forward", ("causal forward", lambda: causal(ids)),
                    ("bidirectional forward", lambda: bidir(ids)), target=1.10, repeats=repeats,
                    shape={"B": B, "T": T, "D": Dm, "layers": layers})]
@@ -59,7 +62,9 @@ def run(quick: bool) -> list[dict]:
 
         label = "fused jitted step" if jit_step else "eager denoiser call + jitted reveal"
         out.append(compare(f"llada: sampling step vs forward pass ({label})", (f"{steps} forward passes", k_forwards),
-                           (f"generate, {steps} steps", sample), target=1.10, repeats=repeats,
+                           (f"generate, {steps} steps", sample), target=None if quick else 1.10, repeats=repeats,
+                           target_note="≤ 1.10 at full size only: at quick size a forward is ~2 ms and the "
+                                       "step's fixed costs dominate (reported)",
                            shape={"B": B, "prompt": P, "gen_length": G, "steps": steps, "D": Dm, "layers": layers}))
     return out
 

@@ -66,4 +66,20 @@ def run(quick: bool) -> list[dict]:
         compare(f"gradient step: elbo objective vs cross_entropy, T={T}",
                 ("cross_entropy grad", lambda: step_ce(state, tokens)),
                 ("elbo grad", lambda: step_elbo(state, tokens)), target=None, repeats=reps, **shape),
+        _vocab_scores_memory(gd, state, ids, shape),
     ]
+
+
+def _vocab_scores_memory(gd, state, ids, shape: dict) -> dict:
+    """Theorem 7's vocab_scores: XLA temp memory of the closed form vs the [B, T, H, T, V] enumeration (item 7)."""
+    def temp(method):
+        f = jax.jit(lambda st, ids: E.vocab_scores(nnx.merge(gd, st), ids, method=method))
+        return int(f.lower(state, ids).compile().memory_analysis().temp_size_in_bytes)
+
+    e, c = temp("enumerate"), temp("closed_form")
+    enum_bytes = shape["B"] * shape["T"] * shape["H"] * shape["T"] * shape["V"] * 4
+    return {"name": f"vocab_scores (Theorem 7) peak temp memory, T={shape['T']} (bytes)",
+            "baseline": "enumeration over J = (h, j)", "contender": "closed form", "baseline_s": float("nan"),
+            "contender_s": float("nan"), "baseline_bytes": e, "contender_bytes": c, "ratio": c / e,
+            "target": None, "met": c < enum_bytes, "enumeration_array_bytes": enum_bytes,
+            "met_definition": "closed form temp < one [B, T, H, T, V] float32 array", **shape}

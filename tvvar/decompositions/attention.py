@@ -18,6 +18,20 @@ Conversions are exact: ``Attention.to_bilinear()`` gives B_h = W_q^h W_k^hᵀ / 
 folded into B) and A_h = (W_v^h W_o^h)ᵀ; ``BilinearAttention.factorize()`` inverts this by an SVD of
 each B_h and A_h, and refuses with a clear error when rank(B_h) > K or rank(A_h) > K_v.
 
+What Theorem 5 becomes in the pretrained-model options of :class:`Attention`:
+
+* **rotary embeddings** (``rotary=True``, Llama/Mistral): q_i = R(i) W_qᵀ u_i, k_j = R(j) W_kᵀ u_j with R(p)
+  a rotation, so R(i)ᵀ R(j) = R(j − i) and the form depends on the lag only,
+  π^h[i, j] = softmax_j( u_iᵀ B_h(i − j) u_j ),   B_h(Δ) = W_q^h R(−Δ) W_k^hᵀ / √K
+  (``relative_bilinear_forms(T)``); A_h is unchanged, so A[i, j] = Σ_h π^h[i, j] A_h still holds and
+  ``coefficients``/``pi`` stay exact. There is no single B_h, so ``to_bilinear()`` refuses.
+* **grouped-query attention** (``num_kv_heads`` = G < H): query head h uses key/value group h // (H/G),
+  i.e. B_h and A_h share their W_k, W_v factors within a group; ``to_bilinear()`` expands to H heads.
+* **query/key biases** (``qk_bias=True``, GPT-2): the score gains b_qᵀ W_kᵀ u_j (the other bias terms are
+  constant in j and cancel in the softmax), which changes π only. The value and output biases add the
+  constant Σ_h W_o^hᵀ b_v^h + b_o (Σ_j π = 1), an intercept the model adds after the mixer
+  (``ModelConfig.mixer_bias``), so A[i, j] = Σ_h π^h[i, j] A_h is untouched.
+
 (Our W_q is the transpose of the paper's: q_i = W_qᵀ u_i, so u_iᵀ B u_j = u_iᵀ W_q W_kᵀ u_j, which is
 the paper's u_iᵀ W_qᵀ W_k u_j with W_q, W_k as [K, D] matrices.)
 
@@ -46,11 +60,17 @@ from tvvar.core import (
     param,
     register,
 )
+from tvvar.decompositions.blockwise import blockwise_attention, check_block_size
 from tvvar.typing import Array, DType, MaskKind
 
 __all__ = ["SoftmaxBilinearAttention", "Attention", "BilinearAttention"]
 
-Implementation = Literal["einsum", "xla", "cudnn"]
+Implementation = Literal["auto", "einsum", "blockwise", "xla", "cudnn"]
+IMPLEMENTATIONS = ("auto", "einsum", "blockwise", "xla", "cudnn")
+# "auto" on CPU switches from the einsum path to blockwise attention at T ≥ this length. Measured
+# (experiments/benchmarks/blockwise.py, forward+backward, H 8, K 64, 2 loaded cores): blockwise took 0.86×
+# the einsum path's time at T = 128 (B 4), 0.75× at 512, 0.24× at 2048 — 256 keeps tiny T on einsum
+BLOCKWISE_MIN_LENGTH = 256
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -234,9 +254,14 @@ class BilinearAttention(SoftmaxBilinearAttention):
 class Attention(SoftmaxBilinearAttention):
     """Standard multi-head attention, W_q, W_k [D, H, K], W_v [D, H, K_v], W_o [H, K_v, D_out].
 
-    ``implementation``: ``"einsum"`` (hand-written, fastest on few CPU cores), ``"xla"`` or ``"cudnn"``
-    (``jax.nn.dot_product_attention``; cuDNN only on GPU and raises on unsupported shapes). That kernel
-    forms its scores in float32, so float64 input always runs the einsum path.
+    ``implementation``: ``"einsum"`` (hand-written, fastest on few CPU cores at short T), ``"blockwise"``
+    (:func:`tvvar.decompositions.blockwise.blockwise_attention`: online softmax by ``block_size`` tiles, no
+    [T, T] array forward or backward, any backend and dtype), ``"xla"`` or ``"cudnn"``
+    (``jax.nn.dot_product_attention``; cuDNN only on a GPU backend — elsewhere a ValueError, no silent
+    fallback — and it raises on unsupported shapes). That kernel forms its scores in float32, so float64
+    input runs the einsum path for ``"xla"``/``"cudnn"``. ``"auto"`` (default) is ``"blockwise"`` on CPU for
+    T ≥ ``BLOCKWISE_MIN_LENGTH`` and ``"einsum"`` otherwise. ``coefficients`` and ``pi`` are the same
+    whatever the implementation.
     """
 
     def __init__(
@@ -250,45 +275,119 @@ class Attention(SoftmaxBilinearAttention):
         value_dim: int | None = None,
         d_out: int | None = None,
         dtype: DType = jnp.float32,
-        implementation: Implementation = "einsum",
+        implementation: Implementation = "auto",
+        block_size: int = 256,
+        num_kv_heads: int | None = None,
+        qk_bias: bool = False,
+        rotary: bool = False,
+        rope_theta: float = 10000.0,
     ):
         if num_heads < 1:
             raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if not (isinstance(num_kv_heads, int) and num_kv_heads >= 1 and num_heads % num_kv_heads == 0):
+            raise ValueError(f"num_kv_heads must be an int ≥ 1 dividing num_heads={num_heads}, got {num_kv_heads!r}")
+        if not (isinstance(rope_theta, (int, float)) and math.isfinite(rope_theta) and rope_theta > 0):
+            raise ValueError(f"rope_theta must be a finite number > 0, got {rope_theta!r}")
         if head_dim is None:
             if d_model % num_heads:
                 raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}; pass head_dim")
             head_dim = d_model // num_heads
-        if implementation not in ("einsum", "xla", "cudnn"):
-            raise ValueError(f"implementation must be 'einsum', 'xla' or 'cudnn', got {implementation!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        self.block_size = check_block_size(block_size)
         self.d_in, self.d_out, self.mask = d_model, d_out or d_model, mask
         self.num_heads, self.head_dim = num_heads, head_dim
         self.value_dim = value_dim or head_dim
         self.implementation = implementation
+        if rotary and head_dim % 2:
+            raise ValueError(f"rotary=True needs an even head_dim, got {head_dim}")
+        self.num_kv_heads, self.qk_bias, self.rotary, self.rope_theta = num_kv_heads, qk_bias, rotary, float(rope_theta)
         D, H, K, Kv, Do = d_model, num_heads, head_dim, self.value_dim, self.d_out
+        G = num_kv_heads
         keys = jax.random.split(rngs.params(), 4)
         self.wq = param(lecun_normal(keys[0], (D, H, K), D, dtype), "embed", "heads", "kv")
-        self.wk = param(lecun_normal(keys[1], (D, H, K), D, dtype), "embed", "heads", "kv")
-        self.wv = param(lecun_normal(keys[2], (D, H, Kv), D, dtype), "embed", "heads", "kv")
+        self.wk = param(lecun_normal(keys[1], (D, G, K), D, dtype), "embed", "heads", "kv")
+        self.wv = param(lecun_normal(keys[2], (D, G, Kv), D, dtype), "embed", "heads", "kv")
         self.wo = param(lecun_normal(keys[3], (H, Kv, Do), H * Kv, dtype), "heads", "kv", "embed")
+        # query/key biases move only the scores, so A[i, j] = Σ_h π^h[i, j] A_h keeps its form (the value and
+        # output biases are the constant Σ_h W_o^hᵀ b_v^h + b_o, which the model adds after the mixer)
+        self.bq = param(jnp.zeros((H, K), dtype), "heads", "kv") if qk_bias else None
+        self.bk = param(jnp.zeros((G, K), dtype), "heads", "kv") if qk_bias else None
+
+    def _per_head(self, w: Array) -> Array:
+        """Key/value weights [D, G, ·] (grouped-query attention) repeated to one per query head [D, H, ·];
+        query head h reads key/value group h // (H / G)."""
+        rep = self.num_heads // self.num_kv_heads
+        return w if rep == 1 else jnp.repeat(w, rep, axis=1)
+
+    def _rope(self, x_BxTxHxK: Array, positions: Array) -> Array:
+        """Rotary embedding R(p) x at positions p [T] (pairs (k, k + K/2) rotated by p θ^{-2k/K})."""
+        K = self.head_dim
+        ft = float32_or_better(x_BxTxHxK.dtype)
+        inv_freq = 1.0 / (self.rope_theta ** (jnp.arange(0, K, 2, dtype=ft) / K))
+        ang = positions.astype(ft)[:, None] * inv_freq[None, :]  # [T, K/2]
+        ang = jnp.concatenate([ang, ang], axis=-1)[None, :, None, :]
+        cos, sin = jnp.cos(ang).astype(x_BxTxHxK.dtype), jnp.sin(ang).astype(x_BxTxHxK.dtype)
+        half = jnp.concatenate([-x_BxTxHxK[..., K // 2:], x_BxTxHxK[..., : K // 2]], axis=-1)
+        return x_BxTxHxK * cos + half * sin
+
+    def rotation(self, positions: Array) -> Array:
+        """The rotary matrices R(p) [len(p), K, K] with rope(x, p) = R(p) x; R(i)ᵀ R(j) = R(j − i)."""
+        positions = jnp.asarray(positions)
+        K = self.head_dim
+        eye = jnp.eye(K, dtype=float32_or_better(self.wq[...].dtype))
+        cols = self._rope(jnp.broadcast_to(eye, (1, positions.shape[0], K, K)), positions)  # [1, T, k, :] = R e_k
+        return jnp.swapaxes(cols[0], -1, -2)
+
+    def relative_bilinear_forms(self, T: int) -> Array:
+        """B_h(Δ) = W_q^h R(−Δ) W_k^hᵀ / √K for Δ = 0..T−1: [H, T, D, D], so that with rotary embeddings the
+        score of row i and key j ≤ i is u_iᵀ B_h(i − j) u_j (Theorem 5 with a relative-position form)."""
+        if self.qk_bias:
+            raise ValueError("relative_bilinear_forms needs qk_bias=False: a query bias adds the j-dependent "
+                             "term b_qᵀ W_kᵀ u_j, which is not a bilinear form")
+        wq, wk = self.wq[...], self._per_head(self.wk[...])
+        R = self.rotation(-jnp.arange(T)) if self.rotary else jnp.broadcast_to(
+            jnp.eye(self.head_dim, dtype=wq.dtype), (T, self.head_dim, self.head_dim))
+        return jnp.einsum("dhk,tkl,ehl->htde", wq, R.astype(wq.dtype), wk, precision=_HI) * self.scale
 
     @property
     def scale(self) -> float:
         return 1.0 / math.sqrt(self.head_dim)
 
+    def _check_position_free(self, what: str) -> None:
+        if self.rotary or self.qk_bias:
+            field = "rotary" if self.rotary else "qk_bias"
+            raise ValueError(f"{what} needs a position-free bilinear form, but {field}=True; use "
+                             "relative_bilinear_forms(T) (B_h(Δ) for rotary) or pi()/coefficients(), which are exact")
+
     def bilinear_forms(self) -> Array:
-        """B_h = W_q^h W_k^hᵀ / √K: [H, D, D] (the 1/√K scale made explicit)."""
-        return jnp.einsum("dhk,ehk->hde", self.wq[...], self.wk[...], precision=_HI) * self.scale
+        """B_h = W_q^h W_k^hᵀ / √K: [H, D, D] (the 1/√K scale made explicit). Without rotary or biases only."""
+        self._check_position_free("bilinear_forms()")
+        return jnp.einsum("dhk,ehk->hde", self.wq[...], self._per_head(self.wk[...]), precision=_HI) * self.scale
 
     def value_maps(self) -> Array:
         """A_h = (W_v^h W_o^h)ᵀ: [H, D_out, D]."""
-        return jnp.einsum("dhk,hke->hed", self.wv[...], self.wo[...], precision=_HI)
+        return jnp.einsum("dhk,hke->hed", self._per_head(self.wv[...]), self.wo[...], precision=_HI)
 
-    def _qkv(self, u: Array) -> tuple[Array, Array, Array]:
+    def _project(self, u: Array, positions: Array) -> tuple[Array, Array, Array]:
+        """q, k, v [B, T, H, ·] for inputs u [B, T, D] at ``positions`` [T] (biases, rotary, grouped heads)."""
         w = lambda p: p[...].astype(u.dtype)  # noqa: E731
         q_BxTxHxK = jnp.einsum("btd,dhk->bthk", u, w(self.wq), precision=_HI)
-        k_BxTxHxK = jnp.einsum("btd,dhk->bthk", u, w(self.wk), precision=_HI)
-        v_BxTxHxK = jnp.einsum("btd,dhk->bthk", u, w(self.wv), precision=_HI)
-        return q_BxTxHxK, k_BxTxHxK, v_BxTxHxK
+        k_BxTxGxK = jnp.einsum("btd,dhk->bthk", u, w(self.wk), precision=_HI)
+        v_BxTxGxK = jnp.einsum("btd,dhk->bthk", u, w(self.wv), precision=_HI)
+        if self.qk_bias:
+            q_BxTxHxK = q_BxTxHxK + w(self.bq)[None, None]
+            k_BxTxGxK = k_BxTxGxK + w(self.bk)[None, None]
+        if self.rotary:
+            q_BxTxHxK, k_BxTxGxK = self._rope(q_BxTxHxK, positions), self._rope(k_BxTxGxK, positions)
+        rep = self.num_heads // self.num_kv_heads
+        if rep > 1:
+            k_BxTxGxK, v_BxTxGxK = jnp.repeat(k_BxTxGxK, rep, axis=2), jnp.repeat(v_BxTxGxK, rep, axis=2)
+        return q_BxTxHxK, k_BxTxGxK, v_BxTxGxK
+
+    def _qkv(self, u: Array) -> tuple[Array, Array, Array]:
+        return self._project(u, jnp.arange(u.shape[1]))
 
     def scores(self, u: Array) -> Array:
         q, k, _ = self._qkv(u)
@@ -299,7 +398,16 @@ class Attention(SoftmaxBilinearAttention):
         q, k, v = self._qkv(u)
         # jax.nn.dot_product_attention computes its scores in float32 whatever the input dtype, so float64
         # runs take the einsum path: the same map, exact in float64
-        if self.implementation == "einsum" or u.dtype == jnp.float64:
+        impl = self.implementation
+        if impl == "auto":
+            impl = "blockwise" if jax.default_backend() == "cpu" and u.shape[1] >= BLOCKWISE_MIN_LENGTH else "einsum"
+        if impl == "cudnn" and jax.default_backend() != "gpu":
+            raise ValueError(f"implementation='cudnn' needs a GPU backend, this one is {jax.default_backend()!r}; "
+                             "use 'blockwise', 'einsum' or 'xla'")
+        if impl == "blockwise":
+            o_BxTxHxK = blockwise_attention(q, k, v, scale=self.scale, causal=self.mask == "causal",
+                                            block_size=self.block_size)
+        elif impl == "einsum" or u.dtype == jnp.float64:
             s_BxHxTxT = jnp.einsum("bihk,bjhk->bhij", q, k, precision=_HI) * self.scale
             pi = self._pi(s_BxHxTxT, u.dtype)
             o_BxTxHxK = jnp.einsum("bhij,bjhk->bihk", pi, v, precision=_HI)
@@ -307,13 +415,13 @@ class Attention(SoftmaxBilinearAttention):
             if self.value_dim != self.head_dim:
                 raise ValueError("implementation='xla'/'cudnn' needs value_dim == head_dim")
             o_BxTxHxK = jax.nn.dot_product_attention(
-                q, k, v, scale=self.scale, is_causal=self.mask == "causal", implementation=self.implementation
+                q, k, v, scale=self.scale, is_causal=self.mask == "causal", implementation=impl
             )
         return jnp.einsum("bihk,hke->bie", o_BxTxHxK, self.wo[...].astype(u.dtype), precision=_HI)
 
     def head_outputs(self, pi: Array, u: Array) -> Array:
         """Σ_j π^h[i, j] A_h u_j through the factors: (π^h V^h) W_o^h with V^h = u W_v^h — [B, H, T, D_out]."""
-        v_BxHxTxKv = jnp.einsum("btd,dhk->bhtk", u, self.wv[...].astype(u.dtype), precision=_HI)
+        v_BxHxTxKv = jnp.einsum("btd,dhk->bhtk", u, self._per_head(self.wv[...]).astype(u.dtype), precision=_HI)
         o_BxHxTxKv = jnp.einsum("bhij,bhjk->bhik", pi.astype(u.dtype), v_BxHxTxKv, precision=_HI)
         return jnp.einsum("bhik,hke->bhie", o_BxHxTxKv, self.wo[...].astype(u.dtype), precision=_HI)
 
@@ -336,9 +444,8 @@ class Attention(SoftmaxBilinearAttention):
         t = cache["index"]
         dt = u_t.dtype
         w = lambda p: p[...].astype(dt)  # noqa: E731
-        q_BxHxK = jnp.einsum("bd,dhk->bhk", u_t, w(self.wq), precision=_HI)
-        k_BxHxK = jnp.einsum("bd,dhk->bhk", u_t, w(self.wk), precision=_HI)
-        v_BxHxKv = jnp.einsum("bd,dhk->bhk", u_t, w(self.wv), precision=_HI)
+        q_BxTxHxK, k_BxTxHxK, v_BxTxHxKv = self._project(u_t[:, None], jnp.reshape(t, (1,)))
+        q_BxHxK, k_BxHxK, v_BxHxKv = q_BxTxHxK[:, 0], k_BxTxHxK[:, 0], v_BxTxHxKv[:, 0]
         k_BxLxHxK = jax.lax.dynamic_update_slice_in_dim(
             cache["k"], k_BxHxK[:, None].astype(cache["k"].dtype), t, axis=1)
         v_BxLxHxKv = jax.lax.dynamic_update_slice_in_dim(
@@ -351,19 +458,25 @@ class Attention(SoftmaxBilinearAttention):
 
     @classmethod
     def from_weights(cls, wq: Array, wk: Array, wv: Array, wo: Array, *, mask: MaskKind = "causal", **kw) -> Attention:
-        """Build from W_q, W_k [D, H, K], W_v [D, H, K_v], W_o [H, K_v, D_out]."""
-        if wq.ndim != 3 or wk.shape != wq.shape:
-            raise ValueError(f"wq and wk must both have shape [D, H, K], got {wq.shape} and {wk.shape}")
+        """Build from W_q [D, H, K], W_k [D, G, K], W_v [D, G, K_v], W_o [H, K_v, D_out] (G = H, or the
+        number of key/value groups of grouped-query attention)."""
+        if wq.ndim != 3 or wk.ndim != 3 or wk.shape[0] != wq.shape[0] or wk.shape[2] != wq.shape[2]:
+            raise ValueError(f"wq must have shape [D, H, K] and wk [D, G, K], got {wq.shape} and {wk.shape}")
         D, H, K = wq.shape
-        if wv.ndim != 3 or wv.shape[:2] != (D, H):
-            raise ValueError(f"wv must have shape [D={D}, H={H}, K_v], got {wv.shape}")
+        G = wk.shape[1]
+        if wv.ndim != 3 or wv.shape[:2] != (D, G):
+            raise ValueError(f"wv must have shape [D={D}, G={G}, K_v], got {wv.shape}")
         if wo.ndim != 3 or wo.shape[:2] != (H, wv.shape[2]):
             raise ValueError(f"wo must have shape [H={H}, K_v={wv.shape[2]}, D_out], got {wo.shape}")
+        kw.setdefault("num_kv_heads", G)
         m = cls(D, mask=mask, rngs=nnx.Rngs(0), num_heads=H, head_dim=K, value_dim=wv.shape[2],
                 d_out=wo.shape[2], dtype=wq.dtype, **kw)
         m.wq[...], m.wk[...], m.wv[...], m.wo[...] = wq, wk, wv, wo
         return m
 
     def to_bilinear(self) -> BilinearAttention:
-        """The same map in the paper's parameters (B_h, A_h) — Theorem 5."""
+        """The same map in the paper's parameters (B_h, A_h) — Theorem 5. Grouped-query heads are expanded
+        (one B_h, A_h per query head); with rotary or biases there is no single B_h (ValueError): use
+        :meth:`relative_bilinear_forms`."""
+        self._check_position_free("to_bilinear()")
         return BilinearAttention.from_weights(self.bilinear_forms(), self.value_maps(), mask=self.mask)

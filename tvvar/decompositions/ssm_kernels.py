@@ -126,6 +126,48 @@ def ssd_chunked(
     _check_shapes(x, la, Bm, Cm, initial_state)
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be an int ≥ 1, got {chunk_size!r}")
+    return _ssd_chunked_steps(x, la, Bm, Cm, chunk_size, initial_state, tile_by_chunk=la.shape[-1] > 1)
+
+
+def _ssd_chunked_materialized(
+    x: Array, la: Array, Bm: Array, Cm: Array, chunk_size: int, initial_state: Array | None = None
+) -> tuple[Array, Array]:
+    """Steps (1)–(4) with the intra-chunk decay of all chunks at once: for the diagonal family the tensor
+    [b, h, N, c, l, l] that :func:`ssd_chunked` used until issue 17, kept as the reference of the per-chunk
+    tiles (tests, and the before/after memory benchmark). For the scalar family it *is* ``ssd_chunked``."""
+    return _ssd_chunked_steps(x, la, Bm, Cm, chunk_size, initial_state, tile_by_chunk=False)
+
+
+def _intra_chunk_diagonal(C_c: Array, B_c: Array, la_c: Array, group: int = 1) -> Array:
+    """G[b, h, c, l, s] = Σ_n C_l[n] B_s[n] Π_{k=s+1..l} a_k[n] (diagonal A_t), ``group`` chunks at a time.
+
+    The decay Π a[n] depends on the state index n, so each chunk needs an [h, N, l, l] tile; a ``lax.map``
+    over groups of chunks, rematerialized in the backward pass (``jax.checkpoint``), holds only one
+    group's tiles, O(b·h·N·group·l²), instead of all chunks' O(b·h·N·T·l). G itself has no N axis.
+    """
+    Bsz, H, Nd, nc, Q = la_c.shape
+    g = max(1, min(group, nc))
+    ng = -(-nc // g)
+    pad = ng * g - nc
+
+    def grouped(a, axis):  # chunk axis → [ng, ..., g, ...] with the group index first
+        a = jnp.pad(a, [(0, 0)] * axis + [(0, pad)] + [(0, 0)] * (a.ndim - axis - 1))
+        a = a.reshape(a.shape[:axis] + (ng, g) + a.shape[axis + 1:])
+        return jnp.moveaxis(a, axis, 0)
+
+    @jax.checkpoint
+    def tile(inp):
+        C_g, B_g, la_g = inp  # [b, g, l, n], [b, g, l, n], [b, h, n, g, l]
+        return jnp.einsum("bcln,bcsn,bhncls->bhcls", C_g, B_g, decay_exp(segsum(la_g)), precision=_HI)
+
+    G = jax.lax.map(tile, (grouped(C_c, 1), grouped(B_c, 1), grouped(la_c, 3)))  # [ng, b, h, g, l, s]
+    G = jnp.moveaxis(G, 0, 2).reshape(Bsz, H, ng * g, Q, Q)
+    return G[:, :, :nc]
+
+
+def _ssd_chunked_steps(
+    x: Array, la: Array, Bm: Array, Cm: Array, chunk_size: int, initial_state: Array | None, *, tile_by_chunk: bool
+) -> tuple[Array, Array]:
     Bsz, T, H, P = x.shape
     N, Nd = Bm.shape[-1], la.shape[-1]
     adt = acc_dtype(x.dtype)
@@ -145,12 +187,13 @@ def ssd_chunked(
     cum = jnp.cumsum(la_c, axis=-1)
 
     # (1) intra-chunk: y_i = Σ_{j≤i in chunk} (C_i·B_j ⊙ decay_ij) x̄_j
-    decay = decay_exp(segsum(la_c))  # [b, h, d, c, l, s]
     if Nd == 1:
         CB = jnp.einsum("bcln,bcsn->bcls", C_c, B_c, precision=_HI)
-        G = CB[:, None] * decay[:, :, 0]
+        G = CB[:, None] * decay_exp(segsum(la_c))[:, :, 0]  # [b, h, c, l, s]
+    elif tile_by_chunk:
+        G = _intra_chunk_diagonal(C_c, B_c, la_c)
     else:
-        G = jnp.einsum("bcln,bcsn,bhncls->bhcls", C_c, B_c, decay, precision=_HI)
+        G = jnp.einsum("bcln,bcsn,bhncls->bhcls", C_c, B_c, decay_exp(segsum(la_c)), precision=_HI)
     y_diag = jnp.einsum("bhcls,bhcsp->bhclp", G, x_c, precision=_HI)
 
     # (2) the state each chunk would end in from its own inputs

@@ -581,7 +581,7 @@ def closed_form_terms(model, ids: Array, targets: Array, priors: tuple = ("unifo
 # --------------------------------------------------------------------------------------------------
 
 
-def vocab_scores(model, ids: Array, prior: Any = "uniform") -> dict[str, Array]:
+def vocab_scores(model, ids: Array, prior: Any = "uniform", method: str = "auto") -> dict[str, Array]:
     """Scores of every candidate next token v at every row, [B, T, V] each (Theorem 7, Eqs. 63–67):
 
     ``elbo``: ELBO(v) = E_Q[log P(v | J)] − KL(Q ‖ P(J));  ``log_p``: log P(v) = log Σ_J P(J) P(v | J);
@@ -590,7 +590,23 @@ def vocab_scores(model, ids: Array, prior: Any = "uniform") -> dict[str, Array]:
     When the readout after the mixer is affine (the pure TV-VAR), E_Q[log softmax(z_J)_v] =
     (E_Q z_J)_v − E_Q[logsumexp z_J], so ELBO(v) − log P_soft(v) does not depend on v and
     argmax_v ELBO(v) = argmax_v P_soft(v) exactly: greedy soft-attention decoding *is* ELBO decoding.
+
+    ``method``: ``"enumerate"`` sums over J = (h, j) with a [B, T, H, T, V] array (any model, small T);
+    ``"closed_form"`` needs :func:`row_independent` (P(v | h, j) the same for every row i) and never forms
+    it: E_Q[log P(v | J)] = Σ_{h,j} Q_i(h, j) log P(v | h, j) is one [T, H·T]·[H·T, V] product, and
+    log P(v) = log Σ_h e^{c_hv} Σ_j P(h, j | i) e^{log P(v | h, j) − c_hv} with c_hv = max_j log P(v | h, j)
+    is a product of the same shape then a log-sum-exp over h, [B, T, H, V] at most. If a shifted sum
+    falls below 1e-30 (1e-290 in float64) the likelihoods underflowed and ``log_p`` is recomputed by
+    enumeration one row at a time (``lax.cond`` under jit: only then; [B, H, T, V] per row).
+    ``"auto"``: closed form where it applies, else enumeration.
+    Both give the same numbers (tested in float64 at 1e-10).
     """
+    if method not in ("auto", "closed_form", "enumerate"):
+        raise ValueError(f"method must be 'auto', 'closed_form' or 'enumerate', got {method!r}")
+    closed = row_independent(model) if method == "auto" else method == "closed_form"
+    if closed and not row_independent(model):
+        raise ValueError("vocab_scores(method='closed_form') needs a row-independent model (see row_independent); "
+                         "use method='enumerate' or 'auto'")
     mixer = _last_attention(model)
     prior = _checked_prior(prior, mixer.support(ids.shape[1]), mixer.num_heads)
     f = latent_features(model, ids)
@@ -599,11 +615,49 @@ def vocab_scores(model, ids: Array, prior: Any = "uniform") -> dict[str, Array]:
     lp = log_prior(prior, f.support, H, log_q=f.log_q, dtype=ld)
     inside = f.support[None, :, None, :]
     q = jnp.where(inside, jnp.exp(f.log_q), 0)
+    kl_q = kl(f.log_q, lp, inside)[..., None]
+    if not closed:
+        return _vocab_scores_enumerated(f, q, lp, inside, kl_q)
+    hi = jax.lax.Precision.HIGHEST
+    cond_BxHxTxV = f.cond_logp[:, 0]
+    elbo = jnp.einsum("bihj,bhjv->biv", q, cond_BxHxTxV, precision=hi) - kl_q
+    w_BxTxHxT = jnp.where(inside, jnp.exp(lp), 0)
+    c_BxHxV = jax.lax.stop_gradient(jnp.max(cond_BxHxTxV, axis=2))
+    p_BxHxTxV = jnp.exp(cond_BxHxTxV - c_BxHxV[:, :, None])
+    s_BxTxHxV = jnp.einsum("bihj,bhjv->bihv", jnp.broadcast_to(w_BxTxHxT, q.shape), p_BxHxTxV, precision=hi)
+    floor = 1e-290 if ld == jnp.float64 else 1e-30
+    pos = s_BxTxHxV > 0
+    log_s = jnp.where(pos, jnp.log(jnp.where(pos, s_BxTxHxV, 1)) + c_BxHxV[:, None], masked_fill_value(ld))
+
+    def closed_log_p():
+        return jax.nn.logsumexp(log_s, axis=2)
+
+    def enumerated_log_p():  # one row at a time: [B, H, T, V] at most, never [B, T, H, T, V]
+        lp_TxBxHxT = jnp.moveaxis(jnp.broadcast_to(lp, q.shape), 1, 0)
+
+        def row(inp):
+            lp_i, inside_i = inp  # [B, H, T], [T]
+            log_joint = jnp.where(inside_i[None, None, :, None], lp_i[..., None] + cond_BxHxTxV, masked_fill_value(ld))
+            return jax.nn.logsumexp(log_joint, axis=(1, 2))
+
+        return jnp.moveaxis(jax.lax.map(row, (lp_TxBxHxT, f.support)), 0, 1)
+
+    # a row whose every admissible term sits far below its token's maximum over j underflows: enumerate
+    ok = jnp.all(jnp.max(s_BxTxHxV, axis=2) > floor)
+    if isinstance(ok, jax.core.Tracer):
+        log_p = jax.lax.cond(ok, closed_log_p, enumerated_log_p)
+    else:  # eager: the enumeration is never built unless it is needed
+        log_p = closed_log_p() if bool(ok) else enumerated_log_p()
+    return {"elbo": elbo, "log_p": log_p, "soft": f.soft_logp}
+
+
+def _vocab_scores_enumerated(f: LatentFeatures, q: Array, lp: Array, inside: Array, kl_q: Array) -> dict[str, Array]:
+    """:func:`vocab_scores` by enumeration over J = (h, j): a [B, T, H, T, V] array (the reference)."""
+    ld = f.log_q.dtype
     e_loglik = jnp.einsum("bihj,bihjv->biv", q, jnp.broadcast_to(f.cond_logp, q.shape + f.cond_logp.shape[-1:]))
-    elbo = e_loglik - kl(f.log_q, lp, inside)[..., None]
     log_joint = jnp.where(inside[..., None], (lp[..., None] + f.cond_logp), masked_fill_value(ld))
     log_p = jax.nn.logsumexp(log_joint, axis=(2, 3))
-    return {"elbo": elbo, "log_p": log_p, "soft": f.soft_logp}
+    return {"elbo": e_loglik - kl_q, "log_p": log_p, "soft": f.soft_logp}
 
 
 def decode_agreement(scores: dict[str, Array], weights: Array | None = None) -> dict[str, float]:
