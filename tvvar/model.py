@@ -9,6 +9,14 @@ identity, so ``logits_i = ũᵀ Σ_{j∈S(i)} A[i, j] u_j / Ξ`` exactly.
 
 Ψ is pluggable by name too (:func:`register_psi`): ``"ffn"`` (the Transformer's MLP) and
 ``"identity"`` are built in; other modules (e.g. a modern Hopfield layer) register their own.
+
+Pretrained architectures (tvvar.pretrained) are the same pipeline with other registered components, each
+exact, none a branch on an architecture name: norms (:func:`register_norm`: ``"rms"``, ``"layernorm"`` with
+bias), Ψ ``"gelu_mlp"`` (GPT-2: biased W₂ gelu_tanh(W₁x + b₁) + b₂) and ``"swiglu"`` (Llama:
+W_down(silu(W_gate x) ⊙ W_up x)), ``embedding="plain"`` (the table itself, no sphere normalisation; the
+readout ũ is then the plain table, tied or not), learned absolute positions (``max_len``) and
+``mixer_bias`` (the constant Σ_h W_o^hᵀ b_v^h + b_o of biased value/output projections, an intercept
+added after the mixer so that the mixer's A[i, j] is unchanged).
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from tvvar.core import (
 )
 from tvvar.typing import Array, DType
 
-__all__ = ["ModelConfig", "TVVARModel", "Block", "FFN", "RMSNorm", "register_psi", "available_psi"]
+__all__ = ["ModelConfig", "TVVARModel", "Block", "FFN", "GeluMLP", "SwiGLU", "RMSNorm", "LayerNorm",
+           "PlainEmbedding", "register_psi", "available_psi", "register_norm", "available_norms"]
 
 _PSI: dict[str, Callable[..., nnx.Module]] = {}
 
@@ -96,6 +105,103 @@ class FFN(nnx.Module):
         return h @ self.w2[...].astype(x.dtype)
 
 
+def _lead(v: Array, ndim: int) -> Array:
+    """v [..., D] with leading unit axes up to rank ``ndim`` (the suite forbids implicit rank promotion)."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
+@register_psi("gelu_mlp")
+class GeluMLP(nnx.Module):
+    """GPT-2's MLP: W₂ gelu_tanh(W₁ x + b₁) + b₂ (the tanh approximation, HF ``gelu_new``)."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: DType = jnp.float32, d_ff: int | None = None):
+        d_ff = d_ff or 4 * d_model
+        self.w1 = param(lecun_normal(rngs.params(), (d_model, d_ff), d_model, dtype), "embed", "mlp")
+        self.b1 = param(jnp.zeros((d_ff,), dtype), "mlp")
+        self.w2 = param(lecun_normal(rngs.params(), (d_ff, d_model), d_ff, dtype), "mlp", "embed")
+        self.b2 = param(jnp.zeros((d_model,), dtype), "embed")
+
+    def __call__(self, x: Array) -> Array:
+        c = lambda p: p[...].astype(x.dtype)  # noqa: E731
+        h = jax.nn.gelu(x @ c(self.w1) + _lead(c(self.b1), x.ndim), approximate=True)
+        return h @ c(self.w2) + _lead(c(self.b2), x.ndim)
+
+
+@register_psi("swiglu")
+class SwiGLU(nnx.Module):
+    """Llama's MLP: W_down (silu(W_gate x) ⊙ W_up x), no biases."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: DType = jnp.float32, d_ff: int | None = None):
+        d_ff = d_ff or 4 * d_model
+        self.w_gate = param(lecun_normal(rngs.params(), (d_model, d_ff), d_model, dtype), "embed", "mlp")
+        self.w_up = param(lecun_normal(rngs.params(), (d_model, d_ff), d_model, dtype), "embed", "mlp")
+        self.w_down = param(lecun_normal(rngs.params(), (d_ff, d_model), d_ff, dtype), "mlp", "embed")
+
+    def __call__(self, x: Array) -> Array:
+        c = lambda p: p[...].astype(x.dtype)  # noqa: E731
+        return (jax.nn.silu(x @ c(self.w_gate)) * (x @ c(self.w_up))) @ c(self.w_down)
+
+
+_NORMS: dict[str, Callable[..., nnx.Module]] = {}
+
+
+def register_norm(name: str):
+    """Register a norm constructor ``cls(d_model, *, dtype, eps)`` by name (``"none"`` is reserved)."""
+
+    def deco(cls):
+        if name == "none" or (name in _NORMS and _NORMS[name] is not cls):
+            raise ValueError(f"norm name {name!r} is reserved or already registered")
+        _NORMS[name] = cls
+        return cls
+
+    return deco
+
+
+def available_norms() -> tuple[str, ...]:
+    return ("none", *sorted(_NORMS))
+
+
+@register_norm("layernorm")
+class LayerNorm(nnx.Module):
+    """(x − mean(x)) / √(var(x) + ε) · g + b, statistics in float32 (GPT-2's LayerNorm)."""
+
+    def __init__(self, d_model: int, *, dtype: DType = jnp.float32, eps: float = 1e-5):
+        self.scale = param(jnp.ones((d_model,), dtype), "embed")
+        self.bias = param(jnp.zeros((d_model,), dtype), "embed")
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        mu = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mu), axis=-1, keepdims=True)
+        y = (x32 - mu) * jax.lax.rsqrt(var + self.eps)
+        g, b = (_lead(p[...].astype(y.dtype), y.ndim) for p in (self.scale, self.bias))
+        return (y * g + b).astype(x.dtype)
+
+
+class PlainEmbedding(nnx.Module):
+    """Token embedding u = E[x] with the table itself as the token vectors (no sphere normalisation), the
+    input embedding of GPT-2 and Llama; same interface as :class:`tvvar.core.SphereEmbedding`."""
+
+    def __init__(self, vocab_size: int, d_model: int, *, rngs: nnx.Rngs, dtype: DType = jnp.float32):
+        if vocab_size < 1 or d_model < 1:
+            raise ValueError(f"vocab_size and d_model must be ≥ 1, got {vocab_size}, {d_model}")
+        self.vocab_size, self.d_model = vocab_size, d_model
+        self.table = param(0.02 * jax.random.normal(rngs.params(), (vocab_size, d_model), dtype), "vocab", "embed")
+
+    def vectors(self) -> Array:
+        """ũ_{1:N}: [V, D], the table."""
+        return self.table[...]
+
+    def __call__(self, ids: Array) -> Array:
+        check_token_ids(ids, self.vocab_size)
+        return jnp.take(self.vectors(), ids, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+_EMBEDDINGS: dict[str, Callable[..., nnx.Module]] = {"sphere": SphereEmbedding, "plain": PlainEmbedding}
+
+
+@register_norm("rms")
 class RMSNorm(nnx.Module):
     """x / rms(x) · g, statistics in float32."""
 
@@ -119,7 +225,9 @@ class ModelConfig:
     psi: a registered Ψ name; psi_options: its options; norm: "rms" or "none"; residual: x + f(x);
     tied: readout ũ tied to the input embedding; xi: Ξ > 0; mask: "causal" or "bidirectional";
     max_len: if set, learned absolute position vectors added to u (None: positions only through the
-    causal mask, as in Eq. 44); param_dtype / dtype: parameter and compute dtypes.
+    causal mask, as in Eq. 44); param_dtype / dtype: parameter and compute dtypes;
+    norm_eps: the norms' ε (None: each norm's default); embedding: "sphere" (Def. 11) or "plain" (the table
+    itself); mixer_bias: a learned intercept added to every mixer output (biased value/output projections).
     """
 
     vocab_size: int
@@ -137,6 +245,9 @@ class ModelConfig:
     max_len: int | None = None
     param_dtype: str = "float32"
     dtype: str = "float32"
+    norm_eps: float | None = None
+    embedding: str = "sphere"
+    mixer_bias: bool = False
 
     def __post_init__(self):
         def is_int(v):
@@ -157,9 +268,14 @@ class ModelConfig:
             raise ValueError(f"unknown psi {self.psi!r}; available: {', '.join(available_psi())}")
         check_options(self.psi_options, constructor_options(_PSI[self.psi]), what=f"psi {self.psi!r}",
                       name="psi_options")
-        if self.norm not in ("rms", "none"):
-            raise ValueError(f"norm must be 'rms' or 'none', got {self.norm!r}")
-        for name in ("residual", "tied"):
+        if self.norm not in available_norms():
+            raise ValueError(f"norm must be one of {available_norms()}, got {self.norm!r}")
+        if self.norm_eps is not None and not (isinstance(self.norm_eps, (int, float)) and not isinstance(
+                self.norm_eps, bool) and math.isfinite(self.norm_eps) and self.norm_eps > 0):
+            raise ValueError(f"norm_eps must be a finite number > 0 or None, got {self.norm_eps!r}")
+        if self.embedding not in _EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {tuple(_EMBEDDINGS)}, got {self.embedding!r}")
+        for name in ("residual", "tied", "mixer_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not (isinstance(self.xi, (int, float)) and not isinstance(self.xi, bool)
@@ -182,23 +298,36 @@ class ModelConfig:
         return dataclasses.replace(self, **kw)
 
 
+def make_norm(cfg: ModelConfig) -> nnx.Module | None:
+    """The norm ``cfg.norm`` (None for "none") with ``cfg.norm_eps`` if set."""
+    if cfg.norm == "none":
+        return None
+    kw = {} if cfg.norm_eps is None else {"eps": float(cfg.norm_eps)}
+    return _NORMS[cfg.norm](cfg.d_model, dtype=jnp.dtype(cfg.param_dtype), **kw)
+
+
 class Block(nnx.Module):
-    """One layer: x ← x + mixer(norm(x)); x ← x + Ψ(norm(x)) (without residual/norm when disabled)."""
+    """One layer: x ← x + mixer(norm(x)) (+ b); x ← x + Ψ(norm(x)) (without residual/norm when disabled)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         pdt = jnp.dtype(cfg.param_dtype)
         self.residual = cfg.residual
-        self.norm1 = RMSNorm(cfg.d_model, dtype=pdt) if cfg.norm == "rms" else None
-        self.norm2 = RMSNorm(cfg.d_model, dtype=pdt) if cfg.norm == "rms" and cfg.psi != "identity" else None
+        self.norm1 = make_norm(cfg)
+        self.norm2 = make_norm(cfg) if cfg.psi != "identity" else None
         self.mixer = build(cfg.decomposition, cfg.d_model, rngs=rngs, mask=cfg.mask, dtype=pdt, **cfg.mixer)
+        self.mixer_bias = param(jnp.zeros((cfg.d_model,), pdt), "embed") if cfg.mixer_bias else None
         self.psi = _PSI[cfg.psi](cfg.d_model, rngs=rngs, dtype=pdt, **cfg.psi_options)
 
     def _sub(self, f, norm, x):
         y = f(norm(x) if norm is not None else x)
         return x + y if self.residual else y
 
+    def _mix(self, x: Array) -> Array:
+        y = self.mixer(x)
+        return y + _lead(self.mixer_bias[...].astype(y.dtype), y.ndim) if self.mixer_bias is not None else y
+
     def __call__(self, x: Array) -> Array:
-        x = self._sub(self.mixer, self.norm1, x)
+        x = self._sub(self._mix, self.norm1, x)
         if isinstance(self.psi, Identity):
             return x
         return self._sub(self.psi, self.norm2, x)
@@ -208,6 +337,8 @@ class Block(nnx.Module):
         """One position of :meth:`__call__` (decoding protocol): x_t [B, D] → [B, D]; norms and Ψ are
         position-wise, so only the mixer carries state (``cache``, from ``mixer.init_cache``)."""
         h_t, cache = self.mixer.step(cache, self.norm1(x_t) if self.norm1 is not None else x_t)
+        if self.mixer_bias is not None:
+            h_t = h_t + _lead(self.mixer_bias[...].astype(h_t.dtype), h_t.ndim)
         x_t = x_t + h_t if self.residual else h_t
         if isinstance(self.psi, Identity):
             return x_t, cache
@@ -226,16 +357,19 @@ class TVVARModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         pdt = jnp.dtype(cfg.param_dtype)
-        self.embed = SphereEmbedding(cfg.vocab_size, cfg.d_model, rngs=rngs, dtype=pdt)
+        self.embed = _EMBEDDINGS[cfg.embedding](cfg.vocab_size, cfg.d_model, rngs=rngs, dtype=pdt)
         self.pos = (
             param(0.02 * jax.random.normal(rngs.params(), (cfg.max_len, cfg.d_model), pdt), None, "embed")
             if cfg.max_len is not None
             else None
         )
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-        self.final_norm = RMSNorm(cfg.d_model, dtype=pdt) if cfg.norm == "rms" else None
-        self.readout = Readout(cfg.vocab_size, cfg.d_model, rngs=rngs, xi=cfg.xi, dtype=pdt,
-                               embedding=self.embed if cfg.tied else None)
+        self.final_norm = make_norm(cfg)
+        head = self.embed if cfg.tied else (
+            None if cfg.embedding == "sphere" else _EMBEDDINGS[cfg.embedding](cfg.vocab_size, cfg.d_model,
+                                                                               rngs=rngs, dtype=pdt))
+        self.readout = Readout(cfg.vocab_size, cfg.d_model, rngs=rngs, xi=cfg.xi, dtype=pdt, embedding=head)
+        self.readout.tied = cfg.tied
 
     def embed_tokens(self, ids: Array) -> Array:
         """u = ũ_{ids} (+ positions): [B, T, D] in the compute dtype."""

@@ -1,0 +1,501 @@
+"""Hugging Face checkpoints (GPT-2, Llama, Mistral) as exact tvvar TV-VAR models.
+
+``load_pretrained(path)`` reads ``config.json`` and ``model.safetensors`` (or the shards named by
+``model.safetensors.index.json``) with the ``safetensors`` package (numpy arrays, no torch) and builds a
+:class:`tvvar.model.TVVARModel` computing the same function, so every tvvar measure (π of Theorem 5, the
+coefficients A_tj, the Theorem 6 terms) applies to it:
+
+==========  ==========================================================================================
+gpt2        LayerNorm (bias), attention with q/k biases (the v/o biases fold into the intercept
+            ``mixer_bias`` = W_oᵀ b_v + b_o, exact because Σ_j π_tj = 1), GELU-tanh MLP with biases,
+            learned absolute positions, tied plain (not sphere-normalised) embedding.
+llama       RMSNorm, rotary attention (B(Δ) = W_q R(−Δ) W_kᵀ/√K), grouped-query heads, SwiGLU, untied head.
+mistral     the Llama layout; a ``sliding_window`` shorter than ``max_position_embeddings`` is refused
+            (not implemented; a longer one changes nothing for T ≤ max_position_embeddings).
+==========  ==========================================================================================
+
+Both layouts on disk load. *PyTorch* (what hub users have): GPT-2 ``h.0.attn.c_attn.weight`` with Conv1D's
+(in, out) layout, optionally under ``transformer.``; Llama ``model.layers.0.self_attn.q_proj.weight`` as
+(out, in). *Flax* (``FlaxPreTrainedModel.save_pretrained``): ``kernel`` / ``embedding`` / ``scale`` names,
+GPT-2 kernels (out, in), Llama kernels (in, out). Internally every file is first renamed to the PyTorch
+layout (the documented renaming: ``kernel``/``embedding``/``scale`` → ``weight``, transposing 2-D kernels
+except GPT-2's, whose Flax kernels are already stored (out, in) = the Conv1D transpose), then mapped.
+
+Any config field that would change the function and is not implemented is refused with a ValueError naming
+the field (rope scaling, sliding window, attention/MLP biases in Llama, other activations, ...); unknown
+fields outside the list of harmless ones are refused too — never a silently different model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tvvar.model import ModelConfig, TVVARModel
+
+__all__ = ["Pretrained", "load_pretrained", "save_pretrained", "read_safetensors", "SUPPORTED_MODEL_TYPES"]
+
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral")
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+_DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+# fields that never change the function computed at inference (dropout, ids, bookkeeping)
+_HARMLESS = {
+    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
+    "bos_token_id", "eos_token_id", "pad_token_id", "use_cache", "initializer_range", "task_specific_params",
+    "attn_pdrop", "embd_pdrop", "resid_pdrop", "summary_activation", "summary_first_dropout",
+    "summary_proj_to_labels", "summary_type", "summary_use_proj", "attention_dropout", "n_ctx",
+    "output_attentions", "output_hidden_states", "return_dict", "id2label", "label2id", "tokenizer_class",
+    "prefix", "finetuning_task", "problem_type", "pretraining_tp", "gradient_checkpointing", "max_length",
+    "do_sample", "num_beams", "temperature", "top_k", "top_p", "is_decoder", "is_encoder_decoder",
+    "bad_words_ids", "decoder_start_token_id", "early_stopping", "length_penalty", "min_length",
+    "no_repeat_ngram_size", "num_return_sequences", "repetition_penalty", "chunk_size_feed_forward",
+    "cross_attention_hidden_size", "tie_encoder_decoder", "torchscript", "use_bfloat16", "pruned_heads",
+    "diversity_penalty", "num_beam_groups", "output_scores", "return_dict_in_generate", "remove_invalid_values",
+    "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty", "suppress_tokens",
+    "begin_suppress_tokens", "sep_token_id", "typical_p", "encoder_no_repeat_ngram_size", "tf_legacy_loss",
+    "use_sliding_window", "max_window_layers",
+}
+
+
+@dataclass
+class Pretrained:
+    """A loaded checkpoint: the tvvar model, the raw ``config.json``, the tokenizer (None without a
+    tokenizer.json) and the layout the weights were found in ("pytorch" or "flax")."""
+
+    model: TVVARModel
+    hf_config: dict[str, Any]
+    tokenizer: Any
+    layout: str
+
+    @property
+    def model_type(self) -> str:
+        return self.hf_config["model_type"]
+
+
+# ---- reading and writing safetensors -----------------------------------------------------------------
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, Callable[[], np.ndarray]]:
+    """Lazy readers {key: () -> numpy array} of one file (memory-mapped by ``safetensors``); a missing,
+    truncated or corrupt file raises a ValueError naming it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"safetensors file {str(path)!r} does not exist")
+    try:
+        handle = safe_open(str(path), framework="numpy")
+        keys = list(handle.keys())
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"cannot read safetensors file {str(path)!r} (truncated or corrupt?): {e}") from None
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    for k in keys:
+        end = 8 + n + header[k]["data_offsets"][1]
+        if end > size:
+            raise ValueError(f"safetensors file {str(path)!r} is truncated: key {k!r} needs {end} bytes, "
+                             f"the file has {size}")
+
+    def reader(k):
+        def read():
+            # a memory map of this tensor's bytes only: once the caller has copied it (to a jax array) and
+            # dropped it, its pages leave the process, so loading peaks near the weights' size, not twice it
+            info = header[k]
+            dt = _ST_DTYPES.get(info["dtype"])
+            if dt is None:
+                try:
+                    return handle.get_tensor(k)
+                except Exception as e:
+                    raise ValueError(f"cannot read key {k!r} from {str(path)!r}: {e}") from None
+            start = 8 + n + info["data_offsets"][0]
+            shape = tuple(info["shape"])
+            if math.prod(shape) == 0:
+                return np.zeros(shape, dt)
+            return np.memmap(path, dtype=dt, mode="r", offset=start, shape=shape)
+        return read
+
+    return {k: reader(k) for k in keys}
+
+
+def _st_dtypes() -> dict[str, np.dtype]:
+    import ml_dtypes
+
+    return {"F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+            "BF16": np.dtype(ml_dtypes.bfloat16)}
+
+
+_ST_DTYPES = _st_dtypes()
+
+
+def _weight_readers(folder: Path) -> tuple[dict[str, Callable[[], np.ndarray]], dict[str, str]]:
+    """Readers for every tensor of the checkpoint and the file each key lives in."""
+    index = folder / INDEX_NAME
+    single = folder / WEIGHTS_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"index file {str(index)!r} is not a safetensors index with a weight_map: {e}") from None
+        files: dict[str, dict] = {}
+        readers, where = {}, {}
+        for key, shard in weight_map.items():
+            if shard not in files:
+                if not (folder / shard).is_file():
+                    raise FileNotFoundError(f"index file {str(index)!r} names shard {shard!r} (key {key!r}), "
+                                            "which does not exist")
+                files[shard] = read_safetensors(folder / shard)
+            if key not in files[shard]:
+                raise ValueError(f"index file {str(index)!r} puts key {key!r} in shard {shard!r}, which lacks it")
+            readers[key], where[key] = files[shard][key], str(folder / shard)
+        return readers, where
+    if single.is_file():
+        r = read_safetensors(single)
+        return r, {k: str(single) for k in r}
+    raise FileNotFoundError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {str(folder)!r}")
+
+
+def _write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict[str, str]) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+# ---- config → ModelConfig ------------------------------------------------------------------------
+
+
+def _refuse(cfg: dict, checks: dict[str, Callable[[Any], bool]], defaults: dict[str, Any], what: str) -> None:
+    for name, value in cfg.items():
+        if name in checks:
+            if not checks[name](value):
+                raise ValueError(f"config.json field {name!r} = {value!r} is not supported for {what} "
+                                 "(tvvar would compute a different model)")
+        elif name not in _HARMLESS and name not in defaults:
+            raise ValueError(f"config.json field {name!r} = {value!r} is not implemented for {what}; "
+                             "refusing rather than loading a possibly different model")
+
+
+def _gpt2_config(c: dict, dtype: str) -> ModelConfig:
+    known = {"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "layer_norm_epsilon",
+             "tie_word_embeddings"}
+    _refuse(c, {
+        "activation_function": lambda v: v in ("gelu_new", "gelu_pytorch_tanh"),
+        "scale_attn_weights": lambda v: v is True,
+        "scale_attn_by_inverse_layer_idx": lambda v: v is False,
+        "reorder_and_upcast_attn": lambda v: v is False,
+        "add_cross_attention": lambda v: v is False,
+        "rope_scaling": lambda v: v is None,
+    }, dict.fromkeys(known), "model_type 'gpt2'")
+    D, H = c["n_embd"], c["n_head"]
+    if D % H:
+        raise ValueError(f"config.json: n_embd={D} is not divisible by n_head={H}")
+    return ModelConfig(
+        vocab_size=c["vocab_size"], d_model=D, num_layers=c["n_layer"], decomposition="attention",
+        mixer={"num_heads": H, "qk_bias": True}, psi="gelu_mlp", psi_options={"d_ff": c.get("n_inner") or 4 * D},
+        norm="layernorm", norm_eps=float(c.get("layer_norm_epsilon", 1e-5)), tied=c.get("tie_word_embeddings", True),
+        max_len=c["n_positions"], embedding="plain", mixer_bias=True, param_dtype=dtype, dtype=dtype)
+
+
+def _llama_config(c: dict, dtype: str) -> ModelConfig:
+    mt = c["model_type"]
+    known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
+             "tie_word_embeddings"}
+    _refuse(c, {
+        "hidden_act": lambda v: v == "silu",
+        "rope_scaling": lambda v: v is None,
+        "attention_bias": lambda v: v is False,
+        "mlp_bias": lambda v: v is False,
+        # a window at least as long as every admissible sequence changes nothing; a shorter one is not implemented
+        "sliding_window": lambda v: v is None or (isinstance(v, int) and v >= c.get("max_position_embeddings", 0)),
+    }, dict.fromkeys(known), f"model_type {mt!r}")
+    D, H = c["hidden_size"], c["num_attention_heads"]
+    K = c.get("head_dim") or D // H
+    G = c.get("num_key_value_heads") or H
+    if H % G:
+        raise ValueError(f"config.json: num_attention_heads={H} is not divisible by num_key_value_heads={G}")
+    return ModelConfig(
+        vocab_size=c["vocab_size"], d_model=D, num_layers=c["num_hidden_layers"], decomposition="attention",
+        mixer={"num_heads": H, "num_kv_heads": G, "head_dim": K, "rotary": True,
+               "rope_theta": float(c.get("rope_theta", 10000.0))},
+        psi="swiglu", psi_options={"d_ff": c["intermediate_size"]}, norm="rms",
+        norm_eps=float(c.get("rms_norm_eps", 1e-6)), tied=bool(c.get("tie_word_embeddings", False)),
+        max_len=None, embedding="plain", param_dtype=dtype, dtype=dtype)
+
+
+# ---- key maps: both layouts → the PyTorch layout → tvvar parameters ---------------------------------
+
+_GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
+def _to_pytorch_names(model_type: str, readers: dict) -> tuple[dict[str, Callable[[], np.ndarray]], dict, str]:
+    """Rename every key to the PyTorch layout: readers of arrays in that layout, {new name: key on disk}, and
+    the layout found."""
+    flax = any(k.endswith((".kernel", ".embedding", ".scale")) for k in readers)
+    out: dict[str, Callable[[], np.ndarray]] = {}
+    origin: dict[str, str] = {}
+    for key, read in readers.items():
+        k = key
+        if model_type == "gpt2":
+            k = k.removeprefix("transformer.")
+            if k.endswith(_GPT2_BUFFERS):
+                continue  # the PyTorch causal-mask buffers, not parameters
+        transpose = False
+        if k.endswith(".kernel"):
+            k = k[: -len(".kernel")] + ".weight"
+            # Flax GPT-2 kernels are (out, in), PyTorch Conv1D (in, out); Flax Llama kernels are (in, out),
+            # PyTorch Linear (out, in): a transpose either way
+            transpose = True
+        elif k.endswith((".embedding", ".scale")):
+            k = k.rsplit(".", 1)[0] + ".weight"
+        if k in out:
+            raise ValueError(f"weight files hold two tensors that map to {k!r} (one of them {key!r})")
+        out[k] = (lambda r=read: np.swapaxes(r(), 0, 1)) if transpose else read
+        origin[k] = key
+    return out, origin, ("flax" if flax else "pytorch")
+
+
+def _gpt2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dict[tuple, np.ndarray]:
+    D, H = cfg.d_model, cfg.mixer["num_heads"]
+    K, F = D // H, cfg.psi_options["d_ff"]
+    p: dict[tuple, np.ndarray] = {("embed", "table"): w("wte.weight", (cfg.vocab_size, D)),
+                                  ("pos",): w("wpe.weight", (cfg.max_len, D)),
+                                  ("final_norm", "scale"): w("ln_f.weight", (D,)),
+                                  ("final_norm", "bias"): w("ln_f.bias", (D,))}
+    for i in range(cfg.num_layers):
+        b = f"h.{i}."
+        qkv = w(b + "attn.c_attn.weight", (D, 3 * D))
+        qkv_b = w(b + "attn.c_attn.bias", (3 * D,))
+        wproj = w(b + "attn.c_proj.weight", (D, D))
+        bproj = w(b + "attn.c_proj.bias", (D,))
+        L = ("blocks", i)
+        p[L + ("mixer", "wq")] = qkv[:, :D].reshape(D, H, K)
+        p[L + ("mixer", "wk")] = qkv[:, D:2 * D].reshape(D, H, K)
+        p[L + ("mixer", "wv")] = qkv[:, 2 * D:].reshape(D, H, K)
+        p[L + ("mixer", "wo")] = wproj.reshape(H, K, D)
+        p[L + ("mixer", "bq")] = qkv_b[:D].reshape(H, K)
+        p[L + ("mixer", "bk")] = qkv_b[D:2 * D].reshape(H, K)
+        # Σ_j π_ij (W_vᵀu_j + b_v) = Σ_j π_ij W_vᵀu_j + b_v, so the value bias is the constant W_oᵀ b_v (+ b_o)
+        bv = np.asarray(qkv_b[2 * D:], np.float64)
+        const = bv @ np.asarray(wproj, np.float64) + np.asarray(bproj, np.float64)
+        p[L + ("mixer_bias",)] = jnp.asarray(const.astype(np.dtype(qkv_b.dtype)))
+        for n, hf in (("norm1", "ln_1"), ("norm2", "ln_2")):
+            p[L + (n, "scale")] = w(b + hf + ".weight", (D,))
+            p[L + (n, "bias")] = w(b + hf + ".bias", (D,))
+        p[L + ("psi", "w1")] = w(b + "mlp.c_fc.weight", (D, F))
+        p[L + ("psi", "b1")] = w(b + "mlp.c_fc.bias", (F,))
+        p[L + ("psi", "w2")] = w(b + "mlp.c_proj.weight", (F, D))
+        p[L + ("psi", "b2")] = w(b + "mlp.c_proj.bias", (D,))
+    if not cfg.tied:
+        p[("readout", "embedding", "table")] = w("lm_head.weight", (cfg.vocab_size, D))
+    return p
+
+
+def _llama_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dict[tuple, np.ndarray]:
+    D, m = cfg.d_model, cfg.mixer
+    H, G, K, F = m["num_heads"], m["num_kv_heads"], m["head_dim"], cfg.psi_options["d_ff"]
+    p: dict[tuple, np.ndarray] = {("embed", "table"): w("model.embed_tokens.weight", (cfg.vocab_size, D)),
+                                  ("final_norm", "scale"): w("model.norm.weight", (D,))}
+    for i in range(cfg.num_layers):
+        b, L = f"model.layers.{i}.", ("blocks", i)
+        p[L + ("mixer", "wq")] = w(b + "self_attn.q_proj.weight", (H * K, D)).T.reshape(D, H, K)
+        p[L + ("mixer", "wk")] = w(b + "self_attn.k_proj.weight", (G * K, D)).T.reshape(D, G, K)
+        p[L + ("mixer", "wv")] = w(b + "self_attn.v_proj.weight", (G * K, D)).T.reshape(D, G, K)
+        p[L + ("mixer", "wo")] = w(b + "self_attn.o_proj.weight", (D, H * K)).T.reshape(H, K, D)
+        p[L + ("norm1", "scale")] = w(b + "input_layernorm.weight", (D,))
+        p[L + ("norm2", "scale")] = w(b + "post_attention_layernorm.weight", (D,))
+        p[L + ("psi", "w_gate")] = w(b + "mlp.gate_proj.weight", (F, D)).T
+        p[L + ("psi", "w_up")] = w(b + "mlp.up_proj.weight", (F, D)).T
+        p[L + ("psi", "w_down")] = w(b + "mlp.down_proj.weight", (D, F)).T
+    if not cfg.tied:
+        p[("readout", "embedding", "table")] = w("lm_head.weight", (cfg.vocab_size, D))
+    return p
+
+
+_CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config}
+_PARAMS = {"gpt2": _gpt2_params, "llama": _llama_params, "mistral": _llama_params}
+
+
+def _read_config(folder: Path) -> dict:
+    f = folder / "config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"no config.json in {str(folder)!r}")
+    try:
+        c = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(f)!r} is not valid JSON: {e}") from None
+    mt = c.get("model_type")
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{str(f)!r}: model_type {mt!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}")
+    return c
+
+
+def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrained:
+    """Load a Hugging Face checkpoint folder (config.json + safetensors, PyTorch or Flax layout) as an exact
+    :class:`tvvar.model.TVVARModel`; ``dtype`` is the parameter and compute dtype (bf16/f16 files are cast).
+
+    Errors name the file and key: missing or truncated files, a shard named by the index that does not
+    exist, a tensor whose shape does not match the config, missing or unused tensors, an unknown
+    ``model_type``, a config field that is not implemented.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {str(folder)!r} does not exist")
+    c = _read_config(folder)
+    mt = c["model_type"]
+    cfg = _CONFIGS[mt](c, dtype)
+    raw, where = _weight_readers(folder)
+    readers, origin, layout = _to_pytorch_names(mt, raw)
+    used: set[str] = set()
+    jdtype = jnp.dtype(dtype)
+
+    def w(key: str, shape: tuple) -> np.ndarray:
+        if key not in readers:
+            raise KeyError(f"checkpoint in {str(folder)!r} lacks tensor {key!r} (PyTorch-layout name) needed by "
+                           f"model_type {mt!r}")
+        a = readers[key]()
+        if tuple(a.shape) != shape:
+            raise ValueError(f"tensor {origin[key]!r} in file {where[origin[key]]!r} has shape {a.shape} (as "
+                             f"{key!r} in the PyTorch layout); config.json implies {shape}")
+        used.add(key)
+        return jnp.asarray(a, dtype=jdtype)  # one copy, then the map of this tensor is dropped
+
+    params = _PARAMS[mt](cfg, w)
+    if cfg.tied and "lm_head.weight" in readers:  # some exports write the tied head explicitly
+        head = w("lm_head.weight", (cfg.vocab_size, cfg.d_model))
+        if not np.array_equal(head, params[("embed", "table")]):
+            raise ValueError("config.json ties the head to the embedding (tie_word_embeddings) but lm_head.weight "
+                             "differs from the embedding table")
+    unused = sorted(set(readers) - used)
+    if unused:
+        raise ValueError(f"checkpoint in {str(folder)!r} has tensors model_type {mt!r} does not use: {unused[:8]}"
+                         f"{' …' if len(unused) > 8 else ''}")
+    model = nnx.eval_shape(lambda: TVVARModel(cfg, rngs=nnx.Rngs(0)))
+    filled = set()
+    for p, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Variable):
+            if p not in params:
+                raise AssertionError(f"internal: no checkpoint tensor for tvvar parameter {p}")  # pragma: no cover
+            var.set_value(jnp.asarray(params.pop(p), dtype=jdtype))
+            filled.add(p)
+    if params:  # pragma: no cover - internal consistency
+        raise AssertionError(f"internal: unplaced tensors {sorted(params)}")
+    tok = None
+    if (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return Pretrained(model=model, hf_config=c, tokenizer=tok, layout=layout)
+
+
+# ---- saving -----------------------------------------------------------------------------------------
+
+
+def _gpt2_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
+    cfg = model.cfg
+    D = cfg.d_model
+    a = lambda v: np.asarray(v[...])  # noqa: E731
+    t = {"wte.weight": a(model.embed.table), "wpe.weight": a(model.pos),
+         "ln_f.weight": a(model.final_norm.scale), "ln_f.bias": a(model.final_norm.bias)}
+    for i, blk in enumerate(model.blocks):
+        b, mx = f"h.{i}.", blk.mixer
+        t[b + "attn.c_attn.weight"] = np.concatenate([a(mx.wq).reshape(D, D), a(mx.wk).reshape(D, D),
+                                                      a(mx.wv).reshape(D, D)], axis=1)
+        # the value bias was folded into the intercept: written as b_v = 0, c_proj.bias = intercept
+        t[b + "attn.c_attn.bias"] = np.concatenate([a(mx.bq).reshape(D), a(mx.bk).reshape(D),
+                                                    np.zeros(D, a(mx.bq).dtype)])
+        t[b + "attn.c_proj.weight"] = a(mx.wo).reshape(D, D)
+        t[b + "attn.c_proj.bias"] = a(blk.mixer_bias)
+        for n, hf in (("norm1", "ln_1"), ("norm2", "ln_2")):
+            t[b + hf + ".weight"] = a(getattr(blk, n).scale)
+            t[b + hf + ".bias"] = a(getattr(blk, n).bias)
+        t[b + "mlp.c_fc.weight"], t[b + "mlp.c_fc.bias"] = a(blk.psi.w1), a(blk.psi.b1)
+        t[b + "mlp.c_proj.weight"], t[b + "mlp.c_proj.bias"] = a(blk.psi.w2), a(blk.psi.b2)
+    if not cfg.tied:
+        t["lm_head.weight"] = a(model.readout.embedding.table)
+    return t
+
+
+def _llama_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
+    cfg = model.cfg
+    D = cfg.d_model
+    a = lambda v: np.asarray(v[...])  # noqa: E731
+    t = {"model.embed_tokens.weight": a(model.embed.table), "model.norm.weight": a(model.final_norm.scale)}
+    for i, blk in enumerate(model.blocks):
+        b, mx = f"model.layers.{i}.", blk.mixer
+        t[b + "self_attn.q_proj.weight"] = a(mx.wq).reshape(D, -1).T
+        t[b + "self_attn.k_proj.weight"] = a(mx.wk).reshape(D, -1).T
+        t[b + "self_attn.v_proj.weight"] = a(mx.wv).reshape(D, -1).T
+        t[b + "self_attn.o_proj.weight"] = a(mx.wo).reshape(-1, D).T
+        t[b + "input_layernorm.weight"] = a(blk.norm1.scale)
+        t[b + "post_attention_layernorm.weight"] = a(blk.norm2.scale)
+        t[b + "mlp.gate_proj.weight"] = a(blk.psi.w_gate).T
+        t[b + "mlp.up_proj.weight"] = a(blk.psi.w_up).T
+        t[b + "mlp.down_proj.weight"] = a(blk.psi.w_down).T
+    if not cfg.tied:
+        t["lm_head.weight"] = a(model.readout.embedding.table)
+    return t
+
+
+def _to_flax_names(model_type: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tensors.items():
+        base = k.rsplit(".", 1)[0]
+        if model_type == "gpt2":
+            if base in ("wte", "wpe"):
+                nk, nv = base + ".embedding", v
+            elif ".ln_" in k or base == "ln_f":
+                nk, nv = (base + ".scale" if k.endswith(".weight") else k), v
+            elif k.endswith(".weight"):
+                nk, nv = base + ".kernel", v.T
+            else:
+                nk, nv = k, v
+            nk = "transformer." + nk if not nk.startswith("lm_head") else nk
+        else:
+            if base.endswith("embed_tokens"):
+                nk, nv = base + ".embedding", v
+            elif "norm" in base:
+                nk, nv = k, v
+            else:
+                nk, nv = base + ".kernel", v.T
+        out[nk] = nv
+    return out
+
+
+def save_pretrained(pre: Pretrained, path: str | os.PathLike, layout: str | None = None) -> None:
+    """Write ``pre`` (from :func:`load_pretrained`) back as config.json + model.safetensors (+ tokenizer.json)
+    in ``layout`` ("pytorch" or "flax"; default: the layout it was loaded from). Reloading gives bit-identical
+    tvvar parameters. GPT-2's value bias was folded into the intercept at load, so it is written as
+    b_v = 0 with c_proj.bias = W_oᵀ b_v + b_o: the same function, not the same bytes as the source file."""
+    layout = layout or pre.layout
+    if layout not in ("pytorch", "flax"):
+        raise ValueError(f"layout must be 'pytorch' or 'flax', got {layout!r}")
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    mt = pre.model_type
+    tensors = _gpt2_tensors(pre.model) if mt == "gpt2" else _llama_tensors(pre.model)
+    if layout == "flax":
+        tensors = _to_flax_names(mt, tensors)
+    _write_safetensors(folder / WEIGHTS_NAME, tensors, {"format": "flax" if layout == "flax" else "pt"})
+    (folder / "config.json").write_text(json.dumps(pre.hf_config, indent=2))
+    if pre.tokenizer is not None:
+        pre.tokenizer.save(str(folder / "tokenizer.json"))
+
+
+def num_parameters(model: TVVARModel) -> int:
+    """Number of scalars in the model's parameters (a tied table counted once)."""
+    return sum(math.prod(v.get_value().shape) for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable))
