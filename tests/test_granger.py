@@ -82,3 +82,66 @@ def test_collinear_series_is_a_singular_design_error():
     x = np.random.default_rng(0).standard_normal((80, 1))
     with pytest.raises(ValueError, match="singular"):
         G.granger_test(np.concatenate([x, 3 * x], axis=1), 1, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Likelihood-ratio (G) test on the plug-in TE for token streams (issue 14, item 5)
+# --------------------------------------------------------------------------------------------------
+
+
+def _markov_target(rng, n, source=None, stay=0.3, follow=0.0):
+    y = (rng.random(n) < 0.5).astype(np.int64)
+    for i in range(1, n):
+        if source is not None and rng.random() < follow:
+            y[i] = source[i - 1]
+        elif rng.random() < stay:
+            y[i] = y[i - 1]
+    return y
+
+
+def test_te_lr_statistic_is_the_count_model_log_likelihood_ratio():
+    from collections import Counter
+
+    from tvvar.theory.granger import te_likelihood_ratio_test
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, 500)
+    y = _markov_target(rng, 500, x, follow=0.2)
+
+    def loglik(keys):  # maximum-likelihood categorical fit of y_t given the context keys
+        joint = Counter(zip(keys, y[1:].tolist(), strict=True))
+        ctx = Counter(keys)
+        return sum(c * np.log(c / ctx[kk]) for (kk, _), c in joint.items())
+
+    full = loglik(list(zip(y[:-1].tolist(), x[:-1].tolist(), strict=True)))
+    restricted = loglik(y[:-1].tolist())
+    with jax.enable_x64(True):
+        res = te_likelihood_ratio_test(x, y)
+    assert abs(res.statistic - 2 * (full - restricted)) < 1e-10
+    assert res.df == (3 - 1) * (3 - 1) * 3 and res.n_eff == 499  # y copies x, so both alphabets have 3 symbols
+
+
+def test_te_lr_size_and_power():
+    from tvvar.theory.granger import te_likelihood_ratio_test
+
+    rng = np.random.default_rng(1)
+    R, n = 1000, 300
+    null = [te_likelihood_ratio_test(rng.integers(0, 2, n), _markov_target(rng, n)).pvalue for _ in range(R)]
+    size = np.mean(np.asarray(null) < 0.05)
+    assert abs(size - 0.05) <= 3 * np.sqrt(0.05 * 0.95 / R)  # within 3 standard errors of the nominal 5 %
+    alt = []
+    for _ in range(200):
+        x = rng.integers(0, 2, n)
+        alt.append(te_likelihood_ratio_test(x, _markov_target(rng, n, x, follow=0.25)).pvalue)
+    assert np.mean(np.asarray(alt) < 0.05) > 0.9
+
+
+def test_te_lr_bad_input():
+    from tvvar.theory.granger import te_likelihood_ratio_test
+
+    with pytest.raises(ValueError, match="same length"):
+        te_likelihood_ratio_test(np.zeros(10, int), np.zeros(9, int))
+    with pytest.raises(TypeError, match="integer symbols"):
+        te_likelihood_ratio_test(np.zeros(10), np.zeros(10, int))
+    with pytest.raises(ValueError, match="source_vocab"):
+        te_likelihood_ratio_test(np.array([0, 1, 2] * 5), np.zeros(15, int), source_vocab=2)
