@@ -608,3 +608,4 @@ def source_from_info(info: dict[str, Any]) -> DataSource | Vocab:
 
 # Sources defined in their own modules register themselves on import (they import this module first).
 from tvvar import alignment as _alignment  # noqa: E402, F401
+from tvvar import prompted as _prompted  # noqa: E402, F401

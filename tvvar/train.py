@@ -94,6 +94,7 @@ OBJECTIVE_MODULES: dict[str, str] = {
     "marginal_attention": "tvvar.theory.elbo",
     "soft": "tvvar.theory.elbo",
     "llada": "tvvar.diffusion",
+    "semantic_rd": "tvvar.theory.information",
 }
 
 

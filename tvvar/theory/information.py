@@ -1,0 +1,515 @@
+"""Directed information and semantic information flow of a prompted model (Section III, Defs. 2 and 8).
+
+Every quantity here is computed from one array, the per-prompt next-token law of a source or a model,
+
+    log_cond[b, k, t, v] = log P(U_t = v | U_{<t} = u_{b,<t}, S = s_k)       [B, K, T, V]
+
+(``u[:, t]`` is the paper's U_{n+1+t}; t = 0 is the first output token) and a prompt law ``log_prior``
+[K]. For a model it comes from :func:`model_log_conditionals` — one batched, jitted forward over all K·B
+[prompt ‖ continuation] sequences — and for :class:`tvvar.prompted.PromptedSource` from its exact
+``log_conditionals``; so the same calls serve every registered decomposition (and a model loaded from
+disk). The prompt-free law is the exact Bayes marginal over the prompt set:
+
+    P(s_k | u_{<t}) ∝ p(s_k) Π_{τ<t} P(u_τ | u_{<τ}, s_k)                          :func:`prompt_posterior`
+    P(U_t = v | u_{<t}) = Σ_k P(s_k | u_{<t}) P(U_t = v | u_{<t}, s_k)            :func:`marginal_log_conditionals`
+
+From these:
+
+* information density ι_t = log P(u_t | u_{<t}, s) − log P(u_t | u_{<t}) and the semantic information flow
+  i(S → U_{n+1:t}) = Σ_{τ≤t} ι_τ = log P(u_{≤t} | s) / P(u_{≤t}) (Def. 8, Eqs. 22–24):
+  :func:`information_density`, :func:`flow`;
+* the conditional drift of the flow (Theorem 2): E[ι_t | u_{<t}, s] = KL(P(·|u_{<t}, s) ‖ P(·|u_{<t})) ≥ 0,
+  :func:`drift` (closed form) and :func:`drift_by_enumeration` (the expectation of the sequence-level flow
+  increment over the next token, the identity's other side);
+* the Doob decomposition i_t = A_t + M_t, A_t = Σ_{τ≤t} KL_τ predictable and non-decreasing, M_t a
+  martingale with M_0 = 0 (Eqs. 26–28), and the predictable quadratic variation V_t = Σ Var(ι_τ | past)
+  used by Freedman's inequality (Corollary 2, Eq. 30): :func:`doob`;
+* the directed information I(S → U) = Σ_t I(S; U_t | U_{<t}) (Def. 2, Eq. 10), exactly by enumeration of
+  all V^T continuations (:func:`directed_information`, which also returns the sequence-level I(S; U) that
+  the chain rule says it equals) or by Monte-Carlo with exact densities and a standard error
+  (:func:`directed_information_mc`);
+* the prompt-free estimators the interpretability literature uses instead of the Bayes marginal — drop the
+  prompt, a null prompt, a truncated context window — as log-conditionals of the same shape
+  (:func:`heuristic_log_marginals`), so their drift from the exact flow is one subtraction.
+
+Logs are natural (nats); :data:`NATS_PER_BIT` converts. Probabilities that are exactly 0 (the source's
+absorbing end token) contribute 0 to every expectation (0 · log 0 = 0), never NaN.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tvvar.core import check_token_ids
+from tvvar.typing import Array, PRNGKey
+
+__all__ = [
+    "NATS_PER_BIT",
+    "check_log_prior",
+    "check_prompts",
+    "prompt_posterior",
+    "marginal_log_conditionals",
+    "information_density",
+    "flow",
+    "sequence_flow",
+    "drift",
+    "drift_by_enumeration",
+    "doob",
+    "model_log_conditionals",
+    "model_conditional_fn",
+    "sample_model",
+    "all_continuations",
+    "directed_information",
+    "directed_information_mc",
+    "directed_distortion",
+    "eq18_loss",
+    "eq18_objective",
+    "check_lambda",
+    "heuristic_log_marginals",
+    "stopped",
+]
+
+NATS_PER_BIT = math.log(2.0)
+_PROB_TOL = 1e-6
+
+
+# --------------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------------
+
+
+def check_log_prior(log_prior: Any) -> Array:
+    """The prompt law as log-probabilities [K]: non-empty, no NaN, not all −inf, summing to 1."""
+    lp = jnp.asarray(log_prior)
+    if lp.ndim != 1 or lp.shape[0] < 1:
+        raise ValueError(f"log_prior must be a non-empty vector [K] of prompt log-probabilities (an empty prompt "
+                         f"set has no law), got shape {tuple(lp.shape)}")
+    if not jnp.issubdtype(lp.dtype, jnp.floating):
+        raise TypeError(f"log_prior must be a float array, got dtype {lp.dtype}")
+    if isinstance(lp, jax.core.Tracer):
+        return lp
+    a = np.asarray(lp, np.float64)
+    if np.any(np.isnan(a)) or np.any(a == np.inf):
+        raise ValueError("log_prior must not hold NaN or +inf")
+    if not np.any(np.isfinite(a)):
+        raise ValueError("log_prior gives every prompt probability 0 (a zero-probability prompt set)")
+    total = np.exp(a).sum()
+    if abs(total - 1.0) > _PROB_TOL:
+        raise ValueError(f"log_prior must be log-probabilities summing to 1, sums to {total:.8g}")
+    return lp
+
+
+def check_prompts(prompts: Any, vocab_size: int, max_context: int | None = None, cont_len: int = 1) -> Array:
+    """Prompt token ids [K, n] in [0, V); with ``max_context``, n + cont_len − 1 must fit in it."""
+    p = jnp.asarray(prompts)
+    check_token_ids(p, vocab_size, name="prompts", ndim=2)
+    if max_context is not None and p.shape[1] + cont_len - 1 > max_context:
+        raise ValueError(f"prompts of length n={p.shape[1]} with a continuation of T={cont_len} need a context of "
+                         f"n + T − 1 = {p.shape[1] + cont_len - 1} tokens, longer than the model's max_len="
+                         f"{max_context}")
+    return p
+
+
+def _check_cond(log_cond: Array, log_prior: Array, u: Array | None = None) -> None:
+    if log_cond.ndim != 4:
+        raise ValueError(f"log_cond must have shape [B, K, T, V], got shape {tuple(log_cond.shape)}")
+    if log_cond.shape[1] != log_prior.shape[0]:
+        raise ValueError(f"log_cond has K={log_cond.shape[1]} prompts but log_prior has {log_prior.shape[0]}")
+    if u is not None:
+        check_token_ids(u, log_cond.shape[-1], name="continuation", ndim=2)
+        if tuple(u.shape) != tuple(log_cond.shape[:1] + log_cond.shape[2:3]):
+            want = tuple(log_cond.shape[:1] + log_cond.shape[2:3])
+            raise ValueError(f"continuation must have shape [B, T] = {want}, got {tuple(u.shape)}")
+
+
+def _safe_sub(a: Array, b: Array) -> Array:
+    """a − b with −inf − (−inf) := −inf (an impossible event stays impossible, never NaN)."""
+    return jnp.where(jnp.isneginf(b), -jnp.inf, a - b)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bayes over the prompt set
+# --------------------------------------------------------------------------------------------------
+
+
+def _token_logliks(log_cond: Array, u: Array) -> Array:
+    """log P(u_t | u_{<t}, s_k): [B, K, T]."""
+    B, K, T, _ = log_cond.shape
+    idx = jnp.broadcast_to(u[:, None, :, None], (B, K, T, 1))
+    return jnp.take_along_axis(log_cond, idx, axis=-1)[..., 0]
+
+
+def _cumulative(log_cond: Array, u: Array) -> Array:
+    """log P(u_{<t} | s_k) for t = 0..T: [B, K, T + 1]."""
+    ll = _token_logliks(log_cond, u)
+    return jnp.concatenate([jnp.zeros_like(ll[..., :1]), jnp.cumsum(ll, axis=-1)], axis=-1)
+
+
+def prompt_posterior(log_cond: Array, log_prior: Array, u: Array) -> Array:
+    """log P(s_k | u_{<t}) for t = 0..T (t = 0 is the prior, t = T after the whole continuation): [B, K, T + 1]."""
+    log_prior = check_log_prior(log_prior)
+    _check_cond(log_cond, log_prior, u)
+    joint = log_prior[None, :, None] + _cumulative(log_cond, u)
+    return _safe_sub(joint, jax.nn.logsumexp(joint, axis=1, keepdims=True))
+
+
+def marginal_log_conditionals(log_cond: Array, log_prior: Array, u: Array) -> Array:
+    """The exact prompt-free law log P(U_t = v | u_{<t}) = log Σ_k P(s_k | u_{<t}) P(v | u_{<t}, s_k): [B, T, V]."""
+    post = prompt_posterior(log_cond, log_prior, u)[:, :, :-1]
+    return jax.nn.logsumexp(post[..., None] + log_cond, axis=1)
+
+
+def _prompt_rows(x: Array, k: Array) -> Array:
+    """x[b, k_b, ...] for x [B, K, ...] and prompt indices k [B]."""
+    k = jnp.asarray(k)
+    if k.ndim != 1 or k.shape[0] != x.shape[0]:
+        raise ValueError(f"prompt index must have shape [B={x.shape[0]}], got {tuple(k.shape)}")
+    if not isinstance(k, jax.core.Tracer) and (int(k.min()) < 0 or int(k.max()) >= x.shape[1]):
+        raise ValueError(f"prompt index must lie in [0, K={x.shape[1]}), got values in "
+                         f"[{int(k.min())}, {int(k.max())}]")
+    return jnp.take_along_axis(x, k.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+
+
+def information_density(log_cond: Array, log_prior: Array, u: Array, k: Array,
+                        log_marginal: Array | None = None) -> Array:
+    """ι_t = log P(u_t | u_{<t}, s_k) − log P(u_t | u_{<t}) for each path b under prompt k_b: [B, T].
+
+    ``log_marginal`` [B, T, V] replaces the exact Bayes marginal (e.g. by a heuristic estimator)."""
+    m = marginal_log_conditionals(log_cond, log_prior, u) if log_marginal is None else log_marginal
+    own = _prompt_rows(_token_logliks(log_cond, u), k)
+    lm = jnp.take_along_axis(m, u[..., None], axis=-1)[..., 0]
+    return own - lm
+
+
+def flow(log_cond: Array, log_prior: Array, u: Array, k: Array, log_marginal: Array | None = None) -> Array:
+    """The semantic information flow i(S → U_{n+1:t}) = Σ_{τ≤t} ι_τ for t = 1..T (Def. 8, Eq. 24): [B, T]."""
+    return jnp.cumsum(information_density(log_cond, log_prior, u, k, log_marginal), axis=-1)
+
+
+def sequence_flow(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Array:
+    """The same flow from sequence probabilities, log P(u_{≤t} | s_k) − log Σ_j p_j P(u_{≤t} | s_j), t = 0..T:
+    [B, T + 1] (no per-step Bayes predictive; the chain rule makes it equal :func:`flow`)."""
+    log_prior = check_log_prior(log_prior)
+    _check_cond(log_cond, log_prior, u)
+    L = _cumulative(log_cond, u)
+    logm = jax.nn.logsumexp(log_prior[None, :, None] + L, axis=1)
+    return _prompt_rows(L, k) - logm
+
+
+def _kl_rows(logp: Array, logq: Array) -> Array:
+    """KL(p ‖ q) along the last axis as Σ_v [p log(p/q) − p + q]⁺: each term is ≥ 0 in exact arithmetic, so the
+    clamp only removes rounding and the result is never negative; p = 0 terms give q (their limit)."""
+    p, q = jnp.exp(logp), jnp.exp(logq)
+    term = jnp.where(p > 0, p * _safe_sub(logp, logq) - p + q, q)
+    return jnp.sum(jnp.maximum(term, 0), axis=-1)
+
+
+def drift(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Array:
+    """Theorem 2's drift E[ι_t | u_{<t}, s_k] = KL(P(·|u_{<t}, s_k) ‖ P(·|u_{<t})) ≥ 0 per path and step: [B, T]."""
+    m = marginal_log_conditionals(log_cond, log_prior, u)
+    return _kl_rows(_prompt_rows(log_cond, k), m)
+
+
+def drift_by_enumeration(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Array:
+    """E_v[i(u_{<t} v) − i(u_{<t})] over the next token v ~ P(·|u_{<t}, s_k), each flow from sequence
+    probabilities (:func:`sequence_flow`): the left side of Theorem 2's identity, [B, T]."""
+    log_prior = check_log_prior(log_prior)
+    _check_cond(log_cond, log_prior, u)
+    L = _cumulative(log_cond, u)[:, :, :-1]                                   # log P(u_{<t} | s_j): [B, K, T]
+    L_next = L[..., None] + log_cond                                          # log P(u_{<t} v | s_j): [B, K, T, V]
+    logm = jax.nn.logsumexp(log_prior[None, :, None] + L, axis=1)             # [B, T]
+    logm_next = jax.nn.logsumexp(log_prior[None, :, None, None] + L_next, axis=1)
+    f_prev = _prompt_rows(L, k) - logm
+    f_next = _prompt_rows(L_next, k) - logm_next
+    p = jnp.exp(_prompt_rows(log_cond, k))
+    return jnp.sum(jnp.where(p > 0, p * (f_next - f_prev[..., None]), 0), axis=-1)
+
+
+def doob(log_cond: Array, log_prior: Array, u: Array, k: Array) -> dict[str, Array]:
+    """Doob decomposition of the flow (Eqs. 26–28), per path, t = 1..T, each [B, T]:
+
+    ``flow`` i_t, ``A`` = Σ_{τ≤t} KL_τ (predictable, non-decreasing), ``M`` = i_t − A_t (martingale, mean 0),
+    ``drift`` KL_t, ``V`` = Σ_{τ≤t} Var(ι_τ | past) (the predictable quadratic variation of M) and
+    ``increment_sup`` = max_v (ι_τ(v) − KL_τ) over the possible next tokens (a bound c on M's increments)."""
+    m = marginal_log_conditionals(log_cond, log_prior, u)
+    own = _prompt_rows(log_cond, k)
+    kl = _kl_rows(own, m)
+    i = flow(log_cond, log_prior, u, k, m)
+    p = jnp.exp(own)
+    dens = _safe_sub(own, m)                                                  # ι(v) per next token
+    centred = jnp.where(p > 0, dens - kl[..., None], 0)
+    var = jnp.sum(jnp.where(p > 0, p * centred**2, 0), axis=-1)
+    sup = jnp.max(jnp.where(p > 0, centred, -jnp.inf), axis=-1)
+    A = jnp.cumsum(kl, axis=-1)
+    return {"flow": i, "A": A, "M": i - A, "drift": kl, "V": jnp.cumsum(var, axis=-1), "increment_sup": sup}
+
+
+def stopped(x: Array, u: Array, end_token: int) -> tuple[Array, Array]:
+    """(x_{t∧τ}, τ) for x [B, T] indexed t = 1..T and τ = the first step with u_t = ◁ (T if none): Corollary 3's
+    process stopped at the end token. τ is 1-based (the number of output tokens up to and including ◁)."""
+    T = u.shape[1]
+    hit = u == end_token
+    tau = jnp.where(jnp.any(hit, axis=1), jnp.argmax(hit, axis=1) + 1, T)
+    t = jnp.arange(1, T + 1)[None, :]
+    idx = jnp.minimum(t, tau[:, None]) - 1
+    return jnp.take_along_axis(x, idx, axis=1), tau
+
+
+# --------------------------------------------------------------------------------------------------
+# a model as the channel: one batched forward over all prompts
+# --------------------------------------------------------------------------------------------------
+
+
+@partial(nnx.jit, static_argnames=("n",))
+def _forward_all_prompts(model, prompts: Array, u: Array, n: int) -> Array:
+    B, T = u.shape
+    K = prompts.shape[0]
+    ids = jnp.concatenate([jnp.broadcast_to(prompts[None], (B, K, n)),
+                           jnp.broadcast_to(u[:, None, :], (B, K, T))], axis=-1).reshape(B * K, n + T)
+    logits = model(ids[:, :-1])[:, n - 1:]                                     # rows predicting u_0..u_{T-1}
+    z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return jax.nn.log_softmax(z, axis=-1).reshape(B, K, T, -1)
+
+
+def _model_meta(model: Any) -> tuple[int, int | None]:
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(cfg, "vocab_size"):
+        raise TypeError(f"model must be a TVVARModel-like module with a .cfg (vocab_size, max_len), got "
+                        f"{type(model).__name__}")
+    if getattr(cfg, "mask", "causal") != "causal":
+        raise ValueError("model must be causal (cfg.mask='causal'): a bidirectional model's row i sees the tokens "
+                         "after it, so its rows are not P(U_t | U_{<t}, S); score it through its own likelihood "
+                         "and pass the resulting log-conditionals instead")
+    return int(cfg.vocab_size), getattr(cfg, "max_len", None)
+
+
+def model_log_conditionals(model: Any, prompts: Any, u: Any) -> Array:
+    """log Q(U_t = v | u_{<t}, s_k; Φ) for every continuation b and prompt k: [B, K, T, V].
+
+    One jitted forward of the K·B sequences [s_k ‖ u_b][:-1]; row n − 1 + t predicts u_t (DESIGN index
+    convention). Bad input (ids outside [0, V), a prompt + continuation longer than ``max_len``) raises."""
+    V, max_len = _model_meta(model)
+    u = jnp.asarray(u)
+    check_token_ids(u, V, name="continuation", ndim=2)
+    p = check_prompts(prompts, V, max_len, u.shape[1])
+    return _forward_all_prompts(model, p.astype(jnp.int32), u.astype(jnp.int32), int(p.shape[1]))
+
+
+def model_conditional_fn(model: Any, prompts: Any) -> Callable[[Array], Array]:
+    """``u -> model_log_conditionals(model, prompts, u)``, the form :func:`directed_information` takes."""
+    return lambda u: model_log_conditionals(model, prompts, u)
+
+
+def sample_model(model: Any, prompts: Any, log_prior: Any, key: PRNGKey, batch_size: int,
+                 cont_len: int) -> tuple[Array, Array]:
+    """(k [B], u [B, T]): k ~ p, then u_t ~ Q(· | u_{<t}, s_k; Φ) ancestrally (a causal model reads a fixed-length
+    buffer, so one compiled shape serves all T steps)."""
+    V, max_len = _model_meta(model)
+    log_prior = check_log_prior(log_prior)
+    p = check_prompts(prompts, V, max_len, cont_len).astype(jnp.int32)
+    return _sample(model, p, log_prior, key, int(batch_size), int(cont_len))
+
+
+@partial(nnx.jit, static_argnames=("B", "T"))
+def _sample(model, prompts, log_prior, key, B: int, T: int):
+    n = prompts.shape[1]
+    kk, ku = jax.random.split(key)
+    k = jax.random.categorical(kk, jnp.broadcast_to(log_prior, (B, log_prior.shape[0]))).astype(jnp.int32)
+    buf = jnp.concatenate([prompts[k], jnp.zeros((B, T), jnp.int32)], axis=1)
+
+    def step(buf, t):
+        logits = model(buf[:, :-1])
+        row = jax.lax.dynamic_index_in_dim(logits, n - 1 + t, axis=1, keepdims=False)
+        x = jax.random.categorical(jax.random.fold_in(ku, t), row.astype(jnp.float32)).astype(jnp.int32)
+        return jax.lax.dynamic_update_index_in_dim(buf, x[:, None], n + t, axis=1), None
+
+    buf, _ = jax.lax.scan(step, buf, jnp.arange(T))
+    return k, buf[:, n:]
+
+
+# --------------------------------------------------------------------------------------------------
+# directed information: exact by enumeration, Monte-Carlo with exact densities
+# --------------------------------------------------------------------------------------------------
+
+
+def all_continuations(vocab_size: int, cont_len: int, max_count: int = 1 << 16) -> Array:
+    """Every continuation in [0, V)^T, int32 [V^T, T] (refuses more than ``max_count``)."""
+    if vocab_size**cont_len > max_count:
+        raise ValueError(f"enumerating V^T = {vocab_size}^{cont_len} = {vocab_size ** cont_len} continuations exceeds "
+                         f"max_count={max_count}; use directed_information_mc")
+    return jnp.asarray(np.array(list(itertools.product(range(vocab_size), repeat=cont_len)), np.int32))
+
+
+def directed_information(cond_fn: Callable[[Array], Array], log_prior: Any, vocab_size: int, cont_len: int,
+                         chunk: int = 4096) -> dict[str, Any]:
+    """Exact I(S → U) by enumeration of all V^T continuations (Def. 2, Eq. 10), in nats.
+
+    Returns ``per_step`` [T] = I(S; U_t | U_{<t}) = E[KL_t], ``directed`` = Σ_t per_step, and ``mutual`` =
+    I(S; U) = E[log P(U | S) − log P(U)] from sequence probabilities (the chain rule: equal to ``directed``
+    when the prompt is given in full before the output), plus ``H_S`` = H(S) (its upper bound)."""
+    log_prior = check_log_prior(log_prior)
+    us = all_continuations(vocab_size, cont_len)
+    per_step = 0.0
+    mutual = 0.0
+    for lo in range(0, us.shape[0], chunk):
+        u = us[lo:lo + chunk]
+        lc = cond_fn(u)
+        _check_cond(lc, log_prior, u)
+        L = _cumulative(lc, u)                                                # [N, K, T + 1]
+        joint = log_prior[None, :] + L[..., -1]                               # log p(s_k) P(u | s_k): [N, K]
+        w = jnp.exp(joint)
+        logm = jax.nn.logsumexp(joint, axis=1)                                # log P(u): [N]
+        mutual = mutual + jnp.sum(jnp.where(w > 0, w * (L[..., -1] - logm[:, None]), 0))
+        m = marginal_log_conditionals(lc, log_prior, u)                       # [N, T, V]
+        kl = _kl_rows(lc, m[:, None])                                        # [N, K, T]
+        per_step = per_step + jnp.sum(jnp.where(w[..., None] > 0, w[..., None] * kl, 0), axis=(0, 1))
+    H_S = -jnp.sum(jnp.where(log_prior > -jnp.inf, jnp.exp(log_prior) * log_prior, 0))
+    return {"per_step": per_step, "directed": jnp.sum(per_step), "mutual": mutual, "H_S": H_S}
+
+
+def directed_information_mc(log_cond: Array, log_prior: Any, u: Array, k: Array) -> dict[str, Any]:
+    """Monte-Carlo I(S → U) from B paths (k_b, u_b) drawn from the law the log-conditionals describe, with
+    exact densities: ``flow`` = mean of i(S → U_{n+1:T}) (unbiased) and ``rao_blackwell`` = mean of Σ_t KL_t
+    (unbiased, lower variance), each with its standard error ``*_se``, and ``per_step`` [T] = mean KL_t."""
+    log_prior = check_log_prior(log_prior)
+    d = doob(log_cond, log_prior, u, k)
+    B = u.shape[0]
+    f, a = d["flow"][:, -1], d["A"][:, -1]
+    se = (lambda x: jnp.std(x, ddof=1) / math.sqrt(B)) if B > 1 else (lambda x: jnp.asarray(jnp.nan))
+    return {"flow": jnp.mean(f), "flow_se": se(f), "rao_blackwell": jnp.mean(a), "rao_blackwell_se": se(a),
+            "per_step": jnp.mean(d["drift"], axis=0)}
+
+
+def directed_distortion(true_fn: Callable[[Array], Array], model_fn: Callable[[Array], Array], log_prior: Any,
+                        vocab_size: int, cont_len: int, chunk: int = 4096) -> dict[str, Any]:
+    """Theorem 1's distortion by enumeration: ``per_step`` [T] = E_{P^ħ}[KL(P^ħ(·|U_{<t}, S) ‖ Q^Φ(·|U_{<t}, S))]
+    and ``D`` = (1/T) Σ_t per_step, the expectation over prompts and pasts drawn from the true source."""
+    log_prior = check_log_prior(log_prior)
+    us = all_continuations(vocab_size, cont_len)
+    per_step = 0.0
+    for lo in range(0, us.shape[0], chunk):
+        u = us[lo:lo + chunk]
+        lp, lq = true_fn(u), model_fn(u)
+        _check_cond(lp, log_prior, u)
+        _check_cond(lq, log_prior, u)
+        w = jnp.exp(log_prior[None, :] + _cumulative(lp, u)[..., -1])          # P^ħ(s_k, u): [N, K]
+        kl = _kl_rows(lp, lq)                                                 # [N, K, T]
+        per_step = per_step + jnp.sum(jnp.where(w[..., None] > 0, w[..., None] * kl, 0), axis=(0, 1))
+    return {"per_step": per_step, "D": jnp.mean(per_step)}
+
+
+# --------------------------------------------------------------------------------------------------
+# the prompt-free estimators used instead of the Bayes marginal
+# --------------------------------------------------------------------------------------------------
+
+
+def heuristic_log_marginals(model: Any, path_prompts: Any, u: Any, *, null_token: int = 0,
+                            window: int | None = None) -> dict[str, Array]:
+    """Prompt-free next-token laws that replace the Bayes marginal in the literature, each [B, T, V]:
+
+    ``drop_prompt`` — the model rerun on u alone (u_0, which then has no context, gets the uniform law);
+    ``null_prompt`` — the prompt replaced by n copies of ``null_token``;
+    ``truncated`` — context-length probing: each row sees only its last ``window`` tokens (default n), so the
+    prompt falls out of the context after ``window`` output tokens (and not before).
+
+    ``path_prompts`` [B, n] is the prompt each path b was generated under (``prompts[k]``)."""
+    V, max_len = _model_meta(model)
+    u = jnp.asarray(u).astype(jnp.int32)
+    check_token_ids(u, V, name="continuation", ndim=2)
+    p = check_prompts(path_prompts, V, max_len, u.shape[1])
+    if p.shape[0] != u.shape[0]:
+        raise ValueError(f"path_prompts must have one prompt per path, shape [B={u.shape[0]}, n], got {tuple(p.shape)}")
+    if not (isinstance(null_token, (int, np.integer)) and 0 <= null_token < V):
+        raise ValueError(f"null_token must be a token id in [0, V={V}), got {null_token!r}")
+    B, T = u.shape
+    n = p.shape[1]
+    w = n if window is None else window
+    if not (isinstance(w, (int, np.integer)) and w >= 1):
+        raise ValueError(f"window must be an int ≥ 1, got {window!r}")
+    fwd = nnx.jit(lambda m, ids: jax.nn.log_softmax(m(ids).astype(jnp.float32), axis=-1))
+    uniform = jnp.full((B, 1, V), -math.log(V), jnp.float32)
+    drop = jnp.concatenate([uniform, fwd(model, u[:, :-1])], axis=1) if T > 1 else uniform
+    null = fwd(model, jnp.concatenate([jnp.full((B, n), null_token, jnp.int32), u], axis=1)[:, :-1])[:, n - 1:]
+    x = jnp.concatenate([p.astype(jnp.int32), u], axis=1)
+    trunc = jnp.stack([fwd(model, x[:, max(0, n + t - w):n + t])[:, -1] for t in range(T)], axis=1)
+    return {"drop_prompt": drop, "null_prompt": null, "truncated": trunc}
+
+
+# --------------------------------------------------------------------------------------------------
+# Eq. 18: the directed rate–distortion training objective
+# --------------------------------------------------------------------------------------------------
+
+
+def _log_cond_traced(model: Any, prompts: Array, u: Array) -> Array:
+    """:func:`model_log_conditionals` without the jit boundary or the value checks (for use inside a loss)."""
+    B, T = u.shape
+    K, n = prompts.shape
+    ids = jnp.concatenate([jnp.broadcast_to(prompts[None], (B, K, n)),
+                           jnp.broadcast_to(u[:, None, :], (B, K, T))], axis=-1).reshape(B * K, n + T)
+    logits = model(ids[:, :-1])[:, n - 1:]
+    return jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1).reshape(B, K, T, -1)
+
+
+def check_lambda(lam: Any) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating)) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam (λ, the weight of the cross-entropy in Eq. 18) must be a finite number ≥ 0, got {lam!r}")
+    return float(lam)
+
+
+def eq18_loss(model: Any, prompts: Array, log_prior: Array, u: Array, k: Array, lam: float) -> tuple[Array, dict]:
+    """Eq. 18 averaged over output steps and paths: I(S; U_t | U_{<t}; Φ) + λ H(P^ħ_t, Q^Φ_t).
+
+    Paths (k_b, u_b) come from the source, so the past U_{<t} and S follow P^ħ; given them the information term
+    is exact over the finite prompt set — KL(Q(·|u_{<t}, s_k) ‖ Σ_j Q(s_j|u_{<t}) Q(·|u_{<t}, s_j)), the model's
+    own Bayes marginal — and the cross-entropy is −log Q(u_t | u_{<t}, s_k). Both are differentiable in Φ.
+    Returns (loss, {"information", "ce"})."""
+    lc = _log_cond_traced(model, prompts, u)
+    info = jnp.mean(drift(lc, log_prior, u, k))
+    ce = -jnp.mean(_prompt_rows(_token_logliks(lc, u), k))
+    return info + lam * ce, {"information": info, "ce": ce}
+
+
+def eq18_objective(prompts: Any, log_prior: Any, lam: float = 1.0) -> Callable:
+    """A :mod:`tvvar.train` objective ``(model, batch, rng) -> (loss, metrics)`` for Eq. 18 on batches of
+    :class:`tvvar.prompted.PromptedSource` (``"tokens"`` = [prompt ‖ continuation], ``"prompt"`` = k)."""
+    lam = check_lambda(lam)
+    p = jnp.asarray(prompts).astype(jnp.int32)
+    lp = check_log_prior(log_prior)
+    n = p.shape[1]
+
+    def objective(model, batch, rng):
+        tokens = batch["tokens"]
+        return eq18_loss(model, p, lp, tokens[:, n:], batch["prompt"], lam)
+
+    return objective
+
+
+def _registered_eq18(model: Any, batch: dict, rng: PRNGKey) -> tuple[Array, dict]:
+    """Eq. 18 with the prompt set carried by the batch: ``"prompt_set"`` [K, n], ``"prompt_log_prior"`` [K],
+    optional ``"lambda"`` (default 1), besides ``"tokens"`` and ``"prompt"``."""
+    for key in ("prompt_set", "prompt_log_prior", "prompt"):
+        if key not in batch:
+            raise ValueError(f"objective 'semantic_rd' (Eq. 18) needs batch[{key!r}] (the finite prompt set, its law "
+                             "and each path's prompt index); build it with eq18_objective(prompts, log_prior, lam) "
+                             "for a PromptedSource instead")
+    p = batch["prompt_set"]
+    lam = batch.get("lambda", 1.0)
+    return eq18_loss(model, p, batch["prompt_log_prior"], batch["tokens"][:, p.shape[1]:], batch["prompt"], lam)
+
+
+def _register() -> None:
+    from tvvar.train import register_objective
+
+    register_objective("semantic_rd")(_registered_eq18)
+
+
+_register()
