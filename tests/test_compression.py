@@ -166,3 +166,64 @@ def test_theorem4_distortion_bounded_and_decreasing_in_m():
     # Lemma 1 gives an ε < 1 only where m > 24 ln N (N = 32: 83.2); there the measured cosine error lies inside it
     assert rows[0]["lemma1_epsilon"] is None
     assert rows[1]["max_cosine_error"] < rows[1]["lemma1_epsilon"]
+
+
+# --------------------------------------------------------------------------------------------------
+# compressed_logits: the readout compressed from D to m (issue 15 item 5)
+# --------------------------------------------------------------------------------------------------
+
+
+def _tiny_model(V=7, D=16, seed=0, **kw):
+    from flax import nnx
+
+    from tvvar.model import ModelConfig, TVVARModel
+
+    cfg = ModelConfig(vocab_size=V, d_model=D, num_layers=1, mixer={"num_heads": 2}, xi=0.5, **kw)
+    return TVVARModel(cfg, rngs=nnx.Rngs(params=seed))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compressed_logits_equals_explicit_matrix_float64(kind):
+    """⟨Pũ_v/‖Pũ_v‖, Ph⟩/Ξ computed with the explicit [m, D] matrix, values and gradients (1e-10)."""
+    from flax import nnx
+
+    from tvvar.theory.compression import compressed_logits
+
+    with jax.enable_x64(True):
+        model = _tiny_model(param_dtype="float64", dtype="float64")
+        ids = jax.random.randint(jax.random.key(1), (2, 5), 0, 7)
+        P = random_projection(jax.random.key(2), kind, 16, 8, dtype=jnp.float64)
+        M = np.asarray(P.matrix(jnp.float64))
+        h = np.asarray(model.hidden(ids), np.float64)
+        pu = np.asarray(model.readout.embedding.vectors(), np.float64) @ M.T
+        ref = (h @ M.T) @ (pu / np.linalg.norm(pu, axis=1, keepdims=True)).T / 0.5
+        got = compressed_logits(model, ids, P)
+        np.testing.assert_allclose(np.asarray(got, np.float64), ref, atol=1e-4)  # float32 logits
+
+        graphdef, state = nnx.split(model)
+
+        def loss(st, fn):
+            return jnp.sum(jnp.sin(fn(nnx.merge(graphdef, st))))
+
+        def explicit(mdl):
+            U = mdl.readout.embedding.vectors()
+            pu = U @ M.T
+            return (mdl.hidden(ids) @ M.T) @ (pu / jnp.linalg.norm(pu, axis=1, keepdims=True)).T / 0.5
+
+        g1 = jax.grad(loss)(state, lambda mdl: compressed_logits(mdl, ids, P).astype(jnp.float64))
+        g2 = jax.grad(loss)(state, explicit)
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_compressed_logits_bad_input():
+    from tvvar.theory.compression import compressed_logits
+
+    model = _tiny_model()
+    ids = jnp.zeros((1, 3), jnp.int32)
+    with pytest.raises(ValueError, match="model width D=16"):
+        compressed_logits(model, ids, random_projection(jax.random.key(0), "gaussian", 32, 8))
+    with pytest.raises(TypeError, match="projection must be a Projection"):
+        compressed_logits(model, ids, np.eye(16)[:8])
+    with pytest.raises(TypeError, match="TVVARModel"):
+        compressed_logits(object(), ids, random_projection(jax.random.key(0), "gaussian", 16, 8))

@@ -207,3 +207,71 @@ def test_ott_batch_size_path_still_broken():
     x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
     with pytest.raises(AttributeError, match="is_vmappable"):
         sinkhorn.Sinkhorn()(linear_problem.LinearProblem(pointcloud.PointCloud(x, x + 0.1, batch_size=4)))
+
+
+# --------------------------------------------------------------------------------------------------
+# experiments.semantic_space: every check can fail
+# --------------------------------------------------------------------------------------------------
+
+
+def _passed(checks):
+    return [c["passed"] for c in checks if c["skipped"] is None]
+
+
+def test_experiment_verdict_jl_passes_reference_and_fails_perturbed():
+    from experiments import semantic_space as X
+
+    table = {k: dict(v) for k, v in X.JL_REFERENCE.items()}
+    assert all(_passed(X.verdict_jl(table, X.JL_M, X.JL_N)))
+    table["srht"][256] *= 1.2
+    assert _passed(X.verdict_jl(table, X.JL_M, X.JL_N)).count(False) == 1
+    # another size cannot be compared with the table: skipped, never passed
+    assert all(c["skipped"] for c in X.verdict_jl(table, 500, 1024)[1:])
+
+
+def test_experiment_verdict_invariance_and_monotone_fail_when_perturbed():
+    from experiments import semantic_space as X
+
+    assert all(_passed(X.verdict_invariance(1e-6, 1.0)))
+    assert _passed(X.verdict_invariance(1e-2, 1.0)) == [False, True]
+    assert _passed(X.verdict_invariance(1e-6, 0.97)) == [True, False]
+    assert _passed(X.verdict_invariance(float("nan"), 1.0))[0] is False
+    assert X.verdict_monotone([0.0, 0.1, 0.3], "m", "s")["passed"]
+    assert not X.verdict_monotone([0.0, 0.3, 0.1], "m", "s")["passed"]
+    assert X.verdict_monotone([0.3, 0.1, 0.0], "m", "s", increasing=False)["passed"]
+    assert not X.verdict_monotone([0.3, 0.1, float("nan")], "m", "s", increasing=False)["passed"]
+
+
+def test_experiment_verdict_theorem4_fails_when_perturbed():
+    from experiments import semantic_space as X
+
+    rows = [{"m": m, "gw": g, "identity_coupling": i, "max_cosine_error": e, "lemma1_epsilon": le}
+            for m, g, i, e, le in [(16, 0.05, 0.06, 0.6, None), (128, 0.01, 0.012, 0.3, 0.9), (256, 0.004, 0.005,
+                                                                                                 0.2, 0.6)]]
+    assert all(_passed(X.verdict_theorem4(rows)))
+    bad = [dict(r) for r in rows]
+    bad[1]["gw"] = 0.07  # above the identity coupling, and not decreasing
+    assert _passed(X.verdict_theorem4(bad))[:3] == [False, True, False]
+    bad = [dict(r) for r in rows]
+    bad[2]["max_cosine_error"] = 0.01
+    assert _passed(X.verdict_theorem4(bad))[1] is False
+    bad = [dict(r) for r in rows]
+    bad[2]["lemma1_epsilon"] = 0.05
+    assert _passed(X.verdict_theorem4(bad))[3] is False
+
+
+def test_experiment_verdict_dimension_distortion_and_two_models_fail_when_perturbed():
+    from experiments import semantic_space as X
+
+    ok = X.verdict_dimension_distortion("s", (4, 8, 16), [1.0, 0.3, 0.05], [0.2, 0.1, 0.03], 1.5, 1.4)
+    assert all(_passed(ok))
+    assert _passed(X.verdict_dimension_distortion("s", (4, 8, 16), [1.0, 0.3, 0.5], [0.2, 0.1, 0.03], 1.5,
+                                                  1.4))[0] is False
+    assert _passed(X.verdict_dimension_distortion("s", (4, 8, 16), [1.0, 0.3, 0.05], [0.2, 0.3, 0.03], 1.5,
+                                                  1.4))[1] is False
+    assert _passed(X.verdict_dimension_distortion("s", (4, 8, 16), [0.1, 0.1, 0.12], [0.2, 0.1, 0.03], 1.5,
+                                                  1.4))[2] is False
+    assert _passed(X.verdict_dimension_distortion("s", (4, 8, 16), [1.0, 0.3, 0.05], [0.2, 0.1, 0.03], 1.3,
+                                                  1.4))[3] is False
+    assert all(_passed(X.verdict_two_models(1e-6, 1.0, 0.05)))
+    assert _passed(X.verdict_two_models(1e-6, 1.0, 0.0))[2] is False

@@ -45,6 +45,7 @@ __all__ = [
     "max_inner_product_error",
     "compress",
     "compression_distortion",
+    "compressed_logits",
 ]
 
 KINDS = ("gaussian", "sparse", "dct", "srht")
@@ -232,3 +233,27 @@ def compression_distortion(space: SemanticSpace, projection: Projection, *, epsi
         "converged": result.converged,
         "result": result,
     }
+
+
+def compressed_logits(model, ids: Array, projection: Projection) -> Array:
+    """The next-token logits of a trained model with its readout compressed from D to m (issue 15 item 5).
+
+    logits_v = ⟨Pũ_v / ‖Pũ_v‖, P h⟩ / Ξ: the readout's token vectors ũ_v (Eq. 44, on S^{D−1}) compressed and
+    put back on the sphere S^{m−1} (:func:`compress`), the hidden vector h = ``model.hidden(ids)`` projected by
+    the same P. With E‖Px‖² = ‖x‖² the compressed logits are unbiased up to the renormalisation; the loss
+    of cross-entropy against m is the dimension–distortion curve. ids [B, T] → [B, T, V] float32.
+    """
+    readout = getattr(model, "readout", None)
+    if readout is None or not callable(getattr(model, "hidden", None)):
+        raise TypeError(f"model must be a TVVARModel (with .hidden and .readout), got {type(model).__name__}")
+    if not isinstance(projection, Projection):
+        raise TypeError(f"projection must be a Projection, got {type(projection).__name__}")
+    U = readout.embedding.vectors()
+    if projection.n != U.shape[1]:
+        raise ValueError(f"projection input N={projection.n} must equal the model width D={U.shape[1]}")
+    h = model.hidden(ids).astype(jnp.float32)
+    pu = projection(U.astype(jnp.float32))
+    norms = jnp.linalg.norm(pu, axis=1, keepdims=True)
+    if not isinstance(norms, jax.core.Tracer) and bool(jnp.any(norms == 0)):
+        raise ValueError("the projection sends a token vector to 0: its compression has no direction")
+    return jnp.einsum("...m,vm->...v", projection(h), pu / norms) / jnp.asarray(readout.xi, jnp.float32)
