@@ -266,11 +266,11 @@ def test_gzipped_corpus_equals_the_plain_file_and_a_truncated_one_is_refused(tmp
 
 
 def test_source_registries_list_the_valid_names(tmp_path):
-    names = r"\(hmm, latent-alignment, markov, synthetic-tvvar\)"
+    names = r"\(hmm, latent-alignment, markov, prompted, synthetic-tvvar\)"
     with pytest.raises(FileNotFoundError, match=r"neither a source name " + names):
         make_source("markvo")
-    with pytest.raises(ValueError, match=r"unknown data source kind 'lstm' .*"
-                                         r"expected one of hmm, latent-alignment, markov, synthetic-tvvar, text"):
+    kinds = r"hmm, latent-alignment, markov, prompted, synthetic-tvvar, text"
+    with pytest.raises(ValueError, match=r"unknown data source kind 'lstm' .*expected one of " + kinds):
         source_from_info({"kind": "lstm"})
     m = make_source("markov", vocab_size=3, order=1, seed=7)
     m2 = source_from_info(json.loads(json.dumps(m.info())))
