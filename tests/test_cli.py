@@ -103,8 +103,21 @@ OBJECTIVE_ARGS = {"cross_entropy": [], "elbo": [], "marginal": [], "marginal_att
                   "llada": ["--max-len", "8"]}
 
 
+# objectives that need more than a token stream, so the train CLI refuses them with what they need
+LIBRARY_ONLY_OBJECTIVES = {"semantic_rd": "needs batch['prompt_set']"}  # Eq. 18: tvvar.theory.information
+
+
 def test_every_objective_of_help_is_tested():
-    assert set(OBJECTIVE_ARGS) == set(available_objectives())
+    assert set(OBJECTIVE_ARGS) | set(LIBRARY_ONLY_OBJECTIVES) == set(available_objectives())
+    assert not set(OBJECTIVE_ARGS) & set(LIBRARY_ONLY_OBJECTIVES)
+
+
+@pytest.mark.parametrize("objective", sorted(LIBRARY_ONLY_OBJECTIVES))
+def test_library_only_objectives_are_refused_with_what_they_need(objective, tmp_path, capsys):
+    out = tmp_path / "run"
+    msg = refused(train_cli.main, [*MARKOV, "--objective", objective, "--out", str(out)], capsys)
+    assert LIBRARY_ONLY_OBJECTIVES[objective] in msg, msg
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("objective", sorted(OBJECTIVE_ARGS))
