@@ -214,17 +214,10 @@ def transfer_entropy_dv(source, target, *, k: int = 1, ell: int = 1, **train_kw)
 
     Returns (te, full, restricted); ``te``'s interval comes from the per-batch differences of the two critics
     on the same held-out batches (same seed → same split)."""
-    from tvvar.theory.estimators import check_history, check_same_length, check_stream, lag_embed
+    from tvvar.theory.estimators import _te_blocks
 
-    src = check_stream(source, "source")
-    tgt = check_stream(target, "target")
-    n = check_same_length(source=src, target=tgt)
-    k = check_history(k, "k", n)
-    ell = check_history(ell, "ell", n)
-    start = max(k, ell)
-    y_now = tgt[start:]
-    y_past = np.asarray(lag_embed(jnp.asarray(tgt), k, start))
-    x_past = np.asarray(lag_embed(jnp.asarray(src), ell, start))
+    blocks = _te_blocks(source, target, k, ell)  # the same validation and lag embedding as the plug-in TE
+    y_now, y_past, x_past = blocks["present"], blocks["target_past"], blocks["source_past"]
     train_kw = {"bound": "dv", **train_kw}
     if train_kw["bound"] != "dv":
         raise ValueError(f"transfer_entropy_dv uses the DV bound, got bound={train_kw['bound']!r}")
