@@ -1,10 +1,12 @@
 """Analyse a checkpoint as a TV-VAR: π heatmaps, ‖A_tj‖ maps and the Theorem 6 terms of one layer.
 
     python -m experiments.analyze --model PATH (--text FILE | --prompt STR) --out DIR [--layer L] [--window W]
+                                  [--prompts FILE [--cont-len T] [--samples B]]
 
-``PATH`` is a Hugging Face folder (config.json + safetensors; gpt2 / llama / mistral, see
-:mod:`tvvar.pretrained`). The prompt is tokenized with the folder's tokenizer.json; without one it must be
-space-separated token ids. Writes into DIR:
+``PATH`` is a Hugging Face folder (config.json + safetensors; gpt2 / llama / mistral / mamba2, see
+:mod:`tvvar.pretrained`) or a tvvar run directory (``train_config.json`` + checkpoints, see
+:func:`tvvar.train.load_run`). The prompt is tokenized with the folder's tokenizer.json (a run: with its
+vocabulary); without one it must be space-separated token ids. Writes into DIR:
 
 * ``pi_layer{l}.png`` — π^h[i, j] (Theorem 5) of every head of every layer;
 * ``coef_norm_layer{l}.png`` — ‖A[i, j]‖_F, the coefficient matrices of the layer's mixer (Eq. 53) restricted
@@ -12,13 +14,20 @@ space-separated token ids. Writes into DIR:
 * ``theorem6_layer{l}.png`` — per position: log P, the ELBO and the posterior gap KL(Q ‖ P(J | U)) of the
   latent-position model of layer ``l`` (Theorem 6, by enumeration of every (h, j); the readout after layer
   l is the model's own final norm and head — for l < L − 1 a "logit lens" reading of that layer);
-* ``results.json`` — the numbers and three checks (π rows are distributions; the coefficients reproduce the
-  mixer's output, the TV-VAR law; ELBO ≤ log P with the gap ≥ 0).
+* with ``--prompts FILE`` (one prompt per line, K ≥ 2, cut to the shortest one's n tokens), ``flow.png`` —
+  the semantic information flow i(S → U_{n+1:t}) (Def. 8) of B continuations sampled from the model under a
+  uniform prompt law, its Doob compensator A_t = Σ KL_τ and the Monte-Carlo directed information
+  I(S → U_{n+1:n+T}) (Def. 2, :mod:`tvvar.theory.information`), with three checks: the chain rule (the flow
+  from per-step Bayes predictives equals the one from sequence probabilities), the Doob martingale
+  M_T = i_T − A_T has mean 0 (Theorem 2; within 4 standard errors) and I(S → U) ≤ H(S) = log K;
+* ``results.json`` — the numbers and the checks (π rows are distributions; the coefficients reproduce the
+  mixer's output, the TV-VAR law; ELBO ≤ log P with the gap ≥ 0, for an attention layer).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +37,8 @@ import numpy as np
 
 from experiments.common import check, format_check, save_figure, to_jsonable
 
-__all__ = ["analyze", "tokenize", "check_pi_rows", "check_law", "check_elbo_bound", "main"]
+__all__ = ["analyze", "information_flow", "load_model", "tokenize", "read_prompts", "check_pi_rows", "check_law",
+           "check_elbo_bound", "check_chain_rule", "check_martingale", "check_di_bound", "main"]
 
 
 # ---- the verdicts (each a function, so a test can feed it a perturbed input) ------------------------
@@ -55,6 +65,26 @@ def check_elbo_bound(log_p: np.ndarray, elbo: np.ndarray, gap: np.ndarray, tol: 
     return check("ELBO ≤ log P, gap = log P − ELBO ≥ 0 (Theorem 6)", viol, 0.0, "<=", tol, "Theorem 6")
 
 
+def check_chain_rule(flow_steps: np.ndarray, flow_seq: np.ndarray, tol: float = 1e-3) -> dict:
+    """i(S → U) from the per-step Bayes predictives equals log P(u | s) − log P(u) from sequence
+    probabilities (the chain rule; max abs difference in nats over paths)."""
+    return check("flow by steps = flow by sequence probabilities (chain rule)",
+                 float(np.max(np.abs(flow_steps - flow_seq))), 0.0, "<=", tol, "Def. 8, Eq. 24")
+
+
+def check_martingale(M_T: np.ndarray, z: float = 4.0) -> dict:
+    """The Doob martingale part M_T = i_T − A_T of the flow has mean 0 under the model's own law (Theorem 2):
+    |mean| ≤ z standard errors (reported in units of the standard error)."""
+    se = float(np.std(M_T, ddof=1) / np.sqrt(len(M_T))) if len(M_T) > 1 else float("nan")
+    return check("Doob martingale M_T has mean 0 (|mean| / s.e.)", abs(float(np.mean(M_T))) / se, 0.0, "<=", z,
+                 "Theorem 2, Eqs. 26–28")
+
+
+def check_di_bound(di: float, di_se: float, K: int, z: float = 3.0) -> dict:
+    """I(S → U) ≤ H(S) = log K under a uniform law on K prompts (the estimate minus z s.e.)."""
+    return check("I(S → U) ≤ H(S) = log K (nats)", di - z * di_se, math.log(K), "<=", 0.0, "Def. 2")
+
+
 # ---- input ---------------------------------------------------------------------------------------
 
 
@@ -76,47 +106,67 @@ def tokenize(text: str, tokenizer, vocab_size: int) -> np.ndarray:
     return np.asarray(ids, np.int32)[None]
 
 
+def read_prompts(path: Path, encode) -> np.ndarray:
+    """The K prompts of ``path`` (one per non-empty line) as ids [K, n], each cut to the shortest one's n."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts {str(path)!r}: no such file")
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if len(lines) < 2:
+        raise ValueError(f"--prompts {str(path)!r} must hold at least 2 non-empty lines (one prompt each), got "
+                         f"{len(lines)}")
+    ids = [np.asarray(encode(ln)).reshape(-1) for ln in lines]
+    n = min(len(i) for i in ids)
+    if n < 1:
+        raise ValueError(f"--prompts {str(path)!r}: a prompt encodes to no tokens")
+    return np.stack([i[:n] for i in ids]).astype(np.int32)
+
+
+class _Loaded:
+    """What ``load_model`` returns: the model, a text → ids encoder, an id → string decoder, its kind."""
+
+    def __init__(self, model, encode, decode, kind):
+        self.model, self.encode, self.decode, self.kind = model, encode, decode, kind
+
+
+def load_model(path: Path, dtype: str = "float32") -> _Loaded:
+    """A Hugging Face folder (:func:`tvvar.pretrained.load_pretrained`) or a tvvar run directory
+    (:func:`tvvar.train.load_run`, its latest committed checkpoint)."""
+    from tvvar.train import CONFIG_FILE, load_run
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {str(path)!r}: no such folder (a Hugging Face checkpoint or a tvvar run)")
+    if (path / CONFIG_FILE).is_file():
+        from experiments.generate import decode_tokens, encode_prompt
+
+        model, _, info = load_run(path)
+        V = model.cfg.vocab_size
+
+        def encode(text):
+            return encode_prompt(text, info, V)
+
+        return _Loaded(model, encode, lambda i: decode_tokens([i], info), f"tvvar run ({info.get('kind', '?')})")
+    from tvvar.pretrained import load_pretrained
+
+    pre = load_pretrained(path, dtype=dtype)
+    V = pre.model.cfg.vocab_size
+    tok = pre.tokenizer
+    return _Loaded(pre.model, lambda text: tokenize(text, tok, V)[0],
+                   (lambda i: str(int(i))) if tok is None else (lambda i: tok.id_to_token(int(i))), pre.model_type)
+
+
 # ---- the layer's latent-position model --------------------------------------------------------------
 
 
-class _Shift:
-    def __init__(self, b):
-        self.b = b
-
-    def __call__(self, x):
-        return x + self.b.reshape((1,) * (x.ndim - 1) + (-1,))
-
-
-class _BiasFolded:
-    """Block l with its intercept b moved into the residual input: the elbo module sees x' = x + b, a norm
-    z = norm₁(x' − b) = norm₁(x) and x' + Σ π A z = x + (mixer(z) + b) — the same block, exactly."""
-
-    def __init__(self, block, b):
-        self.inner, self.b = block, b
-        self.residual, self.psi, self.norm2, self.mixer = block.residual, block.psi, block.norm2, block.mixer
-
-    def norm1(self, x):
-        x = x - self.b.reshape((1,) * (x.ndim - 1) + (-1,))
-        return self.inner.norm1(x) if self.inner.norm1 is not None else x
-
-    def _sub(self, f, norm, x):
-        return self.inner._sub(f, norm, x)
-
-
 class _Truncated:
-    """The model's layers 0..l with its own final norm and readout (what tvvar.theory.elbo reads)."""
+    """The model's layers 0..l with its own final norm and readout (what tvvar.theory.elbo reads; a block
+    intercept such as GPT-2's folded biases is handled there, ``Block.mixer_bias``)."""
 
     def __init__(self, model, layer):
         self.cfg, self.embed_tokens = model.cfg, model.embed_tokens
         self.final_norm, self.readout = model.final_norm, model.readout
-        blocks = list(model.blocks[: layer + 1])
-        last = blocks[-1]
-        if getattr(last, "mixer_bias", None) is not None:
-            if not last.residual:
-                raise ValueError("a mixer intercept without a residual cannot be folded (layer has residual=False)")
-            b = last.mixer_bias[...]
-            blocks = [*blocks[:-1], _Shift(b), _BiasFolded(last, b)]
-        self.blocks = blocks
+        self.blocks = list(model.blocks[: layer + 1])
 
 
 # ---- the analysis ------------------------------------------------------------------------------------
@@ -194,35 +244,90 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
     data["coef_norms"] = coef_norms
     data["pi"] = pis
 
-    t0 = time.perf_counter()
-    trunc = _Truncated(model, layer)
-    targets = jnp.concatenate([ids_j[:, 1:], ids_j[:, -1:]], axis=1)
-    terms = elbo_terms(trunc, ids_j[:, :], targets, method="enumerate")
-    n = T - 1  # the last row has no next token
-    log_p, elbo, gap = (np.asarray(getattr(terms, k))[0, :n] for k in ("log_p", "elbo", "gap"))
-    checks.append(check_elbo_bound(log_p, elbo, gap))
-    data["theorem6"] = {"log_p": log_p, "elbo": elbo, "gap": gap, "seconds": time.perf_counter() - t0}
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(log_p, label="log P(U)")
-    ax.plot(elbo, label="ELBO")
-    ax.plot(gap, label="gap KL(Q‖P(J|U))")
-    ax.set_xlabel("position i")
-    ax.set_ylabel("nats")
-    ax.set_title(f"Theorem 6 terms, layer {layer}")
-    ax.legend(fontsize=8)
-    figures.append(save_figure(fig, out, f"theorem6_layer{layer}.png"))
+    from tvvar.decompositions.attention import SoftmaxBilinearAttention
+
+    if not isinstance(model.blocks[layer].mixer, SoftmaxBilinearAttention):
+        # Theorem 6's latent positions are attention's (h, j); an SSM or other mixer has no such model
+        data["theorem6"] = None
+        data["theorem6_skipped"] = (f"layer {layer} is {type(model.blocks[layer].mixer).__name__}, not attention: "
+                                    "no latent-position model (Theorem 6)")
+        print(f"analyze: {data['theorem6_skipped']}")
+    else:
+        t0 = time.perf_counter()
+        trunc = _Truncated(model, layer)
+        targets = jnp.concatenate([ids_j[:, 1:], ids_j[:, -1:]], axis=1)
+        terms = elbo_terms(trunc, ids_j[:, :], targets, method="enumerate")
+        n = T - 1  # the last row has no next token
+        log_p, elbo, gap = (np.asarray(getattr(terms, k))[0, :n] for k in ("log_p", "elbo", "gap"))
+        checks.append(check_elbo_bound(log_p, elbo, gap))
+        data["theorem6"] = {"log_p": log_p, "elbo": elbo, "gap": gap, "seconds": time.perf_counter() - t0}
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(log_p, label="log P(U)")
+        ax.plot(elbo, label="ELBO")
+        ax.plot(gap, label="gap KL(Q‖P(J|U))")
+        ax.set_xlabel("position i")
+        ax.set_ylabel("nats")
+        ax.set_title(f"Theorem 6 terms, layer {layer}")
+        ax.legend(fontsize=8)
+        figures.append(save_figure(fig, out, f"theorem6_layer{layer}.png"))
     if tokens is not None:
         data["tokens"] = tokens
+    return {"checks": checks, "figures": figures, "data": data}
+
+
+def information_flow(model, prompts: np.ndarray, out: Path, cont_len: int = 8, samples: int = 16,
+                     seed: int = 0) -> dict:
+    """The semantic information flow of ``model`` for the prompt set ``prompts`` [K, n] under a uniform law:
+    B = ``samples`` continuations of ``cont_len`` tokens sampled from the model itself, their flow, its Doob
+    decomposition and the Monte-Carlo I(S → U) (module docstring); writes ``flow.png``."""
+    import jax
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tvvar.theory import information as I
+
+    if not (isinstance(cont_len, int) and cont_len >= 1):
+        raise ValueError(f"cont_len must be an int ≥ 1, got {cont_len!r}")
+    if not (isinstance(samples, int) and samples >= 2):
+        raise ValueError(f"samples must be an int ≥ 2 (a standard error needs two paths), got {samples!r}")
+    t0 = time.perf_counter()
+    K = prompts.shape[0]
+    log_prior = jnp.full((K,), -math.log(K))
+    k, u = I.sample_model(model, prompts, log_prior, jax.random.key(seed), samples, cont_len)
+    lc = I.model_log_conditionals(model, prompts, u)  # [B, K, T, V]
+    d = I.doob(lc, log_prior, u, k)
+    seq = np.asarray(I.sequence_flow(lc, log_prior, u, k))[:, 1:]
+    mc = I.directed_information_mc(lc, log_prior, u, k)
+    flow, A, M = (np.asarray(d[n]) for n in ("flow", "A", "M"))
+    di, di_se = float(mc["rao_blackwell"]), float(mc["rao_blackwell_se"])
+    checks = [check_chain_rule(flow, seq), check_martingale(M[:, -1]), check_di_bound(di, di_se, K)]
+    t = np.arange(1, cont_len + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for b in range(flow.shape[0]):
+        ax.plot(t, flow[b], color="0.8", lw=0.8)
+    ax.plot(t, flow.mean(0), label="mean flow i(S → U_{n+1:t})")
+    ax.plot(t, A.mean(0), "--", label="compensator A_t = Σ KL_τ")
+    ax.axhline(math.log(K), color="k", lw=0.8, ls=":", label="H(S) = log K")
+    ax.set_xlabel("output step t")
+    ax.set_ylabel("nats")
+    ax.set_title(f"semantic information flow, K = {K} prompts, B = {samples} samples")
+    ax.legend(fontsize=8)
+    figures = [save_figure(fig, out, "flow.png")]
+    data = {"K": K, "n": int(prompts.shape[1]), "T": cont_len, "B": samples, "directed_information": di,
+            "directed_information_se": di_se, "flow_estimate": float(mc["flow"]),
+            "flow_estimate_se": float(mc["flow_se"]), "per_step": np.asarray(mc["per_step"]),
+            "mean_flow": flow.mean(0), "mean_compensator": A.mean(0), "prompt_index": np.asarray(k),
+            "continuations": np.asarray(u), "seconds": time.perf_counter() - t0}
     return {"checks": checks, "figures": figures, "data": data}
 
 
 def main(argv: list[str] | None = None) -> dict:
     import json
 
-    from tvvar.pretrained import load_pretrained
-
     p = argparse.ArgumentParser(prog="python -m experiments.analyze", description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, required=True, help="Hugging Face checkpoint folder")
+    p.add_argument("--model", type=Path, required=True, help="Hugging Face checkpoint folder or tvvar run directory")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", type=Path, help="a text file to analyse")
     g.add_argument("--prompt", type=str, help="a prompt string")
@@ -231,15 +336,29 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--window", type=int, default=16, help="positions of the ‖A_ij‖ maps (default 16)")
     p.add_argument("--max-tokens", type=int, default=64, help="truncate the input to this many tokens")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--prompts", type=Path, help="a prompt set (one per line) for the semantic information flow")
+    p.add_argument("--cont-len", type=int, default=8, help="output tokens T of the flow (default 8)")
+    p.add_argument("--samples", type=int, default=16, help="continuations B sampled for the flow (default 16)")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    pre = load_pretrained(args.model, dtype=args.dtype)
+    lm = load_model(args.model, dtype=args.dtype)
     text = args.text.read_text() if args.text is not None else args.prompt
-    ids = tokenize(text, pre.tokenizer, pre.model.cfg.vocab_size)[:, : args.max_tokens]
-    toks = None if pre.tokenizer is None else [pre.tokenizer.id_to_token(int(i)) for i in ids[0]]
-    res = analyze(pre.model, ids, args.out, Options(layer=args.layer, window=args.window), tokens=toks)
-    results = {"experiment": "analyze", "config": {"model": str(args.model), "model_type": pre.model_type,
-                                                    "layer": args.layer, "window": args.window, "T": ids.shape[1]},
+    ids = np.asarray(lm.encode(text), np.int32).reshape(1, -1)[:, : args.max_tokens]
+    if ids.shape[1] < 2:
+        raise ValueError(f"the text must encode to at least 2 tokens, got {ids.shape[1]}")
+    res = analyze(lm.model, ids, args.out, Options(layer=args.layer, window=args.window),
+                  tokens=[lm.decode(int(i)) for i in ids[0]])
+    config = {"model": str(args.model), "model_type": lm.kind, "layer": args.layer, "window": args.window,
+              "T": ids.shape[1]}
+    if args.prompts is not None:
+        prompts = read_prompts(args.prompts, lm.encode)
+        fl = information_flow(lm.model, prompts, args.out, args.cont_len, args.samples, args.seed)
+        res["checks"] += fl["checks"]
+        res["figures"] += fl["figures"]
+        res["data"]["information_flow"] = fl["data"]
+        config.update(prompts=str(args.prompts), cont_len=args.cont_len, samples=args.samples, seed=args.seed)
+    results = {"experiment": "analyze", "config": config,
                "seconds": round(time.perf_counter() - t0, 3), "checks": res["checks"], "figures": res["figures"],
                "data": to_jsonable(res["data"])}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))

@@ -52,6 +52,10 @@ def _configs64():
         "residual_affine": (ModelConfig(5, d_model=6, num_layers=2, decomposition="bilinear_attention",
                                         mixer={"num_heads": 2}, psi="identity", norm="none", **F64), True),
         "transformer": (ModelConfig(5, d_model=6, num_layers=2, mixer={"num_heads": 2}, **F64), False),
+        # a block intercept b (GPT-2's folded value/output biases): each latent's output is H A_h z_j + b
+        "pure_h2_bias": (ModelConfig.pure(5, 6, "attention", mixer={"num_heads": 2}, mixer_bias=True, **F64), True),
+        "transformer_bias": (ModelConfig(5, d_model=6, num_layers=2, mixer={"num_heads": 2}, mixer_bias=True,
+                                         **F64), False),
     }
 
 
@@ -109,13 +113,17 @@ _CLOSED_PRIORS = ("uniform", E.Recency(0.8), "attention", "recency", E.Recency(0
 
 
 # the causal prefix-sum and bidirectional plain-sum paths, each with one of the two head_outputs implementations
-@pytest.mark.parametrize("decomposition,heads,mask",
-                         [("attention", 3, "causal"), ("bilinear_attention", 1, "bidirectional")])
-def test_closed_form_equals_enumeration_values_and_gradients_float64(decomposition, heads, mask):
+# (and a block intercept b, whose logit ũᵀb/Ξ every latent's conditional carries)
+@pytest.mark.parametrize("decomposition,heads,mask,bias",
+                         [("attention", 3, "causal", False), ("bilinear_attention", 1, "bidirectional", False),
+                          ("attention", 2, "causal", True)])
+def test_closed_form_equals_enumeration_values_and_gradients_float64(decomposition, heads, mask, bias):
     """closed_form_terms (matrix products over j) == enumeration of every latent, 1e-10 in float64."""
     with jax.enable_x64(True):
-        cfg = ModelConfig.pure(5, 6, decomposition, mask=mask, mixer={"num_heads": heads}, **F64)
+        cfg = ModelConfig.pure(5, 6, decomposition, mask=mask, mixer={"num_heads": heads}, mixer_bias=bias, **F64)
         m = _model(cfg, seed=8)
+        if bias:
+            assert np.abs(np.asarray(m.blocks[0].mixer_bias[...])).min() > 0.5
         ids, tg = _ids(2, 21, 5, 9)  # T = 21 > one block of 16 in the causal prefix sum, and not a multiple
         assert E.row_independent(m)
         gd, st = nnx.split(m)
@@ -134,6 +142,9 @@ def test_closed_form_equals_enumeration_values_and_gradients_float64(decompositi
         for prior, a, b in zip(_CLOSED_PRIORS, enum, closed, strict=True):
             for name, x, y in zip(E.PositionTerms._fields, a, b, strict=True):
                 np.testing.assert_allclose(y, x, atol=1e-10, rtol=0, err_msg=f"{prior} {name}")
+        # and both are the network's own: P_soft (Eq. 54) is its softmax, intercept included
+        own = jnp.take_along_axis(jax.nn.log_softmax(_call(m, ids), axis=-1), tg[..., None], axis=-1)[..., 0]
+        np.testing.assert_allclose(closed[0].soft_ll, own, atol=1e-10, rtol=0)
         ga, gb = (jax.tree.leaves(nnx.to_pure_dict(g)) for g in grads(st, ids, tg))
         for x, y in zip(ga, gb, strict=True):
             np.testing.assert_allclose(y, x, atol=1e-10, rtol=1e-10)

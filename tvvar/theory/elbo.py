@@ -151,6 +151,12 @@ def _last_mixer_input(model, ids: Array):
     return mixer, last, x, z
 
 
+def _mixer_bias(block, dtype) -> Array | None:
+    """The block's intercept b added after its mixer ([D], or None without one)."""
+    b = getattr(block, "mixer_bias", None)
+    return None if b is None else b[...].astype(dtype)
+
+
 def row_independent(model) -> bool:
     """True when P(U | J) does not depend on the query row and the readout after the mixer is linear:
     no residual around the last mixer, Ψ = id, no final norm (the pure TV-VAR of Eq. 44 on top of any
@@ -165,7 +171,10 @@ def latent_features(model, ids: Array) -> LatentFeatures:
     """Q, P(U | J) and P_soft for every row of ``ids`` [B, T] under ``model`` (see the module docstring).
 
     The last layer must be attention (any ``SoftmaxBilinearAttention``); earlier layers are run as the
-    deterministic feature map that produces the last mixer's input z.
+    deterministic feature map that produces the last mixer's input z. A block intercept
+    (``Block.mixer_bias`` b, GPT-2's folded value/output biases) is part of every latent's output: the mixer
+    output under J = (h, j) is H A_h z_j + b, and E_Q[H A_h z_j + b] = mixer(z) + b is the block's own
+    (Σ_{h,j} Q = 1), so P_soft stays the model's softmax.
     """
     from tvvar.model import Identity
 
@@ -186,8 +195,11 @@ def latent_features(model, ids: Array) -> LatentFeatures:
     m_BxHxTxD = H * jnp.einsum("hed,bjd->bhje", A, z, precision=jax.lax.Precision.HIGHEST)
     # E_Q[H A_h z_j] = Σ_h Σ_j π^h[i, j] A_h z_j is the mixer's own output (Theorem 5): its fast path
     m_soft_BxTxD = mixer(z)
+    bias = _mixer_bias(last, z.dtype)
 
     def after_mixer(m: Array, x_res: Array) -> Array:
+        if bias is not None:
+            m = m + bias.reshape((1,) * (m.ndim - 1) + (-1,))
         y = x_res + m if last.residual else m
         if not isinstance(last.psi, Identity):
             y = last._sub(last.psi, last.norm2, y)
@@ -496,12 +508,15 @@ def closed_form_terms(model, ids: Array, targets: Array, priors: tuple = ("unifo
     """
     if not row_independent(model):
         raise ValueError("closed_form_terms needs a row-independent model (see row_independent); use elbo_terms")
-    mixer, _, _, z = _last_mixer_input(model, ids)
+    mixer, last, _, z = _last_mixer_input(model, ids)
     H, T = mixer.num_heads, ids.shape[1]
     ld = _f32(z.dtype)
     fill = masked_fill_value(ld)
     allowed = mixer.support(T)
     inside = allowed[None, None]  # [1, 1, I, J]
+    # the block intercept b: every latent's output is H A_h z_j + b, so each logit gains the constant ũᵀb/Ξ
+    bias = _mixer_bias(last, ld)
+    bias_logits = None if bias is None else model.readout(bias)  # [V]
 
     # Q = π/H, from the scores once (the forward pass's own softmax, its statistics kept)
     s = jnp.where(inside, mixer.scores(z).astype(ld), fill)  # [B, H, I, J]
@@ -513,17 +528,24 @@ def closed_form_terms(model, ids: Array, targets: Array, priors: tuple = ("unifo
 
     # the soft model (Eq. 54) and each head's own output, through the mixer's factors
     heads = mixer.head_outputs(pi.astype(z.dtype), z).astype(ld)  # [B, H, I, Do]
-    soft_logp = jax.nn.log_softmax(model.readout(jnp.sum(heads, axis=1)), axis=-1)
+    m_soft = jnp.sum(heads, axis=1)
+    if bias is not None:
+        m_soft = m_soft + bias.reshape(1, 1, -1)
+    soft_logp = jax.nn.log_softmax(model.readout(m_soft), axis=-1)
     soft_ll = jnp.take_along_axis(soft_logp, targets[..., None], axis=-1)[..., 0]
 
     # the conditional of each latent, log P(v | h, j) = ℓ_jh,v − lse_jh, laid out [B, J, H, V]
     # (the readout is linear: fold it into A_h first, ℓ_jh = H z_j·(Ũ A_h)ᵀ/Ξ, one [D, H·V] product)
     readout_A = model.readout(jnp.swapaxes(mixer.value_maps(), 1, 2).astype(ld))  # [H, D, V] = (Ũ A_h)ᵀ/Ξ
     ell = H * jnp.einsum("bjd,hdv->bjhv", z.astype(ld), readout_A, precision=jax.lax.Precision.HIGHEST)
+    if bias_logits is not None:
+        ell = ell + bias_logits.reshape(1, 1, 1, -1)
     lse = jax.nn.logsumexp(ell, axis=-1)  # [B, J, H]
     cond = ell - lse[..., None]  # [B, J, H, V]
     # the readout is linear: Σ_j π^h_ij ℓ_jh[v] is the logit of H·(head h's output), read at U_i
     ell_bar = model.readout.token_logits(H * heads, targets[:, None, :])  # [B, H, I]
+    if bias_logits is not None:  # Σ_j π^h_ij = 1: the intercept's logit once
+        ell_bar = ell_bar + jnp.take(bias_logits, targets)[:, None, :]
     pi_lse = jnp.einsum("bhij,bjh->bhi", pi, lse, precision=jax.lax.Precision.HIGHEST)
     e_loglik = jnp.mean(ell_bar - pi_lse, axis=1)  # [B, I]
 
