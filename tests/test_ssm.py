@@ -23,12 +23,27 @@ SMALL = {
     "ssm_lti": dict(num_heads=2, state_size=3, chunk_size=4),
     "ssm_dense": dict(state_size=3, chunk_size=4),
     "mamba": dict(num_heads=2, state_size=4, chunk_size=4, expand=1),
+    # the Mamba-2 block as checkpoints have it: grouped B/C, x-channel conv bias, gated RMSNorm
+    "mamba2": dict(num_heads=4, state_size=3, chunk_size=4, expand=2, ngroups=2, conv_x_bias=True, norm="rms"),
 }
 TOL = {jnp.float32: 1e-5, jnp.float64: 1e-10}
 
 
+def _build(name, rngs, dtype, **kw):
+    """``build`` by registered name; "mamba2" is the "mamba" block with Mamba-2's options and random biases and
+    norm gains (zeros / ones at init would hide the affine remainder and the norm weight)."""
+    m = build("mamba" if name == "mamba2" else name, D, rngs=rngs, dtype=dtype, **{**SMALL[name], **kw})
+    if name == "mamba2":
+        k = jax.random.split(jax.random.key(5), 3)
+        m.conv_bx[...] = jax.random.normal(k[0], m.conv_bx.shape, dtype)
+        m.conv_b[...] = jax.random.normal(k[1], m.conv_b.shape, dtype)
+        if m.norm is not None:
+            m.norm_w[...] = 1 + 0.3 * jax.random.normal(k[2], m.norm_w.shape, dtype)
+    return m
+
+
 def make(name, dtype=jnp.float32, seed=0, **kw):
-    return build(name, D, rngs=nnx.Rngs(seed), dtype=dtype, **{**SMALL[name], **kw})
+    return _build(name, nnx.Rngs(seed), dtype, **kw)
 
 
 def assert_close(a, b, tol, what):
@@ -47,11 +62,12 @@ def assert_close(a, b, tol, what):
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in ("mamba", "ssm_dense") else n for n in sorted(SMALL)]
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in ("mamba", "mamba2", "ssm_dense") else n for n in sorted(SMALL)]
 )
 def test_kit(name):
     # T = 6 with chunk 4: the padded last chunk of the SSD path is exercised by the kit too
-    check_decomposition(lambda rngs, dtype: build(name, D, rngs=rngs, dtype=dtype, **SMALL[name]))
+    check_decomposition(lambda rngs, dtype: _build(name, rngs, dtype))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,7 +84,7 @@ def _steps(m, u, cache=None):
     return jnp.stack(rows, axis=1), cache
 
 
-@pytest.mark.parametrize("name", ["ssm", "ssm_diagonal", "ssm_dense", "mamba"])
+@pytest.mark.parametrize("name", ["ssm", "ssm_diagonal", "ssm_dense", "mamba", "mamba2"])
 def test_scan_chunked_step_agree(name):
     """Values and gradients in float64 at 1e-10 for chunk sizes 4 (divides T = 8) and 3 (does not);
     values in float32 at 1e-5. (Float32 gradients of the chunked path are checked against the
@@ -104,7 +120,7 @@ def test_scan_chunked_step_agree(name):
                 assert_close(m(u), h_scan, TOL[dtype], "__call__ vs scan")
 
 
-@pytest.mark.parametrize("name", ["ssm", "ssm_diagonal", "ssm_dense", "mamba"])
+@pytest.mark.parametrize("name", ["ssm", "ssm_diagonal", "ssm_dense", "mamba", "mamba2"])
 def test_state_continuation(name):
     """s_{1:T} at once == s_{1:k}, then s_{k+1:T} from the carried state (every algorithm)."""
     with jax.enable_x64(True):
@@ -304,7 +320,7 @@ def test_bad_input_errors():
         MambaBlock(D, rngs=r, selective=False)
     for name in SMALL:
         with pytest.raises(NotImplementedError, match="causal"):
-            build(name, D, rngs=r, mask="bidirectional")
+            build("mamba" if name == "mamba2" else name, D, rngs=r, mask="bidirectional")
 
     m = make("ssm")
     u = random_input(m, 2, 5, jnp.float32)
@@ -427,3 +443,86 @@ def test_ssm_memory_benchmark_verdict_can_fail():
     from experiments.benchmarks.ssm_memory import memory_reduced
 
     assert memory_reduced(400, 100) and not memory_reduced(400, 101)
+
+
+# ---- the Mamba-2 options: grouped B/C, x-channel conv bias (an affine remainder), gated RMSNorm -------------
+
+
+def test_mamba2_groups_read_their_own_B_and_C():
+    """With G = 2, heads 0–1 read group 0 and heads 2–3 group 1: swapping the groups' B columns changes L, and
+    a two-group block whose groups are copies of one group's B/C equals the one-group block."""
+    with jax.enable_x64(True):
+        m = make("mamba2", jnp.float64, norm=None)
+        u = random_input(m, 1, 6, jnp.float64, seed=2)
+        L = np.asarray(m.mixing_matrix(u))  # [B, H, T, T]
+        N = m.state_size
+        WB = np.asarray(m.W_B[...])
+        m.W_B[...] = jnp.asarray(np.concatenate([WB[:, N:], WB[:, :N]], axis=1))
+        L2 = np.asarray(m.mixing_matrix(u))
+    assert np.abs(L2 - L).max() > 1e-3  # the groups are read (not one shared B)
+    # a one-group block given the same B/C twice equals the two-group block
+    with jax.enable_x64(True):
+        m1 = make("mamba2", jnp.float64, norm=None, ngroups=1)
+        m2 = make("mamba2", jnp.float64, norm=None, ngroups=2)
+        for name in ("W_x", "W_z", "W_dt", "b_dt", "A_log", "D", "W_o", "conv_bx"):
+            getattr(m2, name)[...] = getattr(m1, name)[...]
+        WB, WC = m1.W_B[...], m1.W_C[...]
+        m2.W_B[...], m2.W_C[...] = jnp.concatenate([WB, WB], 1), jnp.concatenate([WC, WC], 1)
+        E = 4 * m1.head_dim
+        cw, cb = m1.conv_w[...], m1.conv_b[...]
+        m2.conv_w[...] = jnp.concatenate([cw[:, :E], cw[:, E:E + N], cw[:, E:E + N], cw[:, E + N:], cw[:, E + N:]], 1)
+        m2.conv_b[...] = jnp.concatenate([cb[:N], cb[:N], cb[N:], cb[N:]])
+        assert_close(m2(u), m1(u), 1e-10, "two identical groups == one group")
+
+
+def test_mamba2_intercept_is_the_conv_x_bias_and_the_split_is_exact():
+    with jax.enable_x64(True):
+        m = make("mamba2", jnp.float64)
+        u = random_input(m, 2, 6, jnp.float64, seed=4)
+        h = m(u)
+        r = m.intercept(u)
+        assert float(jnp.abs(r).max()) > 1e-2
+        assert_close(mix_dense(m.linear_coefficients(u), u) + r, h, 1e-10, "linear part + intercept")
+        # the rank-one fold sits on the diagonal only
+        dA = m.coefficients(u) - m.linear_coefficients(u)
+        off = ~np.eye(6, dtype=bool)
+        assert float(np.abs(np.asarray(dA)[:, off]).max()) == 0.0
+        m.conv_bx[...] = jnp.zeros_like(m.conv_bx[...])
+        assert float(jnp.abs(m.intercept(u)).max()) == 0.0
+        assert_close(m.coefficients(u), m.linear_coefficients(u), 0.0, "no bias: no fold")
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_mamba2_gated_rmsnorm_matches_its_formula(before):
+    """out = W_o(RMSNorm_g(y ⊙ SiLU(z)) ⊙ w) (or RMSNorm_g(y) ⊙ w ⊙ SiLU(z)), y from the norm-free block."""
+    with jax.enable_x64(True):
+        m = make("mamba2", jnp.float64, norm_before_gate=before)
+        plain = make("mamba2", jnp.float64, norm=None, gate=False)
+        for name in ("W_x", "W_B", "W_C", "W_dt", "b_dt", "A_log", "D", "conv_w", "conv_b", "conv_bx"):
+            getattr(plain, name)[...] = getattr(m, name)[...]
+        eye = jnp.eye(plain.num_heads * plain.head_dim, dtype=jnp.float64)
+        plain.W_o = nnx.Param(eye.reshape(plain.num_heads, plain.head_dim, -1))
+        plain.d_out = eye.shape[0]
+        u = random_input(m, 2, 6, jnp.float64, seed=6)
+        y = np.asarray(plain(u))  # SSM + D x, [B, T, E]
+        z = np.asarray(jnp.einsum("btd,dhp->bthp", u, m.W_z[...])).reshape(y.shape)
+        sz = z / (1 + np.exp(-z))
+        w = np.asarray(m.norm_w[...]).reshape(-1)
+        G = m.norm_groups
+
+        def rms(a):
+            g = a.reshape(a.shape[:-1] + (G, -1))
+            return (g / np.sqrt(np.mean(g * g, -1, keepdims=True) + m.norm_eps)).reshape(a.shape)
+
+        g = rms(y) * w * sz if before else rms(y * sz) * w
+        want = g @ np.asarray(m.W_o[...]).reshape(-1, D)
+        assert_close(m(u), want, 1e-10, "gated RMSNorm")
+
+
+def test_mamba2_bad_options():
+    with pytest.raises(ValueError, match="ngroups"):
+        make("mamba2", ngroups=3)
+    with pytest.raises(ValueError, match="norm"):
+        make("mamba2", norm="layer")
+    with pytest.raises(ValueError, match="norm_groups"):
+        make("mamba2", norm_groups=3)

@@ -394,24 +394,46 @@ class LTISSM(DiagonalSSM):
 
 @register("mamba")
 class MambaBlock(ScalarSSM):
-    """A Mamba-2-style block as a TV-VAR decomposition.
+    """The Mamba-2 block (Dao & Gu 2024, ``mamba_ssm.modules.mamba2.Mamba2``) as a TV-VAR decomposition.
 
-        xBC = conv_K([W_x u, W_B u, W_C u]) (depthwise, causal);   x = SiLU(xBC_x), B = SiLU(xBC_B + b_B),
-        C = SiLU(xBC_C + b_C);  Δ = softplus(W_Δ u + b_Δ);  y = SSM(x) + D x;  out = W_o (y ⊙ SiLU(W_z u))
+        [z, xBC, Δ̃] = in_proj(u);  xBC = conv_K(xBC) + b (depthwise, causal);  x = SiLU(xBC_x),
+        B = SiLU(xBC_B), C = SiLU(xBC_C) (G groups of N; head h reads group ⌊h·G/H⌋);  Δ = softplus(Δ̃ + b_Δ);
+        state_t = exp(Δ_t A) state_{t−1} + Δ_t B_t x_t,  A^h = −exp(A_log^h);  y = C_t state_t + D^h x_t;
+        out = W_o g(y, z),   g = y ⊙ SiLU(z)                       (``norm=None``, Mamba-1-style gate)
+                             g = RMSNorm_groups(y ⊙ SiLU(z)) ⊙ w    (``norm="rms"``, Mamba-2's gated RMSNorm)
+                             g = RMSNorm_groups(y) ⊙ w ⊙ SiLU(z)    (``norm="rms", norm_before_gate=True``)
 
     The block is nonlinear in u; it is still a TV-VAR because every nonlinearity is a data-dependent
-    *coefficient*, exactly as attention's π is. Our decomposition (documented choice, not the only one):
+    *coefficient*, exactly as attention's π is. The decomposition (a documented choice, not the only one):
 
-    * the value path u → W_x u → conv → ⊙ σ(xBC_x) → SSM → ⊙ SiLU(z) → W_o is linear in u once the
+    * the value path u → W_x u → conv → ⊙ σ(xBC_x) → SSM (+ D x) → ⊙ γ → W_o is linear in u once the
       gates are fixed, because SiLU(a) = σ(a)·a: the activation is the data-dependent gate σ(xBC_x);
-    * the gates σ(xBC_x), SiLU(z) and the selective Δ, B, C are computed from u (causally) and form the
+    * the gates σ(xBC_x), the output multiplier γ_i (SiLU(z_i); with the gated RMSNorm also w / rms_i, the
+      root-mean-square of the group at row i — a data-dependent scalar per row and group, computed from
+      the block's own y) and the selective Δ, B, C are computed from u (causally) and form the
       data-dependent part of A[i, j]; the short convolution composes into it as a banded Toeplitz factor.
 
-    Hence A[i, m] = Σ_{h,p} W_o[h,p]ᵀ SiLU(z_i)[h,p] Σ_j L^h[i, j] σ(xBC_x)_j[h,p] w[j − m][h,p] W_x[:, h, p]ᵀ,
-    and mixer(u) == Σ_m A[i, m](u) u_m exactly. The x channels of the convolution carry no bias (a bias
-    would make the map affine, not a TV-VAR); B and C channels do. Options beyond the SSM's:
-    ``expand`` (E = expand·D, default 2), ``d_conv`` (kernel K, 0 disables the convolution), ``gate``.
-    The decoding cache is ``{"ssm": [B, H, P, N], "conv": [B, K−1, E + 2N]}`` (no "conv" when K = 0).
+    Hence A_lin[i, m] = Σ_{h,p} W_o[h,p]ᵀ γ_i[h,p] Σ_j L^h[i, j] σ(xBC_x)_j[h,p] w[j − m][h,p] W_x[:, h, p]ᵀ
+    (:meth:`linear_coefficients`), with L^h[i, j] = Σ_n C_i^{g(h)}[n] B_j^{g(h)}[n] Δ_j^h e^{A^h Σ_{k=j+1..i} Δ_k^h}
+    + D^h δ_ij (:meth:`mixing_matrix`).
+
+    **The x-channel convolution bias** (``conv_x_bias=True``, which every Mamba-2 checkpoint has) makes the map
+    *affine* in u: x_j = σ_j ⊙ (conv_j(W_x u) + b_x), so mixer(u) = Σ_m A_lin[i, m](u) u_m + r_i(u) with the
+    data-dependent remainder r_i(u) = W_oᵀ(γ_i ⊙ Σ_j L[i, j] (σ_j ⊙ b_x)) (:meth:`intercept`). Unlike GPT-2's
+    folded ``mixer_bias`` it is not a constant (the gates depend on u), so it cannot move out of the mixer.
+    ``coefficients`` keeps the law mixer(u) == Σ_m A[i, m](u) u_m exact by carrying it as a data-dependent
+    coefficient on the current input, A[i, i] = A_lin[i, i] + r_i u_iᵀ / ‖u_i‖² (rank one; exact whenever
+    u_i ≠ 0 — in a model u_i = RMSNorm(x_i)·w, zero only if x_i or w is zero; at u_i = 0 the term is
+    dropped, and the law fails at that row by r_i). Analyses that want the linear part alone use
+    :meth:`linear_coefficients` and :meth:`intercept` (tested: their sum reproduces the mixer).
+
+    Options beyond the SSM's: ``expand`` (E = expand·D, default 2), ``d_conv`` (kernel K, 0 disables the
+    convolution), ``gate`` (the SiLU(z) gate), ``ngroups`` G (B/C groups; H divisible by G),
+    ``conv_x_bias`` (a bias on the x channels of the conv; the B/C channels always have one), ``norm``
+    (None or "rms": the gated RMSNorm), ``norm_before_gate``, ``norm_eps`` (1e-5) and ``norm_groups`` (the
+    RMSNorm's groups over E, default G as in ``mamba_ssm``; transformers' Mamba2 normalises over all E: 1).
+    ``initial_state`` of :meth:`scan` / :meth:`chunked` and the decoding cache are
+    ``{"ssm": [B, H, P, N], "conv": [B, K−1, E + 2GN]}`` (no "conv" when K = 0).
     """
 
     def __init__(
@@ -425,6 +447,12 @@ class MambaBlock(ScalarSSM):
         head_dim: int | None = None,
         d_conv: int = 4,
         gate: bool = True,
+        ngroups: int = 1,
+        conv_x_bias: bool = False,
+        norm: str | None = None,
+        norm_before_gate: bool = False,
+        norm_eps: float = 1e-5,
+        norm_groups: int | None = None,
         **kw,
     ):
         if kw.get("selective", True) is not True:
@@ -437,22 +465,42 @@ class MambaBlock(ScalarSSM):
             if E % H:
                 raise ValueError(f"expand·d_model={E} is not divisible by num_heads={H}; pass head_dim")
             head_dim = E // H
+        G = _positive_int("ngroups", ngroups)
+        if H % G:
+            raise ValueError(f"num_heads={H} is not divisible by ngroups={G}")
+        if norm not in (None, "rms"):
+            raise ValueError(f"norm must be None or 'rms' (the gated RMSNorm), got {norm!r}")
+        if not (isinstance(norm_eps, (int, float)) and not isinstance(norm_eps, bool) and norm_eps > 0):
+            raise ValueError(f"norm_eps must be a number > 0, got {norm_eps!r}")
         super().__init__(d_model, rngs=rngs, dtype=dtype, num_heads=H, head_dim=head_dim, **kw)
-        self.d_conv, self.gate = d_conv, bool(gate)
+        self.d_conv, self.gate, self.ngroups = d_conv, bool(gate), G
+        self.conv_x_bias, self.norm, self.norm_before_gate = bool(conv_x_bias), norm, bool(norm_before_gate)
+        self.norm_eps = float(norm_eps)
         E, N, D = H * self.head_dim, self.state_size, self.d_in
-        keys = jax.random.split(rngs.params(), 3)
+        NG = _positive_int("norm_groups", norm_groups if norm_groups is not None else G)
+        if E % NG:
+            raise ValueError(f"norm_groups={NG} does not divide the inner width E={E}")
+        self.norm_groups = NG
+        keys = jax.random.split(rngs.params(), 5)
+        if G > 1:  # B and C per group: [D, G·N] (G = 1 keeps the SSM's [D, N])
+            self.W_B = param(lecun_normal(keys[3], (D, G * N), D, dtype), "embed", "state")
+            self.W_C = param(lecun_normal(keys[4], (D, G * N), D, dtype), "embed", "state")
         if self.gate:
             self.W_z = param(lecun_normal(keys[0], (D, H, self.head_dim), D, dtype), "embed", "heads", "kv")
         if d_conv:
-            self.conv_w = param(lecun_normal(keys[1], (d_conv, E + 2 * N), d_conv, dtype), None, "mlp")
-        self.conv_b = param(jnp.zeros((2 * N,), dtype), "state")
+            self.conv_w = param(lecun_normal(keys[1], (d_conv, E + 2 * G * N), d_conv, dtype), None, "mlp")
+        self.conv_b = param(jnp.zeros((2 * G * N,), dtype), "state")
+        if self.conv_x_bias:
+            self.conv_bx = param(jnp.zeros((H, self.head_dim), dtype), "heads", "kv")
+        if norm is not None:
+            self.norm_w = param(jnp.ones((H, self.head_dim), dtype), "heads", "kv")
 
     @property
     def conv_channels(self) -> int:
-        return self.num_heads * self.head_dim + 2 * self.state_size
+        return self.num_heads * self.head_dim + 2 * self.ngroups * self.state_size
 
     def _pre_conv(self, u: Array) -> Array:
-        """[W_x u, W_B u, W_C u]: [B, T, E + 2N] (before the convolution)."""
+        """[W_x u, W_B u, W_C u]: [B, T, E + 2GN] (before the convolution)."""
         adt = acc_dtype(u.dtype)
         u32 = u.astype(adt)
         x = jnp.einsum("btd,dhp->bthp", u32, self.W_x[...].astype(adt), precision=_HI)
@@ -461,12 +509,15 @@ class MambaBlock(ScalarSSM):
         return jnp.concatenate([x.reshape(x.shape[:2] + (-1,)), Bm, Cm], axis=-1)
 
     def _post_conv(self, xbc: Array, u: Array):
-        """Split the convolved channels: (x [B,T,H,P], σ-gate [B,T,H,P], Δ, B, C, output gate or None)."""
+        """Split the convolved channels: (x [B,T,H,P], σ-gate [B,T,H,P], Δ [B,T,H], B, C [B,T,G,N], SiLU(z) or None)."""
         adt = xbc.dtype
-        E, N = self.num_heads * self.head_dim, self.state_size
+        E, N, G = self.num_heads * self.head_dim, self.state_size, self.ngroups
         xc = xbc[..., :E].reshape(xbc.shape[:2] + (self.num_heads, self.head_dim))
+        if self.conv_x_bias:
+            xc = xc + self.conv_bx[...].astype(adt)[None, None]
         bc = xbc[..., E:] + self.conv_b[...].astype(adt)[None, None]
-        Bm, Cm = jax.nn.silu(bc[..., :N]), jax.nn.silu(bc[..., N:])
+        Bm = jax.nn.silu(bc[..., : G * N]).reshape(bc.shape[:2] + (G, N))
+        Cm = jax.nn.silu(bc[..., G * N:]).reshape(bc.shape[:2] + (G, N))
         s = jax.nn.sigmoid(xc)
         u32 = u.astype(adt)
         dt = jax.nn.softplus(jnp.einsum("btd,dh->bth", u32, self.W_dt[...].astype(adt), precision=_HI)
@@ -475,8 +526,39 @@ class MambaBlock(ScalarSSM):
              else None)
         return s * xc, s, dt, Bm, Cm, g
 
+    def _multiplier(self, y: Array, g: Array | None) -> Array | None:
+        """γ [B,T,H,P]: what the pre-output y (SSM + D x) is multiplied by before W_o (None: 1)."""
+        if self.norm is None:
+            return g
+        NG, w = self.norm_groups, self.norm_w[...].astype(y.dtype)[None, None]
+        yn = y if (self.norm_before_gate or g is None) else y * g
+        flat = yn.reshape(yn.shape[:2] + (NG, -1))
+        inv = jax.lax.rsqrt(jnp.mean(jnp.square(flat), axis=-1, keepdims=True) + self.norm_eps)
+        inv = jnp.broadcast_to(inv, flat.shape).reshape(yn.shape)
+        return w * inv if g is None else w * inv * g
+
     def _out_gated(self, y: Array, g: Array | None, dtype: DType) -> Array:
-        return self._out(y * g if g is not None else y, dtype)
+        m = self._multiplier(y, g)
+        return self._out(y * m if m is not None else y, dtype)
+
+    def _grouped(self, algo, x: Array, la: Array, Bm: Array, Cm: Array, state: Array | None):
+        """Run the one-group kernel ``algo`` per B/C group (the group folded into the batch): x [B,T,H,P],
+        la [B,T,H,1], Bm, Cm [B,T,G,N], state [B,H,P,N] → (y [B,T,H,P], state)."""
+        G = self.ngroups
+        if G == 1:
+            return algo(x, la, Bm[:, :, 0], Cm[:, :, 0], state)
+        Bsz, T, H, P = x.shape
+        N = Bm.shape[-1]
+
+        def fold(a):  # [B, T, H, ...] → [B·G, T, H/G, ...]
+            a = a.reshape((Bsz, T, G, H // G) + a.shape[3:])
+            return jnp.moveaxis(a, 2, 1).reshape((Bsz * G, T, H // G) + a.shape[4:])
+
+        bc = lambda a: jnp.moveaxis(a, 2, 1).reshape(Bsz * G, T, N)  # noqa: E731
+        st = None if state is None else state.reshape(Bsz * G, H // G, P, N)
+        y, st = algo(fold(x), fold(la), bc(Bm), bc(Cm), st)
+        y = jnp.moveaxis(y.reshape(Bsz, G, T, H // G, P), 1, 2).reshape(Bsz, T, H, P)
+        return y, st.reshape(Bsz, H, P, N)
 
     def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         shapes = {"ssm": self.state_shape(batch_size)}
@@ -504,11 +586,12 @@ class MambaBlock(ScalarSSM):
             pre, final["conv"] = causal_conv(pre, self.conv_w[...].astype(pre.dtype), buf)
         x, _, dt, Bm, Cm, g = self._post_conv(pre, u)
         la = dt[..., None] * self.decay_rates().astype(dt.dtype)[None, None]
-        y, final["ssm"] = algo(x * dt[..., None], la, Bm, Cm, None if initial_state is None else initial_state["ssm"])
+        y, final["ssm"] = self._grouped(algo, x * dt[..., None], la, Bm, Cm,
+                                        None if initial_state is None else initial_state["ssm"])
         return self._out_gated(y + self._skip(x), g, u.dtype), final
 
     def init_cache(self, batch_size: int, max_len: int | None = None, dtype: DType = jnp.float32) -> dict:
-        """``{"ssm": zeros [B, H, P, N], "conv": zeros [B, K−1, E + 2N]}``; ``max_len`` is unused."""
+        """``{"ssm": zeros [B, H, P, N], "conv": zeros [B, K−1, E + 2GN]}``; ``max_len`` is unused."""
         shapes = self.state_shapes(_positive_int("batch_size", batch_size))
         return {k: jnp.zeros(s, acc_dtype(dtype)) for k, s in shapes.items()}
 
@@ -525,27 +608,52 @@ class MambaBlock(ScalarSSM):
             pre, new["conv"] = conv_step(pre, self.conv_w[...].astype(pre.dtype), cache["conv"])
         x, _, dt, Bm, Cm, g = self._post_conv(pre[:, None], u)
         la = dt[..., None] * self.decay_rates().astype(dt.dtype)[None, None]
-        y_t, new["ssm"] = ssd_step(cache["ssm"].astype(x.dtype), (x * dt[..., None])[:, 0], la[:, 0], Bm[:, 0],
-                                   Cm[:, 0])
-        return self._out_gated(y_t[:, None] + self._skip(x), g, u_t.dtype)[:, 0], new
+
+        def one(x1, la1, B1, C1, st):  # one token of the one-group recurrence
+            y1, st = ssd_step(st, x1[:, 0], la1[:, 0], B1[:, 0], C1[:, 0])
+            return y1[:, None], st
+
+        y_t, new["ssm"] = self._grouped(one, x * dt[..., None], la, Bm, Cm, cache["ssm"].astype(x.dtype))
+        return self._out_gated(y_t + self._skip(x), g, u_t.dtype)[:, 0], new
 
     def _selective(self, u: Array) -> tuple[Array, Array, Array]:
+        """Δ [B,T,H] and per-head B, C [B,T,H,N] (head h reads group ⌊h·G/H⌋)."""
         pre = self._pre_conv(u)
         if self.d_conv:
             pre = causal_conv(pre, self.conv_w[...].astype(pre.dtype))[0]
         _, _, dt, Bm, Cm, _ = self._post_conv(pre, u)
-        return dt, Bm, Cm
+        rep = self.num_heads // self.ngroups
+        return dt, jnp.repeat(Bm, rep, axis=2), jnp.repeat(Cm, rep, axis=2)
 
     @_jitted()
-    def coefficients(self, u: Array) -> Array:
-        """A[b, i, m] (see the class docstring): gates and selective terms from u, conv as a Toeplitz factor."""
+    def mixing_matrix(self, u: Array) -> Array:
+        """L^h[i, j] (skip term included): [B, H, T, T], each head with its group's B and C."""
         check_u(u, self.d_in)
         T = u.shape[1]
+        dt, Bm, Cm = self._selective(u)
+        la = dt * self.decay_rates()[:, 0].astype(dt.dtype)[None, None]  # [B, T, H]
+        cum = jnp.cumsum(la, axis=1)
+        causal = (jnp.arange(T)[:, None] >= jnp.arange(T)[None, :])[None, :, :, None]
+        decay = jnp.exp(jnp.where(causal, cum[:, :, None] - cum[:, None, :], -jnp.inf))  # [B, i, j, H]
+        L = jnp.einsum("bihn,bjhn,bijh->bhij", Cm, Bm, decay, precision=_HI)
+        L = L * jnp.moveaxis(dt, 1, 2)[:, :, None, :]  # Δ_j
+        if self.skip:
+            L = L + self.D[...].astype(L.dtype)[None, :, None, None] * jnp.eye(T, dtype=L.dtype)[None, None]
+        return L
+
+    def _factors(self, u: Array):
+        """(L [B,H,i,j], σ-gate s [B,T,H,P], the affine part s ⊙ b_x or None, γ [B,T,H,P] or None)."""
         pre = self._pre_conv(u)
         if self.d_conv:
             pre = causal_conv(pre, self.conv_w[...].astype(pre.dtype))[0]
-        _, s, _, _, _, g = self._post_conv(pre, u)
-        L = self.mixing_matrix(u)  # [B, H, i, j]
+        x, s, _, _, _, g = self._post_conv(pre, u)
+        L = self.mixing_matrix(u)
+        aff = s * self.conv_bx[...].astype(s.dtype)[None, None] if self.conv_x_bias else None
+        y = jnp.einsum("bhij,bjhp->bihp", L, x, precision=_HI)  # SSM + D x, the pre-output
+        return L, s, aff, self._multiplier(y, g)
+
+    def _linear(self, u: Array, L: Array, s: Array, gamma: Array | None) -> Array:
+        T = u.shape[1]
         adt = L.dtype
         H, P = self.num_heads, self.head_dim
         lag = jnp.arange(T)[:, None] - jnp.arange(T)[None, :]  # j − m
@@ -555,11 +663,48 @@ class MambaBlock(ScalarSSM):
             toeplitz = jnp.where(band[..., None, None], w[jnp.clip(lag, 0, self.d_conv - 1)], 0)  # [j, m, H, P]
         else:
             toeplitz = jnp.broadcast_to((lag == 0)[..., None, None], (T, T, H, P)).astype(adt)
-        V = s[:, :, None] * toeplitz[None]  # [B, j, m, H, P]: x_j = Σ_m V[j, m] ⊙ (W_x u_m)
-        G = jnp.einsum("bhij,bjmhp->bimhp", L, V, precision=_HI)
-        if g is not None:
-            G = G * g[:, :, None]
-        A = jnp.einsum("bimhp,dhp,hpe->bimed", G, self.W_x[...].astype(adt), self.W_o[...].astype(adt), precision=_HI)
+        V = s[:, :, None] * toeplitz[None]  # [B, j, m, H, P]: x_j = Σ_m V[j, m] ⊙ (W_x u_m) (+ s_j ⊙ b_x)
+        Gm = jnp.einsum("bhij,bjmhp->bimhp", L, V, precision=_HI)
+        if gamma is not None:
+            Gm = Gm * gamma[:, :, None]
+        return jnp.einsum("bimhp,dhp,hpe->bimed", Gm, self.W_x[...].astype(adt), self.W_o[...].astype(adt),
+                          precision=_HI)
+
+    def _intercept(self, L: Array, aff: Array | None, gamma: Array | None, shape) -> Array:
+        if aff is None:
+            return jnp.zeros(shape, L.dtype)
+        y = jnp.einsum("bhij,bjhp->bihp", L, aff, precision=_HI)
+        return jnp.einsum("bihp,hpe->bie", y if gamma is None else y * gamma, self.W_o[...].astype(L.dtype),
+                          precision=_HI)
+
+    @_jitted()
+    def linear_coefficients(self, u: Array) -> Array:
+        """A_lin[b, i, m]: the part of the map linear in u given the gates (see the class docstring)."""
+        check_u(u, self.d_in)
+        L, s, _, gamma = self._factors(u)
+        return self._linear(u, L, s, gamma).astype(u.dtype)
+
+    @_jitted()
+    def intercept(self, u: Array) -> Array:
+        """r_i(u) [B, T, D_out]: the affine remainder of the x-channel conv bias (zeros without one)."""
+        check_u(u, self.d_in)
+        L, _, aff, gamma = self._factors(u)
+        return self._intercept(L, aff, gamma, u.shape[:2] + (self.d_out,)).astype(u.dtype)
+
+    @_jitted()
+    def coefficients(self, u: Array) -> Array:
+        """A[b, i, m] = A_lin[b, i, m] + δ_im r_i u_iᵀ/‖u_i‖² (see the class docstring): [B, T, T, D_out, D_in]."""
+        check_u(u, self.d_in)
+        T = u.shape[1]
+        L, s, aff, gamma = self._factors(u)
+        A = self._linear(u, L, s, gamma)
+        if aff is not None:
+            r = self._intercept(L, aff, gamma, None)  # [B, T, D_out]
+            uu = u.astype(A.dtype)
+            n2 = jnp.sum(jnp.square(uu), axis=-1)  # [B, T]
+            inv = jnp.where(n2 > 0, 1.0 / jnp.where(n2 > 0, n2, 1.0), 0.0)
+            fold = r[..., :, None] * uu[..., None, :] * inv[..., None, None]  # [B, T, D_out, D_in]
+            A = A + jnp.eye(T, dtype=A.dtype)[None, :, :, None, None] * fold[:, :, None]
         return A.astype(u.dtype)
 
 
