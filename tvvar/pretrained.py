@@ -12,7 +12,23 @@ gpt2        LayerNorm (bias), attention with q/k biases (the v/o biases fold int
 llama       RMSNorm, rotary attention (B(Δ) = W_q R(−Δ) W_kᵀ/√K), grouped-query heads, SwiGLU, untied head.
 mistral     the Llama layout; a ``sliding_window`` shorter than ``max_position_embeddings`` is refused
             (not implemented; a longer one changes nothing for T ≤ max_position_embeddings).
+mamba2      the state-spaces (``mamba_ssm``) layout: L × [x + mixer(RMSNorm x)], no MLP, final RMSNorm,
+            tied or untied head; the mixer is :class:`tvvar.decompositions.MambaBlock` with grouped B/C, the
+            x-channel conv bias, the gated RMSNorm (either order), D and Δ-bias per head, A = −exp(A_log).
 ==========  ==========================================================================================
+
+Mamba-2 (``model_type: "mamba2"``, or a mamba_ssm config without ``model_type`` whose ``ssm_cfg.layer`` is
+"Mamba2"): the fields of ``mamba_ssm``'s ``MambaConfig`` (``d_model``, ``n_layer``, ``vocab_size``,
+``pad_vocab_size_multiple`` — the table is padded as mamba_ssm pads it —, ``tie_embeddings``, ``rms_norm``,
+``norm_epsilon``, ``residual_in_fp32`` and ``fused_add_norm`` (precision / kernel choices only)) and of
+``Mamba2`` (``d_state``, ``d_conv``, ``expand``, ``headdim``, ``ngroups``, ``rmsnorm``, ``norm_before_gate``,
+``conv_bias``, …), flat or under ``ssm_cfg``. Keys: ``backbone.embedding`` (or transformers'
+``backbone.embeddings``), ``backbone.layers.{i}.norm``, ``backbone.layers.{i}.mixer.{in_proj, conv1d,
+A_log, D, dt_bias, norm, out_proj}`` (in_proj rows [z, x, B, C, Δ]), ``backbone.norm_f``, ``lm_head``; PyTorch
+layout only. Refused by name: an MLP (``d_intermediate`` > 0), hybrid attention layers (``attn_layer_idx``),
+LayerNorm blocks (``rms_norm: false``), ``D_has_hdim``, projection biases (``bias``), a ``dt_limit`` other
+than (0, ∞), ``d_ssm`` < expand·d_model, and transformers' ``Mamba2Config`` field names (its gated RMSNorm
+normalises over all channels, not per group; not implemented).
 
 Both layouts on disk load. *PyTorch* (what hub users have): GPT-2 ``h.0.attn.c_attn.weight`` with Conv1D's
 (in, out) layout, optionally under ``transformer.``; Llama ``model.layers.0.self_attn.q_proj.weight`` as
@@ -44,7 +60,7 @@ from tvvar.model import ModelConfig, TVVARModel
 
 __all__ = ["Pretrained", "load_pretrained", "save_pretrained", "read_safetensors", "SUPPORTED_MODEL_TYPES"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "mamba2")
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -77,10 +93,19 @@ class Pretrained:
     hf_config: dict[str, Any]
     tokenizer: Any
     layout: str
+    embedding_key: str | None = None  # Mamba-2: the embedding's name on disk (mamba_ssm's or transformers')
 
     @property
     def model_type(self) -> str:
-        return self.hf_config["model_type"]
+        return _model_type(self.hf_config)
+
+
+def _model_type(c: dict) -> Any:
+    """``model_type``, or "mamba2" for a mamba_ssm config (which has none) whose ssm_cfg.layer is Mamba2."""
+    mt = c.get("model_type")
+    if mt is None and isinstance(c.get("ssm_cfg"), dict) and c["ssm_cfg"].get("layer") == "Mamba2":
+        return "mamba2"
+    return mt
 
 
 # ---- reading and writing safetensors -----------------------------------------------------------------
@@ -324,8 +349,158 @@ def _llama_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> di
     return p
 
 
-_CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config}
-_PARAMS = {"gpt2": _gpt2_params, "llama": _llama_params, "mistral": _llama_params}
+# ---- Mamba-2 (state-spaces layout) ----------------------------------------------------------------
+
+# mamba_ssm.models.config_utils.MambaConfig and mamba_ssm.modules.mamba2.Mamba2 defaults
+_MAMBA2_TOP = {"d_model": None, "n_layer": None, "vocab_size": None, "d_intermediate": 0, "ssm_cfg": {},
+               "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True, "residual_in_fp32": True,
+               "fused_add_norm": True, "pad_vocab_size_multiple": 8, "tie_embeddings": True, "norm_epsilon": 1e-5}
+_MAMBA2_SSM = {"layer": "Mamba2", "d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "d_ssm": None,
+               "ngroups": 1, "D_has_hdim": False, "rmsnorm": True, "norm_before_gate": False,
+               "dt_limit": (0.0, math.inf), "bias": False, "conv_bias": True}
+# initialisation, kernel and parallelism choices that do not change the function computed
+_MAMBA2_HARMLESS = {"conv_init", "A_init_range", "dt_min", "dt_max", "dt_init_floor", "chunk_size",
+                    "use_mem_eff_path", "process_group", "sequence_parallel", "device", "dtype", "layer_idx"}
+
+
+def _mamba2_fields(c: dict) -> dict:
+    """The Mamba-2 options of ``c`` (flat, or under ``ssm_cfg`` as mamba_ssm writes them) with defaults; a
+    field that would change the function and is not implemented raises, naming it."""
+    ssm = c.get("ssm_cfg") or {}
+    if not isinstance(ssm, dict):
+        raise ValueError(f"config.json field 'ssm_cfg' must be an object, got {ssm!r}")
+    both = sorted(set(ssm) & set(c))
+    if both:
+        raise ValueError(f"config.json sets {both} both at the top level and in 'ssm_cfg'")
+    merged = {**c, **ssm}
+    what = "model_type 'mamba2'"
+    checks: dict[str, Callable[[Any], bool]] = {
+        "layer": lambda v: v == "Mamba2",
+        "d_intermediate": lambda v: v in (0, None),  # no MLP between the mixers
+        "attn_layer_idx": lambda v: not v,  # hybrid attention layers are not implemented
+        "attn_cfg": lambda v: not v,
+        "rms_norm": lambda v: v is True,  # LayerNorm blocks are not implemented
+        "D_has_hdim": lambda v: v is False,
+        "bias": lambda v: v is False,  # in_proj / out_proj biases would add affine terms not implemented
+        "dt_limit": lambda v: list(v) == [0.0, math.inf],
+        "rmsnorm": lambda v: isinstance(v, bool),
+        "norm_before_gate": lambda v: isinstance(v, bool),
+        "conv_bias": lambda v: isinstance(v, bool),
+        "sequence_parallel": lambda v: v in (False, None),
+        "process_group": lambda v: v is None,
+    }
+    defaults = {**_MAMBA2_TOP, **_MAMBA2_SSM}
+    for name, value in merged.items():
+        if name in checks:
+            if not checks[name](value):
+                raise ValueError(f"config.json field {name!r} = {value!r} is not supported for {what} "
+                                 "(tvvar would compute a different model)")
+        elif name not in _HARMLESS and name not in defaults and name not in _MAMBA2_HARMLESS:
+            raise ValueError(f"config.json field {name!r} = {value!r} is not implemented for {what}; "
+                             "refusing rather than loading a possibly different model")
+    f = {**defaults, **merged}
+    for name in ("d_model", "n_layer", "vocab_size"):
+        if f[name] is None:
+            raise ValueError(f"config.json lacks field {name!r} needed by {what}")
+    E = f["expand"] * f["d_model"]
+    if f["d_ssm"] not in (None, E):
+        raise ValueError(f"config.json field 'd_ssm' = {f['d_ssm']!r} is not supported for {what}: only d_ssm = "
+                         f"expand·d_model = {E} (no MLP channels inside the mixer)")
+    if E % f["headdim"]:
+        raise ValueError(f"config.json: expand·d_model = {E} is not divisible by headdim = {f['headdim']}")
+    if (E // f["headdim"]) % f["ngroups"]:
+        raise ValueError(f"config.json: nheads = {E // f['headdim']} is not divisible by ngroups = {f['ngroups']}")
+    return f
+
+
+def _mamba2_vocab(f: dict) -> int:
+    """mamba_ssm pads the embedding table to a multiple of ``pad_vocab_size_multiple``."""
+    V, m = f["vocab_size"], f["pad_vocab_size_multiple"] or 1
+    return V + (m - V % m) % m
+
+
+def _mamba2_config(c: dict, dtype: str) -> ModelConfig:
+    f = _mamba2_fields(c)
+    D, P = f["d_model"], f["headdim"]
+    H = f["expand"] * D // P
+    mixer = {"num_heads": H, "head_dim": P, "state_size": f["d_state"], "d_conv": f["d_conv"],
+             "ngroups": f["ngroups"], "conv_x_bias": f["conv_bias"], "norm": "rms" if f["rmsnorm"] else None,
+             "norm_before_gate": f["norm_before_gate"], "norm_eps": 1e-5, "norm_groups": f["ngroups"],
+             "skip": True, "gate": True}
+    return ModelConfig(
+        vocab_size=_mamba2_vocab(f), d_model=D, num_layers=f["n_layer"], decomposition="mamba", mixer=mixer,
+        psi="identity", norm="rms", norm_eps=float(f["norm_epsilon"]), tied=bool(f["tie_embeddings"]),
+        max_len=None, embedding="plain", param_dtype=dtype, dtype=dtype)
+
+
+_MAMBA2_EMBED = ("backbone.embedding.weight", "backbone.embeddings.weight")  # mamba_ssm, transformers
+
+
+def _mamba2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray],
+                   has: Callable[[str], bool]) -> dict[tuple, np.ndarray]:
+    D, m = cfg.d_model, cfg.mixer
+    H, P, N, G, K = m["num_heads"], m["head_dim"], m["state_size"], m["ngroups"], m["d_conv"]
+    E, GN = H * P, G * N
+    emb = next((k for k in _MAMBA2_EMBED if has(k)), _MAMBA2_EMBED[0])
+    p: dict[tuple, np.ndarray] = {("embed", "table"): w(emb, (cfg.vocab_size, D)),
+                                  ("final_norm", "scale"): w("backbone.norm_f.weight", (D,))}
+    for i in range(cfg.num_layers):
+        b, L = f"backbone.layers.{i}.", ("blocks", i)
+        mx = L + ("mixer",)
+        p[L + ("norm1", "scale")] = w(b + "norm.weight", (D,))
+        W = w(b + "mixer.in_proj.weight", (2 * E + 2 * GN + H, D)).T  # columns [z, x, B, C, Δ]
+        p[mx + ("W_z",)] = W[:, :E].reshape(D, H, P)
+        p[mx + ("W_x",)] = W[:, E:2 * E].reshape(D, H, P)
+        p[mx + ("W_B",)] = W[:, 2 * E:2 * E + GN]
+        p[mx + ("W_C",)] = W[:, 2 * E + GN:2 * E + 2 * GN]
+        p[mx + ("W_dt",)] = W[:, 2 * E + 2 * GN:]
+        # torch Conv1d with padding K−1, truncated: out_t = Σ_k w[c, 0, k] z_{t−(K−1)+k}; tvvar's w[k] weighs z_{t−k}
+        cw = w(b + "mixer.conv1d.weight", (E + 2 * GN, 1, K))
+        p[mx + ("conv_w",)] = cw[:, 0, ::-1].T
+        if m["conv_x_bias"]:
+            cb = w(b + "mixer.conv1d.bias", (E + 2 * GN,))
+            p[mx + ("conv_bx",)] = cb[:E].reshape(H, P)
+            p[mx + ("conv_b",)] = cb[E:]
+        else:
+            p[mx + ("conv_b",)] = jnp.zeros((2 * GN,), cw.dtype)
+        p[mx + ("A_log",)] = w(b + "mixer.A_log", (H,))
+        p[mx + ("D",)] = w(b + "mixer.D", (H,))
+        p[mx + ("b_dt",)] = w(b + "mixer.dt_bias", (H,))
+        if m["norm"] is not None:
+            p[mx + ("norm_w",)] = w(b + "mixer.norm.weight", (E,)).reshape(H, P)
+        p[mx + ("W_o",)] = w(b + "mixer.out_proj.weight", (D, E)).T.reshape(H, P, D)
+    if not cfg.tied:
+        p[("readout", "embedding", "table")] = w("lm_head.weight", (cfg.vocab_size, D))
+    return p
+
+
+def _mamba2_tensors(model: TVVARModel, embedding_key: str = _MAMBA2_EMBED[0]) -> dict[str, np.ndarray]:
+    cfg = model.cfg
+    D = cfg.d_model
+    a = lambda v: np.asarray(v[...])  # noqa: E731
+    t = {embedding_key: a(model.embed.table), "backbone.norm_f.weight": a(model.final_norm.scale)}
+    for i, blk in enumerate(model.blocks):
+        b, mx = f"backbone.layers.{i}.", blk.mixer
+        t[b + "norm.weight"] = a(blk.norm1.scale)
+        t[b + "mixer.in_proj.weight"] = np.concatenate(
+            [a(mx.W_z).reshape(D, -1), a(mx.W_x).reshape(D, -1), a(mx.W_B), a(mx.W_C), a(mx.W_dt)], axis=1).T
+        t[b + "mixer.conv1d.weight"] = np.ascontiguousarray(a(mx.conv_w)[::-1].T[:, None, :])
+        if mx.conv_x_bias:
+            t[b + "mixer.conv1d.bias"] = np.concatenate([a(mx.conv_bx).reshape(-1), a(mx.conv_b)])
+        elif np.any(a(mx.conv_b) != 0):
+            raise ValueError(f"layer {i}: the B/C conv bias is nonzero but the config has conv_bias = false")
+        t[b + "mixer.A_log"], t[b + "mixer.D"], t[b + "mixer.dt_bias"] = a(mx.A_log), a(mx.D), a(mx.b_dt)
+        if mx.norm is not None:
+            t[b + "mixer.norm.weight"] = a(mx.norm_w).reshape(-1)
+        t[b + "mixer.out_proj.weight"] = a(mx.W_o).reshape(-1, D).T
+    if not cfg.tied:
+        t["lm_head.weight"] = a(model.readout.embedding.table)
+    return t
+
+
+_CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config, "mamba2": _mamba2_config}
+_PARAMS = {"gpt2": lambda c, w, has: _gpt2_params(c, w), "llama": lambda c, w, has: _llama_params(c, w),
+           "mistral": lambda c, w, has: _llama_params(c, w), "mamba2": _mamba2_params}
 
 
 def _read_config(folder: Path) -> dict:
@@ -336,7 +511,7 @@ def _read_config(folder: Path) -> dict:
         c = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{str(f)!r} is not valid JSON: {e}") from None
-    mt = c.get("model_type")
+    mt = _model_type(c)
     if mt not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{str(f)!r}: model_type {mt!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}")
     return c
@@ -356,10 +531,13 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrain
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder {str(folder)!r} does not exist")
     c = _read_config(folder)
-    mt = c["model_type"]
+    mt = _model_type(c)
     cfg = _CONFIGS[mt](c, dtype)
     raw, where = _weight_readers(folder)
     readers, origin, layout = _to_pytorch_names(mt, raw)
+    if mt == "mamba2" and layout != "pytorch":
+        raise ValueError(f"checkpoint in {str(folder)!r}: model_type 'mamba2' loads from the PyTorch layout only "
+                         "(mamba_ssm / transformers names), found Flax names (kernel / embedding / scale)")
     used: set[str] = set()
     jdtype = jnp.dtype(dtype)
 
@@ -374,7 +552,7 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrain
         used.add(key)
         return jnp.asarray(a, dtype=jdtype)  # one copy, then the map of this tensor is dropped
 
-    params = _PARAMS[mt](cfg, w)
+    params = _PARAMS[mt](cfg, w, readers.__contains__)
     if cfg.tied and "lm_head.weight" in readers:  # some exports write the tied head explicitly
         head = w("lm_head.weight", (cfg.vocab_size, cfg.d_model))
         if not np.array_equal(head, params[("embed", "table")]):
@@ -399,7 +577,8 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrain
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    return Pretrained(model=model, hf_config=c, tokenizer=tok, layout=layout)
+    emb = next((k for k in _MAMBA2_EMBED if k in readers), None) if mt == "mamba2" else None
+    return Pretrained(model=model, hf_config=c, tokenizer=tok, layout=layout, embedding_key=emb)
 
 
 # ---- saving -----------------------------------------------------------------------------------------
@@ -484,10 +663,17 @@ def save_pretrained(pre: Pretrained, path: str | os.PathLike, layout: str | None
     layout = layout or pre.layout
     if layout not in ("pytorch", "flax"):
         raise ValueError(f"layout must be 'pytorch' or 'flax', got {layout!r}")
+    mt = pre.model_type
+    if mt == "mamba2" and layout != "pytorch":
+        raise ValueError("layout: model_type 'mamba2' is written in the PyTorch layout only, got 'flax'")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    mt = pre.model_type
-    tensors = _gpt2_tensors(pre.model) if mt == "gpt2" else _llama_tensors(pre.model)
+    if mt == "gpt2":
+        tensors = _gpt2_tensors(pre.model)
+    elif mt == "mamba2":
+        tensors = _mamba2_tensors(pre.model, pre.embedding_key or _MAMBA2_EMBED[0])
+    else:
+        tensors = _llama_tensors(pre.model)
     if layout == "flax":
         tensors = _to_flax_names(mt, tensors)
     _write_safetensors(folder / WEIGHTS_NAME, tensors, {"format": "flax" if layout == "flax" else "pt"})
