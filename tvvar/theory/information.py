@@ -34,6 +34,26 @@ From these:
 
 Logs are natural (nats); :data:`NATS_PER_BIT` converts. Probabilities that are exactly 0 (the source's
 absorbing end token) contribute 0 to every expectation (0 · log 0 = 0), never NaN.
+
+**A bidirectional (masked-diffusion, LLaDA) model** — a :class:`tvvar.diffusion.MaskedDiffusionLM`, or a
+bidirectional :class:`tvvar.model.TVVARModel` read as a denoiser the way :func:`tvvar.diffusion.as_denoiser`
+does (its last token id is the mask M) — has no causal rows, but it defines a left-to-right conditional: the
+sequence [s ‖ u_{<t} ‖ M … M] of fixed length n + T, every position from t on masked, and its row n + t,
+
+    Q_T(U_t = v | S = s, U_{<t} = u_{<t}) = softmax(denoiser([s, u_0..u_{t−1}, M^{T−t}]))_{n+t}[v].
+
+These are the conditionals of LLaDA's sampler run one token per step from left to right
+(``tvvar.diffusion.generate(..., steps=T, gen_length=T, block_length=1, temperature=1)``: each block is one
+position, so remasking never chooses). :func:`model_log_conditionals` returns them (one jitted forward over
+all T·K·B masked sequences), and every quantity above — I(S → U), the flow, drift, Doob parts, the
+distortion, Eq. 18 — is then that of the joint Q_T(u | s) = Π_t Q_T(u_t | s, u_{<t}) *defined by this
+decoding order*, which is a proper law on [0, V)^T for every prompt (so the chain rule, Theorem 2's drift
+identity and the Doob parts hold exactly for it). What they do NOT mean: a masked-diffusion model does not
+define one joint law; the products over other unmasking orders (any-order / low-confidence / random
+remasking, several tokens per step) are in general different laws — the model's conditionals need not be
+consistent — so the numbers are not "the" directed information of the model, only of this order. They also
+depend on the length T (the number of masked positions after the prompt is part of the input), and none of
+them is the model's ELBO (:func:`tvvar.diffusion.nelbo_exact`), which averages over orders.
 """
 
 from __future__ import annotations
@@ -50,6 +70,8 @@ import numpy as np
 from flax import nnx
 
 from tvvar.core import check_token_ids
+from tvvar.diffusion import MaskedDiffusionLM
+from tvvar.model import TVVARModel
 from tvvar.typing import Array, PRNGKey
 
 __all__ = [
@@ -108,14 +130,17 @@ def check_log_prior(log_prior: Any) -> Array:
     return lp
 
 
-def check_prompts(prompts: Any, vocab_size: int, max_context: int | None = None, cont_len: int = 1) -> Array:
-    """Prompt token ids [K, n] in [0, V); with ``max_context``, n + cont_len − 1 must fit in it."""
+def check_prompts(prompts: Any, vocab_size: int, max_context: int | None = None, cont_len: int = 1, *,
+                  causal: bool = True) -> Array:
+    """Prompt token ids [K, n] in [0, V); with ``max_context``, the model's input must fit in it: n + T − 1
+    tokens for a causal model (the last token is never read), n + T for a masked-diffusion one."""
     p = jnp.asarray(prompts)
     check_token_ids(p, vocab_size, name="prompts", ndim=2)
-    if max_context is not None and p.shape[1] + cont_len - 1 > max_context:
+    need = p.shape[1] + cont_len - (1 if causal else 0)
+    if max_context is not None and need > max_context:
+        form = "n + T − 1" if causal else "n + T (masked diffusion: the whole sequence)"
         raise ValueError(f"prompts of length n={p.shape[1]} with a continuation of T={cont_len} need a context of "
-                         f"n + T − 1 = {p.shape[1] + cont_len - 1} tokens, longer than the model's max_len="
-                         f"{max_context}")
+                         f"{form} = {need} tokens, longer than the model's max_len={max_context}")
     return p
 
 
@@ -269,39 +294,98 @@ def stopped(x: Array, u: Array, end_token: int) -> tuple[Array, Array]:
 # --------------------------------------------------------------------------------------------------
 
 
-@partial(nnx.jit, static_argnames=("n",))
-def _forward_all_prompts(model, prompts: Array, u: Array, n: int) -> Array:
+def _all_prompt_ids(prompts: Array, u: Array) -> Array:
+    """[s_k ‖ u_b] for every continuation b and prompt k: [B·K, n + T] (b major)."""
     B, T = u.shape
-    K = prompts.shape[0]
-    ids = jnp.concatenate([jnp.broadcast_to(prompts[None], (B, K, n)),
-                           jnp.broadcast_to(u[:, None, :], (B, K, T))], axis=-1).reshape(B * K, n + T)
-    logits = model(ids[:, :-1])[:, n - 1:]                                     # rows predicting u_0..u_{T-1}
+    K, n = prompts.shape
+    return jnp.concatenate([jnp.broadcast_to(prompts[None], (B, K, n)),
+                            jnp.broadcast_to(u[:, None, :], (B, K, T))], axis=-1).reshape(B * K, n + T)
+
+
+def _causal_log_cond(model, prompts: Array, u: Array) -> Array:
+    B, T = u.shape
+    n = prompts.shape[1]
+    logits = model(_all_prompt_ids(prompts, u)[:, :-1])[:, n - 1:]              # rows predicting u_0..u_{T-1}
     z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    return jax.nn.log_softmax(z, axis=-1).reshape(B, K, T, -1)
+    return jax.nn.log_softmax(z, axis=-1).reshape(B, prompts.shape[0], T, -1)
+
+
+def _lr_rows(denoise: Callable[[Array], Array], ctx: Array, u: Array, mask_id: int) -> Array:
+    """Left-to-right masked-diffusion conditionals: row t is the denoiser's law at position P + t of
+    [ctx ‖ u_{<t} ‖ M^{T−t}] (every later position masked), for ctx [N, P] and u [N, T]: [N, T, V].
+    One forward over the N·T masked sequences of length P + T."""
+    N, T = u.shape
+    P = ctx.shape[1]
+    pos = jnp.arange(T)
+    cont = jnp.where(pos[None, :] < pos[:, None], u[:, None, :], jnp.asarray(mask_id, u.dtype))   # [N, T(t), T]
+    ids = jnp.concatenate([jnp.broadcast_to(ctx[:, None, :], (N, T, P)), cont], axis=-1).reshape(N * T, P + T)
+    logits = denoise(ids).reshape(N, T, P + T, -1)
+    rows = jnp.take_along_axis(logits, (P + pos)[None, :, None, None], axis=2)[:, :, 0]
+    z = rows.astype(jnp.promote_types(rows.dtype, jnp.float32))[..., :mask_id]
+    return jax.nn.log_softmax(z, axis=-1)
+
+
+def _diffusion_log_cond(model, prompts: Array, u: Array, mask_id: int) -> Array:
+    B, T = u.shape
+    K, n = prompts.shape
+    ids = _all_prompt_ids(prompts, u)
+    lc = _lr_rows(model, ids[:, :n], ids[:, n:], mask_id)
+    return lc.reshape(B, K, T, -1)
+
+
+def _is_diffusion(model: Any) -> bool:
+    return isinstance(model, MaskedDiffusionLM) or (
+        isinstance(model, TVVARModel) and getattr(model.cfg, "mask", "causal") == "bidirectional")
+
+
+def _log_cond_any(model, prompts: Array, u: Array) -> Array:
+    """Per-prompt log-conditionals of a causal model, or the left-to-right ones of a masked-diffusion model."""
+    if _is_diffusion(model):
+        return _diffusion_log_cond(model, prompts, u, _model_meta(model)[0])
+    return _causal_log_cond(model, prompts, u)
+
+
+@nnx.jit
+def _forward_all_prompts(model, prompts: Array, u: Array) -> Array:
+    return _log_cond_any(model, prompts, u)
 
 
 def _model_meta(model: Any) -> tuple[int, int | None]:
+    """(V, max_len) of the data vocabulary: a causal TVVARModel-like module, a MaskedDiffusionLM (V = its
+    vocab_size; the mask id is V), or a bidirectional TVVARModel read as a denoiser (V = vocab_size − 1)."""
+    if isinstance(model, MaskedDiffusionLM):
+        return int(model.vocab_size), model.inner.cfg.max_len
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(cfg, "vocab_size"):
-        raise TypeError(f"model must be a TVVARModel-like module with a .cfg (vocab_size, max_len), got "
-                        f"{type(model).__name__}")
-    if getattr(cfg, "mask", "causal") != "causal":
-        raise ValueError("model must be causal (cfg.mask='causal'): a bidirectional model's row i sees the tokens "
-                         "after it, so its rows are not P(U_t | U_{<t}, S); score it through its own likelihood "
-                         "and pass the resulting log-conditionals instead")
+        raise TypeError(f"model must be a TVVARModel-like module with a .cfg (vocab_size, max_len) or a "
+                        f"tvvar.diffusion.MaskedDiffusionLM, got {type(model).__name__}")
+    mask = getattr(cfg, "mask", "causal")
+    if mask == "bidirectional":
+        if not isinstance(model, TVVARModel):
+            raise TypeError(f"a bidirectional model must be a tvvar TVVARModel (read as a LLaDA denoiser, last id = "
+                            f"mask) or a MaskedDiffusionLM, got {type(model).__name__}")
+        if cfg.vocab_size < 2:
+            raise ValueError("a bidirectional TVVARModel read as a denoiser needs vocab_size ≥ 2 (the last id is the "
+                             f"mask M), got {cfg.vocab_size}")
+        return int(cfg.vocab_size) - 1, getattr(cfg, "max_len", None)
+    if mask != "causal":
+        raise ValueError(f"model.cfg.mask must be 'causal' or 'bidirectional', got {mask!r}")
     return int(cfg.vocab_size), getattr(cfg, "max_len", None)
 
 
 def model_log_conditionals(model: Any, prompts: Any, u: Any) -> Array:
     """log Q(U_t = v | u_{<t}, s_k; Φ) for every continuation b and prompt k: [B, K, T, V].
 
-    One jitted forward of the K·B sequences [s_k ‖ u_b][:-1]; row n − 1 + t predicts u_t (DESIGN index
-    convention). Bad input (ids outside [0, V), a prompt + continuation longer than ``max_len``) raises."""
+    Causal model: one jitted forward of the K·B sequences [s_k ‖ u_b][:-1]; row n − 1 + t predicts u_t (DESIGN
+    index convention). Masked-diffusion model (module docstring): the left-to-right conditionals
+    Q_T(u_t | s_k, u_{<t}) of the sequence [s_k ‖ u_{<t} ‖ M^{T−t}], one jitted forward over the T·K·B masked
+    sequences of length n + T. Bad input (ids outside [0, V), a prompt + continuation longer than ``max_len``)
+    raises."""
     V, max_len = _model_meta(model)
     u = jnp.asarray(u)
     check_token_ids(u, V, name="continuation", ndim=2)
-    p = check_prompts(prompts, V, max_len, u.shape[1])
-    return _forward_all_prompts(model, p.astype(jnp.int32), u.astype(jnp.int32), int(p.shape[1]))
+    p = check_prompts(prompts, V, max_len, u.shape[1], causal=not _is_diffusion(model))
+    return _forward_all_prompts(model, p.astype(jnp.int32), u.astype(jnp.int32))
 
 
 def model_conditional_fn(model: Any, prompts: Any) -> Callable[[Array], Array]:
@@ -315,20 +399,26 @@ def sample_model(model: Any, prompts: Any, log_prior: Any, key: PRNGKey, batch_s
     buffer, so one compiled shape serves all T steps)."""
     V, max_len = _model_meta(model)
     log_prior = check_log_prior(log_prior)
-    p = check_prompts(prompts, V, max_len, cont_len).astype(jnp.int32)
-    return _sample(model, p, log_prior, key, int(batch_size), int(cont_len))
+    diffusion = _is_diffusion(model)
+    p = check_prompts(prompts, V, max_len, cont_len, causal=not diffusion).astype(jnp.int32)
+    return _sample(model, p, log_prior, key, int(batch_size), int(cont_len), V if diffusion else None)
 
 
-@partial(nnx.jit, static_argnames=("B", "T"))
-def _sample(model, prompts, log_prior, key, B: int, T: int):
+@partial(nnx.jit, static_argnames=("B", "T", "mask_id"))
+def _sample(model, prompts, log_prior, key, B: int, T: int, mask_id: int | None):
+    """Causal (mask_id None): row n − 1 + t of buf[:, :-1]. Masked diffusion: buf starts [s ‖ M^T] and step t
+    reads row n + t of the whole buffer, whose positions ≥ n + t are still M (left-to-right unmasking)."""
     n = prompts.shape[1]
     kk, ku = jax.random.split(key)
     k = jax.random.categorical(kk, jnp.broadcast_to(log_prior, (B, log_prior.shape[0]))).astype(jnp.int32)
-    buf = jnp.concatenate([prompts[k], jnp.zeros((B, T), jnp.int32)], axis=1)
+    buf = jnp.concatenate([prompts[k], jnp.full((B, T), 0 if mask_id is None else mask_id, jnp.int32)], axis=1)
 
     def step(buf, t):
-        logits = model(buf[:, :-1])
-        row = jax.lax.dynamic_index_in_dim(logits, n - 1 + t, axis=1, keepdims=False)
+        if mask_id is None:
+            logits = model(buf[:, :-1])
+            row = jax.lax.dynamic_index_in_dim(logits, n - 1 + t, axis=1, keepdims=False)
+        else:
+            row = jax.lax.dynamic_index_in_dim(model(buf), n + t, axis=1, keepdims=False)[..., :mask_id]
         x = jax.random.categorical(jax.random.fold_in(ku, t), row.astype(jnp.float32)).astype(jnp.int32)
         return jax.lax.dynamic_update_index_in_dim(buf, x[:, None], n + t, axis=1), None
 
@@ -412,20 +502,36 @@ def directed_distortion(true_fn: Callable[[Array], Array], model_fn: Callable[[A
 # --------------------------------------------------------------------------------------------------
 
 
+@nnx.jit
+def _fwd_log_softmax(model, ids: Array) -> Array:
+    return jax.nn.log_softmax(model(ids).astype(jnp.float32), axis=-1)
+
+
+@partial(nnx.jit, static_argnames=("mask_id",))
+def _lr_rows_jit(model, ctx: Array, u: Array, mask_id: int) -> Array:
+    return _lr_rows(model, ctx, u, mask_id)
+
+
 def heuristic_log_marginals(model: Any, path_prompts: Any, u: Any, *, null_token: int = 0,
                             window: int | None = None) -> dict[str, Array]:
     """Prompt-free next-token laws that replace the Bayes marginal in the literature, each [B, T, V]:
 
-    ``drop_prompt`` — the model rerun on u alone (u_0, which then has no context, gets the uniform law);
+    ``drop_prompt`` — the model rerun on u alone (for a causal model u_0, which then has no context, gets the
+    uniform law; a masked-diffusion model predicts it from the all-masked sequence);
     ``null_prompt`` — the prompt replaced by n copies of ``null_token``;
     ``truncated`` — context-length probing: each row sees only its last ``window`` tokens (default n), so the
-    prompt falls out of the context after ``window`` output tokens (and not before).
+    prompt falls out of the context after ``window`` output tokens (and not before);
+    ``masked_prompt`` (masked-diffusion models only) — the prompt replaced by n mask tokens, the
+    "unconditional" law of LLaDA's classifier-free guidance.
 
+    For a masked-diffusion model every law is the left-to-right one of the module docstring: the context
+    (whatever replaces the prompt, then u_{<t}) followed by M for every remaining output position.
     ``path_prompts`` [B, n] is the prompt each path b was generated under (``prompts[k]``)."""
     V, max_len = _model_meta(model)
+    diffusion = _is_diffusion(model)
     u = jnp.asarray(u).astype(jnp.int32)
     check_token_ids(u, V, name="continuation", ndim=2)
-    p = check_prompts(path_prompts, V, max_len, u.shape[1])
+    p = check_prompts(path_prompts, V, max_len, u.shape[1], causal=not diffusion)
     if p.shape[0] != u.shape[0]:
         raise ValueError(f"path_prompts must have one prompt per path, shape [B={u.shape[0]}, n], got {tuple(p.shape)}")
     if not (isinstance(null_token, (int, np.integer)) and 0 <= null_token < V):
@@ -435,13 +541,25 @@ def heuristic_log_marginals(model: Any, path_prompts: Any, u: Any, *, null_token
     w = n if window is None else window
     if not (isinstance(w, (int, np.integer)) and w >= 1):
         raise ValueError(f"window must be an int ≥ 1, got {window!r}")
-    fwd = nnx.jit(lambda m, ids: jax.nn.log_softmax(m(ids).astype(jnp.float32), axis=-1))
-    uniform = jnp.full((B, 1, V), -math.log(V), jnp.float32)
-    drop = jnp.concatenate([uniform, fwd(model, u[:, :-1])], axis=1) if T > 1 else uniform
-    null = fwd(model, jnp.concatenate([jnp.full((B, n), null_token, jnp.int32), u], axis=1)[:, :-1])[:, n - 1:]
     x = jnp.concatenate([p.astype(jnp.int32), u], axis=1)
-    trunc = jnp.stack([fwd(model, x[:, max(0, n + t - w):n + t])[:, -1] for t in range(T)], axis=1)
-    return {"drop_prompt": drop, "null_prompt": null, "truncated": trunc}
+    if diffusion:
+        def rows(ctx):
+            return _lr_rows_jit(model, ctx, u, V)
+
+        # truncated: step t sees x[n + t − w : n + t] then M for the T − t positions still to come
+        trunc = []
+        for t in range(T):
+            ctx = x[:, max(0, n + t - w):n + t]
+            trunc.append(_lr_rows_jit(model, ctx, jnp.full((B, T - t), V, jnp.int32), V)[:, 0])  # row 0: all M
+        return {"drop_prompt": rows(jnp.zeros((B, 0), jnp.int32)),
+                "null_prompt": rows(jnp.full((B, n), null_token, jnp.int32)),
+                "truncated": jnp.stack(trunc, axis=1),
+                "masked_prompt": rows(jnp.full((B, n), V, jnp.int32))}
+    uniform = jnp.full((B, 1, V), -math.log(V), jnp.float32)
+    drop = jnp.concatenate([uniform, _fwd_log_softmax(model, u[:, :-1])], axis=1) if T > 1 else uniform
+    null = _fwd_log_softmax(model, jnp.concatenate([jnp.full((B, n), null_token, jnp.int32), u], axis=1)[:, :-1])
+    trunc = jnp.stack([_fwd_log_softmax(model, x[:, max(0, n + t - w):n + t])[:, -1] for t in range(T)], axis=1)
+    return {"drop_prompt": drop, "null_prompt": null[:, n - 1:], "truncated": trunc}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -451,12 +569,7 @@ def heuristic_log_marginals(model: Any, path_prompts: Any, u: Any, *, null_token
 
 def _log_cond_traced(model: Any, prompts: Array, u: Array) -> Array:
     """:func:`model_log_conditionals` without the jit boundary or the value checks (for use inside a loss)."""
-    B, T = u.shape
-    K, n = prompts.shape
-    ids = jnp.concatenate([jnp.broadcast_to(prompts[None], (B, K, n)),
-                           jnp.broadcast_to(u[:, None, :], (B, K, T))], axis=-1).reshape(B * K, n + T)
-    logits = model(ids[:, :-1])[:, n - 1:]
-    return jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1).reshape(B, K, T, -1)
+    return _log_cond_any(model, prompts, u)
 
 
 def check_lambda(lam: Any) -> float:
