@@ -341,3 +341,61 @@ def test_diffusion_bad_input():
         I.model_log_conditionals(m, prompts, jnp.zeros((1, 3), jnp.int32))
     with pytest.raises(ValueError, match="continuation"):  # the mask id is not a data token
         I.model_log_conditionals(m, prompts[:, :2], jnp.full((1, 2), 3, jnp.int32))
+
+
+# --------------------------------------------------------------------------------------------------
+# the same calls for every registered decomposition, and for a checkpoint loaded from disk
+# --------------------------------------------------------------------------------------------------
+
+
+def _registered():
+    from tvvar.core import available
+
+    return available()
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_identities_for_every_registered_decomposition_float64(name):
+    """Chain rule (Eq. 10 = I(S; U)), the flow by steps = by sequence probabilities, and Theorem 2's drift
+    identity, exactly (1e-10) for a model of each registered decomposition; a new one joins automatically."""
+    opts = {"attention": {"num_heads": 2}, "bilinear_attention": {"num_heads": 2}, "dense": {"max_len": 6}}
+    V, T = 3, 3
+    prompts = jnp.asarray([[0, 1], [2, 0], [1, 1]], jnp.int32)
+    with jax.enable_x64(True):
+        m = TVVARModel(ModelConfig(V, 8, num_layers=1, decomposition=name, mixer=opts.get(name, {}),
+                                   param_dtype="float64", dtype="float64"), rngs=nnx.Rngs(0))
+        lp = jnp.log(jnp.asarray([0.2, 0.3, 0.5]))
+        r = I.directed_information(I.model_conditional_fn(m, prompts), lp, V, T)
+        np.testing.assert_allclose(float(r["directed"]), float(r["mutual"]), atol=1e-10, rtol=0)
+        assert 1e-6 < float(r["directed"]) <= float(r["H_S"])
+        us = I.all_continuations(V, T)
+        k = jnp.asarray(np.arange(V**T) % 3, jnp.int32)
+        lc = I.model_log_conditionals(m, prompts, us)
+        np.testing.assert_allclose(I.flow(lc, lp, us, k), I.sequence_flow(lc, lp, us, k)[:, 1:], atol=1e-10, rtol=0)
+        np.testing.assert_allclose(I.drift(lc, lp, us, k), I.drift_by_enumeration(lc, lp, us, k), atol=1e-10, rtol=0)
+
+
+def test_directed_information_of_a_checkpoint_loaded_from_disk(tmp_path):
+    """A GPT-2 written by transformers' Flax model and loaded with tvvar.pretrained: its per-prompt
+    conditionals are the reference model's own log-softmax (float32, 1e-4), and the chain rule holds."""
+    transformers = pytest.importorskip("transformers")
+    from tvvar.pretrained import load_pretrained
+
+    with jax.numpy_rank_promotion("allow"):
+        ref = transformers.FlaxGPT2LMHeadModel(
+            transformers.GPT2Config(vocab_size=20, n_positions=16, n_embd=16, n_layer=2, n_head=2), seed=0)
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    m = load_pretrained(tmp_path).model
+    prompts = jnp.asarray([[1, 2, 3], [7, 7, 0]], jnp.int32)
+    u = jnp.asarray([[4, 5], [19, 0], [3, 3]], jnp.int32)
+    lc = np.asarray(I.model_log_conditionals(m, prompts, u))  # [B, K, T, V]
+    for k in range(2):
+        ids = np.concatenate([np.broadcast_to(np.asarray(prompts[k]), (3, 3)), np.asarray(u)], axis=1)[:, :-1]
+        with jax.numpy_rank_promotion("allow"):
+            logits = np.asarray(ref(ids).logits, np.float64)[:, 2:]
+        want = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - logits.max(-1, keepdims=True)
+        np.testing.assert_allclose(lc[:, k], want, atol=1e-4)
+    lp = jnp.log(jnp.asarray([0.5, 0.5]))
+    r = I.directed_information(I.model_conditional_fn(m, prompts), lp, 20, 2)
+    assert abs(float(r["directed"]) - float(r["mutual"])) < 1e-5 and 0 < float(r["directed"]) <= math.log(2)
