@@ -9,9 +9,10 @@ Peers, each forward+backward of the mean next-token NLL, interleaved in one proc
   model with its default implementation (``"auto"``: einsum below ``BLOCKWISE_MIN_LENGTH``, blockwise above).
 
 MFU (model-FLOPs utilisation) of the tvvar training step, against a matmul rate measured in the same run
-(``jnp.dot`` float32 at 2048³): FLOPs = 6·N·tokens (N = non-embedding parameters) + 6·B·T·D·V for the
-readout + 6·B·L·H·K·T² for causal attention (QKᵀ and PV counted once over the causal half, forward 2× and
-backward 4×). :func:`step_flops` is that count; ``mfu = flops / step_s / matmul_rate``.
+(``jnp.dot`` float32 at 2048³, timed in turns with the step so that load drift hits both alike): FLOPs =
+6·N·tokens (N = non-embedding parameters) + 6·B·T·D·V for the readout + 6·B·L·H·K·T² for causal attention
+(QKᵀ and PV counted once over the causal half, forward 2× and backward 4×). :func:`step_flops` is that count;
+``mfu = flops / step_s / matmul_rate``.
 """
 
 from __future__ import annotations
@@ -163,12 +164,20 @@ def run(quick: bool) -> list[dict]:
                            ("tvvar, implementation='xla'", lambda f=x_step, s=x_st, x=ids: f(s, x)),
                            ("tvvar, implementation='auto'", lambda f=t_step, s=t_st, x=ids: f(s, x)),
                            target=None, repeats=3 if (quick or T > 1024) else 5, **shape))
-    # MFU at the first size, matmul rate measured now (same load)
+    # MFU at the first size: the step and the reference matmul timed in alternating turns (interleaved), so a
+    # change of machine load hits the numerator and the denominator alike
     B, T = sizes[0]
     t0 = time.perf_counter()
-    rate = matmul_rate(1024 if quick else 2048)
+    n = 1024 if quick else 2048
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    ids = jax.random.randint(jax.random.key(1), (B, T), 0, V)
+    t_step, t_st = _step(_tvvar(V, D, H, L))
+    med = time_interleaved({"step": lambda: t_step(t_st, ids), "dot": lambda: dot(a, b)}, repeats=3 if quick else 7)
+    rate = 2 * n**3 / med["dot"]
     flops = step_flops(B=B, T=T, L=L, D=D, H=H, K=K, V=V)
-    step_s = out[0]["contender_s"]
+    step_s = med["step"]
     u = mfu(flops["total"], step_s, rate)
     parts = time_breakdown(B=B, T=T, L=L, D=D, H=H, K=K, V=V)
     out.append({"name": f"model-FLOPs utilisation of the tvvar training step (B={B}, T={T}, {L} layers)",
