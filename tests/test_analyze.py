@@ -103,7 +103,12 @@ def test_information_checks_fail_on_perturbed_input():
     f = np.linspace(0, 1, 12).reshape(3, 4)
     assert X.check_chain_rule(f, f)["passed"] and not X.check_chain_rule(f, f + 1e-2)["passed"]
     m = np.random.default_rng(0).normal(size=200)
-    assert X.check_martingale(m - m.mean())["passed"] and not X.check_martingale(m + 1.0)["passed"]
+    v = np.ones(200)  # E[M²] = E[V] = 1
+    assert X.check_martingale(m - m.mean(), v)["passed"] and not X.check_martingale(m + 1.0, v)["passed"]
+    # the standard error comes from V, not from the sample: a sample that missed the rare paths does not pass
+    # for being tightly clustered away from 0, and one near 0 with a large V does
+    assert not X.check_martingale(np.full(200, 0.5), v)["passed"]
+    assert X.check_martingale(np.full(200, 0.5), np.full(200, 100.0))["passed"]
     assert X.check_di_bound(0.5, 0.01, 2)["passed"] and not X.check_di_bound(0.8, 0.01, 2)["passed"]
 
 
@@ -137,6 +142,10 @@ def test_analyze_a_mamba2_model_skips_theorem6_and_keeps_the_law(tmp_path):
     assert res["checks"][0]["passed"], res["checks"]
     assert res["data"]["theorem6"] is None and "not attention" in res["data"]["theorem6_skipped"]
     assert (tmp_path / "coef_norm_layer1.png").is_file()
+    # the flow's checks on an SSM (the same calls as for attention)
+    fl = X.information_flow(model, np.asarray([[1, 2, 3, 4], [5, 6, 7, 8], [9, 9, 9, 9]], np.int32), tmp_path,
+                            cont_len=4, samples=32)
+    assert len(fl["checks"]) == 3 and all(c["passed"] for c in fl["checks"]), fl["checks"]
 
 
 @pytest.mark.slow
