@@ -30,8 +30,10 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -130,11 +132,13 @@ def read_prompts(path: Path, encode) -> np.ndarray:
     return np.stack([i[:n] for i in ids]).astype(np.int32)
 
 
-class _Loaded:
+class _Loaded(NamedTuple):
     """What ``load_model`` returns: the model, a text → ids encoder, an id → string decoder, its kind."""
 
-    def __init__(self, model, encode, decode, kind):
-        self.model, self.encode, self.decode, self.kind = model, encode, decode, kind
+    model: Any
+    encode: Callable[[str], np.ndarray]
+    decode: Callable[[int], str]
+    kind: str
 
 
 def load_model(path: Path, dtype: str = "float32") -> _Loaded:
