@@ -33,6 +33,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from experiments.common import check, cli, save_figure, skipped
 from tvvar.theory import compression as C
@@ -64,7 +65,7 @@ class Config:
     # GW invariance and noise
     gw_n: int = 64
     gw_d: int = 16
-    noise: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
+    noise: tuple[float, ...] = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3)  # per coordinate: ‖noise‖ ≈ σ√d
     epsilon: float = 1e-3
     # Theorem 4 on random points (n = gw_n, so the same compiled solver)
     t4_dim: int = 512
@@ -89,7 +90,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(steps=200, text_steps=200, noise=(0.0, 0.1, 0.2, 0.4, 0.8), t4_ms=(16, 64, 256),
+        return cls(steps=200, text_steps=200, noise=(0.0, 0.05, 0.1, 0.2), t4_ms=(16, 64, 256),
                    dd_ms=(4, 8, 16, 32), eval_batches=2)
 
     @classmethod
@@ -209,18 +210,32 @@ def rotated_permuted(key, points: np.ndarray, noise: float = 0.0):
 
 
 def gw_part(key, c: Config) -> dict:
+    """Each noisy copy solved from two starts: blind (Mémoli's TLB, the default) and from the known
+    correspondence. Eq. 34 is non-convex: past σ ≈ 0.1 the blind start descends to a poor local minimum
+    (measured at n = 64, d = 16: d² 0.075 with 19 % of points matched, against 0.016 and 100 % from the known
+    start), so the noise curve is the smaller converged objective of the two — the best upper bound on the
+    global minimum we have — and the blind solve's own value and recovery are reported beside it. The
+    invariance check (σ = 0) uses the blind start only."""
     x = np.asarray(C.random_sphere_points(jax.random.fold_in(key, 0), c.gw_n, c.gw_d))
     S = SemanticSpace(x)
     curve, couplings = [], {}
     for s in c.noise:
         y, perm = rotated_permuted(jax.random.fold_in(key, 1), x, s)
-        r = gromov_wasserstein(S, SemanticSpace(y), epsilon=c.epsilon, on_unconverged="flag")
-        # y[k] = Q x[perm[k]]: point i of S should be sent to k = perm⁻¹(i)
-        recovered = float(np.mean(perm[r.matching()] == np.arange(c.gw_n)))
-        curve.append({"noise": s, "distance2": r.objective, "converged": r.converged, "recovered": recovered,
-                      "iterations": r.n_iterations})
+        Sy = SemanticSpace(y)
+        blind = gromov_wasserstein(S, Sy, epsilon=c.epsilon, on_unconverged="flag")
+        known_start = np.zeros((c.gw_n, c.gw_n))
+        known_start[perm, np.arange(c.gw_n)] = 1.0 / c.gw_n  # y[k] = Q x[perm[k]]
+        known = gromov_wasserstein(S, Sy, epsilon=c.epsilon, on_unconverged="flag", init_coupling=known_start)
+        solved = [r for r in (blind, known) if r.converged]
+        best = min(solved, key=lambda r: r.objective) if solved else blind
+        # point i of S should be sent to k = perm⁻¹(i)
+        recovered = float(np.mean(perm[blind.matching()] == np.arange(c.gw_n)))
+        curve.append({"noise": s, "distance2": best.objective, "converged": bool(solved),
+                      "blind_distance2": blind.objective, "blind_converged": blind.converged,
+                      "recovered": recovered, "known_start_distance2": known.objective,
+                      "known_start_converged": known.converged, "iterations": blind.n_iterations})
         if s in (0.0, max(c.noise)):
-            couplings[s] = np.asarray(r.coupling)[:, np.argsort(perm)]
+            couplings[s] = np.asarray(best.coupling)[:, np.argsort(perm)]
     return {"curve": curve, "couplings": couplings}
 
 
@@ -249,30 +264,49 @@ def _train(c: Config, data, vocab_size: int, steps: int, seed: int, out: Path):
     return train(tc, data, out, progress=False)
 
 
-def heldout_ce(model, data, key, c: Config, projection=None) -> tuple[float, float | None]:
-    """Mean held-out cross-entropy (nats/token) of ``model`` — with its readout compressed by ``projection``
-    when given — and the mean exact entropy when the source has one."""
-    ces, ents = [], []
+def heldout_set(data, key, c: Config) -> dict:
+    """The held-out batches, drawn once: every projection of one model is scored on the same tokens (and an
+    eager draw costs about a second each on 2 cores)."""
+    ids, tgt, ents = [], [], []
     for b in range(c.eval_batches):
         batch = data.batch(jax.random.fold_in(key, b), c.batch_size, c.seq_len, split="val")
-        tok = batch["tokens"]
-        ids, tgt = tok[:, :-1], tok[:, 1:]
-        logits = model(ids) if projection is None else C.compressed_logits(model, ids, projection)
-        lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        ces.append(float(-jnp.mean(jnp.take_along_axis(lp, tgt[..., None], axis=-1))))
+        ids.append(batch["tokens"][:, :-1])
+        tgt.append(batch["tokens"][:, 1:])
         if "entropy" in batch:
             ents.append(float(jnp.mean(batch["entropy"])))
-    return float(np.mean(ces)), (float(np.mean(ents)) if ents else None)
+    return {"ids": jnp.concatenate(ids), "targets": jnp.concatenate(tgt),
+            "entropy": float(np.mean(ents)) if ents else None}
+
+
+@jax.jit
+def _mean_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    lp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(lp, targets[..., None], axis=-1))
+
+
+@jax.jit
+def _compressed_nll(h: jax.Array, U: jax.Array, P: jax.Array, xi: jax.Array, targets: jax.Array) -> jax.Array:
+    """:func:`tvvar.theory.compression.compressed_logits` with the projection as its dense matrix P [m, D]
+    (the same map: tests/test_compression.py compares every projection with its matrix) and h, U computed
+    once per model, so one compile serves every projection of a size."""
+    pu = U @ P.T
+    logits = jnp.einsum("...m,vm->...v", h @ P.T, pu / jnp.linalg.norm(pu, axis=1, keepdims=True)) / xi
+    return _mean_nll(logits, targets)
 
 
 def dimension_distortion_part(key, model, data, c: Config) -> dict:
+    """Held-out CE of the model with its tied readout compressed D → m by each projection, beside d_s²."""
     S = SemanticSpace.from_model(model)
-    ce_full, entropy = heldout_ce(model, data, key, c)
+    ev = heldout_set(data, key, c)
+    h = nnx.jit(lambda m, x: m.hidden(x).astype(jnp.float32))(model, ev["ids"])
+    U = model.readout.embedding.vectors().astype(jnp.float32)
+    xi = jnp.asarray(model.readout.xi, jnp.float32)
+    ce_full = float(_mean_nll(model.readout(h), ev["targets"]))
     rows = []
     for i, kind in enumerate(c.dd_kinds):
         for j, m in enumerate(c.dd_ms):
             P = C.random_projection(jax.random.fold_in(key, 1000 + 100 * i + j), kind, c.d_model, m)
-            ce, _ = heldout_ce(model, data, key, c, P)
+            ce = float(_compressed_nll(h, U, P.matrix(jnp.float32), xi, ev["targets"]))
             dist = C.compression_distortion(S, P, epsilon=c.epsilon, on_unconverged="flag")
             # an unconverged GW value is not a distance: then Eq. 34 at the identity coupling (an upper bound)
             d2 = dist["gw"] if dist["converged"] else dist["identity_coupling"]
@@ -280,7 +314,7 @@ def dimension_distortion_part(key, model, data, c: Config) -> dict:
                          "gw_converged": dist["converged"], "identity_coupling": dist["identity_coupling"]})
     ce_inc = [float(np.mean([r["ce_increase"] for r in rows if r["m"] == m])) for m in c.dd_ms]
     d2 = [float(np.mean([r["distortion"] for r in rows if r["m"] == m])) for m in c.dd_ms]
-    return {"ce_full": ce_full, "entropy": entropy, "rows": rows, "ce_increase_mean": ce_inc, "d2_mean": d2,
+    return {"ce_full": ce_full, "entropy": ev["entropy"], "rows": rows, "ce_increase_mean": ce_inc, "d2_mean": d2,
             "D": c.d_model, "V": S.n}
 
 
@@ -323,7 +357,9 @@ def _figures(out: Path, c: Config, jl, gw, t4, dd: dict, two) -> list[str]:
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     cv = gw["curve"]
-    axes[0].plot([r["noise"] for r in cv], [r["distance2"] for r in cv], "o-")
+    axes[0].plot([r["noise"] for r in cv], [r["distance2"] for r in cv], "o-", label="best of both starts")
+    axes[0].plot([r["noise"] for r in cv], [r["blind_distance2"] for r in cv], "x--", label="blind (TLB) start")
+    axes[0].legend(fontsize=7)
     axes[0].set_xlabel("noise σ added to the rotated, permuted copy")
     axes[0].set_ylabel("d_s² (Eq. 34)")
     axes[0].set_title(f"GW distance vs noise (n = {c.gw_n}, d = {c.gw_d})")
@@ -404,7 +440,8 @@ def run(config: Config, out: Path) -> dict:
                                  f"random points (n = {c.gw_n}, d = {c.gw_d}): ")
     checks.append(verdict_monotone([r["distance2"] for r in gw["curve"]], "GW d_s² increases with the noise",
                                    "Def. 12", increasing=True))
-    checks.append(check("GW noise curve: fraction of solves converged (an unconverged value is not a distance)",
+    checks.append(check("GW noise curve: fraction of noise levels with a converged solve (an unconverged value is "
+                        "not a distance)",
                         float(np.mean([r["converged"] for r in gw["curve"]])), 1.0, ">=", 0.0,
                         "entropic GW at ε = 1e-3"))
 

@@ -275,3 +275,27 @@ def test_experiment_verdict_dimension_distortion_and_two_models_fail_when_pertur
                                                   1.4))[3] is False
     assert all(_passed(X.verdict_two_models(1e-6, 1.0, 0.05)))
     assert _passed(X.verdict_two_models(1e-6, 1.0, 0.0))[2] is False
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "srht", "dct", "sparse"])
+def test_experiment_compressed_nll_equals_compressed_logits_float64(kind):
+    """The experiment's jitted dense-matrix CE is the library's compressed_logits CE (float32 by its contract,
+    so 1e-5 relative; every input float64)."""
+    from flax import nnx
+
+    from experiments import semantic_space as X
+    from tvvar.model import ModelConfig, TVVARModel
+    from tvvar.theory.compression import compressed_logits, random_projection
+
+    with jax.enable_x64(True):
+        cfg = ModelConfig(vocab_size=7, d_model=16, num_layers=1, mixer={"num_heads": 2}, xi=0.5,
+                          param_dtype="float64", dtype="float64")
+        model = TVVARModel(cfg, rngs=nnx.Rngs(params=0))
+        ids = jax.random.randint(jax.random.key(1), (2, 5), 0, 7)
+        tgt = jax.random.randint(jax.random.key(3), (2, 5), 0, 7)
+        P = random_projection(jax.random.key(2), kind, 16, 8, dtype=jnp.float64)
+        lp = jax.nn.log_softmax(compressed_logits(model, ids, P), axis=-1)
+        ref = -float(jnp.mean(jnp.take_along_axis(lp, tgt[..., None], axis=-1)))
+        got = float(X._compressed_nll(model.hidden(ids), model.readout.embedding.vectors(), P.matrix(jnp.float64),
+                                      jnp.asarray(model.readout.xi, jnp.float64), tgt))
+    assert abs(got - ref) <= 1e-5 * max(1.0, abs(ref))
