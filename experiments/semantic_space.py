@@ -17,7 +17,8 @@ can feed it a perturbed input and see it fail):
 * ``two_models`` — the distance between the token spaces of two models trained with different seeds,
   against a model and a rotated, permuted copy of itself (≈ 0), with the coupling's token alignment.
 
-Not here yet: CPC / backward directed information (Eqs. 40–43, issue 15 item 7).
+Not here yet: CPC training (issue 15 item 7); the exact backward directed information and Eq. 42's chain are
+in :mod:`tvvar.theory.cpc`, not yet a part of this experiment.
 
 All GW solves of one size share one compiled solver (n = 64 for the random-point parts, V for each model).
 
@@ -476,7 +477,7 @@ def run(config: Config, out: Path) -> dict:
     two_data = {k: v for k, v in two.items() if not k.startswith("coupling")}
     data = {"jl_table": jl, "jl_reference": JL_REFERENCE, "jl_dimension_M1000_eps05": C.jl_dimension(1000, 0.5),
             "gw_curve": gw["curve"], "theorem4": t4["rows"], "dimension_distortion": dd, "two_models": two_data,
-            "not_built": "CPC / backward directed information (Eqs. 40–43)"}
+            "not_built": "CPC training (Eqs. 40–43; the exact chain is in tvvar.theory.cpc)"}
     return {"checks": checks, "figures": figures, "data": data}
 
 

@@ -31,7 +31,6 @@ import numpy as np
 
 __all__ = [
     "markov_joint",
-    "conditional_mutual_information",
     "backward_directed_information",
     "future_information",
     "horizon_information",
@@ -80,8 +79,10 @@ def _labels(values: list) -> np.ndarray:
     return np.array([index.setdefault(v, len(index)) for v in values], np.int64)
 
 
-def conditional_mutual_information(weights: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
-    """I(A; B | C) in nats for label arrays a, b, c (one entry per outcome) with probabilities ``weights``."""
+def _label_cmi(weights: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
+    """I(A; B | C) in nats for label arrays a, b, c (one entry per outcome) with probabilities ``weights``
+    (:func:`tvvar.theory.categorical_di.conditional_mutual_information` takes axes of a joint array instead;
+    an encoder's labels are not axes)."""
     a, b, c = (np.unique(v, return_inverse=True)[1] for v in (a, b, c))
     joint = np.zeros((a.max() + 1, b.max() + 1, c.max() + 1))
     np.add.at(joint, (a, b, c), weights)
@@ -109,7 +110,7 @@ def backward_directed_information(joint, encoder: Encoder | None = None) -> floa
     total, history = 0.0, np.zeros(len(seqs), np.int64)
     for t in range(n - 1):
         future = _labels([s[t + 1:] for s in seqs])
-        total += conditional_mutual_information(w, S[t], future, history)
+        total += _label_cmi(w, S[t], future, history)
         history = _labels(list(zip(history.tolist(), S[t].tolist(), strict=True)))
     return total
 
@@ -119,7 +120,7 @@ def future_information(joint) -> np.ndarray:
     p = _check_joint(joint)
     seqs, w = _outcomes(p)
     zero = np.zeros(len(seqs), np.int64)
-    return np.array([conditional_mutual_information(w, _labels([s[: t + 1] for s in seqs]),
+    return np.array([_label_cmi(w, _labels([s[: t + 1] for s in seqs]),
                                                     _labels([s[t + 1:] for s in seqs]), zero)
                      for t in range(p.ndim - 1)])
 
@@ -135,7 +136,7 @@ def horizon_information(joint, encoder: Encoder | None = None) -> np.ndarray:
     out = np.zeros((n - 1, n - 1))
     for t in range(n - 1):
         for k in range(1, n - t):
-            out[t, k - 1] = conditional_mutual_information(w, S[t], np.array([s[t + k] for s in seqs]), zero)
+            out[t, k - 1] = _label_cmi(w, S[t], np.array([s[t + k] for s in seqs]), zero)
     return out
 
 
