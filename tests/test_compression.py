@@ -227,3 +227,13 @@ def test_compressed_logits_bad_input():
         compressed_logits(model, ids, np.eye(16)[:8])
     with pytest.raises(TypeError, match="TVVARModel"):
         compressed_logits(object(), ids, random_projection(jax.random.key(0), "gaussian", 16, 8))
+
+
+def test_sparse_entries_have_achlioptas_frequencies():
+    """±√(3/m) with probability 1/6 each and 0 with 2/3: counts over 256 × 512 entries within 4 standard errors."""
+    m, n = 256, 512
+    P = np.asarray(random_projection(jax.random.key(5), "sparse", n, m).matrix(jnp.float32)) / np.sqrt(3.0 / m)
+    assert set(np.unique(np.round(P, 5))) <= {-1.0, 0.0, 1.0}
+    for value, prob in ((1.0, 1 / 6), (0.0, 2 / 3), (-1.0, 1 / 6)):
+        freq = np.mean(np.isclose(P, value))
+        assert abs(freq - prob) <= 4 * np.sqrt(prob * (1 - prob) / P.size), (value, freq)

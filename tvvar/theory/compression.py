@@ -131,7 +131,10 @@ def random_projection(key: PRNGKey, kind: str, n: int, m: int, *, dtype=jnp.floa
         P = jax.random.normal(k_mat, (m, n), dtype) / math.sqrt(m)
         return Projection(kind, n, m, P, None, None, n)
     if kind == "sparse":
-        entry = jax.random.choice(k_mat, jnp.array([1.0, 0.0, -1.0], dtype), (m, n), p=jnp.array([1, 4, 1]) / 6)
+        # ±1 with probability 1/6 each, 0 with 2/3 (Achlioptas), by thresholds on one uniform draw (a categorical
+        # draw compiles a larger program for every shape)
+        u = jax.random.uniform(k_mat, (m, n), dtype)
+        entry = (u < 1.0 / 6.0).astype(dtype) - (u >= 5.0 / 6.0).astype(dtype)
         return Projection(kind, n, m, entry * math.sqrt(3.0 / m), None, None, n)
     n_pad = n
     if kind == "srht" and n & (n - 1):
@@ -139,7 +142,8 @@ def random_projection(key: PRNGKey, kind: str, n: int, m: int, *, dtype=jnp.floa
         warnings.warn(f"random_projection(kind='srht'): N={n} is not a power of two; inputs are zero-padded to "
                       f"N'={n_pad} (norms and inner products unchanged)", stacklevel=2)
     signs = jax.random.rademacher(k_sign, (n_pad,), dtype)
-    rows = jax.random.choice(k_rows, n_pad, (m,), replace=False)
+    # = jax.random.choice(k_rows, n_pad, (m,), replace=False) draw for draw, compiled once per n_pad, not per m
+    rows = jax.random.permutation(k_rows, n_pad)[:m]
     return Projection(kind, n, m, None, signs, rows, n_pad)
 
 
