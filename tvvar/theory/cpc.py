@@ -25,9 +25,16 @@ Indices are 0-based, as everywhere in tvvar.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Hashable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
+
+from tvvar.typing import Array
 
 __all__ = [
     "markov_joint",
@@ -37,6 +44,11 @@ __all__ = [
     "eq42_chain",
     "markov_horizon_information",
     "markov_chain_terms",
+    "CPC",
+    "infonce",
+    "infonce_by_size",
+    "bayes_scores",
+    "train_cpc",
 ]
 
 Encoder = Callable[[tuple[int, ...]], Hashable]
@@ -180,3 +192,124 @@ def markov_chain_terms(P, pi, n: int) -> dict[str, float]:
     gap = _conditional_entropy(pi, P @ P) - _conditional_entropy(pi, P)
     return {"backward_di": info[0] + (n - 2) * gap, "future_sum": (n - 1) * info[0],
             "horizon_sum": float(sum((n - k) * info[k - 1] for k in range(1, n)))}
+
+
+# --------------------------------------------------------------------------------------------------
+# CPC trained: InfoNCE per horizon with a causal tvvar model as g_AR (Eq. 43's estimator)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_ids(ids, vocab_size: int, min_len: int) -> None:
+    if ids.ndim != 2 or ids.shape[0] < 2 or ids.shape[1] < min_len:
+        raise ValueError(f"ids must have shape [N ≥ 2, T ≥ {min_len}] (N sequences, the batch of negatives), "
+                         f"got {tuple(ids.shape)}")
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"ids must be integer token ids, got dtype {ids.dtype}")
+
+
+class CPC(nnx.Module):
+    """Contrastive predictive coding (van den Oord et al. 2018) with a causal tvvar model as g_AR.
+
+    Context c_t = g_AR(x_0..x_t) = ``model.hidden(ids)[:, t]`` [D], code g_enc(x) = a learned table [V, d]
+    (the encoder of the predicted token), and one bilinear critic per horizon,
+    f_k(c_t, x) = c_tᵀ W_k g_enc(x), k = 1..K. For a batch of N independent sequences the candidates of
+    sequence i's target x_{i,t+k} are the N tokens x_{j,t+k} (in-batch negatives: for j ≠ i independent of
+    c_{i,t} and drawn from the same marginal when the source is stationary), and
+
+        Î_k = ln N − E_t CE(softmax_j f_k(c_{i,t}, x_{j,t+k}), i)  ≤ I(X_{t+k}; X^t)  and  ≤ ln N
+
+    in expectation (the InfoNCE bound, :func:`tvvar.theory.neural_estimators.infonce_bound`).
+    """
+
+    def __init__(self, model, horizons: int, code_dim: int = 32, *, rngs: nnx.Rngs):
+        if not (isinstance(horizons, int) and horizons >= 1):
+            raise ValueError(f"horizons must be an integer K ≥ 1, got {horizons!r}")
+        if not (isinstance(code_dim, int) and code_dim >= 1):
+            raise ValueError(f"code_dim must be an integer ≥ 1, got {code_dim!r}")
+        if getattr(model.cfg, "mask", "causal") != "causal":
+            raise ValueError(f"g_AR must be causal (c_t may not see x_{{t+k}}), got mask={model.cfg.mask!r}")
+        V, D = model.cfg.vocab_size, model.cfg.d_model
+        self.ar = model
+        self.horizons = horizons
+        self.vocab_size = V
+        dt = jnp.dtype(model.cfg.param_dtype)
+        self.code = nnx.Param(jax.random.normal(rngs.params(), (V, code_dim), dt) / math.sqrt(code_dim))
+        self.critic = nnx.Param(jax.random.normal(rngs.params(), (horizons, D, code_dim), dt) / math.sqrt(D))
+
+    def scores(self, ids: Array) -> list[Array]:
+        """Entry k−1 (k = 1..K): S [T−k, N, N] with S[t, i, j] = f_k(c_{i,t}, x_{j,t+k})."""
+        _check_ids(ids, self.vocab_size, self.horizons + 1)
+        c = self.ar.hidden(ids)
+        c = c.astype(jnp.promote_types(c.dtype, jnp.float32))               # [N, T, D]
+        z = jnp.take(self.code[...], ids, axis=0)                          # [N, T, d]
+        out = []
+        for k in range(1, self.horizons + 1):
+            cw = jnp.einsum("ntd,de->nte", c[:, :-k], self.critic[...][k - 1])
+            out.append(jnp.einsum("ite,jte->tij", cw, z[:, k:]))
+        return out
+
+    def __call__(self, ids: Array) -> Array:
+        """[K]: the InfoNCE estimates Î_k on this batch (N = ids.shape[0] candidates), mean over positions."""
+        return jnp.stack([infonce(S) for S in self.scores(ids)])
+
+
+def infonce(S: Array) -> Array:
+    """ln N − mean_t CE(S[t, i, :], i) for scores S [..., N, N] (rows: contexts, columns: candidates; the
+    positive on the diagonal), with ``optax.losses.softmax_cross_entropy_with_integer_labels``."""
+    N = S.shape[-1]
+    labels = jnp.broadcast_to(jnp.arange(N), S.shape[:-1])
+    return jnp.log(N) - jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(S, labels))
+
+
+def infonce_by_size(S: Array, sizes) -> Array:
+    """[len(sizes)]: the InfoNCE estimate with N candidates for each N in ``sizes``, from one score tensor
+    S [..., M, M]: the M sequences are cut into M/N groups and each group's diagonal block is a batch of N."""
+    M = S.shape[-1]
+    out = []
+    for n in sizes:
+        if not (isinstance(n, int) and n >= 2 and M % n == 0):
+            raise ValueError(f"sizes must be integers ≥ 2 dividing the batch M = {M}, got {n!r}")
+        G = M // n
+        blocks = S.reshape(S.shape[:-2] + (G, n, G, n))
+        diag = jnp.diagonal(blocks, axis1=-4, axis2=-2)                     # [..., n, n, G]
+        out.append(infonce(jnp.moveaxis(diag, -1, -3)))
+    return jnp.stack(out)
+
+
+def bayes_scores(P, pi, k: int, ids: Array, dtype=jnp.float32) -> Array:
+    """The Bayes-optimal horizon-k critic's scores on ids [N, T]: S[t, i, j] = ln P^k(x_{i,t}, x_{j,t+k}) −
+    ln π(x_{j,t+k}) (the log density ratio; any function of the context alone may be added), [T−k, N, N]."""
+    P, pi = _check_markov(P, pi)
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"k must be an integer ≥ 1, got {k!r}")
+    ids = jnp.asarray(ids)
+    _check_ids(ids, P.shape[0], k + 1)
+    with np.errstate(divide="ignore"):
+        ratio = np.log(np.linalg.matrix_power(P, k)) - np.log(pi)[None, :]
+    R = jnp.asarray(np.maximum(ratio, -1e30), dtype)  # an impossible pair: a finite, hugely negative score
+    a, b = ids[:, :-k].T, ids[:, k:].T                                     # [T−k, N]
+    return R[a[:, :, None], b[:, None, :]]
+
+
+def train_cpc(cpc: CPC, source, *, steps: int, batch_size: int, seq_len: int, lr: float = 3e-3,
+              warmup: int = 20, key: Array) -> np.ndarray:
+    """Maximise Σ_k Î_k with Adam(W) on batches ``source.batch(key, batch_size, seq_len − 1)["tokens"]`` (seq_len
+    tokens each), drawn inside the jitted step; returns the training curve [steps, K] of Î_k."""
+    for name, v, lo in (("steps", steps, 1), ("batch_size", batch_size, 2), ("seq_len", seq_len, cpc.horizons + 1)):
+        if not (isinstance(v, int) and v >= lo):
+            raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, steps), steps, end_value=0.1 * lr)
+    opt = nnx.Optimizer(cpc, optax.adamw(schedule, weight_decay=0.0), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, key):
+        ids = source.batch(key, batch_size, seq_len - 1)["tokens"]
+        def loss(m):
+            est = m(ids)
+            return -jnp.sum(est), est
+
+        (_, est), g = nnx.value_and_grad(loss, has_aux=True)(model)
+        opt.update(model, g)
+        return est
+
+    return np.stack([np.asarray(step(cpc, opt, jax.random.fold_in(key, s))) for s in range(steps)])
