@@ -17,8 +17,12 @@ can feed it a perturbed input and see it fail):
 * ``two_models`` — the distance between the token spaces of two models trained with different seeds,
   against a model and a rotated, permuted copy of itself (≈ 0), with the coupling's token alignment.
 
-Not here yet: CPC training (issue 15 item 7); the exact backward directed information and Eq. 42's chain are
-in :mod:`tvvar.theory.cpc`, not yet a part of this experiment.
+* ``cpc`` — Eqs. 40–43: CPC (:class:`tvvar.theory.cpc.CPC`, a 1-layer causal tvvar model as g_AR, a learned
+  g_enc and one bilinear critic per horizon k = 1..K) trained with InfoNCE on a stationary first-order Markov
+  source, where I_k = I(X_t; X_{t+k}) and Eq. 42's chain are exact (:mod:`tvvar.theory.cpc`; closed forms
+  checked against the enumeration). The trained and the Bayes-optimal critic (ln P^k(x_t, x) − ln π(x)) are
+  scored on the same held-out batches for N = 2..128: Î_k ≤ I_k, Î_k ≤ ln N, the ln N saturation, and the
+  trained critic's fraction of the Bayes-optimal one.
 
 All GW solves of one size share one compiled solver (n = 64 for the random-point parts, V for each model).
 
@@ -28,6 +32,7 @@ All GW solves of one size share one compiled solver (n = 64 for the random-point
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,11 +93,24 @@ class Config:
     dd_kinds: tuple[str, ...] = ("gaussian", "srht", "dct", "sparse")
     text_steps: int = 600
     text_path: str | None = field(default_factory=_default_text)
+    # CPC (Eqs. 40–43) on a stationary first-order Markov source with exact I_k
+    cpc_V: int = 16
+    cpc_T: int = 32
+    cpc_K: int = 4
+    cpc_d_model: int = 32
+    cpc_code_dim: int = 32
+    cpc_batch: int = 64  # N: the candidates per training batch
+    cpc_steps: int = 400
+    cpc_lr: float = 3e-3
+    cpc_sizes: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128)  # N for the saturation curve (the last: eval batch)
+    cpc_eval_batches: int = 8
+    cpc_enumeration_n: int = 4  # closed forms of Eq. 42's chain against the enumeration of (V,)*n
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(steps=200, text_steps=200, noise=(0.0, 0.05, 0.1, 0.2), t4_ms=(16, 64, 256),
-                   dd_ms=(4, 8, 16, 32), eval_batches=2)
+        # seq_len 32: the TV-VAR source re-runs its model per position (O(T²) a batch), most of a step at T = 64
+        return cls(steps=200, text_steps=200, seq_len=32, noise=(0.0, 0.05, 0.1, 0.2), t4_ms=(16, 64, 256),
+                   dd_ms=(4, 8, 16, 32), eval_batches=2, cpc_steps=300, cpc_eval_batches=4)
 
     @classmethod
     def full(cls) -> Config:
@@ -177,6 +195,47 @@ def verdict_two_models(d2_rotated: float, recovered: float, d2_seeds: float) -> 
     return verdict_invariance(d2_rotated, recovered, "trained model: ") + [
         check("two seeds: d_s² between the models > d_s² to the rotated copy", d2_seeds - d2_rotated, 0.0, ">=",
               0.0, "Def. 12: different models are different spaces")]
+
+
+CPC_TRAINED_FRACTION = 0.8  # the trained critic's Î_k at the training N against the Bayes-optimal critic's
+CPC_BAYES_FRACTION = 0.9  # the Bayes-optimal critic's InfoNCE at the largest N against the exact I_k
+CPC_Z = 3.0  # standard errors allowed on the statistical upper bounds
+
+
+def verdict_cpc(r: dict) -> list[dict]:
+    """Eq. 42's chain (exact), the InfoNCE bounds Î_k ≤ I_k and Î_k ≤ ln N (statistical, 3 s.e.), the
+    log N saturation of the Bayes-optimal critic, and the trained critic against the Bayes-optimal one."""
+    ch, en = r["chain"], r["chain_enumerated"]
+    out = [check(f"Eq. 42 closed forms = enumeration (V = {r['V']}, n = {r['enumeration_n']}; max |diff|)",
+                 max(abs(r["chain_closed_small"][k] - en[k]) for k in en), 0.0, "==", 1e-10,
+                 "tvvar.theory.cpc.markov_chain_terms"),
+           check(f"Eq. 42: backward DI ≤ Σ_t I(X^t; X_{{t+1:n}}) (n = {r['T']}; margin)",
+                 ch["future_sum"] - ch["backward_di"], 0.0, ">=", 0.0, "Eq. 42, first inequality"),
+           check(f"Eq. 42: Σ_t I(X^t; X_{{t+1:n}}) ≤ Σ_t Σ_k I(X^t; X_{{t+k}}) (n = {r['T']}; margin)",
+                 ch["horizon_sum"] - ch["future_sum"], 0.0, ">=", 0.0, "Eq. 42, second inequality (Markov)")]
+    sizes, exact = r["sizes"], r["exact_I"]
+    tr, tr_se = np.asarray(r["trained"]), np.asarray(r["trained_se"])
+    by, by_se = np.asarray(r["bayes"]), np.asarray(r["bayes_se"])
+    logn = np.log(np.asarray(sizes, float))
+    out.append(check("CPC: trained Î_k − I_k, max over k and N, in standard errors (InfoNCE is a lower bound)",
+                     float(np.max((tr - np.asarray(exact)[:, None]) / np.maximum(tr_se, 1e-12))), 0.0, "<=",
+                     CPC_Z, "Eq. 43 / InfoNCE ≤ I (van den Oord et al. 2018)"))
+    out.append(check("CPC: Bayes-optimal critic's Î_k − I_k, max over k and N, in standard errors",
+                     float(np.max((by - np.asarray(exact)[:, None]) / np.maximum(by_se, 1e-12))), 0.0, "<=", CPC_Z,
+                     "InfoNCE ≤ I for every critic"))
+    out.append(check("CPC: Î_k − ln N, max over k, N and both critics (every batch)",
+                     float(max(np.max(r["trained_batch_max"] - logn), np.max(r["bayes_batch_max"] - logn))), 0.0,
+                     "<=", 1e-5, "InfoNCE ≤ ln N (exact, float32)"))
+    out.append(verdict_monotone(by[0], "CPC: Bayes-optimal Î_1 increases with N (log N saturation)",
+                                "InfoNCE's ceiling ln N rises with the batch", increasing=True,
+                                slack=float(CPC_Z * np.max(by_se[0]))))
+    out.append(check(f"CPC: Bayes-optimal Î_k / I_k at N = {sizes[-1]}, min over k", float(np.min(by[:, -1] /
+                     np.asarray(exact))), CPC_BAYES_FRACTION, ">=", 0.0, "InfoNCE → I as N → ∞"))
+    j = sizes.index(r["train_batch"]) if r["train_batch"] in sizes else -1
+    out.append(check(f"CPC: trained Î_k / Bayes-optimal Î_k at N = {sizes[j]}, min over k",
+                     float(np.min(tr[:, j] / by[:, j])), CPC_TRAINED_FRACTION, ">=", 0.0,
+                     "issue 15: trained ≥ ~80 % of the Bayes-optimal critic"))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,9 +392,83 @@ def two_models_part(key, model_a, model_b) -> dict:
             "coupling_rotated": np.asarray(rot.coupling)[:, np.argsort(perm)]}
 
 
+def cpc_part(key, c: Config) -> dict:
+    """CPC with a 1-layer causal tvvar model as g_AR on a stationary Markov source (exact I_k), the trained and
+    the Bayes-optimal critic scored on the same held-out batches for every N (blocks of one score tensor)."""
+    from tvvar.data import MarkovSource
+    from tvvar.model import ModelConfig, TVVARModel
+    from tvvar.theory import cpc as K
+
+    src = MarkovSource(c.cpc_V, 1, seed=1234 + c.seed)
+    exact = [K.markov_horizon_information(src.P, src.pi, k) for k in range(1, c.cpc_K + 1)]
+    n_small = c.cpc_enumeration_n
+    enumerated = K.eq42_chain(K.markov_joint(src.P, src.pi, n_small))
+    model = TVVARModel(ModelConfig(vocab_size=c.cpc_V, d_model=c.cpc_d_model, num_layers=1,
+                                   mixer={"num_heads": 2}), rngs=nnx.Rngs(params=c.seed))
+    cpc = K.CPC(model, c.cpc_K, c.cpc_code_dim, rngs=nnx.Rngs(params=c.seed + 1))
+    curve = K.train_cpc(cpc, src, steps=c.cpc_steps, batch_size=c.cpc_batch, seq_len=c.cpc_T, lr=c.cpc_lr,
+                        key=jax.random.fold_in(key, 0))
+    sizes = tuple(c.cpc_sizes)
+    P, pi = src.P, src.pi
+
+    @nnx.jit
+    def evaluate(cpc, ids):
+        trained = jnp.stack([K.infonce_by_size(S, sizes) for S in cpc.scores(ids)])
+        bayes = jnp.stack([K.infonce_by_size(K.bayes_scores(P, pi, k, ids), sizes) for k in range(1, c.cpc_K + 1)])
+        return trained, bayes
+
+    tr, by = [], []
+    for b in range(c.cpc_eval_batches):
+        ids = src.batch(jax.random.fold_in(key, 1000 + b), sizes[-1], c.cpc_T - 1, split="val")["tokens"]
+        t, y = evaluate(cpc, ids)
+        tr.append(np.asarray(t, np.float64))
+        by.append(np.asarray(y, np.float64))
+    tr, by = np.stack(tr), np.stack(by)  # [batches, K, sizes]
+    se = lambda a: a.std(0, ddof=1) / np.sqrt(a.shape[0])  # noqa: E731
+    T = c.cpc_T
+    w = np.array([T - k for k in range(1, c.cpc_K + 1)], float)
+    return {"V": c.cpc_V, "T": T, "K": c.cpc_K, "sizes": list(sizes), "train_batch": c.cpc_batch,
+            "exact_I": exact, "entropy_rate": src.entropy_rate,
+            "chain": K.markov_chain_terms(P, pi, T), "chain_enumerated": enumerated,
+            "chain_closed_small": K.markov_chain_terms(P, pi, n_small), "enumeration_n": n_small,
+            "trained": tr.mean(0).tolist(), "trained_se": se(tr).tolist(), "bayes": by.mean(0).tolist(),
+            "bayes_se": se(by).tolist(), "trained_batch_max": tr.max(0), "bayes_batch_max": by.max(0),
+            "horizon_sum_K_exact": float(w @ np.asarray(exact)),
+            "horizon_sum_K_trained": float(w @ tr.mean(0)[:, -1]), "train_curve": curve}
+
+
 # --------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------
+
+
+def _cpc_figure(out: Path, r: dict) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax = axes[0]
+    for k in range(r["K"]):
+        (line,) = ax.plot(r["sizes"], r["trained"][k], "o-", label=f"k = {k + 1} trained")
+        ax.plot(r["sizes"], r["bayes"][k], "x--", color=line.get_color(), label=f"k = {k + 1} Bayes-optimal")
+        ax.axhline(r["exact_I"][k], color=line.get_color(), lw=0.8, ls=":")
+    ax.plot(r["sizes"], np.log(r["sizes"]), "k-", lw=0.8, label="ln N")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(0, 1.15 * max(r["exact_I"]))
+    ax.set_xlabel("N (candidates per batch)")
+    ax.set_ylabel("InfoNCE Î_k (nats); dotted: exact I(X_t; X_{t+k})")
+    ax.set_title(f"CPC on a Markov source (V = {r['V']}), held-out")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    ch = r["chain"]
+    labels = ["backward DI", "Σ_t I(X^t; X_{t+1:n})", "Σ_t Σ_k I_k", f"Σ_t Σ_{{k≤{r['K']}}} I_k",
+              f"CPC Σ_t Σ_{{k≤{r['K']}}} Î_k"]
+    vals = [ch["backward_di"], ch["future_sum"], ch["horizon_sum"], r["horizon_sum_K_exact"],
+            r["horizon_sum_K_trained"]]
+    axes[1].bar(range(len(vals)), vals, color=["C0", "C1", "C2", "C3", "C4"])
+    axes[1].set_xticks(range(len(vals)), labels, rotation=20, fontsize=7)
+    axes[1].set_ylabel("nats")
+    axes[1].set_title(f"Eq. 42's chain, n = {r['T']}")
+    return save_figure(fig, out, "cpc.png")
 
 
 def _figures(out: Path, c: Config, jl, gw, t4, dd: dict, two) -> list[str]:
@@ -424,6 +557,19 @@ def _figures(out: Path, c: Config, jl, gw, t4, dd: dict, two) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
+class _Clock:
+    """Wall seconds per part (``clock(name, f, *args)`` calls f and records its time)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, f, *args):
+        t0 = time.perf_counter()
+        r = f(*args)
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        return r
+
+
 def run(config: Config, out: Path) -> dict:
     """Semantic space (Section IV): JL table, GW invariance/noise, Theorem 4, dimension–distortion, two models."""
     from tvvar.data import TextCorpus, TVVARSource
@@ -432,10 +578,11 @@ def run(config: Config, out: Path) -> dict:
     key = jax.random.key(c.seed)
     checks: list[dict] = []
 
-    jl = jl_part(jax.random.fold_in(key, 1), c)
+    clock = _Clock()
+    jl = clock("jl", jl_part, jax.random.fold_in(key, 1), c)
     checks += verdict_jl(jl, JL_M, JL_N)
 
-    gw = gw_part(jax.random.fold_in(key, 2), c)
+    gw = clock("gw", gw_part, jax.random.fold_in(key, 2), c)
     g0 = gw["curve"][0]
     checks += verdict_invariance(g0["distance2"] if g0["converged"] else float("nan"), g0["recovered"],
                                  f"random points (n = {c.gw_n}, d = {c.gw_d}): ")
@@ -446,14 +593,15 @@ def run(config: Config, out: Path) -> dict:
                         float(np.mean([r["converged"] for r in gw["curve"]])), 1.0, ">=", 0.0,
                         "entropic GW at ε = 1e-3"))
 
-    t4 = theorem4_part(jax.random.fold_in(key, 3), c)
+    t4 = clock("theorem4", theorem4_part, jax.random.fold_in(key, 3), c)
     checks += verdict_theorem4(t4["rows"])
 
     src = TVVARSource(c.V, c.D_source, xi=c.xi)
-    ra = _train(c, src, c.V, c.steps, c.seed, out / "run_synthetic_a")
-    rb = _train(c, src, c.V, c.steps, c.seed + 1, out / "run_synthetic_b")
-    dd = {"synthetic": dimension_distortion_part(jax.random.fold_in(key, 4), ra["model"], src, c)}
-    two = two_models_part(jax.random.fold_in(key, 5), ra["model"], rb["model"])
+    ra = clock("train_synthetic_a", _train, c, src, c.V, c.steps, c.seed, out / "run_synthetic_a")
+    rb = clock("train_synthetic_b", _train, c, src, c.V, c.steps, c.seed + 1, out / "run_synthetic_b")
+    dd = {"synthetic": clock("dimension_distortion_synthetic", dimension_distortion_part, jax.random.fold_in(key, 4),
+                             ra["model"], src, c)}
+    two = clock("two_models", two_models_part, jax.random.fold_in(key, 5), ra["model"], rb["model"])
     checks += verdict_two_models(two["d2_rotated"], two["recovered"], two["d2_seeds"])
 
     text_reason = None
@@ -461,8 +609,9 @@ def run(config: Config, out: Path) -> dict:
         text_reason = f"text corpus {c.text_path!r} not found (set TVVAR_TEXT or Config.text_path)"
     else:
         corpus = TextCorpus(c.text_path)
-        rt = _train(c, corpus, corpus.vocab_size, c.text_steps, c.seed, out / "run_text")
-        dd["text"] = dimension_distortion_part(jax.random.fold_in(key, 6), rt["model"], corpus, c)
+        rt = clock("train_text", _train, c, corpus, corpus.vocab_size, c.text_steps, c.seed, out / "run_text")
+        dd["text"] = clock("dimension_distortion_text", dimension_distortion_part, jax.random.fold_in(key, 6),
+                           rt["model"], corpus, c)
     for name, d in dd.items():
         checks += verdict_dimension_distortion(name, c.dd_ms, d["ce_increase_mean"], d["d2_mean"], d["ce_full"],
                                                d["entropy"])
@@ -471,13 +620,16 @@ def run(config: Config, out: Path) -> dict:
                    "CE increase at the largest m ≤ at the smallest m"):
             checks.append(skipped(f"text: {nm}", text_reason))
 
-    figures = _figures(out, c, jl, gw, t4, dd, two)
+    cpc = clock("cpc", cpc_part, jax.random.fold_in(key, 7), c)
+    checks += verdict_cpc(cpc)
+
+    figures = _figures(out, c, jl, gw, t4, dd, two) + [_cpc_figure(out, cpc)]
     for p in ("run_synthetic_a", "run_synthetic_b", "run_text"):
         shutil.rmtree(out / p, ignore_errors=True)
     two_data = {k: v for k, v in two.items() if not k.startswith("coupling")}
     data = {"jl_table": jl, "jl_reference": JL_REFERENCE, "jl_dimension_M1000_eps05": C.jl_dimension(1000, 0.5),
             "gw_curve": gw["curve"], "theorem4": t4["rows"], "dimension_distortion": dd, "two_models": two_data,
-            "not_built": "CPC training (Eqs. 40–43; the exact chain is in tvvar.theory.cpc)"}
+            "cpc": cpc, "seconds_per_part": clock.seconds}
     return {"checks": checks, "figures": figures, "data": data}
 
 

@@ -299,3 +299,45 @@ def test_experiment_compressed_nll_equals_compressed_logits_float64(kind):
         got = float(X._compressed_nll(model.hidden(ids), model.readout.embedding.vectors(), P.matrix(jnp.float64),
                                       jnp.asarray(model.readout.xi, jnp.float64), tgt))
     assert abs(got - ref) <= 1e-5 * max(1.0, abs(ref))
+
+
+def test_experiment_verdict_cpc_passes_and_each_check_fails_when_perturbed():
+    import copy
+
+    from experiments import semantic_space as X
+    from tvvar.theory import cpc
+
+    rng = np.random.default_rng(0)
+    P = rng.dirichlet(np.full(3, 0.5), size=3)
+    w, v = np.linalg.eig(P.T)
+    pi = np.real(v[:, np.argmin(np.abs(w - 1))])
+    pi = pi / pi.sum()
+    exact = [cpc.markov_horizon_information(P, pi, k) for k in (1, 2)]
+    frac = np.array([0.6, 0.85, 0.95])
+    bayes = np.outer(exact, frac)
+    r = {"V": 3, "T": 10, "K": 2, "sizes": [2, 4, 8], "train_batch": 4, "exact_I": exact, "enumeration_n": 4,
+         "chain": cpc.markov_chain_terms(P, pi, 10), "chain_enumerated": cpc.eq42_chain(cpc.markov_joint(P, pi, 4)),
+         "chain_closed_small": cpc.markov_chain_terms(P, pi, 4),
+         "trained": (0.95 * bayes).tolist(), "trained_se": np.full((2, 3), 0.002).tolist(),
+         "bayes": bayes.tolist(), "bayes_se": np.full((2, 3), 0.002).tolist(),
+         "trained_batch_max": 0.95 * bayes + 0.005, "bayes_batch_max": bayes + 0.005}
+    assert all(c["passed"] for c in X.verdict_cpc(r)), [c for c in X.verdict_cpc(r) if not c["passed"]]
+
+    def fails(edit, name_part):
+        bad = copy.deepcopy(r)
+        edit(bad)
+        failed = [c["name"] for c in X.verdict_cpc(bad) if not c["passed"]]
+        assert any(name_part in n for n in failed), (name_part, failed)
+
+    fails(lambda b: b["chain_enumerated"].update(backward_di=b["chain_enumerated"]["backward_di"] + 1e-8),
+          "closed forms = enumeration")
+    fails(lambda b: b["chain"].update(backward_di=b["chain"]["future_sum"] + 0.1), "backward DI ≤")
+    fails(lambda b: b["chain"].update(horizon_sum=b["chain"]["future_sum"] - 0.1), "≤ Σ_t Σ_k")
+    fails(lambda b: b.update(trained=(np.asarray(b["trained"]) + 0.1).tolist()), "trained Î_k − I_k")
+    fails(lambda b: b.update(bayes=(np.asarray(b["bayes"]) * 1.2).tolist()), "Bayes-optimal critic's Î_k − I_k")
+    fails(lambda b: b.update(bayes_batch_max=np.log([2.0, 4.0, 8.0])[None] + 0.01 + 0 * b["bayes_batch_max"]),
+          "Î_k − ln N")
+    fails(lambda b: b.update(bayes=(bayes[:, ::-1]).tolist(), trained=(0.95 * bayes[:, ::-1]).tolist()),
+          "increases with N")
+    fails(lambda b: b.update(bayes=(bayes * np.array([1.0, 1.0, 0.85])).tolist()), "Î_k / I_k")
+    fails(lambda b: b.update(trained=(0.7 * bayes).tolist()), "trained Î_k / Bayes-optimal")
