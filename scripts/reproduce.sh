@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m experiments.reproduce --quick --out runs/reproduce "$@"
+exec .venv/bin/python -m experiments.reproduce --quick --jobs 2 --out runs/reproduce "$@"

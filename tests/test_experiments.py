@@ -152,3 +152,55 @@ def test_execute_refuses_hand_built_checks(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="check\\(\\) or skipped\\(\\)"):
         execute("fake", None, lambda c, o: {"checks": [bad], "figures": [], "data": {}}, tmp_path)
 
+
+
+_FAKE_MODULE = '''
+import dataclasses
+import os
+
+from experiments.common import check
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    value: float = 1.0
+
+    @classmethod
+    def quick(cls):
+        return cls(value=2.0)
+
+    @classmethod
+    def full(cls):
+        return cls()
+
+
+def run(config, out):
+    return {"checks": [check("value is the quick one", config.value, 2.0, "=="),
+                       check("seed arrives", config.seed, 7, "==")],
+            "figures": [], "data": {"pid": os.getpid()}}
+'''
+
+
+def test_jobs_run_each_experiment_in_its_own_process_with_the_same_report(monkeypatch, tmp_path):
+    import os
+
+    for name in ("fake_a", "fake_b", "fake_c"):
+        (tmp_path / f"tvvar_fake_{name}.py").write_text(_FAKE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(reproduce, "EXPERIMENTS", ("fake_a", "fake_b", "fake_c"))
+    monkeypatch.setattr(reproduce, "module_name", lambda n: f"tvvar_fake_{n}")
+    assert reproduce.main(["--quick", "--seed", "7", "--out", str(tmp_path / "one")]) == 0
+    assert reproduce.main(["--quick", "--seed", "7", "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    strip = lambda text: [ln for ln in text.splitlines() if "| [fake" not in ln]  # noqa: E731 (the seconds column)
+    assert strip((tmp_path / "one" / "report.md").read_text()) == strip((tmp_path / "two" / "report.md").read_text())
+    pids = {load_results(tmp_path / "two" / n)["data"]["pid"] for n in ("fake_a", "fake_b", "fake_c")}
+    assert len(pids) == 3 and os.getpid() not in pids  # a fresh process per experiment
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["experiments"] == ["fake_a", "fake_b", "fake_c"] and summary["passed"] == 6
+
+
+def test_jobs_below_one_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--jobs", "0"])
+    assert "--jobs must be" in capsys.readouterr().err
