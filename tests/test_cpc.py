@@ -264,6 +264,8 @@ def test_cpc_bad_input_is_refused_with_the_argument_named():
     P, pi = _stationary_chain(0)
     with pytest.raises(ValueError, match="k must be"):
         cpc.bayes_scores(P, pi, 0, jnp.zeros((2, 4), jnp.int32))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, V=3\)"):
+        cpc.bayes_scores(P, pi, 1, jnp.full((2, 4), 5, jnp.int32))  # an id outside [0, V)
     with pytest.raises(ValueError, match="steps"):
         cpc.train_cpc(good, None, steps=0, batch_size=4, seq_len=6, key=None)
     with pytest.raises(ValueError, match="seq_len"):

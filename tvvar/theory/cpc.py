@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from tvvar.core import check_token_ids
 from tvvar.typing import Array
 
 __all__ = [
@@ -199,7 +200,7 @@ def markov_chain_terms(P, pi, n: int) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_ids(ids, vocab_size: int, min_len: int) -> None:
+def _check_ids(ids, min_len: int) -> None:
     if ids.ndim != 2 or ids.shape[0] < 2 or ids.shape[1] < min_len:
         raise ValueError(f"ids must have shape [N ≥ 2, T ≥ {min_len}] (N sequences, the batch of negatives), "
                          f"got {tuple(ids.shape)}")
@@ -208,7 +209,8 @@ def _check_ids(ids, vocab_size: int, min_len: int) -> None:
 
 
 class CPC(nnx.Module):
-    """Contrastive predictive coding (van den Oord et al. 2018) with a causal tvvar model as g_AR.
+    """Contrastive predictive coding (van den Oord et al. 2018; Eq. 43's upper bound of Eq. 42's chain) with a
+    causal tvvar model as g_AR.
 
     Context c_t = g_AR(x_0..x_t) = ``model.hidden(ids)[:, t]`` [D], code g_enc(x) = a learned table [V, d]
     (the encoder of the predicted token), and one bilinear critic per horizon,
@@ -231,14 +233,13 @@ class CPC(nnx.Module):
         V, D = model.cfg.vocab_size, model.cfg.d_model
         self.ar = model
         self.horizons = horizons
-        self.vocab_size = V
         dt = jnp.dtype(model.cfg.param_dtype)
         self.code = nnx.Param(jax.random.normal(rngs.params(), (V, code_dim), dt) / math.sqrt(code_dim))
         self.critic = nnx.Param(jax.random.normal(rngs.params(), (horizons, D, code_dim), dt) / math.sqrt(D))
 
     def scores(self, ids: Array) -> list[Array]:
         """Entry k−1 (k = 1..K): S [T−k, N, N] with S[t, i, j] = f_k(c_{i,t}, x_{j,t+k})."""
-        _check_ids(ids, self.vocab_size, self.horizons + 1)
+        _check_ids(ids, self.horizons + 1)  # the embedding checks the id range
         c = self.ar.hidden(ids)
         c = c.astype(jnp.promote_types(c.dtype, jnp.float32))               # [N, T, D]
         z = jnp.take(self.code[...], ids, axis=0)                          # [N, T, d]
@@ -283,7 +284,8 @@ def bayes_scores(P, pi, k: int, ids: Array, dtype=jnp.float32) -> Array:
     if not (isinstance(k, int) and k >= 1):
         raise ValueError(f"k must be an integer ≥ 1, got {k!r}")
     ids = jnp.asarray(ids)
-    _check_ids(ids, P.shape[0], k + 1)
+    _check_ids(ids, k + 1)
+    check_token_ids(ids, P.shape[0])  # indexing R would clamp an out-of-range id silently
     with np.errstate(divide="ignore"):
         ratio = np.log(np.linalg.matrix_power(P, k)) - np.log(pi)[None, :]
     R = jnp.asarray(np.maximum(ratio, -1e30), dtype)  # an impossible pair: a finite, hugely negative score
@@ -304,6 +306,7 @@ def train_cpc(cpc: CPC, source, *, steps: int, batch_size: int, seq_len: int, lr
     @nnx.jit
     def step(model, opt, key):
         ids = source.batch(key, batch_size, seq_len - 1)["tokens"]
+
         def loss(m):
             est = m(ids)
             return -jnp.sum(est), est
