@@ -29,3 +29,34 @@ def test_simulated_var_has_the_issue_coefficients():
     z = X._simulate_var(20000, seed=0)
     coef, *_ = np.linalg.lstsq(z[:-1], z[1:], rcond=None)
     np.testing.assert_allclose(coef.T, X.A_ISSUE, atol=0.03)
+
+
+def test_size_power_and_bias_verdicts_fail_when_perturbed():
+    assert X.verdict_size("size", 0.054, 1000)["passed"]
+    assert not X.verdict_size("size", 0.08, 1000)["passed"]  # an over-rejecting test
+    assert not X.verdict_size("size", 0.02, 1000)["passed"]  # a conservative one
+    assert X.verdict_power("power", 0.95, 0.9)["passed"]
+    assert not X.verdict_power("power", 0.5, 0.9)["passed"]
+    assert X.verdict_rmse_falls("rmse", 0.03, 0.01)["passed"]
+    assert not X.verdict_rmse_falls("rmse", 0.01, 0.03)["passed"]
+    rng = np.random.default_rng(0)
+    te0 = [X.G.te_likelihood_ratio_test(rng.integers(0, 2, 500), rng.integers(0, 2, 500)).te for _ in range(300)]
+    assert X.verdict_plugin_null_bias("bias", np.array(te0), 499, 2)["passed"]
+    assert not X.verdict_plugin_null_bias("bias", np.array(te0), 499, 4)["passed"]  # wrong degrees of freedom
+    assert not X.verdict_plugin_null_bias("bias", np.array(te0) + 0.002, 499, 2)["passed"]  # a biased estimator
+
+
+def test_flip_streams_have_the_stated_transfer_entropy():
+    s, t = X._flip_streams(np.random.default_rng(0), 200_000, 0.1)
+    te = float(X.E.plugin_transfer_entropy(s, t))
+    assert abs(te - (np.log(2) - X._binary_entropy(0.1))) < 0.005
+
+
+def test_recovery_verdicts_fail_when_perturbed():
+    assert X.verdict_exact_recovery("exact", 1e-14)["passed"]
+    assert not X.verdict_exact_recovery("exact", 1e-6)["passed"]  # float32 or a wrong solve
+    assert X.verdict_z2("z2", 1.03, 1800)["passed"]
+    assert not X.verdict_z2("z2", 1.5, 1800)["passed"]  # standard errors too small by √1.5
+    assert not X.verdict_z2("z2", 0.5, 1800)["passed"]
+    assert X.verdict_data_dependent("dd", 0.2)["passed"]
+    assert not X.verdict_data_dependent("dd", 1e-29)["passed"]  # the linear SSM's value: nothing data-dependent
