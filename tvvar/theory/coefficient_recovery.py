@@ -138,7 +138,7 @@ def _check_conditioning(G: np.ndarray, present: np.ndarray, intercept: bool, eps
     for i in range(G.shape[0]):
         keep = np.concatenate([[intercept], present[i]])
         w = np.linalg.eigvalsh(G[i][np.ix_(keep, keep)])
-        if not w[0] > 1e3 * eps * max(w[-1], 1.0) * keep.sum():
+        if not w[0] > 10 * eps * w[-1] * keep.sum():  # cond(X̃ᵀX̃) < 1/(10 ε n)
             raise SingularDesignError(
                 f"u: the regressors at position i = {i} are (numerically) collinear (eigenvalues of X̃ᵀX̃ "
                 f"{w[0]:.3g} … {w[-1]:.3g}): the trajectories span fewer than {int(keep.sum())} directions "
