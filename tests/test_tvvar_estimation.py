@@ -152,3 +152,94 @@ def test_bad_input_is_a_named_error(y2, kwargs, match):
 def test_cv_rejects_a_bandwidth_outside_the_unit_interval(y2):
     with pytest.raises(ValueError, match=r"bandwidths\[1\] must lie in \(0, 1\]"):
         T.tvvar_cv(y2, 1, [0.5, 2.0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Haslbeck, Bringmann & Waldorp's Simulation A design and the MAE table on it
+# --------------------------------------------------------------------------------------------------
+
+
+def test_haslbeck_paths_by_hand():
+    # n = 5, θ = 0.35: linear steps of θ/4, steps at ceil(5/2) = 3, sigmoid at x = 0, θ/2, θ.
+    P = T._haslbeck_paths(5, 0.35)
+    np.testing.assert_allclose(P[0], 0.35)
+    np.testing.assert_allclose(P[1], [0, 0.0875, 0.175, 0.2625, 0.35], atol=1e-15)
+    np.testing.assert_allclose(P[2], P[1][::-1], atol=1e-15)
+    np.testing.assert_allclose(P[3][[0, 2, 4]], 0.35 / (1 + np.exp([2.625, 0.0, -2.625])), atol=1e-15)
+    np.testing.assert_allclose(P[3] + P[4], 0.35, atol=1e-15)  # the two sigmoids mirror each other
+    np.testing.assert_array_equal(P[5], [0.35, 0.35, 0.35, 0, 0])
+    np.testing.assert_array_equal(P[6], [0, 0, 0.35, 0.35, 0.35])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_haslbeck_design_structure(seed):
+    n, k = 201, 10
+    A, c, types = T.haslbeck_design(n, seed=seed, k=k, return_types=True)
+    assert A.shape == (n, 1, k, k) and c.shape == (k,) and types.shape == (k, k)
+    np.testing.assert_array_equal(c, 0.0)
+    assert np.all(np.diag(types) > 0)  # every autoregressive effect is present
+    assert np.count_nonzero(types) == k + 18  # round(0.2 · 90) cross-lagged effects
+    P = T._haslbeck_paths(n, 0.35)
+    for i in range(k):
+        for j in range(k):
+            want = P[types[i, j] - 1] if types[i, j] else np.zeros(n)
+            np.testing.assert_array_equal(A[:, 0, i, j], want)
+    assert np.abs(np.linalg.eigvals(A[:, 0])).max() < 1  # locally stable at every t
+    again = T.haslbeck_design(n, seed=seed, k=k)
+    np.testing.assert_array_equal(again[0], A)
+
+
+def test_haslbeck_design_draws_every_type_about_equally():
+    counts = np.zeros(8, int)
+    for seed in range(40):
+        counts += np.bincount(T.haslbeck_design(20, seed=seed, return_types=True)[2].ravel(), minlength=8)
+    assert counts[0] == 40 * 72
+    # 40 · 28 = 1120 present entries over 7 types: 160 each, binomial sd ≈ 11.7; within 4 sd.
+    assert counts[1:].sum() == 1120 and np.all(np.abs(counts[1:] - 160) < 47), counts
+
+
+def test_mae_table_kernel_beats_ols_on_a_small_case():
+    # 0.02 leaves ⌊0.02 · 299⌋ − 1 = 4 rows at the ends, fewer than the 11 parameters: dropped from the grid.
+    hs = [0.02, 0.2, 0.35, 0.5, 0.7, 1.0]
+    with jax.enable_x64(True):
+        (row,) = T.mae_table([300], reps=2, bandwidths=hs)
+    assert row["n"] == 300 and row["reps"] == 2 and len(row["kernel_maes"]) == 2
+    assert row["grid"] == [0.2, 1.0, 5]
+    assert row["kernel_mae"] < row["ols_mae"], row
+    assert all(h in hs[1:] for h in row["bandwidths"]) and 0.2 <= row["bandwidth"] <= 1.0
+    assert row["kernel_mae_sd"] == pytest.approx(np.std(row["kernel_maes"], ddof=1))
+    assert row["bandwidth"] == pytest.approx(np.mean(row["bandwidths"]))
+    # OLS cannot follow a step: the kernel fit is much better there
+    assert row["kernel_mae_by_type"]["step up"] < 0.8 * row["ols_mae_by_type"]["step up"]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: T.mae_table([20], reps=1, bandwidths=[0.5]), "n = 20 is too small"),
+        (lambda: T.mae_table([300], reps=0), "reps must be an integer ≥ 1"),
+        (lambda: T.mae_table([300], reps=1.5), "reps must be an integer ≥ 1"),
+        (lambda: T.mae_table([], reps=1), "ns must name at least one"),
+        (lambda: T.mae_table([300.0], reps=1), "every n must be an integer"),
+        (lambda: T.mae_table([300], bandwidths=[0.5, 1.5]), r"bandwidths\[1\] must lie in \(0, 1\]"),
+        (lambda: T.mae_table([300], method="spline"), "method must be one of"),
+        (lambda: T.haslbeck_design(1, seed=0), "n must be an integer ≥ 2"),
+        (lambda: T.haslbeck_design(100, seed=0, edge_prob=1.5), r"edge_prob must lie in \[0, 1\]"),
+        (lambda: T.haslbeck_design(100, seed=0, theta=1.0), r"theta must lie in \(0, 1\)"),
+    ],
+)
+def test_haslbeck_bad_input_is_a_named_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("method", T.METHODS)
+def test_loo_cv_in_float32_tracks_float64(y2, method):
+    # The same sweep in the default float32: scores within 1e-3 relative of the float64 ones, same argmin.
+    y, hs = y2[:150], [0.4, 0.6, 1.0]
+    with jax.enable_x64(True):
+        ref = T.tvvar_cv(y, 1, hs, kernel="epanechnikov", method=method)
+    cv = T.tvvar_cv(y.astype(np.float32), 1, hs, kernel="epanechnikov", method=method)
+    assert cv.scores.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(cv.scores), np.asarray(ref.scores), rtol=1e-3)
+    assert cv.bandwidth == ref.bandwidth

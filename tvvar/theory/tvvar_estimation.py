@@ -22,6 +22,15 @@ Confidence bands are pointwise: Var θ̂(τ_t)[:, e] ≈ G_t⁻¹ (Σ_s w_ts² z
 G_t = Σ_s w_ts z_s z_sᵀ (the weighted-least-squares sandwich; local-linear uses the augmented design and
 keeps its θ block), Σ̂_u = ε̂ᵀε̂/(m − d) from the in-sample residuals.  They ignore the smoothing bias, as
 usual for undersmoothed bands.  With equal weights they are statsmodels' OLS standard errors exactly.
+
+Cost: for each bandwidth, one [m, m] matmul per δ-power against the stacked upper-triangle products
+z_s z_sᵀ and z_s y_sᵀ, then one batched Cholesky solve; the leave-one-out prediction needs only
+G_t⁻¹ [z_t, 0], not θ̂ (``python -m experiments.benchmark --only tvvar_estimation``: n = 1808, k = 10,
+20 bandwidths in float64 on 2 CPU cores, about 1.2 s local-constant and 3 s local-linear once compiled).
+
+:func:`haslbeck_design` and :func:`mae_table` rebuild Haslbeck, Bringmann & Waldorp's Simulation A (10
+variables, VAR(1), seven parameter paths) and tabulate the kernel estimator's mean absolute error against
+stationary OLS.
 """
 
 from __future__ import annotations
@@ -55,6 +64,11 @@ __all__ = [
     "simulate_var",
     "smooth_tv_coefficients",
     "coefficient_mae",
+    "HASLBECK_TYPES",
+    "HASLBECK_NOISE_SD",
+    "HASLBECK_BANDWIDTHS",
+    "haslbeck_design",
+    "mae_table",
 ]
 
 KERNELS: tuple[str, ...] = ("epanechnikov", "triweight", "uniform")
@@ -216,42 +230,75 @@ def _sym_index(d: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(iu), np.maximum(pos, pos.T)
 
 
-def _gram(W: Array, Z: Array, tau: Array, method: str) -> Array:
-    """Σ_s w_ts x_ts x_tsᵀ ``[m, D, D]`` with x_ts = z_s (local-constant) or [z_s, δ_ts z_s], δ_ts = τ_s − τ_t.
+def _moments(W: Array, Z: Array, Y: Array | None, tau: Array, method: str) -> tuple[Array, Array | None]:
+    """Gram Σ_s w_ts x_ts x_tsᵀ ``[m, D, D]`` and right side Σ_s w_ts x_ts y_sᵀ ``[m, D, k]`` of every local fit.
 
-    One matmul [m, m] @ [m, d(d+1)/2] per weight matrix: only the upper triangle of z_s z_sᵀ is summed
-    (half the flops), and the local-linear Gram's blocks are the 0th–2nd δ-moments of the same products.
+    x_ts = z_s (local-constant) or [z_s, δ_ts z_s] with δ_ts = τ_s − τ_t (local-linear).  Only the upper
+    triangle of z_s z_sᵀ is summed (half the flops), and it travels with z_s y_sᵀ as the columns of one
+    ``[m, q + dk]`` matrix, so each δ-power costs one [m, m] matmul: W for (G₀, b₀), W∘δ for (G₁, b₁) and
+    W∘δ² for G₂ alone.  δ multiplies the weights directly (never τ_s-moments minus τ_t times others, which
+    would cancel O(1) terms to get O(h²) ones and lose ~2 log₁₀(1/h) digits, fatal in float32).
     """
-    d = Z.shape[1]
+    m, d = Z.shape
     iu, pos = _sym_index(d)
+    q = iu.shape[1]
     ZZ_tri = Z[:, iu[0]] * Z[:, iu[1]]
+    X = ZZ_tri if Y is None else jnp.concatenate([ZZ_tri, (Z[:, :, None] * Y[:, None, :]).reshape(m, -1)], axis=1)
+
+    def split(M):
+        return M[:, :q][:, pos], (None if Y is None else M[:, q:].reshape(m, d, Y.shape[1]))
+
+    G0, b0 = split(W @ X)
     if method == "local_constant":
-        return (W @ ZZ_tri)[:, pos]
-    delta = tau[None, :] - tau[:, None]
-    G0, G1, G2 = ((Wj @ ZZ_tri)[:, pos] for Wj in (W, W * delta, W * delta * delta))
-    return jnp.concatenate([jnp.concatenate([G0, G1], axis=2), jnp.concatenate([G1, G2], axis=2)], axis=1)
+        return G0, b0
+    Wd = W * (tau[None, :] - tau[:, None])
+    G1, b1 = split(Wd @ X)
+    G2 = ((Wd * (tau[None, :] - tau[:, None])) @ ZZ_tri)[:, pos]
+    G = jnp.concatenate([jnp.concatenate([G0, G1], axis=2), jnp.concatenate([G1, G2], axis=2)], axis=1)
+    return G, (None if Y is None else jnp.concatenate([b0, b1], axis=1))
+
+
+def _gram(W: Array, Z: Array, tau: Array, method: str) -> Array:
+    """Σ_s w_ts x_ts x_tsᵀ ``[m, D, D]`` alone (the sandwich's middle under squared weights)."""
+    return _moments(W, Z, None, tau, method)[0]
+
+
+def _cho_solve(G: Array, b: Array) -> Array:
+    """G⁻¹ b for a batch of symmetric positive-definite G (NaN where G is singular, caught by the callers).
+
+    Cholesky, not LU: G is a weighted Gram, and the triangular factor costs half an LU and needs no pivoting.
+    """
+    L = jnp.linalg.cholesky(G)
+    return jax.scipy.linalg.cho_solve((L, True), b)
 
 
 def _local_solve(W: Array, Z: Array, Y: Array, tau: Array, method: str):
     """θ̂(τ_t) ``[m, d, k]`` for every t at once (one batched solve, no loop over time) and the Gram."""
-    ZY = jnp.einsum("sa,se->sae", Z, Y)
-    G = _gram(W, Z, tau, method)
-    b = jnp.einsum("ts,sae->tae", W, ZY)
-    if method == "local_linear":
-        delta = tau[None, :] - tau[:, None]
-        b = jnp.concatenate([b, jnp.einsum("ts,sae->tae", W * delta, ZY)], axis=1)
-    theta = jnp.linalg.solve(G, b)
+    G, b = _moments(W, Z, Y, tau, method)
+    theta = _cho_solve(G, b)
     return theta[:, : Z.shape[1]], G
+
+
+def _loo_errors(W: Array, Z: Array, Y: Array, tau: Array, method: str) -> Array:
+    """y_t − ŷ_{−t}(τ_t) ``[m, k]`` with w_tt already zero in W.
+
+    The prediction is x_ttᵀ G_t⁻¹ b_t with x_tt = [z_t, 0] (δ_tt = 0), so one solve against the single
+    vector x_tt replaces the solve against the k columns of b_t.
+    """
+    G, b = _moments(W, Z, Y, tau, method)
+    x = Z if method == "local_constant" else jnp.concatenate([Z, jnp.zeros_like(Z)], axis=1)
+    v = _cho_solve(G, x[:, :, None])[:, :, 0]
+    return Y - jnp.einsum("ta,tae->te", v, b)
 
 
 @partial(jax.jit, static_argnames=("kern", "method"))
 def _cv_scores(Y: Array, Z: Array, tau: Array, hs: Array, kern: str, method: str) -> Array:
     def one(h):
-        theta, _ = _local_solve(_weights(tau, h, kern, True), Z, Y, tau, method)
-        err = Y - jnp.einsum("ta,tae->te", Z, theta)
+        err = _loo_errors(_weights(tau, h, kern, True), Z, Y, tau, method)
         return jnp.mean(err * err, axis=0)
 
-    # lax.map, not vmap, over bandwidths: one [m, m] weight matrix and one [m, D, D] Gram live at a time.
+    # lax.map, not vmap, over bandwidths: one [m, m] weight matrix and one [m, D, D] Gram live at a time
+    # (lax.map's batch_size = 2 or 4 measured 10–80 % slower on 2 cores at n = 1808).
     return jax.lax.map(one, hs)
 
 
@@ -264,7 +311,7 @@ def _fit(Y: Array, Z: Array, tau: Array, h: Array, kern: str, method: str):
     m, d = Z.shape
     sigma_u = resid.T @ resid / (m - d)
     # Sandwich G⁻¹ M G⁻¹ with M the Gram under squared weights; only the θ block of the diagonal is kept.
-    Gi = jnp.linalg.inv(G)
+    Gi = _cho_solve(G, jnp.broadcast_to(jnp.eye(G.shape[1], dtype=G.dtype), G.shape))
     V = Gi @ _gram(W * W, Z, tau, method) @ Gi
     var_a = jnp.diagonal(V, axis1=1, axis2=2)[:, :d]
     stderr = jnp.sqrt(var_a[:, :, None] * jnp.diagonal(sigma_u)[None, None, :])
@@ -400,3 +447,153 @@ def coefficient_mae(estimate_MxDxK: Array, truth_TxPxKxK: np.ndarray, p: int) ->
     # params[1 + (l−1)k + j, i] = A_l[i, j]
     est = np.asarray(estimate_MxDxK)[:, 1:].reshape(m, p, k, k).transpose(0, 1, 3, 2)
     return float(np.mean(np.abs(est - truth)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Haslbeck, Bringmann & Waldorp's simulation design (arXiv:1711.05204, Simulation A) and its MAE table
+# --------------------------------------------------------------------------------------------------
+
+HASLBECK_TYPES: tuple[str, ...] = ("constant", "linear increase", "linear decrease", "sigmoid increase",
+                                   "sigmoid decrease", "step down", "step up")
+HASLBECK_NOISE_SD: float = 0.1
+HASLBECK_BANDWIDTHS: np.ndarray = np.round(np.linspace(0.05, 1.0, 20), 10)  # our grid, not theirs (see mae_table)
+
+
+def _haslbeck_paths(n: int, theta: float) -> np.ndarray:
+    """The seven parameter paths ``[7, n]`` in HASLBECK_TYPES order, on n equally spaced time points."""
+    x = np.linspace(0.0, theta, n)  # the sigmoids' argument runs over [0, θ], not [0, 1]: their k = 15 is on it
+    s = 15.0
+    up = np.where(np.arange(n) < n // 2, 0.0, theta)  # R's c(rep(0, floor(N/2)), rep(θ, ceiling(N/2)))
+    down = np.where(np.arange(n) < n - n // 2, theta, 0.0)  # and c(rep(θ, ceiling(N/2)), rep(0, floor(N/2)))
+    return np.stack([np.full(n, theta), np.linspace(0.0, theta, n), np.linspace(theta, 0.0, n),
+                     theta / (1 + np.exp(-s * (x - theta / 2))), theta / (1 + np.exp(s * (x - theta / 2))),
+                     down, up])
+
+
+def haslbeck_design(n: int, *, seed: int, k: int = 10, edge_prob: float = 0.2, theta: float = 0.35,
+                    return_types: bool = False, max_tries: int = 10_000):
+    """Time-varying VAR(1) coefficients ``[n, 1, k, k]`` and intercept ``[k]`` of Haslbeck et al.'s Simulation A.
+
+    From the authors' code archive (github.com/jmbh/tvvar_paper, ``SimulationA/VarSim_aux.R`` and
+    ``VarSim_data.R``; the paper's main results use its 10-variable, P(e) = 0.2 cell):
+
+    * every autoregressive (diagonal) entry is present, and round(P(e)·(k² − k)) off-diagonal entries are
+      drawn without replacement (18 of 90 for k = 10), the rest are exactly 0;
+    * each present entry follows one of seven paths drawn uniformly (``HASLBECK_TYPES``): constant θ, linear
+      0 → θ, linear θ → 0, sigmoid increase θ/(1 + exp(−15(x − θ/2))) and its mirror with x running over
+      [0, θ] (so the sigmoid goes from 0.07θ to 0.93θ), a step θ → 0 at the middle and a step 0 → θ; θ = 0.35;
+    * the whole draw is repeated until every A(t) has all eigenvalues inside the unit circle;
+    * intercepts are 0 and the noise is N(0, 0.1² I) (``HASLBECK_NOISE_SD``); n ranges over
+      round(exp(linspace(3, 7.5, 12))) = 20, 25, …, 1808.
+
+    Assumed or changed: the random draws are numpy's, not R's, so no graph equals theirs; the archive samples
+    the off-diagonal positions from labels 2..k²−k, which can never pick the last lower-triangle entry, a
+    quirk not copied (all k² − k positions are eligible); :func:`simulate_var` starts with a burn-in at the
+    t = 0 coefficients where their ``VARData`` starts from one N(0, 0.1²) draw.  ``return_types`` adds the
+    ``[k, k]`` type index (0 absent, 1..7 the HASLBECK_TYPES entry) as a third output.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n must be an integer ≥ 2 (time points), got {n!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer (variables), got {k!r}")
+    if not 0 <= edge_prob <= 1:
+        raise ValueError(f"edge_prob must lie in [0, 1], got {edge_prob}")
+    if not 0 < theta < 1:
+        raise ValueError(f"theta must lie in (0, 1) (a diagonal entry θ ≥ 1 is never stable), got {theta}")
+    rng = np.random.default_rng(seed)
+    paths = _haslbeck_paths(int(n), float(theta))
+    off = np.flatnonzero(~np.eye(k, dtype=bool))
+    for _ in range(max_tries):
+        present = np.eye(k, dtype=bool).ravel()
+        present[rng.choice(off, size=int(round(edge_prob * off.size)), replace=False)] = True
+        types = np.where(present, rng.integers(1, len(HASLBECK_TYPES) + 1, size=k * k), 0).reshape(k, k)
+        A = np.where(types[None] > 0, paths[np.maximum(types, 1) - 1].transpose(2, 0, 1), 0.0)  # [n, k, k]
+        if np.all(np.abs(np.linalg.eigvals(A)) < 1):
+            out = (A[:, None], np.zeros(k))
+            return out + (types,) if return_types else out
+    raise RuntimeError(f"no locally stable draw in {max_tries} tries (k = {k}, edge_prob = {edge_prob}, "
+                       f"theta = {theta})")
+
+
+def _sd(x: list[float]) -> float:
+    return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+
+
+def mae_table(ns, *, reps: int = 5, bandwidths=HASLBECK_BANDWIDTHS, kernel: str = "epanechnikov",
+              method: str = "local_constant", seed: int = 0, k: int = 10) -> list[dict]:
+    """Kernel TV-VAR against stationary OLS on :func:`haslbeck_design`, ``reps`` replicates per n.
+
+    Each replicate draws a design, simulates it with :func:`simulate_var` (noise sd ``HASLBECK_NOISE_SD``),
+    picks h by leave-one-out :func:`tvvar_cv` over the bandwidths of the grid that leave enough rows at the
+    ends of the series for this n (the rest are dropped, and the row says which range was used), refits at
+    that h and scores both fits by :func:`coefficient_mae`: the mean |Â(τ_t) − A(t)| over every t and all k²
+    entries, zeros included, intercepts excluded.  The paper itself plots the mean absolute error separately
+    per path type (constant, linear increase, sigmoid increase, step, zero; intercepts excluded, 20 time
+    points); ``kernel_mae_by_type`` / ``ols_mae_by_type`` give the same split (over all t here), and
+    ``kernel_mae_varying`` / ``ols_mae_varying`` pool the entries whose path is not constant (types 2–7).
+
+    Differences from the paper: their KS estimator is mgm's (Gaussian kernel, bandwidth = its sd, chosen on
+    one held-out fold of round((0.2 n)^{2/3}) time points from seq(0.01, 0.5, length = 15)), 100 replicates;
+    here the kernel has compact support, h is its half-width, and the CV is leave-one-out.
+
+    Returns one dict per n: ``kernel_mae``, ``ols_mae``, ``bandwidth`` (means over replicates) with
+    ``*_sd`` (sample standard deviations, 0 for one replicate), the per-replicate values, and the grid used.
+    """
+    kern = _check_choice(kernel, "kernel", KERNELS)
+    method = _check_choice(method, "method", METHODS)
+    if isinstance(reps, bool) or not isinstance(reps, (int, np.integer)) or reps < 1:
+        raise ValueError(f"reps must be an integer ≥ 1, got {reps!r}")
+    ns = [ns] if np.ndim(ns) == 0 else list(ns)
+    if not ns:
+        raise ValueError("ns must name at least one series length")
+    grid = np.atleast_1d(np.asarray(bandwidths, dtype=float))
+    if grid.ndim != 1 or grid.size == 0:
+        raise ValueError(f"bandwidths must be a non-empty 1-D sequence, got shape {grid.shape}")
+    for i, h in enumerate(grid):
+        check_bandwidth(float(h), f"bandwidths[{i}]")
+    D = (1 + k) * (1 if method == "local_constant" else 2)
+    names = ("zero",) + HASLBECK_TYPES
+    rows = []
+    for n in ns:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"ns: every n must be an integer ≥ 2, got {n!r}")
+        usable = [float(h) for h in grid if _min_window(int(n) - 1, float(h), kern, True) > D]
+        if not usable:
+            raise ValueError(f"n = {n} is too small: no bandwidth in [{grid.min():g}, {grid.max():g}] leaves more "
+                             f"than {D} rows (the {method} parameters per equation) at the ends of the series; "
+                             f"use n ≥ about {int(np.ceil((D + 2) / grid.max())) + 1} or larger bandwidths")
+        mae_tv, mae_ols, hs, var_tv, var_ols = [], [], [], [], []
+        by_type = {name: ([], []) for name in names}
+        for r in range(reps):
+            sub = int(np.random.SeedSequence([seed, int(n), r]).generate_state(1)[0])
+            A, c, types = haslbeck_design(int(n), seed=sub, k=k, return_types=True)
+            y = np.asarray(simulate_var(jax.random.key(sub), A, int(n), intercept=c,
+                                        noise_cov=HASLBECK_NOISE_SD**2 * np.eye(k)))
+            cv = tvvar_cv(y, 1, usable, kernel=kern, method=method)
+            tv = tvvar_fit(y, 1, cv.bandwidth, kernel=kern, method=method)
+            ols = np.broadcast_to(np.asarray(fit_var(y, 1).params), (int(n) - 1, 1 + k, k))
+            mae_tv.append(coefficient_mae(tv.coefficients, A, 1))
+            mae_ols.append(coefficient_mae(ols, A, 1))
+            hs.append(cv.bandwidth)
+            # |error| per entry [m, k, k] (row i, column j = A[i, j]), averaged within each path type
+            err_tv = np.abs(np.asarray(tv.coefficients)[:, 1:].transpose(0, 2, 1) - A[1:, 0])
+            err_ols = np.abs(ols[:, 1:].transpose(0, 2, 1) - A[1:, 0])
+            for ti, name in enumerate(names):
+                if np.any(types == ti):
+                    by_type[name][0].append(float(err_tv[:, types == ti].mean()))
+                    by_type[name][1].append(float(err_ols[:, types == ti].mean()))
+            varying = types >= 2  # every path but "constant" (and absent)
+            var_tv.append(float(err_tv[:, varying].mean()))
+            var_ols.append(float(err_ols[:, varying].mean()))
+        rows.append({
+            "n": int(n), "reps": int(reps), "kernel": kern, "method": method,
+            "kernel_mae": float(np.mean(mae_tv)), "kernel_mae_sd": _sd(mae_tv),
+            "ols_mae": float(np.mean(mae_ols)), "ols_mae_sd": _sd(mae_ols),
+            "bandwidth": float(np.mean(hs)), "bandwidth_sd": _sd(hs),
+            "kernel_mae_varying": float(np.mean(var_tv)), "ols_mae_varying": float(np.mean(var_ols)),
+            "kernel_mae_by_type": {t: float(np.mean(v[0])) for t, v in by_type.items() if v[0]},
+            "ols_mae_by_type": {t: float(np.mean(v[1])) for t, v in by_type.items() if v[1]},
+            "kernel_maes": mae_tv, "ols_maes": mae_ols, "bandwidths": hs,
+            "grid": [min(usable), max(usable), len(usable)],
+        })
+    return rows
