@@ -29,6 +29,13 @@ perturbed input and sees it fail):
   for attention the data-dependent share Σ‖A_b − E A‖²/Σ‖A_b‖² of the coefficients is ≥ 1e-3 — what no
   fixed-coefficient TV-VAR can represent (the fit's distance from E_b A_b and its 1 − R² are reported).
 
+* kernel TV-VAR estimation (item 6) on the Haslbeck et al. design (10 variables, VAR(1), diagonal plus 20 %
+  of the off-diagonal entries, seven path types, σ = 0.1; :func:`tvvar.theory.tvvar_estimation.haslbeck_design`
+  pinned from the authors' archive): at every n the kernel MAE (all entries) ≤ the stationary OLS MAE; the
+  MAE over the time-varying entries within 25 % of the quoted 0.111 / 0.074 / 0.049 / 0.039 (kernel) and
+  0.11 (OLS), and the LOO-CV bandwidth on the Gaussian-sd scale h/√5 within 0.08 of 0.44 / 0.30 / 0.22 / 0.18.
+  Which average the quoted figures are is not confirmed (the all-entries MAE is lower; both are reported).
+
 Figures: the exact CMI matrix I(X_i; Y_j | X^{i−1}, Y^{j−1}) beside the mechanistic association E‖A^{YX}_{ji} e(X_i)‖
 (item 7's pairing), and the InfoNCE ceiling curve (``estimators.png``); ‖E_b A_b[i, j]‖ beside ‖Â[i, j]‖
 for both trained models (``recovery.png``).
@@ -57,6 +64,11 @@ from tvvar.theory import neural_estimators as N
 A_ISSUE = np.array([[0.5, 0.4], [0.0, 0.6]])
 TE_ISSUE, GEWEKE_ISSUE = 0.10207, 0.20415
 STAIRCASE = {2: 1.82, 4: 3.08, 6: 3.74, 8: 4.03, 10: 4.12}
+# Haslbeck, Bringmann & Waldorp (2020) as quoted by issue 14: kernel MAE and CV bandwidth per n; OLS MAE ≈ 0.11
+HASLBECK = {100: (0.111, 0.44), 300: (0.074, 0.30), 1000: (0.049, 0.22), 1808: (0.039, 0.18)}
+HASLBECK_OLS = 0.11
+HASLBECK_SRC = ("Haslbeck et al. 2020 via issue 14; design from the authors' archive, our estimator (Epanechnikov, "
+                "LOO CV) vs theirs (mgm, Gaussian kernel, held-out fold)")
 SRC = "issue 14 closed forms"
 
 
@@ -94,12 +106,17 @@ class Config:
     rec_batch: int = 512         # trajectories (sequences) the fit uses
     rec_len: int = 6
     rec_noise: float = 0.05
+    # kernel TV-VAR on the Haslbeck et al. design (item 6)
+    haslbeck_ns: tuple[int, ...] = (100, 300, 1000, 1808)
+    haslbeck_reps: int = 5
+    haslbeck_grid_step: int = 1   # every bandwidth of HASLBECK_BANDWIDTHS (20); 2 = every other
 
     @classmethod
     def quick(cls) -> Config:
         return cls(n_dv=4000, dv_steps=300, dv_batch=128, dv_tol_abs=0.05, staircase_batches=50, n_cat=4000,
                    cat_tol=0.04, granger_ns=(100, 400), bv_ns=(1000, 10_000), neural_ns=(1000, 4000),
-                   neural_reps=2, neural_steps=200, rec_train_steps=150)
+                   neural_reps=2, neural_steps=200, rec_train_steps=150, haslbeck_ns=(300, 1808), haslbeck_reps=2,
+                   haslbeck_grid_step=2)
 
     @classmethod
     def full(cls) -> Config:
@@ -169,9 +186,48 @@ def verdict_data_dependent(name: str, fraction: float, floor: float = 1e-3) -> d
     return check(name, fraction, floor, ">=", 0.0, "Theorem 5: π_tj depends on u")
 
 
+def verdict_haslbeck_mae(name: str, measured: float, literature: float, rel: float = 0.25) -> dict:
+    """A kernel (or OLS) MAE over the time-varying entries within ``rel`` of the literature's figure (a
+    re-implemented design and a different kernel/CV, so a loose, stated tolerance)."""
+    return check(name, measured, literature, "~", rel * literature, HASLBECK_SRC)
+
+
+def verdict_haslbeck_bandwidth(name: str, h_epanechnikov: float, literature: float, tol: float = 0.08) -> dict:
+    """The CV bandwidth on the literature's scale: an Epanechnikov half-width h has the variance of a Gaussian
+    kernel with sd h/√5 (mgm's bandwidth); within ``tol`` of the quoted value."""
+    return check(name, h_epanechnikov / math.sqrt(5), literature, "~", tol, HASLBECK_SRC)
+
+
+def verdict_kernel_beats_ols(name: str, kernel_mae: float, ols_mae: float) -> dict:
+    """On time-varying coefficients the kernel estimator's MAE is below the stationary OLS MAE."""
+    return check(name, kernel_mae, ols_mae, "<=", 0.0, "Haslbeck et al. 2020 (kernel < stationary VAR)")
+
+
 # ---------------------------------------------------------------------------------------------------
 # parts
 # ---------------------------------------------------------------------------------------------------
+
+
+def _haslbeck(cfg: Config, checks: list, data: dict) -> None:
+    """Item 6: kernel TV-VAR against stationary OLS on the Haslbeck et al. design, the MAE table."""
+    from tvvar.theory import tvvar_estimation as TV
+
+    with jax.enable_x64(True):
+        rows = TV.mae_table(cfg.haslbeck_ns, reps=cfg.haslbeck_reps,
+                            bandwidths=TV.HASLBECK_BANDWIDTHS[::cfg.haslbeck_grid_step], seed=cfg.seed)
+    data["haslbeck_table"] = rows
+    for r in rows:
+        n = r["n"]
+        lit_mae, lit_h = HASLBECK.get(n, (None, None))
+        checks.append(verdict_kernel_beats_ols(f"kernel MAE ≤ OLS MAE (all entries), n={n}", r["kernel_mae"],
+                                               r["ols_mae"]))
+        if lit_mae is None:
+            continue
+        checks.append(verdict_haslbeck_mae(f"kernel MAE (time-varying entries), n={n}", r["kernel_mae_varying"],
+                                           lit_mae))
+        checks.append(verdict_haslbeck_mae(f"OLS MAE (time-varying entries), n={n}", r["ols_mae_varying"],
+                                           HASLBECK_OLS))
+        checks.append(verdict_haslbeck_bandwidth(f"CV bandwidth h/√5, n={n}", r["bandwidth"], lit_h))
 
 TE_FLIP = "ln 2 − H_b(ε)"
 
@@ -414,7 +470,7 @@ def run(config: Config, out: Path) -> dict:
     checks.extend(verdict_staircase(k, v) for k, v in stair.items())
     data["staircase"] = {k: float(v.mean()) for k, v in stair.items()}
     seconds["closed forms, categorical, staircase"] = time.perf_counter() - t0
-    for name, part in (("granger", _granger), ("bias_variance", _bias_variance)):
+    for name, part in (("granger", _granger), ("bias_variance", _bias_variance), ("haslbeck", _haslbeck)):
         t = time.perf_counter()
         part(cfg, checks, data)
         seconds[name] = time.perf_counter() - t
@@ -446,6 +502,18 @@ def run(config: Config, out: Path) -> dict:
             a_.set(title=f"{dec}: {what}", xlabel="j (source position)", ylabel="i (row)")
             fig.colorbar(im, ax=a_)
     figs.append(save_figure(fig, out, "recovery.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    rows = data["haslbeck_table"]
+    ns = [r["n"] for r in rows]
+    ax.plot(ns, [r["kernel_mae_varying"] for r in rows], "o-", label="kernel (time-varying entries)")
+    ax.plot(ns, [r["ols_mae_varying"] for r in rows], "s-", label="OLS (time-varying entries)")
+    ax.plot(ns, [r["kernel_mae"] for r in rows], "o--", label="kernel (all entries)")
+    lit = sorted(HASLBECK)
+    ax.plot(lit, [HASLBECK[n][0] for n in lit], "kx", label="Haslbeck et al. (kernel)")
+    ax.set(xscale="log", xlabel="n", ylabel="MAE of A(t)", title="TV-VAR(1), 10 variables")
+    ax.legend(fontsize=7)
+    figs.append(save_figure(fig, out, "haslbeck.png"))
     return {"checks": checks, "figures": figs, "data": data}
 
 

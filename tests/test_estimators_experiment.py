@@ -60,3 +60,12 @@ def test_recovery_verdicts_fail_when_perturbed():
     assert not X.verdict_z2("z2", 0.5, 1800)["passed"]
     assert X.verdict_data_dependent("dd", 0.2)["passed"]
     assert not X.verdict_data_dependent("dd", 1e-29)["passed"]  # the linear SSM's value: nothing data-dependent
+
+
+def test_haslbeck_verdicts_fail_when_perturbed():
+    assert X.verdict_haslbeck_mae("mae", 0.082, 0.074)["passed"]
+    assert not X.verdict_haslbeck_mae("mae", 0.126, 0.074)["passed"]  # the stationary OLS error instead
+    assert X.verdict_haslbeck_bandwidth("h", 0.40, 0.18)["passed"]  # 0.40/√5 = 0.179
+    assert not X.verdict_haslbeck_bandwidth("h", 1.0, 0.18)["passed"]  # no smoothing choice: h = 1
+    assert X.verdict_kernel_beats_ols("k<ols", 0.026, 0.041)["passed"]
+    assert not X.verdict_kernel_beats_ols("k<ols", 0.041, 0.026)["passed"]
