@@ -48,7 +48,7 @@ EXPERIMENTS: tuple[str, ...] = (
 #: seconds of each experiment at quick size, measured alone on 2 cores (2026-12-03): the start order of --jobs
 QUICK_SECONDS: dict[str, float] = {"semantic_space": 249, "elbo": 130, "llada": 131, "semantic_information": 109,
                                    "rademacher": 100, "train_synthetic": 76, "hopfield_capacity": 64,
-                                   "latent_alignment": 48, "theorem5": 32, "ssm_vs_attention": 30, "estimators": 28}
+                                   "latent_alignment": 48, "theorem5": 32, "ssm_vs_attention": 30, "estimators": 80}
 
 
 def module_name(name: str) -> str:
