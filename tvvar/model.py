@@ -91,6 +91,17 @@ class Identity(nnx.Module):
         return x
 
 
+def _flat_matmul(x: Array, w: Array) -> Array:
+    """x [..., D_in] @ w [D_in, D_out] as one 2-D matmul over the flattened positions.
+
+    The same product as ``x @ w``, but XLA's CPU backend lowers the 3-D form's weight gradient (a contraction
+    over both B and T) to a slower kernel: MLP forward+backward at B 4, T 512, D 512, d_ff 2048 measured
+    0.45 s with ``x @ w`` vs 0.30 s flattened, interleaved in one process (72 % vs 110 % of a 2048³ matmul's rate).
+    """
+    lead = x.shape[:-1]
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(lead + (w.shape[-1],))
+
+
 @register_psi("ffn")
 class FFN(nnx.Module):
     """The Transformer's position-wise MLP: W₂ gelu(W₁ x)."""
@@ -101,8 +112,8 @@ class FFN(nnx.Module):
         self.w2 = param(lecun_normal(rngs.params(), (d_ff, d_model), d_ff, dtype), "mlp", "embed")
 
     def __call__(self, x: Array) -> Array:
-        h = jax.nn.gelu(x @ self.w1[...].astype(x.dtype))
-        return h @ self.w2[...].astype(x.dtype)
+        h = jax.nn.gelu(_flat_matmul(x, self.w1[...].astype(x.dtype)))
+        return _flat_matmul(h, self.w2[...].astype(x.dtype))
 
 
 def _lead(v: Array, ndim: int) -> Array:
@@ -123,8 +134,8 @@ class GeluMLP(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         c = lambda p: p[...].astype(x.dtype)  # noqa: E731
-        h = jax.nn.gelu(x @ c(self.w1) + _lead(c(self.b1), x.ndim), approximate=True)
-        return h @ c(self.w2) + _lead(c(self.b2), x.ndim)
+        h = jax.nn.gelu(_flat_matmul(x, c(self.w1)) + _lead(c(self.b1), x.ndim), approximate=True)
+        return _flat_matmul(h, c(self.w2)) + _lead(c(self.b2), x.ndim)
 
 
 @register_psi("swiglu")
@@ -139,7 +150,8 @@ class SwiGLU(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         c = lambda p: p[...].astype(x.dtype)  # noqa: E731
-        return (jax.nn.silu(x @ c(self.w_gate)) * (x @ c(self.w_up))) @ c(self.w_down)
+        gate = jax.nn.silu(_flat_matmul(x, c(self.w_gate)))
+        return _flat_matmul(gate * _flat_matmul(x, c(self.w_up)), c(self.w_down))
 
 
 _NORMS: dict[str, Callable[..., nnx.Module]] = {}
