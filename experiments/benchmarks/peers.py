@@ -109,11 +109,11 @@ def time_breakdown(*, B: int, T: int, L: int, D: int, H: int, K: int, V: int, re
     """Where a training step's time goes: each part of the model as its own jitted forward+backward at the
     step's shapes (L times where it is per layer), timed interleaved. Keys: seconds per part and their sum."""
     from tvvar.decompositions.attention import Attention
-    from tvvar.model import RMSNorm
+    from tvvar.model import FFN, RMSNorm
 
     ks = jax.random.split(jax.random.key(0), 8)
     x = jax.random.normal(ks[0], (B, T, D))
-    w1, w2 = jax.random.normal(ks[1], (D, 4 * D)) * 0.02, jax.random.normal(ks[2], (4 * D, D)) * 0.02
+    gf, sf = nnx.split(FFN(D, rngs=nnx.Rngs(1)))  # the model's own MLP (its matmul layout is what is timed)
     E = jax.random.normal(ks[3], (V, D))
     ids = jax.random.randint(ks[4], (B, T), 0, V)
     att = Attention(D, rngs=nnx.Rngs(0), num_heads=H, head_dim=K)
@@ -128,7 +128,7 @@ def time_breakdown(*, B: int, T: int, L: int, D: int, H: int, K: int, V: int, re
     from tvvar.decompositions.blockwise import blockwise_attention
 
     parts = {
-        "mlp matmuls + gelu": (g(lambda x, a, b: jax.nn.gelu(x @ a) @ b, x, w1, w2), (x, w1, w2), L),
+        "mlp matmuls + gelu": (g(lambda s, x: nnx.merge(gf, s)(x), sf, x), (sf, x), L),
         "qkv/o projections": (g(lambda s, x: jnp.einsum("bihk,hke->bie", jnp.stack(nnx.merge(gd, s)._qkv(x)).sum(0),
                                                         nnx.merge(gd, s).wo[...]), st, x), (st, x), L),
         "attention core (softmax(QKᵀ)V)": (g(lambda q, k, v: blockwise_attention(q, k, v, scale=K**-0.5,
