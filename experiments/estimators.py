@@ -525,7 +525,7 @@ def run(config: Config, out: Path) -> dict:
     ax[2].legend()
     figs = [save_figure(fig, out, "estimators.png")]
 
-    # log colour scale: the diagonal (the skip path) is ~20× the lags the fit has to find; j > i is blank
+    # log colour scale: the diagonal A[i, i] is 10–20× the lags the fit has to find; j > i (no coefficient) is blank
     fig, ax = plt.subplots(1, 4, figsize=(16, 3.6), constrained_layout=True)
     for col, (dec, (truth, est)) in enumerate(maps.items()):
         both = np.concatenate([np.ravel(truth), np.ravel(est)])
