@@ -19,6 +19,14 @@ check the experiment promised but could not run (a missing corpus, a part switch
 :func:`as_skipped`). A skipped check is neither passed nor failed; :func:`tally` counts the three, and
 ``experiments.reproduce`` fails on skips unless ``--allow-skips`` is given, so a check never disappears
 silently.
+
+Every row also says what it proves (the mutant kit, ``tests/mutants/``). A check made with
+``identity="why"`` holds by construction of the code (for example each term p log(p/q) − p + q ≥ 0): it may
+help the reader but verifies nothing. Any other row is ``verifies`` when a mutant — one realistic bug patched
+into the code under test — makes it fail, as recorded in ``experiments/kills/NAME.json`` by the mutant tests
+(which re-run the experiment under each mutant and confirm every recorded kill), and ``unverified`` when no
+mutant of the kit kills it yet. :func:`execute` adds ``label`` (``verifies`` / ``identity`` / ``unverified``)
+and ``kills`` (the mutants the row kills) to every row of ``results.json``, and a ``mutants`` summary.
 """
 
 from __future__ import annotations
@@ -35,19 +43,35 @@ from typing import Any
 import numpy as np
 
 __all__ = ["check", "skipped", "as_skipped", "tally", "format_check", "execute", "cli", "save_figure",
-           "to_jsonable", "load_results"]
+           "to_jsonable", "load_results", "load_kills", "label_checks", "mutant_summary", "KILLS_DIR"]
 
 RELATIONS = ("==", "<=", ">=", "~")
-CHECK_KEYS = frozenset({"name", "measured", "reference", "relation", "tolerance", "source", "passed", "skipped"})
+CHECK_KEYS = frozenset({"name", "measured", "reference", "relation", "tolerance", "source", "passed", "skipped",
+                        "identity"})
+LABELS = ("verifies", "identity", "unverified")
+#: the mutant kill tables, one ``NAME.json`` per experiment, written by ``python tests/mutants NAME``
+KILLS_DIR = Path(__file__).resolve().parent / "kills"
+
+
+def _identity_reason(identity: str | None) -> str | None:
+    if identity is None:
+        return None
+    if not (isinstance(identity, str) and identity.strip()):
+        raise ValueError(f"identity must be None or a non-empty string saying why the row holds by construction, "
+                         f"got {identity!r}")
+    return identity
 
 
 def check(name: str, measured: float, reference: float, relation: str, tolerance: float = 0.0,
-          source: str = "") -> dict:
+          source: str = "", *, identity: str | None = None) -> dict:
     """A comparison of a measurement with a theorem or literature value.
 
     ``==``/``~``: |measured − reference| ≤ tolerance;  ``<=``: measured ≤ reference + tolerance;
     ``>=``: measured ≥ reference − tolerance.  A non-finite measurement never passes.
+    ``identity``: why the row holds for any implementation of the code it reads (it is then labelled
+    ``identity`` and never counted as a verification).
     """
+    identity = _identity_reason(identity)
     if relation not in RELATIONS:
         raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
     m, r, tol = float(measured), float(reference), float(tolerance)
@@ -60,24 +84,62 @@ def check(name: str, measured: float, reference: float, relation: str, tolerance
     else:
         passed = m >= r - tol
     return {"name": name, "measured": m, "reference": r, "relation": relation, "tolerance": tol,
-            "source": source, "passed": bool(passed), "skipped": None}
+            "source": source, "passed": bool(passed), "skipped": None, "identity": identity}
 
 
 def skipped(name: str, reason: str, reference: float | None = None, relation: str = "==", tolerance: float = 0.0,
-            source: str = "") -> dict:
+            source: str = "", *, identity: str | None = None) -> dict:
     """A check that was promised but not run: ``passed`` and ``measured`` are None, ``skipped`` says why."""
+    identity = _identity_reason(identity)
     if relation not in RELATIONS:
         raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
     if not (isinstance(reason, str) and reason.strip()):
         raise ValueError(f"reason must be a non-empty string saying why the check was skipped, got {reason!r}")
     ref = None if reference is None or not math.isfinite(float(reference)) else float(reference)
     return {"name": name, "measured": None, "reference": ref, "relation": relation, "tolerance": float(tolerance),
-            "source": source, "passed": None, "skipped": reason}
+            "source": source, "passed": None, "skipped": reason, "identity": identity}
 
 
 def as_skipped(c: dict, reason: str) -> dict:
     """The skipped form of a planned check (same name, relation and source; the measurement dropped)."""
-    return skipped(c["name"], reason, c["reference"], c["relation"], c["tolerance"], c["source"])
+    return skipped(c["name"], reason, c["reference"], c["relation"], c["tolerance"], c["source"],
+                   identity=c.get("identity"))
+
+
+def load_kills(name: str, kills_dir: Path | None = None) -> dict | None:
+    """The mutant kill table of experiment ``name`` (``experiments/kills/NAME.json``), or None if it has none.
+
+    Shape: ``{"experiment", "size", "mutants": [{"name", "target", "bug", "kills": [row names]}, ...]}``.
+    """
+    p = (KILLS_DIR if kills_dir is None else Path(kills_dir)) / f"{name}.json"
+    if not p.is_file():
+        return None
+    table = json.loads(p.read_text())
+    for m in table.get("mutants", []):
+        if set(m) != {"name", "target", "bug", "kills"}:
+            raise ValueError(f"{p}: mutant entries need name, target, bug and kills; got {sorted(m)}")
+    return table
+
+
+def label_checks(checks: list[dict], kills: dict | None) -> list[dict]:
+    """Each check with ``label`` and ``kills`` added (see the module docstring)."""
+    killed_by: dict[str, list[str]] = {}
+    for m in (kills or {}).get("mutants", []):
+        for row in m["kills"]:
+            killed_by.setdefault(row, []).append(m["name"])
+    out = []
+    for c in checks:
+        names = killed_by.get(c["name"], [])
+        label = "identity" if c.get("identity") else ("verifies" if names else "unverified")
+        out.append({**c, "label": label, "kills": names})
+    return out
+
+
+def mutant_summary(kills: dict | None) -> dict:
+    """``{"mutants", "killed", "survivors"}`` of one kill table (a survivor kills no row)."""
+    ms = (kills or {}).get("mutants", [])
+    return {"mutants": len(ms), "killed": sum(bool(m["kills"]) for m in ms),
+            "survivors": [m["name"] for m in ms if not m["kills"]]}
 
 
 def tally(checks: list[dict]) -> dict[str, int]:
@@ -141,8 +203,14 @@ def execute(name: str, config: Any, run: Callable[[Any, Path], dict], out: Path 
     if odd:
         raise ValueError(f"experiment {name!r}: checks must be made by check() or skipped() "
                          f"(keys {sorted(CHECK_KEYS)}); got other keys in {odd}")
+    names = [c["name"] for c in res["checks"]]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # a row is found by name in the kill table, so names must be unique
+        raise ValueError(f"experiment {name!r}: check names must be unique; repeated: {twice}")
+    kills = load_kills(name)
     results = {"experiment": name, "config": to_jsonable(config), "seconds": round(seconds, 3),
-               "checks": res["checks"], "figures": res["figures"], "data": to_jsonable(res["data"])}
+               "checks": label_checks(res["checks"], kills), "mutants": mutant_summary(kills),
+               "figures": res["figures"], "data": to_jsonable(res["data"])}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from experiments.common import execute, tally
+from experiments.common import LABELS, execute, tally
 
 # Section V in the paper's order (Theorem 5, Eq. 78, training, Theorems 6–7, Theorem 8, V-E, Eq. 79), then the
 # information theory it is measured with: Section III (directed information), II/V-F (estimators), IV (space).
@@ -72,8 +72,27 @@ def _mark(c: dict) -> str:
     return "✅" if c["passed"] else "❌"
 
 
+def _label(c: dict) -> str:
+    if c["label"] == "verifies":
+        return "verifies: kills " + ", ".join(f"`{m}`" for m in c["kills"])
+    if c["label"] == "identity":
+        return f"identity ({c['identity']})"
+    return "unverified (no mutant of the kit kills it yet)"
+
+
+def verification(results: list[dict]) -> dict:
+    """Rows by label and mutants killed, over all experiments (the report's headline)."""
+    rows = [c for r in results for c in r["checks"]]
+    by = {lab: sum(c["label"] == lab for c in rows) for lab in LABELS}
+    ms = [(r["experiment"], r["mutants"]) for r in results]
+    return {"rows": len(rows), **by, "mutants": sum(m["mutants"] for _, m in ms),
+            "killed": sum(m["killed"] for _, m in ms),
+            "survivors": [f"{exp}:{s}" for exp, m in ms for s in m["survivors"]]}
+
+
 def render_report(results: list[dict], quick: bool) -> str:
     n = tally([c for r in results for c in r["checks"]])
+    v = verification(results)
     lines = [
         "# tvvar — reproduction report",
         "",
@@ -81,22 +100,34 @@ def render_report(results: list[dict], quick: bool) -> str:
         f"Size: {'quick' if quick else 'full'}. Checks passed: **{n['passed']}/{n['total']}**, "
         f"failed: **{n['failed']}**, skipped: **{n['skipped']}**.",
         "",
-        "| experiment | checks passed | failed | skipped | seconds |",
-        "|---|---|---|---|---|",
+        f"What the rows prove: **{v['verifies']}** rows verify (each fails under a named mutant, a realistic bug "
+        f"patched into the code it checks, `tests/mutants/`), **{v['identity']}** are identities (true by "
+        f"construction, not counted as verifications), **{v['unverified']}** are not yet shown to catch a bug. "
+        f"Mutants killed: **{v['killed']}/{v['mutants']}**; surviving: "
+        + (", ".join(f"`{s}`" for s in v["survivors"]) if v["survivors"] else "**none**") + ".",
+        "",
+        "| experiment | checks passed | failed | skipped | verify | identity | unverified | mutants killed | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         k = tally(r["checks"])
+        lab = {x: sum(c["label"] == x for c in r["checks"]) for x in LABELS}
+        m = r["mutants"]
         lines.append(f"| [{r['experiment']}](#{r['experiment']}) | {k['passed']}/{k['total']} | {k['failed']} | "
-                     f"{k['skipped']} | {r['seconds']:.1f} |")
+                     f"{k['skipped']} | {lab['verifies']} | {lab['identity']} | {lab['unverified']} | "
+                     f"{m['killed']}/{m['mutants']} | {r['seconds']:.1f} |")
     for r in results:
         lines += ["", f"## {r['experiment']}", "",
-                  "| check | measured | relation | reference | tolerance | source | passed |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| check | measured | relation | reference | tolerance | source | passed | proves |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in r["checks"]:
             measured = "—" if c["measured"] is None else _fmt(c["measured"])
             reference = "—" if c["reference"] is None else _fmt(c["reference"])
             lines.append(f"| {c['name']} | {measured} | {c['relation']} | {reference} | "
-                         f"{_fmt(c['tolerance'])} | {c['source']} | {_mark(c)} |")
+                         f"{_fmt(c['tolerance'])} | {c['source']} | {_mark(c)} | {_label(c)} |")
+        if r["mutants"]["survivors"]:
+            lines += ["", "Surviving mutants (a finding: no row catches this bug): "
+                      + ", ".join(f"`{s}`" for s in r["mutants"]["survivors"])]
         lines.append("")
         for fig in r["figures"]:
             lines.append(f"![{fig}]({r['experiment']}/{fig})")
@@ -154,10 +185,14 @@ def main(argv: list[str] | None = None) -> int:
              for exp, c in every if c["skipped"] is not None]
     summary = {"experiments": [r["experiment"] for r in results], "seconds": round(time.perf_counter() - t0, 2),
                "checks": n["total"], "passed": n["passed"], "failed_count": n["failed"], "skipped_count": n["skipped"],
-               "failed": failed, "skipped": skips, "allow_skips": args.allow_skips}
+               "failed": failed, "skipped": skips, "allow_skips": args.allow_skips,
+               "verification": verification(results)}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"report: {report}  ({n['passed']}/{n['total']} checks passed, {n['failed']} failed, {n['skipped']} skipped, "
           f"{summary['seconds']:.0f} s)")
+    v = summary["verification"]
+    print(f"  rows: {v['verifies']} verify, {v['identity']} identities, {v['unverified']} unverified; "
+          f"mutants killed {v['killed']}/{v['mutants']}, surviving: {', '.join(v['survivors']) or 'none'}")
     for exp, name in failed:
         print(f"  FAILED [{exp}] {name}")
     for sk in skips:

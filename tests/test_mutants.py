@@ -1,0 +1,54 @@
+"""The mutant kit (tests/mutants/): each experiment's checks pass at its tiny size, each mutant — one realistic
+bug patched into the code under test — makes at least one check fail, and every row that the experiment's
+kill table (experiments/kills/NAME.json, which labels the report) says a mutant kills does fail under it."""
+
+import functools
+
+import mutants
+import pytest
+
+from experiments.common import load_kills
+
+EXPERIMENTS = mutants.experiments_with_mutants()
+CASES = [(name, m.name) for name in EXPERIMENTS for m in mutants.load(name).MUTANTS]
+
+
+@functools.cache
+def _mutant(name: str, mutant: str) -> mutants.Mutant:
+    return next(m for m in mutants.load(name).MUTANTS if m.name == mutant)
+
+
+def test_every_experiment_has_mutants_and_a_kill_table():
+    from experiments.reproduce import EXPERIMENTS as ALL
+
+    missing = [n for n in ALL if n not in EXPERIMENTS]
+    assert not missing, f"experiments without tests/mutants/NAME.py: {missing}"
+    for name in EXPERIMENTS:
+        table = load_kills(name)
+        assert table is not None, f"{name}: no experiments/kills/{name}.json (write it: python tests/mutants {name})"
+        assert [m["name"] for m in table["mutants"]] == [m.name for m in mutants.load(name).MUTANTS], (
+            f"{name}: the kill table lists other mutants than tests/mutants/{name}.py (rewrite it)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_checks_pass_without_a_mutant(name, tmp_path):
+    checks = mutants.run_checks(name, mutants.load(name).tiny(), out=tmp_path)
+    assert not [c["name"] for c in checks if c["skipped"] is not None], "tiny() must run every check"
+    assert not mutants.failed_rows(checks)
+    table = load_kills(name)
+    names = {c["name"] for c in checks}
+    stale = sorted({row for m in (table or {"mutants": []})["mutants"] for row in m["kills"]} - names)
+    assert not stale, f"{name}: the kill table names rows the experiment no longer has: {stale}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,mutant", CASES, ids=[f"{n}:{m}" for n, m in CASES])
+def test_mutant_is_killed(name, mutant, tmp_path):
+    m = _mutant(name, mutant)
+    failed = set(mutants.failed_rows(mutants.run_checks(name, mutants.load(name).tiny(), m, out=tmp_path)))
+    assert failed, f"mutant {name}:{mutant} survives ({m.bug}): no check of {name} fails under it"
+    table = load_kills(name) or {"mutants": []}
+    claimed = next((set(e["kills"]) for e in table["mutants"] if e["name"] == mutant), set())
+    assert claimed <= failed, (f"{name}:{mutant}: the kill table says these rows fail but they pass: "
+                               f"{sorted(claimed - failed)}")
