@@ -298,3 +298,25 @@ def test_the_source_is_registered_by_name_and_rebuilt_from_info():
     assert isinstance(src, LatentAlignmentSource)
     again = source_from_info(src.info())
     assert isinstance(again, LatentAlignmentSource) and again.info() == src.info()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_a_target_no_position_can_emit_is_minus_inf_on_every_row_with_the_prior_as_posterior(dtype):
+    """Issue 29 §3.5: token 2 is never emitted (column 2 of E is zero). The old code gave ≈ −3.4e38 on inner
+    rows (the j > i fill won the log-sum-exp) and −inf on the last, and posterior rows summing to 0 or NaN."""
+    E = np.array([[0.5, 0.5, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0]])
+    src = LatentAlignmentSource(3, 4, seed=3, emissions=E)
+    x = np.array([[0, 1, 0, 1, 2], [1, 0, 1, 1, 0]], np.int32)
+    ids, tg = jnp.asarray(x[:, :-1]), jnp.asarray(x[:, 1:])
+    tg = tg.at[0, :].set(2)  # every row of sequence 0 asks for the impossible token
+    with jax.enable_x64(dtype == jnp.float64):
+        ll = np.asarray(src.log_likelihood(ids, tg, dtype=dtype), np.float64)
+        ll_jit = np.asarray(jax.jit(lambda a, b: src.log_likelihood(a, b, dtype=dtype))(ids, tg), np.float64)
+        post = np.asarray(src.posterior(ids, tg, dtype=dtype), np.float64)
+        prior = np.exp(np.asarray(src.log_alignment(ids, dtype=dtype), np.float64)) * np.tril(np.ones((4, 4)))
+    assert np.all(ll[0] == -np.inf) and np.all(ll_jit[0] == -np.inf)
+    assert np.all(np.isfinite(ll[1]))  # the possible sequence is untouched
+    assert np.all(np.isfinite(post))
+    np.testing.assert_allclose(post.sum(-1), 1.0, rtol=0, atol=1e-6 if dtype == jnp.float32 else 1e-12)
+    np.testing.assert_allclose(post[0], prior[0], rtol=0, atol=1e-6 if dtype == jnp.float32 else 1e-12)
+    assert np.all(np.triu(post, 1) == 0)

@@ -23,6 +23,9 @@ appears, the target x_{i+1} (``targets`` = tokens[:, 1:]):
     H(x_{i+1} | x_{≤i})          = −Σ_v P(v | x_{≤i}) log P(v | x_{≤i})       :meth:`entropy` (``"entropy"``)
     P(J_i = j | x_{≤i}, x_{i+1}) = π[i, j] E[x_j, x_{i+1}] / P(x_{i+1} | x_{≤i})  :meth:`posterior`
 
+A target no position j ≤ i can emit (given ``emissions`` with zeros) has log P = −inf on every row, and its
+posterior row is the prior π[i, ·] (Bayes' rule is 0/0 on a null event; see :meth:`posterior`).
+
 Sampling (:meth:`batch`) is a pure JAX function: one ``lax.scan`` over rows, each drawing J_i and then
 x_{i+1} from row x_{J_i} of E; the split name is folded into the key as in :mod:`tvvar.data`. Besides
 ``"tokens"`` and ``"entropy"`` it returns the drawn ``"alignment"`` J (int32 [B, T]).
@@ -190,25 +193,36 @@ class LatentAlignmentSource(DataSource):
         return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1)), 0), axis=-1)
 
     def _log_joint(self, ids: Array, targets: Array, dt: Any) -> Array:
-        """log π[i, j] + log E[x_j, x_{i+1}]: [B, T, T], ``finfo.min`` for j > i."""
+        """log π[i, j] + log E[x_j, x_{i+1}]: [B, T, T], −inf for j > i (no mass, not a large negative number:
+        a row whose every j ≤ i has E[x_j, x_{i+1}] = 0 then sums to exactly −inf)."""
         T = ids.shape[1]
         logE = jnp.log(jnp.asarray(self.emissions, dt))
         causal = jnp.tril(jnp.ones((T, T), bool))[None]
-        fill = masked_fill_value(dt)
-        return jnp.where(causal, self._log_pi(ids, dt) + logE[ids[:, None, :], targets[:, :, None]], fill)
+        return jnp.where(causal, self._log_pi(ids, dt) + logE[ids[:, None, :], targets[:, :, None]], -jnp.inf)
 
     def log_likelihood(self, ids: Array, targets: Array, dtype: Any = None) -> Array:
-        """log P(x_{i+1} | x_{≤i}) = log Σ_{j≤i} π[i, j] E[x_j, x_{i+1}] (by log-sum-exp): [B, T]."""
+        """log P(x_{i+1} | x_{≤i}) = log Σ_{j≤i} π[i, j] E[x_j, x_{i+1}] (by log-sum-exp): [B, T].
+
+        A target that no latent position j ≤ i can emit (E[x_j, x_{i+1}] = 0 for every j ≤ i, possible only
+        with given ``emissions`` that hold zeros) has probability 0: its row is −inf, on every row alike."""
         self._check_pair(ids, targets)
         return jax.nn.logsumexp(self._log_joint(jnp.asarray(ids), jnp.asarray(targets), self._dtype(dtype)), axis=-1)
 
     def posterior(self, ids: Array, targets: Array, dtype: Any = None) -> Array:
-        """P(J_i = j | x_{≤i}, x_{i+1}) for every row: [B, T, T], exactly 0 for j > i."""
+        """P(J_i = j | x_{≤i}, x_{i+1}) for every row: [B, T, T], exactly 0 for j > i; each row sums to 1.
+
+        On a row whose target has probability 0 (:meth:`log_likelihood` = −inf) the conditioning event is
+        null and Bayes' rule is 0/0; there the posterior is defined as the prior π[i, ·] (a version of the
+        conditional law: any choice on a null event is one), so every row stays a distribution."""
         self._check_pair(ids, targets)
-        lj = self._log_joint(jnp.asarray(ids), jnp.asarray(targets), self._dtype(dtype))
+        ids, dt = jnp.asarray(ids), self._dtype(dtype)
+        lj = self._log_joint(ids, jnp.asarray(targets), dt)
         T = lj.shape[1]
-        post = jnp.exp(lj - jax.nn.logsumexp(lj, axis=-1, keepdims=True))
-        return jnp.where(jnp.tril(jnp.ones((T, T), bool))[None], post, 0)
+        causal = jnp.tril(jnp.ones((T, T), bool))[None]
+        lse = jax.nn.logsumexp(lj, axis=-1, keepdims=True)
+        possible = jnp.isfinite(lse)
+        post = jnp.exp(jnp.where(possible, lj - jnp.where(possible, lse, 0), self._log_pi(ids, dt)))
+        return jnp.where(causal, post, 0)
 
     def bayes_decode(self, ids: Array) -> Array:
         """The Bayes-optimal greedy decoder argmax_v P(x_{i+1} = v | x_{≤i}): int32 [B, T]."""
