@@ -85,3 +85,38 @@ def test_bad_input():
         C.rate_distortion_one_step([0.0, 0.0], W, 1.0)
     with pytest.raises(ValueError, match="beta"):
         C.rate_distortion_one_step([0.5, 0.5], W, -1.0)
+
+
+def _lagrangian_by_bfgs(pr, P, b):
+    """An independent solver: min over a softmax parametrisation of Q of I(S; U) + β Σ p KL(P_s ‖ Q_s)."""
+    K, V = P.shape
+
+    def lagrangian(x):
+        z = x.reshape(K, V)
+        Q = np.exp(z - z.max(1, keepdims=True))
+        Q /= Q.sum(1, keepdims=True)
+        r = pr @ Q
+        return np.sum(pr * np.sum(Q * np.log(Q / r), 1)) + b * np.sum(pr * np.sum(P * np.log(P / Q), 1))
+
+    return minimize(lagrangian, np.log(P).ravel(), method="BFGS", options={"gtol": 1e-12}).fun
+
+
+@pytest.mark.parametrize("beta", [0.5, 3.0, 60.0, 200.0, 1000.0])
+def test_r_pre_large_beta_no_fixed_bracket(beta):
+    """Issue 29 §3.1: the multiplier search was bounded to [−60, 60], so at β ≳ 60 the rows summed to 3.2
+    (β = 200) or 15.8 (β = 1000) before a silent rescale and R + βD ended above what Q = P achieves."""
+    rng = np.random.default_rng(0)
+    P = rng.dirichlet(np.full(3, 0.4), size=4)
+    pr = rng.dirichlet(np.ones(4))
+    pt = C.rate_distortion_one_step(pr, P, beta)
+    lag = pt["R"] + beta * pt["D"]
+    assert pt["normalisation_error"] < 1e-12                      # rows sum to 1 before the final rescale
+    np.testing.assert_allclose(pt["Q"].sum(1), 1.0, atol=1e-14)
+    assert lag <= C.mutual_information(pr, P) + 1e-12             # never above Q = P's value
+    assert abs(lag - _lagrangian_by_bfgs(pr, P, beta)) < 1e-9     # the independent solver's minimum
+    assert pt["beta"] == beta
+
+
+def test_kl_of_a_channel_with_a_zero_is_infinite():
+    # capacity's KL rows are +inf where the reference gives 0 to a possible output (Issue 29 §3.2, NumPy side)
+    assert C._kl_rows(np.array([[0.5, 0.5, 0.0]]), np.array([[1.0, 0.0, 0.0]]))[0] == np.inf

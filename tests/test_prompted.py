@@ -85,3 +85,12 @@ def test_out_of_vocabulary_continuation():
     src = PromptedSource(5, 2, num_prompts=4)
     with pytest.raises(ValueError, match="continuation"):
         src.log_conditionals(jnp.array([[0, 5]], jnp.int32))
+
+
+def test_same_prompt_tokens_with_different_topics_refused():
+    """Issue 29 §3.6: the index k would carry information the tokens do not."""
+    with pytest.raises(ValueError, match="same tokens"):
+        PromptedSource(4, 1, prompts=[[0], [0]], topics=[0, 1], num_topics=2)
+    # the same tokens under the same topic (a duplicated row) stay allowed
+    src = PromptedSource(4, 1, prompts=[[0], [0], [1]], topics=[1, 1, 0], num_topics=2)
+    assert src.num_prompts == 3

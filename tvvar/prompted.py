@@ -76,7 +76,8 @@ class PromptedSource(DataSource):
     ``end_prob`` ∈ [0, 1) the mass of ◁ in each content row, ``alpha`` > 0 the Dirichlet concentration of
     the content rows (small: nearly deterministic continuations, so the prompt carries information),
     ``eps`` ∈ [0, 1] uniform mass mixed into them, ``seed``. ``prompts`` [K, n], ``prompt_probs`` [K] and
-    ``topics`` [K] may be given instead of drawn.
+    ``topics`` [K] may be given instead of drawn (two rows with the same tokens and different topics are
+    refused: the continuation may depend on the prompt only through its tokens).
     """
 
     kind = KIND
@@ -157,7 +158,20 @@ class PromptedSource(DataSource):
                 raise ValueError(f"topics must be integers in [0, num_topics={C}) of shape [K={K}], got {tp!r}")
             self._given["topics"] = tp
         self.topics = tp.astype(np.int64)
+        self._check_consistent_topics()
         self.prompt_entropy = self._prompt_row_entropy()
+
+    def _check_consistent_topics(self) -> None:
+        """Two prompt rows with the same tokens must have the same topic: the continuation may depend on the
+        prompt only through its tokens (otherwise the index k would carry information the tokens S do not, and
+        the model, which reads only the tokens, could not represent the source)."""
+        first: dict[tuple[int, ...], int] = {}
+        for k, row in enumerate(map(tuple, self.prompts.tolist())):
+            j = first.setdefault(row, k)
+            if self.topics[j] != self.topics[k]:
+                raise ValueError(f"prompts {j} and {k} have the same tokens {list(row)} but different topics "
+                                 f"({int(self.topics[j])} and {int(self.topics[k])}): the continuation must depend on "
+                                 "the prompt's tokens only; give equal rows the same topic (or merge them)")
 
     @property
     def num_prompts(self) -> int:

@@ -33,7 +33,19 @@ From these:
   (:func:`heuristic_log_marginals`), so their drift from the exact flow is one subtraction.
 
 Logs are natural (nats); :data:`NATS_PER_BIT` converts. Probabilities that are exactly 0 (the source's
-absorbing end token) contribute 0 to every expectation (0 · log 0 = 0), never NaN.
+absorbing end token) contribute 0 to every expectation (0 · log 0 = 0), never NaN. Three edge cases are
+defined, not left to rounding:
+
+* KL(P ‖ Q) = +∞ when Q(v) = 0 < P(v) (so :func:`drift` and :func:`directed_distortion` are +∞ there);
+* a path of probability 0 under its own prompt (P(u_t | u_{<t}, s_k) = 0 at some t: its information density
+  log 0 − log P(u_t | u_{<t}) is undefined) is **refused** by every function that takes paths and prompt
+  indices (:func:`information_density`, :func:`flow`, :func:`sequence_flow`, :func:`drift`,
+  :func:`drift_by_enumeration`, :func:`doob`, :func:`directed_information_mc`) with a ``ValueError`` that
+  names the path, its prompt and the position — when the arrays are concrete. Under ``jax.jit`` no value can
+  be inspected; such a path then gives −inf or NaN from that position on (pass only possible paths);
+* ``log_cond`` rows must be normalised: a concrete row whose probabilities do not sum to 1 (within
+  :data:`ROW_TOL`, or 64 ulp of its dtype if larger) is refused (shifted logits are not a law, and they
+  would give I = 0 silently).
 
 **A bidirectional (masked-diffusion, LLaDA) model** — a :class:`tvvar.diffusion.MaskedDiffusionLM`, or a
 bidirectional :class:`tvvar.model.TVVARModel` read as a denoiser the way :func:`tvvar.diffusion.as_denoiser`
@@ -98,10 +110,13 @@ __all__ = [
     "check_lambda",
     "heuristic_log_marginals",
     "stopped",
+    "ROW_TOL",
 ]
 
 NATS_PER_BIT = math.log(2.0)
 _PROB_TOL = 1e-6
+#: how far a concrete ``log_cond`` row's total probability may be from 1 (float64; float32 rows get 64 ulp)
+ROW_TOL = 1e-6
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,16 +159,77 @@ def check_prompts(prompts: Any, vocab_size: int, max_context: int | None = None,
     return p
 
 
+def _check_ids(ids: Any, vocab_size: int, name: str) -> None:
+    """:func:`tvvar.core.check_token_ids` for [B, T] ids, with the value range read by NumPy (so that a concrete
+    array closed over inside a trace, where a jnp reduction would itself be traced, is still checked)."""
+    if isinstance(ids, jax.core.Tracer):
+        check_token_ids(ids, vocab_size, name=name, ndim=2)
+        return
+    a = np.asarray(ids)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array of token ids, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must have shape [B, T] (rank 2), got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} must hold at least one token (T ≥ 1, B ≥ 1), got shape {a.shape}")
+    if a.min() < 0 or a.max() >= vocab_size:
+        raise ValueError(f"{name} must lie in [0, V={vocab_size}), got values in [{a.min()}, {a.max()}]")
+
+
 def _check_cond(log_cond: Array, log_prior: Array, u: Array | None = None) -> None:
     if log_cond.ndim != 4:
         raise ValueError(f"log_cond must have shape [B, K, T, V], got shape {tuple(log_cond.shape)}")
     if log_cond.shape[1] != log_prior.shape[0]:
         raise ValueError(f"log_cond has K={log_cond.shape[1]} prompts but log_prior has {log_prior.shape[0]}")
     if u is not None:
-        check_token_ids(u, log_cond.shape[-1], name="continuation", ndim=2)
+        _check_ids(u, log_cond.shape[-1], "continuation")
         if tuple(u.shape) != tuple(log_cond.shape[:1] + log_cond.shape[2:3]):
             want = tuple(log_cond.shape[:1] + log_cond.shape[2:3])
             raise ValueError(f"continuation must have shape [B, T] = {want}, got {tuple(u.shape)}")
+    if isinstance(log_cond, jax.core.Tracer):
+        return
+    a = np.asarray(log_cond)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise TypeError(f"log_cond must be a float array of log-probabilities, got dtype {a.dtype}")
+    if np.any(np.isnan(a)) or np.any(a == np.inf):
+        raise ValueError("log_cond must not hold NaN or +inf (it is log P(U_t = v | u_<t, s_k))")
+    a64 = a.astype(np.float64)
+    mx = np.max(a64, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        total = np.exp(mx[..., 0]) * np.sum(np.exp(a64 - np.where(np.isfinite(mx), mx, 0.0)), axis=-1)
+    tol = max(ROW_TOL, 64 * float(np.finfo(a.dtype).eps))
+    bad = np.abs(total - 1.0) > tol
+    if np.any(bad):
+        b, kk, t = (int(x) for x in np.argwhere(bad)[0])
+        raise ValueError(f"log_cond rows must be normalised log-probabilities (Σ_v exp = 1 within {tol:.1e}); "
+                         f"row [b={b}, k={kk}, t={t}] sums to {total[b, kk, t]:.8g} ({int(bad.sum())} such rows): "
+                         "apply log_softmax to logits")
+
+
+def _check_paths(own_ll: Array, k: Array) -> None:
+    """Refuse (when concrete) a path that has probability 0 under its own prompt: own_ll [B, T] =
+    log P(u_t | u_{<t}, s_{k_b}) (module docstring)."""
+    if isinstance(own_ll, jax.core.Tracer) or isinstance(k, jax.core.Tracer):
+        return
+    a = np.asarray(own_ll)
+    if np.any(np.isneginf(a)):
+        b, t = (int(x) for x in np.argwhere(np.isneginf(a))[0])
+        raise ValueError(f"path b={b} has probability 0 under its prompt k={int(np.asarray(k)[b])} at output position "
+                         f"t={t} (P(u_t | u_<t, s_k) = 0): its information density and flow are undefined; pass only "
+                         "paths that are possible under their prompt")
+
+
+def _require(ok: Any, message: str) -> None:
+    """Raise ``ValueError(message)`` if ``ok`` is False: at once when concrete; under tracing, when the compiled
+    computation runs (a host callback; the error then arrives wrapped in JAX's runtime error, with this text)."""
+    if isinstance(ok, jax.core.Tracer):
+        def _raise(flag):
+            if not bool(flag):
+                raise ValueError(message)
+
+        jax.debug.callback(_raise, ok)
+    elif not bool(ok):
+        raise ValueError(message)
 
 
 def _safe_sub(a: Array, b: Array) -> Array:
@@ -198,9 +274,10 @@ def _prompt_rows(x: Array, k: Array) -> Array:
     k = jnp.asarray(k)
     if k.ndim != 1 or k.shape[0] != x.shape[0]:
         raise ValueError(f"prompt index must have shape [B={x.shape[0]}], got {tuple(k.shape)}")
-    if not isinstance(k, jax.core.Tracer) and (int(k.min()) < 0 or int(k.max()) >= x.shape[1]):
-        raise ValueError(f"prompt index must lie in [0, K={x.shape[1]}), got values in "
-                         f"[{int(k.min())}, {int(k.max())}]")
+    if not isinstance(k, jax.core.Tracer):
+        a = np.asarray(k)
+        if a.min() < 0 or a.max() >= x.shape[1]:
+            raise ValueError(f"prompt index must lie in [0, K={x.shape[1]}), got values in [{a.min()}, {a.max()}]")
     return jnp.take_along_axis(x, k.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
 
 
@@ -211,6 +288,7 @@ def information_density(log_cond: Array, log_prior: Array, u: Array, k: Array,
     ``log_marginal`` [B, T, V] replaces the exact Bayes marginal (e.g. by a heuristic estimator)."""
     m = marginal_log_conditionals(log_cond, log_prior, u) if log_marginal is None else log_marginal
     own = _prompt_rows(_token_logliks(log_cond, u), k)
+    _check_paths(own, k)
     lm = jnp.take_along_axis(m, u[..., None], axis=-1)[..., 0]
     return own - lm
 
@@ -225,6 +303,7 @@ def sequence_flow(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Arra
     [B, T + 1] (no per-step Bayes predictive; the chain rule makes it equal :func:`flow`)."""
     log_prior = check_log_prior(log_prior)
     _check_cond(log_cond, log_prior, u)
+    _check_paths(_prompt_rows(_token_logliks(log_cond, u), k), k)
     L = _cumulative(log_cond, u)
     logm = jax.nn.logsumexp(log_prior[None, :, None] + L, axis=1)
     return _prompt_rows(L, k) - logm
@@ -232,15 +311,18 @@ def sequence_flow(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Arra
 
 def _kl_rows(logp: Array, logq: Array) -> Array:
     """KL(p ‖ q) along the last axis as Σ_v [p log(p/q) − p + q]⁺: each term is ≥ 0 in exact arithmetic, so the
-    clamp only removes rounding and the result is never negative; p = 0 terms give q (their limit)."""
+    clamp only removes rounding and the result is never negative; p = 0 terms give q (their limit), and a term
+    with q = 0 < p is +∞ (p is not absolutely continuous w.r.t. q)."""
     p, q = jnp.exp(logp), jnp.exp(logq)
     term = jnp.where(p > 0, p * _safe_sub(logp, logq) - p + q, q)
+    term = jnp.where((p > 0) & jnp.isneginf(logq), jnp.inf, term)
     return jnp.sum(jnp.maximum(term, 0), axis=-1)
 
 
 def drift(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Array:
     """Theorem 2's drift E[ι_t | u_{<t}, s_k] = KL(P(·|u_{<t}, s_k) ‖ P(·|u_{<t})) ≥ 0 per path and step: [B, T]."""
     m = marginal_log_conditionals(log_cond, log_prior, u)
+    _check_paths(_prompt_rows(_token_logliks(log_cond, u), k), k)
     return _kl_rows(_prompt_rows(log_cond, k), m)
 
 
@@ -249,6 +331,7 @@ def drift_by_enumeration(log_cond: Array, log_prior: Array, u: Array, k: Array) 
     probabilities (:func:`sequence_flow`): the left side of Theorem 2's identity, [B, T]."""
     log_prior = check_log_prior(log_prior)
     _check_cond(log_cond, log_prior, u)
+    _check_paths(_prompt_rows(_token_logliks(log_cond, u), k), k)
     L = _cumulative(log_cond, u)[:, :, :-1]                                   # log P(u_{<t} | s_j): [B, K, T]
     L_next = L[..., None] + log_cond                                          # log P(u_{<t} v | s_j): [B, K, T, V]
     logm = jax.nn.logsumexp(log_prior[None, :, None] + L, axis=1)             # [B, T]
@@ -267,6 +350,7 @@ def doob(log_cond: Array, log_prior: Array, u: Array, k: Array) -> dict[str, Arr
     ``increment_sup`` = max_v (ι_τ(v) − KL_τ) over the possible next tokens (a bound c on M's increments)."""
     m = marginal_log_conditionals(log_cond, log_prior, u)
     own = _prompt_rows(log_cond, k)
+    _check_paths(_prompt_rows(_token_logliks(log_cond, u), k), k)
     kl = _kl_rows(own, m)
     i = flow(log_cond, log_prior, u, k, m)
     p = jnp.exp(own)
@@ -573,30 +657,142 @@ def _log_cond_traced(model: Any, prompts: Array, u: Array) -> Array:
 
 
 def check_lambda(lam: Any) -> float:
+    """λ of Eq. 18 as a float: a finite number ≥ 0 (a concrete 0-d array is read as its value)."""
+    if isinstance(lam, (jax.Array, np.ndarray)) and not isinstance(lam, jax.core.Tracer) and lam.shape == () \
+            and jnp.issubdtype(lam.dtype, jnp.floating):
+        lam = float(lam)
     if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating)) or not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lam (λ, the weight of the cross-entropy in Eq. 18) must be a finite number ≥ 0, got {lam!r}")
     return float(lam)
 
 
-def eq18_loss(model: Any, prompts: Array, log_prior: Array, u: Array, k: Array, lam: float) -> tuple[Array, dict]:
-    """Eq. 18 averaged over output steps and paths: I(S; U_t | U_{<t}; Φ) + λ H(P^ħ_t, Q^Φ_t).
+def _require_all(conditions: list[tuple[Any, str]]) -> None:
+    """Each (ok, message): concrete ones raise ``ValueError(message)`` at once; the traced ones are checked
+    together by one host callback when the compiled computation runs (see :func:`_require`)."""
+    traced = []
+    for ok, message in conditions:
+        if isinstance(ok, jax.core.Tracer):
+            traced.append((ok, message))
+        elif not bool(ok):
+            raise ValueError(message)
+    if traced:
+        messages = [m for _, m in traced]
 
-    Paths (k_b, u_b) come from the source, so the past U_{<t} and S follow P^ħ; given them the information term
-    is exact over the finite prompt set — KL(Q(·|u_{<t}, s_k) ‖ Σ_j Q(s_j|u_{<t}) Q(·|u_{<t}, s_j)), the model's
-    own Bayes marginal — and the cross-entropy is −log Q(u_t | u_{<t}, s_k). Both are differentiable in Φ.
-    Returns (loss, {"information", "ce"})."""
-    lc = _log_cond_traced(model, prompts, u)
-    info = jnp.mean(drift(lc, log_prior, u, k))
-    ce = -jnp.mean(_prompt_rows(_token_logliks(lc, u), k))
+        def _raise(flags):
+            for f, m in zip(np.asarray(flags).reshape(-1), messages, strict=True):
+                if not bool(f):
+                    raise ValueError(m)
+
+        jax.debug.callback(_raise, jnp.stack([jnp.asarray(ok, bool) for ok, _ in traced]))
+
+
+def _check_eq18_args(model: Any, prompts: Array, log_prior: Any, u: Array, k: Array, lam: Any,
+                     weights: Any) -> tuple[Array, Any, Array]:
+    """Validate Eq. 18's arguments at the API boundary: concrete values at once (before the model is traced),
+    traced ones (a batch inside a jitted training step) by one runtime check. Returns (log_prior, λ, weights)."""
+    V, max_len = _model_meta(model)
+    if prompts.ndim != 2 or not jnp.issubdtype(prompts.dtype, jnp.integer):
+        raise ValueError(f"prompts must be an integer array [K, n] of token ids, got shape {tuple(prompts.shape)} "
+                         f"and dtype {prompts.dtype}")
+    if u.ndim != 2 or not jnp.issubdtype(u.dtype, jnp.integer):
+        raise ValueError(f"continuation u must be an integer array [B, T], got shape {tuple(u.shape)}, dtype {u.dtype}")
+    if k.shape != (u.shape[0],) or not jnp.issubdtype(k.dtype, jnp.integer):
+        raise ValueError(f"prompt index k must be an integer array [B={u.shape[0]}], got shape {tuple(k.shape)} "
+                         f"and dtype {k.dtype}")
+    K, B = prompts.shape[0], u.shape[0]
+    causal = not _is_diffusion(model)
+    conds: list[tuple[Any, str]] = []
+    need = prompts.shape[1] + u.shape[1] - (1 if causal else 0)
+    if max_len is not None and need > max_len:
+        raise ValueError(f"prompts of length n={prompts.shape[1]} with a continuation of T={u.shape[1]} need a "
+                         f"context of {need} tokens, longer than the model's max_len={max_len}")
+    # concrete values are read with NumPy (a jnp reduction inside a trace would itself be traced)
+    for name, x, hi in (("prompts", prompts, V), ("continuation u", u, V), ("prompt index k", k, K)):
+        what = f"{name} must hold {'token ids' if hi == V else 'prompt indices'} in [0, {hi})"
+        if isinstance(x, jax.core.Tracer):
+            conds.append((jnp.all((x >= 0) & (x < hi)), what))
+        else:
+            a = np.asarray(x)
+            conds.append((bool(np.all((a >= 0) & (a < hi))), f"{what}, got values in [{a.min()}, {a.max()}]"))
+    lp = jnp.asarray(log_prior)
+    if lp.shape != (K,):
+        raise ValueError(f"log_prior must have shape [K={K}] (one log-probability per prompt), got {tuple(lp.shape)}")
+    if isinstance(lp, jax.core.Tracer):
+        conds.append((~jnp.any(jnp.isnan(lp)) & (jnp.abs(jnp.exp(jax.nn.logsumexp(lp)) - 1) <= 1e-4),
+                      "log_prior must be log-probabilities summing to 1 (no NaN)"))
+    else:
+        lp = check_log_prior(lp)
+    if isinstance(lam, jax.core.Tracer):
+        if lam.shape != ():
+            raise ValueError(f"lam (λ of Eq. 18) must be a scalar, got shape {tuple(lam.shape)}")
+        conds.append((jnp.isfinite(lam) & (lam >= 0),
+                      "lam (λ, the weight of the cross-entropy in Eq. 18) must be a finite number ≥ 0"))
+    else:
+        lam = check_lambda(lam)
+    if weights is not None:
+        w = jnp.asarray(weights)
+        if w.shape != (B,) or not jnp.issubdtype(w.dtype, jnp.floating):
+            raise ValueError(f"weights must be a float array [B={B}] (one per path), got shape {tuple(w.shape)}")
+        if isinstance(w, jax.core.Tracer):
+            conds.append((jnp.all(w >= 0) & (jnp.abs(jnp.sum(w) - 1) <= 1e-4), "weights must be ≥ 0 and sum to 1"))
+        else:
+            a = np.asarray(w, np.float64)
+            if not np.all(np.isfinite(a)) or np.any(a < 0) or abs(a.sum() - 1) > _PROB_TOL:
+                raise ValueError(f"weights must be finite, ≥ 0 and sum to 1 (a law over the paths), sum {a.sum():.8g}")
+        weights = w
+    _require_all(conds)
+    return lp, lam, weights
+
+
+def eq18_loss(model: Any, prompts: Array, log_prior: Array, u: Array, k: Array, lam: float, *,
+              weights: Array | None = None) -> tuple[Array, dict]:
+    """Eq. 18 averaged over output steps and over the given paths: I(S; U_t | U_{<t}; Φ) + λ H(P^ħ_t, Q^Φ_t).
+
+    **What it averages over.** The paths (k_b, u_b) are the *source's*: they are drawn from (or enumerate,
+    with ``weights``) the law P^ħ, so the prompt S and the past U_{<t} follow P^ħ, not the model's own joint
+    Q(s, u) = p(s) Q(u | s; Φ). Given each path the two terms are exact over the finite prompt set:
+
+    * information: KL(Q(·|u_{<t}, s_k) ‖ Σ_j Q(s_j|u_{<t}) Q(·|u_{<t}, s_j)), the model's own Bayes marginal
+      (the model's conditional mutual information *at the source's past*); its mean over the paths is the
+      model's I(S; U_t | U_{<t}; Φ) only where the past does not matter (t = 0: one-step outputs, and any t
+      at which P^ħ and Q give the past the same law);
+    * cross-entropy: −log Q(u_t | u_{<t}, s_k).
+
+    The mean is the plain average over the B paths (a Monte-Carlo estimate of the P^ħ expectation), or the
+    ``weights`` [B] (≥ 0, summing to 1: for example p(s_k) P^ħ(u | s_k) over an enumeration, which makes it
+    exact). Both terms are differentiable in Φ. Returns (loss, {"information", "ce"}).
+
+    Validation (at this boundary, before the model is traced): λ must be a finite number ≥ 0 (NaN and λ < 0
+    are refused), ``log_prior`` a law over the K prompts, ``prompts`` [K, n] and ``u`` token ids in [0, V),
+    ``k`` in [0, K), ``weights`` a law. Concrete values raise ``ValueError`` at once; values traced inside a
+    jitted step are checked by one runtime check, whose failure arrives as JAX's runtime error carrying the
+    same message."""
+    prompts, u, k = jnp.asarray(prompts), jnp.asarray(u), jnp.asarray(k)
+    lp, lam, w = _check_eq18_args(model, prompts, log_prior, u, k, lam, weights)
+    lc = _log_cond_traced(model, prompts.astype(jnp.int32), u.astype(jnp.int32))
+    per_path_info = jnp.mean(drift(lc, lp, u, k), axis=-1)                  # [B]
+    per_path_ce = -jnp.mean(_prompt_rows(_token_logliks(lc, u), k), axis=-1)
+    if w is None:
+        info, ce = jnp.mean(per_path_info), jnp.mean(per_path_ce)
+    else:
+        info, ce = jnp.sum(w * per_path_info), jnp.sum(w * per_path_ce)
     return info + lam * ce, {"information": info, "ce": ce}
 
 
 def eq18_objective(prompts: Any, log_prior: Any, lam: float = 1.0) -> Callable:
     """A :mod:`tvvar.train` objective ``(model, batch, rng) -> (loss, metrics)`` for Eq. 18 on batches of
-    :class:`tvvar.prompted.PromptedSource` (``"tokens"`` = [prompt ‖ continuation], ``"prompt"`` = k)."""
+    :class:`tvvar.prompted.PromptedSource` (``"tokens"`` = [prompt ‖ continuation], ``"prompt"`` = k).
+    λ, the prompt law and the prompts are validated here, before any tracing (see :func:`eq18_loss`)."""
     lam = check_lambda(lam)
-    p = jnp.asarray(prompts).astype(jnp.int32)
+    p = jnp.asarray(prompts)
+    if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 1 or not jnp.issubdtype(p.dtype, jnp.integer) \
+            or int(p.min()) < 0:
+        raise ValueError(f"prompts must be a non-empty integer array [K, n] of token ids ≥ 0, got shape "
+                         f"{tuple(p.shape)} and dtype {p.dtype}")
+    p = p.astype(jnp.int32)
     lp = check_log_prior(log_prior)
+    if lp.shape[0] != p.shape[0]:
+        raise ValueError(f"log_prior has {lp.shape[0]} entries but there are K={p.shape[0]} prompts")
     n = p.shape[1]
 
     def objective(model, batch, rng):
