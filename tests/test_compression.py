@@ -10,9 +10,11 @@ import scipy.linalg
 from tvvar.theory.compression import (
     KINDS,
     compression_distortion,
+    eq39_distortion,
     fwht,
     jl_dimension,
     jl_epsilon,
+    jl_inner_product_epsilon,
     max_inner_product_error,
     random_projection,
     random_sphere_points,
@@ -163,9 +165,64 @@ def test_theorem4_distortion_bounded_and_decreasing_in_m():
         rows.append(out)
     assert rows[1]["identity_coupling"] < rows[0]["identity_coupling"]
     assert rows[1]["max_cosine_error"] < rows[0]["max_cosine_error"]
-    # Lemma 1 gives an ε < 1 only where m > 24 ln N (N = 32: 83.2); there the measured cosine error lies inside it
-    assert rows[0]["lemma1_epsilon"] is None
-    assert rows[1]["max_cosine_error"] < rows[1]["lemma1_epsilon"]
+    # Dasgupta–Gupta gives an ε < 1 only where m > 24 ln N (N = 32: 83.2); Eq. 35's inner-product ε needs
+    # m > 24 ln 2N (99.8): at m = 96 only the first exists
+    assert rows[0]["dasgupta_gupta_epsilon"] is None and rows[0]["inner_product_epsilon"] is None
+    assert rows[1]["dasgupta_gupta_epsilon"] == jl_epsilon(32, 96) and rows[1]["inner_product_epsilon"] is None
+    assert "lemma1_epsilon" not in rows[1]
+
+
+def test_two_epsilons_squared_distance_and_inner_product():
+    """issue 29 §3.7: jl_epsilon is Dasgupta–Gupta's ε for SQUARED DISTANCES; Eq. 35's ε bounds inner products
+    and is the same formula on the 2M points ±x_i (polarisation). Both hold on a Gaussian draw."""
+    M, n, m = 50, 512, 400
+    assert jl_inner_product_epsilon(M, m) == jl_epsilon(2 * M, m)
+    assert jl_inner_product_epsilon(M, m) > jl_epsilon(M, m)  # more points, larger ε at the same m
+    with pytest.raises(ValueError, match="24 ln M"):
+        jl_inner_product_epsilon(M, 100)  # 24 ln 100 = 110.5
+    with pytest.raises(ValueError, match="num_points"):
+        jl_inner_product_epsilon(1, 400)
+    x = np.asarray(random_sphere_points(jax.random.key(7), M, n), np.float64)
+    P = np.asarray(random_projection(jax.random.key(8), "gaussian", n, m).matrix(jnp.float32), np.float64)
+    y = x @ P.T
+    d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
+    pd2 = ((y[:, None] - y[None]) ** 2).sum(-1)
+    off = ~np.eye(M, dtype=bool)
+    assert np.max(np.abs(pd2 / np.where(off, d2, 1.0) - 1.0)[off]) <= jl_epsilon(M, m)
+    assert np.max(np.abs(y @ y.T - x @ x.T)[off]) <= jl_inner_product_epsilon(M, m)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_eq39_as_printed_is_the_projected_inner_products_float64(kind):
+    """issue 29 §3.7: Eq. 39 compares sᵀs′ with sᵀPᵀPs′ (the projected points, NOT renormalised), weighted by
+    μ⊗μ — against an explicit float64 sum; the renormalised-cosine variant (compression_distortion) is a
+    different number, blind to a rescaled projection that Eq. 39 sees."""
+    import dataclasses
+
+    n, N, m = 12, 64, 16
+    with jax.enable_x64(True):
+        x = np.asarray(random_sphere_points(jax.random.key(1), n, N, jnp.float64))
+        mu = np.random.default_rng(0).dirichlet(np.ones(n))
+        S = SemanticSpace(x, mu)
+        P = random_projection(jax.random.key(2), kind, N, m, dtype=jnp.float64)
+        Pm = np.asarray(P.matrix(jnp.float64))
+        ps = x @ Pm.T
+        ref = sum(mu[i] * mu[j] * (x[i] @ x[j] - ps[i] @ ps[j]) ** 2 for i in range(n) for j in range(n))
+        got = eq39_distortion(S, P)
+        assert abs(got["eq39"] - ref) <= 1e-10 * max(ref, 1e-300)
+        assert abs(got["max_inner_product_error"] - np.abs(ps @ ps.T - x @ x.T).max()) <= 1e-12
+        assert got["eq39"] <= got["max_inner_product_error"] ** 2
+        variant = compression_distortion(S, P, on_unconverged="flag")
+        assert abs(variant["identity_coupling"] - got["eq39"]) > 1e-6  # not the same quantity
+        if P.matrix_or_none is not None:  # a rescaled P: Eq. 39 changes, the renormalised variant does not
+            P2 = dataclasses.replace(P, matrix_or_none=2.0 * P.matrix_or_none)
+            assert eq39_distortion(S, P2)["eq39"] > 10 * got["eq39"]
+            v2 = compression_distortion(S, P2, on_unconverged="flag")
+            assert abs(v2["identity_coupling"] - variant["identity_coupling"]) <= 1e-10
+    with pytest.raises(TypeError, match="projection"):
+        eq39_distortion(S, Pm)
+    with pytest.raises(ValueError, match="projection input"):
+        eq39_distortion(S, random_projection(jax.random.key(2), kind, 32, 8))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,10 +13,26 @@ projection here is scaled so that E‖Px‖² = ‖x‖² for every x:
                     is a power of two; otherwise x is ZERO-PADDED to the next power of two N' (norms and
                     inner products unchanged) and a warning says so.
 
-Rows are points: ``project(x)`` maps x [..., N] → [..., m]. The Dasgupta–Gupta bound (Lemma 1) says
-m ≥ 4 ln M / (ε²/2 − ε³/3) keeps every pairwise squared distance of M points within a factor 1 ± ε
-(:func:`jl_dimension`, :func:`jl_epsilon` its inverse). Theorem 4 measures the distortion of compression
-as d_s²(S, S') of Eq. 34 (:func:`compression_distortion`).
+Rows are points: ``project(x)`` maps x [..., N] → [..., m].
+
+Two different ε (do not mix them):
+
+* the Dasgupta–Gupta ε, for SQUARED DISTANCES: m ≥ 4 ln M / (ε²/2 − ε³/3) keeps every pairwise squared
+  distance of M points within a factor 1 ± ε (with probability ≥ 1 − 1/M for the Gaussian projection;
+  :func:`jl_dimension`, :func:`jl_epsilon` its inverse);
+* Eq. 35's ε, for INNER PRODUCTS of unit vectors: |⟨Px_i, Px_j⟩ − ⟨x_i, x_j⟩| ≤ ε. By polarisation,
+  4⟨x, y⟩ = ‖x + y‖² − ‖x − y‖², the squared-distance guarantee on the 2M points {±x_i} gives it with the
+  same ε (the error is at most ε(‖x + y‖² + ‖x − y‖²)/4 = ε): :func:`jl_inner_product_epsilon` (M, m) =
+  :func:`jl_epsilon` (2M, m).
+
+Theorem 4's distortion of a compression, two ways:
+
+* :func:`eq39_distortion` — Eq. 39 as printed: the compressed inner products are sᵀPᵀPs′ (the projected
+  points as they are, not put back on the sphere), compared with sᵀs′ at the correspondence s ↦ Ps:
+  Σ_ij μ_i μ_j (⟨s_i, s_j⟩ − ⟨Ps_i, Ps_j⟩)² ≤ ε², with ε the max inner-product error (Eq. 35's ε);
+* :func:`compression_distortion` — the RENORMALISED-COSINE VARIANT: d_s²(S, S') of Eq. 34 by GW between S
+  and S' = {Ps/‖Ps‖} (:func:`compress`, a semantic space on S^{m−1}), compared with the renormalised cosines'
+  max error; it is the distortion of the readout :func:`compressed_logits` uses, not Eq. 39.
 """
 
 from __future__ import annotations
@@ -41,10 +57,12 @@ __all__ = [
     "next_power_of_two",
     "jl_dimension",
     "jl_epsilon",
+    "jl_inner_product_epsilon",
     "random_sphere_points",
     "max_inner_product_error",
     "compress",
     "compression_distortion",
+    "eq39_distortion",
     "compressed_logits",
 ]
 
@@ -153,7 +171,8 @@ def random_projection(key: PRNGKey, kind: str, n: int, m: int, *, dtype=jnp.floa
 
 
 def jl_dimension(num_points: int, eps: float) -> int:
-    """⌈4 ln M / (ε²/2 − ε³/3)⌉ (Dasgupta & Gupta 2003, Lemma 1): M = 1000, ε = 0.5 → 332."""
+    """⌈4 ln M / (ε²/2 − ε³/3)⌉ (Dasgupta & Gupta 2003): M = 1000, ε = 0.5 → 332. ε is the relative error of
+    SQUARED DISTANCES (1 ± ε)‖x_i − x_j‖², not Eq. 35's inner-product ε (:func:`jl_inner_product_epsilon`)."""
     if not isinstance(num_points, int | np.integer) or num_points < 2:
         raise ValueError(f"num_points (M) must be an integer ≥ 2, got {num_points!r}")
     if not 0 < eps < 1:
@@ -162,8 +181,10 @@ def jl_dimension(num_points: int, eps: float) -> int:
 
 
 def jl_epsilon(num_points: int, m: int) -> float:
-    """The ε of Lemma 1 for a given m: the root in (0, 1) of m (ε²/2 − ε³/3) = 4 ln M (nan-free: refuses
-    m too small for any ε < 1, i.e. m < 24 ln M)."""
+    """Dasgupta–Gupta's ε for a given m: the root in (0, 1) of m (ε²/2 − ε³/3) = 4 ln M — the relative error of
+    the M points' pairwise SQUARED DISTANCES, (1 ± ε)‖x_i − x_j‖² (the inverse of :func:`jl_dimension`). It is
+    not Eq. 35's ε on inner products: that is :func:`jl_inner_product_epsilon`. Refuses m too small for any
+    ε < 1, i.e. m ≤ 24 ln M."""
     if not isinstance(num_points, int | np.integer) or num_points < 2:
         raise ValueError(f"num_points (M) must be an integer ≥ 2, got {num_points!r}")
     target = 4.0 * math.log(num_points)
@@ -175,6 +196,15 @@ def jl_epsilon(num_points: int, m: int) -> float:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if m * (mid**2 / 2 - mid**3 / 3) < target else (lo, mid)
     return 0.5 * (lo + hi)
+
+
+def jl_inner_product_epsilon(num_points: int, m: int) -> float:
+    """Eq. 35's ε for M unit vectors: |⟨Px_i, Px_j⟩ − ⟨x_i, x_j⟩| ≤ ε for every pair, from Dasgupta–Gupta's
+    squared-distance guarantee on the 2M points {±x_i} by polarisation (4⟨x, y⟩ = ‖x + y‖² − ‖x − y‖², so the
+    error is at most ε(‖x + y‖² + ‖x − y‖²)/4 = ε on the sphere): ``jl_epsilon(2M, m)``. Refuses m ≤ 24 ln 2M."""
+    if not isinstance(num_points, int | np.integer) or num_points < 2:
+        raise ValueError(f"num_points (M) must be an integer ≥ 2, got {num_points!r}")
+    return jl_epsilon(2 * int(num_points), m)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,15 +241,51 @@ def compress(space: SemanticSpace, projection: Projection) -> SemanticSpace:
     return SemanticSpace(pu / norms, np.asarray(space.measure))
 
 
+def _lemma_epsilons(n: int, m: int) -> dict:
+    """The two ε a random projection to m dimensions guarantees for n points (None where none < 1 exists)."""
+    return {"dasgupta_gupta_epsilon": jl_epsilon(n, m) if n >= 2 and m > 24 * math.log(n) else None,
+            "inner_product_epsilon": (jl_inner_product_epsilon(n, m) if n >= 2 and m > 24 * math.log(2 * n)
+                                      else None)}
+
+
+def eq39_distortion(space: SemanticSpace, projection: Projection) -> dict:
+    """Theorem 4's distortion as Eq. 39 prints it, in float64: the compressed inner products are sᵀPᵀPs′ (the
+    projected points as they are, NOT put back on the sphere), compared with sᵀs′ at the correspondence s ↦ Ps,
+
+        D₃₉ = Σ_{i,j} μ_i μ_j (⟨s_i, s_j⟩ − ⟨Ps_i, Ps_j⟩)²  ≤  ε̂²,  ε̂ = max_{i,j} |⟨Ps_i, Ps_j⟩ − ⟨s_i, s_j⟩|,
+
+    (a μ⊗μ-weighted mean of squares is at most the largest square), and ε̂ ≤ Eq. 35's ε with high probability.
+    The diagonal (i = j: ‖Ps_i‖² − 1) is part of the sum, as in Eq. 34 at this coupling.
+
+    Returns {"m", "eq39": D₃₉, "max_inner_product_error": ε̂ (over all i, j), "dasgupta_gupta_epsilon",
+    "inner_product_epsilon" (see :func:`jl_inner_product_epsilon`; None where m is too small)}.
+    """
+    if not isinstance(space, SemanticSpace):
+        raise TypeError(f"space must be a SemanticSpace, got {type(space).__name__}")
+    if not isinstance(projection, Projection):
+        raise TypeError(f"projection must be a Projection, got {type(projection).__name__}")
+    if projection.n != space.dim:
+        raise ValueError(f"projection input N={projection.n} must equal the space's dimension m={space.dim}")
+    s = np.asarray(space.points, np.float64)
+    ps = np.asarray(projection(jnp.asarray(space.points)), np.float64)
+    mu = np.asarray(space.measure, np.float64)
+    diff = ps @ ps.T - s @ s.T
+    return {"m": projection.m, "eq39": float(mu @ (diff**2) @ mu), "max_inner_product_error": float(np.abs(diff).max()),
+            **_lemma_epsilons(space.n, projection.m)}
+
+
 def compression_distortion(space: SemanticSpace, projection: Projection, *, epsilon: float = 1e-3,
                            on_unconverged: str = "raise") -> dict:
-    """Theorem 4 measured: d_s²(S, S') of Eq. 34 between a space and its compression, with two references.
+    """Theorem 4 measured, RENORMALISED-COSINE VARIANT (not Eq. 39 as printed: that is :func:`eq39_distortion`):
+    d_s²(S, S') of Eq. 34 between a space and its compression put back on the sphere, S' = {Ps/‖Ps‖}
+    (:func:`compress`), the distortion of the readout :func:`compressed_logits` uses.
 
-    Returns {"m", "lemma1_epsilon": the ε Lemma 1 guarantees for N points at this m (None when m < 24 ln N),
-    "gw": d_s² by entropic GW started from the identity correspondence (None if unconverged and flagged),
-    "identity_coupling": Eq. 34 at π = diag(μ) (a feasible coupling, so an exact upper bound on d_s²),
-    "max_cosine_error": ε̂ = max_{i,j} |cos' − cos| (so identity coupling ≤ ε̂²), "converged", "result"
-    (the GWResult)}.
+    Returns {"m", "gw": d_s² by entropic GW started from the identity correspondence (None if unconverged and
+    flagged), "identity_coupling": Eq. 34 at π = diag(μ) (a feasible coupling, so an exact upper bound on d_s²),
+    "max_cosine_error": ε̂ = max_{i,j} |cos' − cos| of the renormalised cosines (so identity coupling ≤ ε̂²),
+    "dasgupta_gupta_epsilon": Dasgupta–Gupta's ε for the N points' SQUARED DISTANCES at this m,
+    "inner_product_epsilon": Eq. 35's ε for their inner products (both None where m is too small for an
+    ε < 1), "converged", "result" (the GWResult)}.
     """
     compressed = compress(space, projection)
     # point i's compression is point i: start from that correspondence (an upper bound GW can only lower)
@@ -227,10 +293,9 @@ def compression_distortion(space: SemanticSpace, projection: Projection, *, epsi
                                 init_coupling=jnp.diag(space.measure))
     G, G2 = space.inner_products(), compressed.inner_products()
     identity = float(gw_objective(G, G2, jnp.diag(space.measure)))
-    lemma1 = jl_epsilon(space.n, projection.m) if space.n >= 2 and projection.m > 24 * math.log(space.n) else None
     return {
         "m": projection.m,
-        "lemma1_epsilon": lemma1,
+        **_lemma_epsilons(space.n, projection.m),
         "gw": result.objective if result.converged else None,
         "identity_coupling": identity,
         "max_cosine_error": float(jnp.max(jnp.abs(G2 - G))),
