@@ -245,19 +245,79 @@ def test_experiment_verdict_invariance_and_monotone_fail_when_perturbed():
 def test_experiment_verdict_theorem4_fails_when_perturbed():
     from experiments import semantic_space as X
 
-    rows = [{"m": m, "gw": g, "identity_coupling": i, "max_cosine_error": e, "lemma1_epsilon": le}
-            for m, g, i, e, le in [(16, 0.05, 0.06, 0.6, None), (128, 0.01, 0.012, 0.3, 0.9), (256, 0.004, 0.005,
-                                                                                                 0.2, 0.6)]]
-    assert all(_passed(X.verdict_theorem4(rows)))
+    rows = [{"m": m, "gw": g, "identity_coupling": i, "max_cosine_error": e, "eq39": q, "eq39_numpy": q,
+             "eq39_draws_mean": 1.1 * q, "eq39_draws_sd": 0.1 * q, "inner_product_epsilon": le}
+            for m, g, i, e, q, le in [(16, 0.05, 0.06, 0.6, 0.07, None), (128, 0.01, 0.012, 0.3, 0.013, 0.9),
+                                      (256, 0.004, 0.005, 0.2, 0.006, 0.6)]]
+    ok = X.verdict_theorem4(rows)
+    names = [c["name"] for c in ok]
+
+    def verdict(rows_):
+        return {c["name"]: c["passed"] for c in X.verdict_theorem4(rows_)}
+
+    def row(part):
+        (n,) = [n for n in names if part in n]
+        return n
+
+    assert all(_passed(ok))
+    # Σ μμ(G'−G)² ≤ max|G'−G|² holds for any numbers: labelled an identity, never a verification
+    assert [c["name"] for c in ok if c["identity"]] == [row("identity coupling ≤ ε̂²")]
     bad = [dict(r) for r in rows]
     bad[1]["gw"] = 0.07  # above the identity coupling, and not decreasing
-    assert _passed(X.verdict_theorem4(bad))[:3] == [False, True, False]
+    got = verdict(bad)
+    assert [n for n in names if not got[n]] == [row("GW d_s² ≤ Eq. 34"), row("decreases with m")]
     bad = [dict(r) for r in rows]
-    bad[2]["max_cosine_error"] = 0.01
-    assert _passed(X.verdict_theorem4(bad))[1] is False
+    bad[2]["eq39_numpy"] = 0.0061  # the library's Eq. 39 is not the numpy matrices' value
+    assert verdict(bad)[row("explicit numpy")] is False
     bad = [dict(r) for r in rows]
-    bad[2]["lemma1_epsilon"] = 0.05
-    assert _passed(X.verdict_theorem4(bad))[3] is False
+    bad[2]["eq39_draws_mean"] = 0.0006  # a draw far outside the law of independent numpy draws
+    assert verdict(bad)[row("law over independent")] is False
+    bad = [dict(r) for r in rows]
+    bad[2]["inner_product_epsilon"] = 0.05  # Eq. 39 above ε² of Eq. 35
+    assert verdict(bad)[row("ε² of Eq. 35")] is False
+    # no m with a JL ε: the row is skipped (never passed), with the same name
+    none = X.verdict_theorem4([dict(r, inner_product_epsilon=None) for r in rows])
+    assert [c["name"] for c in none] == names and [c["name"] for c in none if c["skipped"]] == [row("Eq. 35")]
+
+
+def test_experiment_gw_references_are_independent_and_bound_eq34():
+    """The numpy references of the GW rows: Eq. 34 at a permutation equals the library's closed form at that
+    coupling, and the TLB is below the objective of every coupling (here: every permutation of n = 5, and the
+    library's entropic solution), float64."""
+    import itertools
+
+    from experiments import semantic_space as X
+
+    x, y = _sphere_points(0, 5, 3), _sphere_points(1, 5, 3)
+    G, G2 = x @ x.T, y @ y.T
+    lb = X.tlb_lower_bound(G, G2)
+    best = np.inf
+    for k in itertools.permutations(range(5)):
+        k = np.array(k)
+        T = np.zeros((5, 5))
+        T[np.arange(5), k] = 0.2
+        v = X.eq34_at_correspondence(G, G2, k)
+        with jax.enable_x64(True):
+            assert abs(v - float(gw_objective(jnp.asarray(G), jnp.asarray(G2), jnp.asarray(T)))) <= 1e-12
+        best = min(best, v)
+        assert lb <= v + 1e-12
+    # the TLB is the assignment over sorted-row W₂² costs: brute force over permutations agrees
+    C = np.mean((np.sort(G, 1)[:, None] - np.sort(G2, 1)[None]) ** 2, axis=-1)
+    assert abs(lb - min(C[np.arange(5), list(k)].mean() for k in itertools.permutations(range(5)))) <= 1e-12
+    assert 0 <= lb <= best
+    # rotated, permuted copy: the TLB is 0 and Eq. 34 at the true correspondence is 0
+    z, perm = _rotated_permuted(x, 3)
+    assert X.tlb_lower_bound(G, z @ z.T) <= 1e-12
+    assert X.eq34_at_correspondence(G, z @ z.T, np.argsort(perm)) <= 1e-12
+
+
+def test_experiment_verdict_gw_bounds_fail_outside_the_sandwich():
+    from experiments import semantic_space as X
+
+    assert all(_passed(X.verdict_gw_bounds([0.1, 0.2], [0.1, 0.25], [0.05, 0.2], "x: ")))
+    assert _passed(X.verdict_gw_bounds([0.1, 0.3], [0.1, 0.25], [0.05, 0.2], "x: ")) == [False, True]
+    assert _passed(X.verdict_gw_bounds([0.1, 0.19], [0.1, 0.25], [0.05, 0.2], "x: ")) == [True, False]
+    assert _passed(X.verdict_gw_bounds([float("nan")], [0.1], [0.0], "x: ")) == [False, False]
 
 
 def test_experiment_verdict_dimension_distortion_and_two_models_fail_when_perturbed():
@@ -273,8 +333,11 @@ def test_experiment_verdict_dimension_distortion_and_two_models_fail_when_pertur
                                                   1.4))[2] is False
     assert _passed(X.verdict_dimension_distortion("s", (4, 8, 16), [1.0, 0.3, 0.05], [0.2, 0.1, 0.03], 1.3,
                                                   1.4))[3] is False
-    assert all(_passed(X.verdict_two_models(1e-6, 1.0, 0.05)))
-    assert _passed(X.verdict_two_models(1e-6, 1.0, 0.0))[2] is False
+    assert all(_passed(X.verdict_two_models(1e-6, 1.0, 0.05, 0.06, 0.04)))
+    # the old row passed for any positive distance; now the value must lie between the numpy TLB and the
+    # token-identity correspondence
+    assert _passed(X.verdict_two_models(1e-6, 1.0, 0.07, 0.06, 0.04)) == [True, True, False, True]
+    assert _passed(X.verdict_two_models(1e-6, 1.0, 0.03, 0.06, 0.04)) == [True, True, True, False]
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "srht", "dct", "sparse"])
@@ -318,6 +381,8 @@ def test_experiment_verdict_cpc_passes_and_each_check_fails_when_perturbed():
     r = {"V": 3, "T": 10, "K": 2, "sizes": [2, 4, 8], "train_batch": 4, "exact_I": exact, "enumeration_n": 4,
          "chain": cpc.markov_chain_terms(P, pi, 10), "chain_enumerated": cpc.eq42_chain(cpc.markov_joint(P, pi, 4)),
          "chain_closed_small": cpc.markov_chain_terms(P, pi, 4),
+         "chain_coarse": cpc.eq42_chain(cpc.markov_joint(P, pi, 4), lambda p: p[-1] // 2),
+         "backward_di_last_token": cpc.backward_directed_information(cpc.markov_joint(P, pi, 4), lambda p: p[-1]),
          "trained": (0.95 * bayes).tolist(), "trained_se": np.full((2, 3), 0.002).tolist(),
          "bayes": bayes.tolist(), "bayes_se": np.full((2, 3), 0.002).tolist(),
          "trained_batch_max": 0.95 * bayes + 0.005, "bayes_batch_max": bayes + 0.005}
@@ -331,8 +396,18 @@ def test_experiment_verdict_cpc_passes_and_each_check_fails_when_perturbed():
 
     fails(lambda b: b["chain_enumerated"].update(backward_di=b["chain_enumerated"]["backward_di"] + 1e-8),
           "closed forms = enumeration")
-    fails(lambda b: b["chain"].update(backward_di=b["chain"]["future_sum"] + 0.1), "backward DI ≤")
-    fails(lambda b: b["chain"].update(horizon_sum=b["chain"]["future_sum"] - 0.1), "≤ Σ_t Σ_k")
+    fails(lambda b: b.update(backward_di_last_token=b["backward_di_last_token"] + 1e-8), "sufficient encoder")
+    fails(lambda b: b["chain_coarse"].update(backward_di=b["chain_coarse"]["future_sum"] + 1e-8), "backward DI ≤")
+    fails(lambda b: b["chain_coarse"].update(horizon_sum=b["chain_coarse"]["future_sum"] - 1e-8), "≤ Σ_t Σ_k")
+    # the closed forms' chain is no longer a row: its gaps are (n − 2)·I₂ and Σ_{k≥2}(n − k)·I_k ≥ 0 by
+    # construction; InfoNCE ≤ ln N holds for any scores: an identity
+    names = [c["name"] for c in X.verdict_cpc(r)]
+    assert not any("(n = " in n for n in names)
+    assert [c["name"] for c in X.verdict_cpc(r) if c["identity"]] == ["CPC: Î_k − ln N, max over k, N and both "
+                                                                      "critics (every batch)"]
+    # names do not depend on the configuration (rows are matched by name between tiny() and quick())
+    other = dict(r, V=5, T=20, enumeration_n=3, sizes=[2, 4, 8], train_batch=8)
+    assert [c["name"] for c in X.verdict_cpc(other)] == names
     fails(lambda b: b.update(trained=(np.asarray(b["trained"]) + 0.1).tolist()), "trained Î_k − I_k")
     fails(lambda b: b.update(bayes=(np.asarray(b["bayes"]) * 1.2).tolist()), "Bayes-optimal critic's Î_k − I_k")
     fails(lambda b: b.update(bayes_batch_max=np.log([2.0, 4.0, 8.0])[None] + 0.01 + 0 * b["bayes_batch_max"]),

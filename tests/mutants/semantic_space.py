@@ -1,0 +1,202 @@
+"""Mutants of the code the semantic_space rows verify: the projections (fwht, the DCT, the Gaussian scale),
+the Dasgupta–Gupta dimension, the GW objective, solver and start, the Markov closed forms, the backward DI
+enumeration, InfoNCE, the Bayes-optimal critic and CPC's scores."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.semantic_space import Config
+from mutants import Mutant
+
+
+def tiny() -> Config:
+    """Every check computed at a fraction of the quick size: the JL table at its fixed M = 1000, N = 1024 (the
+    reference needs them) for the three tabulated kinds, n = 32 points for GW, two m and two projection kinds
+    for Theorem 4 and the compressed readout, D = 16 models trained briefly, CPC with K = 2 on T = 12 at
+    N ≤ 32 over V = 8."""
+    return Config(jl_kinds=("gaussian", "srht", "dct"), gw_n=32, noise=(0.0, 0.05, 0.2), t4_dim=256,
+                  t4_ms=(16, 128), t4_draws=30, d_model=16, num_heads=2, steps=40, text_steps=40, seq_len=16,
+                  batch_size=16, eval_batches=1, warmup=10, dd_ms=(4, 8), dd_kinds=("srht", "sparse"), cpc_V=8,
+                  cpc_d_model=16, cpc_code_dim=16, cpc_steps=80, cpc_lr=1e-2, cpc_batch=32, cpc_sizes=(2, 8, 32),
+                  cpc_eval_batches=3, cpc_T=12, cpc_K=2, cpc_enumeration_n=3)
+
+
+# --- projections --------------------------------------------------------------------------------------------
+
+
+def _fwht_stage_skipped(original):
+    def fwht(x, axis=-1):
+        x = jnp.moveaxis(jnp.asarray(x), axis, -1)
+        n = x.shape[-1]
+        lead = x.shape[:-1]
+        h = 1
+        while h < n // 2:  # the bug: log₂N − 1 butterfly stages
+            y = x.reshape(*lead, n // (2 * h), 2, h)
+            a, b = y[..., 0, :], y[..., 1, :]
+            x = jnp.stack([a + b, a - b], axis=-2).reshape(*lead, n)
+            h *= 2
+        return jnp.moveaxis(x, -1, axis)
+
+    return fwht
+
+
+def _dct_wrong_axis(original):
+    from jax.scipy import fft as jfft
+
+    def __call__(self, x):
+        x = jnp.asarray(x)
+        if self.kind != "dct":
+            return original(self, x)
+        y = x * self.signs.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+        y = jfft.dct(y, type=2, norm="ortho", axis=0)  # the bug: over the points, not the coordinates
+        return jnp.take(y, self.rows, axis=-1) * math.sqrt(self.padded_n / self.m)
+
+    return __call__
+
+
+def _sparse_thirds(original):
+    import jax
+
+    def random_projection(key, kind, n, m, *, dtype=jnp.float32):
+        P = original(key, kind, n, m, dtype=dtype)
+        if kind != "sparse":
+            return P
+        import dataclasses
+
+        u = jax.random.uniform(jax.random.split(key, 3)[0], (m, n), dtype)
+        # the bug: ±1 with probability 1/3 each (0 with 1/3), still scaled by Achlioptas' √(3/m)
+        entry = (u < 1.0 / 3.0).astype(dtype) - (u >= 2.0 / 3.0).astype(dtype)
+        return dataclasses.replace(P, matrix_or_none=entry * math.sqrt(3.0 / m))
+
+    return random_projection
+
+
+def _jl_dimension_log2(original):
+    def jl_dimension(num_points, eps):
+        return math.ceil(4.0 * math.log2(num_points) / (eps**2 / 2 - eps**3 / 3))
+
+    return jl_dimension
+
+
+# --- Gromov–Wasserstein --------------------------------------------------------------------------------------
+
+
+def _gw_objective_no_two(original):
+    def gw_objective(G, G2, coupling):
+        a, b = coupling.sum(axis=1), coupling.sum(axis=0)
+        cross = jnp.sum(coupling * (G @ coupling @ G2))
+        return a @ (G * G) @ a + b @ (G2 * G2) @ b - cross  # the bug: the cross term without its 2
+
+    return gw_objective
+
+
+def _solve_three_iterations(original):
+    def _solve(G, G2, a, b, C0, **kw):
+        return original(G, G2, a, b, C0, **{**kw, "max_iterations": 3})  # stopped early, reported as converged
+
+    return _solve
+
+
+def _tlb_unsorted(original):
+    def tlb_cost(G, mu, G2, nu, num=128):
+        # the bug: rows compared entry by entry, not as laws (no quantiles, so not invariant to relabelling)
+        return np.mean((np.asarray(G)[:, None, :] - np.asarray(G2)[None, :, :]) ** 2, axis=-1)
+
+    return tlb_cost
+
+
+# --- Eq. 42 and CPC ------------------------------------------------------------------------------------------
+
+
+def _backward_di_future_from_t(original):
+    from tvvar.theory import cpc as K
+
+    def backward_directed_information(joint, encoder=None):
+        p = K._check_joint(joint)
+        n = p.ndim
+        seqs, w = K._outcomes(p)
+        S = K._encode(seqs, encoder, n)
+        total, history = 0.0, np.zeros(len(seqs), np.int64)
+        for t in range(n - 1):
+            future = K._labels([s[t:] for s in seqs])  # the bug: X_{t:n}, not X_{t+1:n}
+            total += K._label_cmi(w, S[t], future, history)
+            history = K._labels(list(zip(history.tolist(), S[t].tolist(), strict=True)))
+        return total
+
+    return backward_directed_information
+
+
+def _horizon_off_by_one(original):
+    def markov_horizon_information(P, pi, k):
+        return original(P, pi, k + 1)  # the bug: P^(k+1) for horizon k
+
+    return markov_horizon_information
+
+
+def _infonce_log2(original):
+    import optax
+
+    def infonce(S):
+        N = S.shape[-1]
+        labels = jnp.broadcast_to(jnp.arange(N), S.shape[:-1])
+        return jnp.log2(N) - jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(S, labels))
+
+    return infonce
+
+
+def _bayes_one_step(original):
+    def bayes_scores(P, pi, k, ids, dtype=jnp.float32):
+        P, pi = np.asarray(P, np.float64), np.asarray(pi, np.float64)
+        with np.errstate(divide="ignore"):
+            ratio = np.log(P) - np.log(pi)[None, :]  # the bug: ln P, not ln P^k, at every horizon
+        R = jnp.asarray(np.maximum(ratio, -1e30), dtype)
+        ids = jnp.asarray(ids)
+        a, b = ids[:, :-k].T, ids[:, k:].T
+        return R[a[:, :, None], b[:, None, :]]
+
+    return bayes_scores
+
+
+def _scores_lag_short(original):
+    def scores(self, ids):
+        c = self.ar.hidden(ids)
+        c = c.astype(jnp.promote_types(c.dtype, jnp.float32))
+        z = jnp.take(self.code[...], ids, axis=0)
+        out = []
+        for k in range(1, self.horizons + 1):
+            cw = jnp.einsum("ntd,de->nte", c[:, :-k], self.critic[...][k - 1])
+            out.append(jnp.einsum("ite,jte->tij", cw, z[:, k - 1:-1]))  # the bug: x_{t+k−1}, not x_{t+k}
+        return out
+
+    return scores
+
+
+MUTANTS = (
+    Mutant("fwht_stage_skipped", "tvvar.theory.compression:fwht", _fwht_stage_skipped,
+           "fast Walsh–Hadamard transform stops one butterfly stage early (log₂N − 1 stages)"),
+    Mutant("dct_wrong_axis", "tvvar.theory.compression:Projection.__call__", _dct_wrong_axis,
+           "sub-DCT projection takes the DCT over the points (axis 0) instead of the coordinates"),
+    Mutant("sparse_thirds", "tvvar.theory.compression:random_projection", _sparse_thirds,
+           "Achlioptas projection draws ±1 with probability 1/3 each (not 1/6) but keeps the √(3/m) scale"),
+    Mutant("jl_dimension_log2", "tvvar.theory.compression:jl_dimension", _jl_dimension_log2,
+           "Dasgupta–Gupta dimension with log₂ M where ln M is meant"),
+    Mutant("gw_objective_cross_term", "tvvar.theory.semantic_space:gw_objective", _gw_objective_no_two,
+           "closed form of Eq. 34 drops the factor 2 of the cross term −2⟨π, GπG'⟩"),
+    Mutant("gw_three_iterations", "tvvar.theory.semantic_space:_solve", _solve_three_iterations,
+           "entropic GW's outer loop stopped after 3 iterations (and still reported converged)"),
+    Mutant("tlb_unsorted", "tvvar.theory.semantic_space:tlb_cost", _tlb_unsorted,
+           "TLB start compares rows entry by entry instead of their sorted laws (quantiles)"),
+    Mutant("backward_di_future_from_t", "tvvar.theory.cpc:backward_directed_information",
+           _backward_di_future_from_t, "backward DI's future window X_{t:n} instead of X_{t+1:n} (off by one)"),
+    Mutant("horizon_off_by_one", "tvvar.theory.cpc:markov_horizon_information", _horizon_off_by_one,
+           "I_k computed from P^(k+1) (off-by-one horizon)"),
+    Mutant("infonce_log2", "tvvar.theory.cpc:infonce", _infonce_log2, "InfoNCE's ceiling log₂ N where ln N is meant"),
+    Mutant("bayes_one_step", "tvvar.theory.cpc:bayes_scores", _bayes_one_step,
+           "Bayes-optimal critic uses the one-step ratio ln P − ln π at every horizon k (P, not P^k)"),
+    Mutant("cpc_lag_short", "tvvar.theory.cpc:CPC.scores", _scores_lag_short,
+           "CPC's k-step critic scores c_t against x_{t+k−1} (off-by-one lag)"),
+)
