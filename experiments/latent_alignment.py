@@ -112,8 +112,8 @@ def verdict_ordering(nll: dict[str, list[float]], better: str, worse: str, margi
     d = np.asarray(nll[worse], float) - np.asarray(nll[better], float)
     if d.size == 0:
         raise ValueError("nll must hold at least one seed per objective")
-    return check(f"{source}: held-out NLL of {worse} − {better} (own likelihoods), min over {d.size} seeds",
-                 float(d.min()), margin, ">=", 0.0, f"{why}, margin {margin:g} nats/token")
+    return check(f"{source}: held-out NLL of {worse} − {better} (own likelihoods), min over seeds",
+                 float(d.min()), margin, ">=", 0.0, f"{why}, margin {margin:g} nats/token, {d.size} seeds")
 
 
 # Deng et al.'s variational attention has the attention as prior and a posterior network that sees the target;
@@ -138,6 +138,17 @@ def verdict_source_consistency(mean_nll: float, mean_entropy: float, se: float, 
     within 4 standard errors. Fails when the likelihood or the entropy is not that of the sampler."""
     return check(f"{source}: mean exact −log P(x_{{i+1}} | x_≤i) − mean entropy field on held-out samples",
                  mean_nll - mean_entropy, 0.0, "~", 4.0 * se, "E[−log p] = H (exact source)")
+
+
+def verdict_posterior_calibration(log_post_drawn: np.ndarray, post_entropy: np.ndarray) -> dict:
+    """The source's exact posterior P(J_i = j | x_{≤i+1}) is the law of the J that the sampler drew, so
+    E[ln P(J_drawn | x)] = −E[H(J | x)] (the log score of the drawn alignment equals minus the posterior's
+    entropy): measured = mean over held-out sequences of the per-sequence difference, within 4 standard
+    errors of 0. Fails for a posterior that is not Bayes' rule of the sampler (e.g. the prior π alone)."""
+    d = np.asarray(log_post_drawn, float) + np.asarray(post_entropy, float)  # per-sequence means over positions
+    se = float(d.std(ddof=1) / math.sqrt(d.size))
+    return check("alignment: mean ln P(J | x) at the drawn J + mean posterior entropy H(J | x)", float(d.mean()),
+                 0.0, "~", 4.0 * se, "the exact posterior is the law of the drawn J (source sampler)")
 
 
 def verdict_q_closer_than_uniform(kl_q: list[float], kl_uniform: float, q_margin: float, label: str) -> dict:
@@ -244,7 +255,10 @@ def _sample(src, key, cfg: Config) -> tuple[Array, dict]:
     n_train, n_held = S * cfg.steps * B, cfg.heldout_batches * B
     b = jax.jit(lambda k: src.batch(k, n_train + n_held, T_))(key)
     tokens = b["tokens"][:n_train].reshape(S, cfg.steps, B, T_ + 1)
-    return tokens, {"tokens": b["tokens"][n_train:], "entropy": np.asarray(b["entropy"][n_train:], np.float64)}
+    held = {"tokens": b["tokens"][n_train:], "entropy": np.asarray(b["entropy"][n_train:], np.float64)}
+    if "alignment" in b:  # the drawn latent positions J (the alignment source): the posterior's calibration check
+        held["alignment"] = np.asarray(b["alignment"][n_train:])
+    return tokens, held
 
 
 def _train_source(name: str, src, cfg: Config, tr: _Trainer) -> dict:
@@ -312,6 +326,10 @@ def _analyse(src: LatentAlignmentSource, res: dict, cfg: Config, tr: _Trainer) -
     ids, tgt = held_tok[:, :-1], held_tok[:, 1:]
     T_ = cfg.seq_len
     post = np.asarray(src.posterior(ids, tgt), np.float64)  # [N, T, T]
+    J = res["_models"][3]["alignment"]  # [N, T], the positions the sampler drew
+    with np.errstate(divide="ignore"):
+        log_post_J = np.log(np.take_along_axis(post, J[:, :, None], axis=-1)[..., 0])
+        post_H = -np.sum(np.where(post > 0, post * np.log(np.where(post > 0, post, 1.0)), 0.0), axis=-1)
     prior = np.exp(np.asarray(src.log_alignment(ids), np.float64)) * np.tril(np.ones((T_, T_)))
     uniform = np.tril(np.ones((T_, T_))) / np.arange(1, T_ + 1)[:, None]
     a = jax.device_get(tr.analyse(p, r, held_tok))
@@ -319,7 +337,8 @@ def _analyse(src: LatentAlignmentSource, res: dict, cfg: Config, tr: _Trainer) -
     bayes = np.asarray(src.bayes_decode(ids))
     out = {"kl_uniform_true": _kl_rows(np.broadcast_to(uniform, post.shape), post).mean(0).tolist(),
            "kl_prior_true": _kl_rows(prior, post).mean(0).tolist(),
-           "bayes_accuracy": float(np.mean(bayes == tgt_np)), "runs": {}}
+           "bayes_accuracy": float(np.mean(bayes == tgt_np)), "runs": {},
+           "calibration": {"log_post_drawn": log_post_J.mean(-1).tolist(), "post_entropy": post_H.mean(-1).tolist()}}
     S = cfg.seeds
     for m in range(len(cfg.objectives) * S):
         obj = cfg.objectives[m // S]
@@ -446,6 +465,8 @@ def checks_from_data(data: dict, cfg: Config) -> list[dict]:
     sc = data["alignment"]["source_check"]
     checks.append(verdict_source_consistency(sc["mean_nll"], sc["mean_entropy"], sc["se"], "alignment"))
     an = data["alignment"]["posterior"]
+    cal = an["calibration"]
+    checks.append(verdict_posterior_calibration(np.asarray(cal["log_post_drawn"]), np.asarray(cal["post_entropy"])))
     for o in ("elbo", "marginal_attention"):
         if o in cfg.objectives:
             kl_q = [float(np.mean(r["kl_q_true"])) for r in an["runs"][o]]

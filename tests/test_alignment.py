@@ -258,6 +258,25 @@ def test_verdict_q_closer_than_uniform_fails_for_a_uniform_q():
     assert not LA.verdict_q_closer_than_uniform([kl_u, kl_u], kl_u, 0.05, "Q")["passed"]
 
 
+def test_verdict_posterior_calibration_passes_on_the_drawn_alignment_and_fails_for_the_prior():
+    src = LatentAlignmentSource(8, 8, seed=4)
+    b = jax.device_get(jax.jit(lambda k: src.batch(k, 256, 16))(jax.random.key(2)))
+    tok, J = b["tokens"], np.asarray(b["alignment"])
+    ids, tg = jnp.asarray(tok[:, :-1]), jnp.asarray(tok[:, 1:])
+    T = J.shape[1]
+
+    def stats(q):  # per-sequence means of ln q(J_drawn) and of H(post) — the verdict compares them
+        post = np.asarray(src.posterior(ids, tg), np.float64)
+        lq = np.log(np.take_along_axis(q, J[:, :, None], -1)[..., 0]).mean(-1)
+        H = -np.sum(np.where(post > 0, post * np.log(np.where(post > 0, post, 1)), 0), -1).mean(-1)
+        return lq, H
+
+    post = np.asarray(src.posterior(ids, tg), np.float64)
+    assert LA.verdict_posterior_calibration(*stats(post))["passed"]
+    prior = np.exp(np.asarray(src.log_alignment(ids), np.float64)) * np.tril(np.ones((T, T)))
+    assert not LA.verdict_posterior_calibration(*stats(prior))["passed"]  # Bayes' rule without the emission
+
+
 def test_decoding_verdicts_fail_for_a_random_and_for_a_peeking_decoder():
     src, tok, _ = _source_and_heldout()
     ids, tg = tok[:, :-1], tok[:, 1:]

@@ -69,3 +69,31 @@ def test_haslbeck_verdicts_fail_when_perturbed():
     assert not X.verdict_haslbeck_bandwidth("h", 1.0, 0.18)["passed"]  # no smoothing choice: h = 1
     assert X.verdict_kernel_beats_ols("k<ols", 0.026, 0.041)["passed"]
     assert not X.verdict_kernel_beats_ols("k<ols", 0.041, 0.026)["passed"]
+
+
+def test_chain_rule_rows_are_identities_and_their_pairs_catch_a_wrong_joint_table():
+    """Issue 29 §2.7: the CMI-matrix and Massey rows hold for ANY joint table (they only check axis bookkeeping);
+    each is paired with the same quantity by a second route (log-ratios of the enumerated states, built from the
+    process's conditionals), which a wrong table fails."""
+    from tvvar.theory import categorical_di as C
+
+    proc = C.random_categorical_tvvar(0, vocab=2, length=3, feedback=0.8)
+    lj = C.joint_log_prob(proc)
+    ind = X.enumerate_information(proc)
+    assert abs(ind["total"] - 1.0) < 1e-12
+    assert abs(ind["DI"] - C.directed_information(lj)) < 1e-10
+    assert abs(ind["reverse_DI"] - C.reverse_directed_information(lj)) < 1e-10
+    assert abs(ind["MI"] - C.mutual_information(lj)) < 1e-10
+    assert np.abs(ind["cmi_matrix"] - C.cmi_matrix(lj)).max() < 1e-10
+    # a wrong joint table (another process's law): the bookkeeping identities still hold, the pairs do not
+    wrong = C.joint_log_prob(C.random_categorical_tvvar(1, vocab=2, length=3, feedback=0.8))
+    M, di = C.cmi_matrix(wrong), C.directed_information(wrong)
+    rev, mi = C.reverse_directed_information(wrong), C.mutual_information(wrong)
+    assert X.verdict_identity("b", float(M[np.triu_indices(3)].sum()), di, X.BOOKKEEPING)["passed"]
+    assert X.verdict_identity("c", di + rev, mi, X.CONSERVATION)["passed"]
+    assert X.verdict_identity("b", 0.0, 0.0, X.BOOKKEEPING)["identity"] == X.BOOKKEEPING
+    assert not X.verdict_identity("di", di, ind["DI"])["passed"]
+    assert not X.verdict_identity("mi", mi, ind["MI"])["passed"]
+    assert not X.verdict_identity("rev", rev, ind["reverse_DI"])["passed"]
+    assert not X.verdict_identity("cmi", float(np.abs(M - ind["cmi_matrix"]).max()), 0.0)["passed"]
+    assert X.verdict_identity("di", di, ind["DI"])["identity"] is None  # a verification, not an identity

@@ -308,3 +308,12 @@ def test_directed_information_dv_bad_input():
         N.directed_information_dv(x, x, model_cfg=critic.config().replace(max_len=4))
     with pytest.raises(ValueError, match="vocab_y must be an int"):
         N.TokenCritic(2, 1, 4)
+
+
+def test_clipped_dv_is_not_a_lower_bound_and_unclipped_dv_is_the_population_bound():
+    """Issue 29 §3.7: the module no longer says I ≥ DV for the clipped estimate. A constant critic T ≡ c on
+    independent pairs (I = 0): the unclipped DV is exactly 0 (≤ I), the clipped one is c − clip > I."""
+    S = jnp.full((8, 8), 15.0)
+    assert abs(float(N.dv_bound(S))) < 1e-6
+    assert abs(float(N.dv_bound(S, clip=10.0)) - 5.0) < 1e-6  # 5 nats "of information" between independent pairs
+    assert "not a lower bound" in N.dv_bound.__doc__ and "not a bound" in N.transfer_entropy_dv.__doc__

@@ -3,19 +3,30 @@ entropy / directed information as the difference of two DV bounds (issue 14, ite
 Section V-F, Eq. 77: DI through its KL form with the DV representation, as in TREET).
 
 For samples (a_i, b_i) of a joint law P and a critic T(a, b), with the product of marginals Q = P_a ⊗ P_b
-realised by pairing a_i with b_j (i ≠ j) inside a batch of K:
+realised by pairing a_i with b_j (i ≠ j) inside a batch of K, the population bounds (for any fixed T) are
 
 * DV (Donsker & Varadhan 1983; MINE)   I ≥ E_P[T] − ln E_Q[e^T];
 * NWJ (Nguyen, Wainwright & Jordan 2010)   I ≥ E_P[T] − e^{−1} E_Q[e^T];
-* InfoNCE (van den Oord et al. 2018)   I ≥ E_i[T(a_i, b_i) − ln (1/K) Σ_j e^{T(a_i, b_j)}] ≤ ln K.
+* InfoNCE (van den Oord et al. 2018)   I ≥ E[T(a_i, b_i) − ln (1/K) Σ_j e^{T(a_i, b_j)}], and the batch value is
+  ≤ ln K always.
 
-Stabilisations for DV: the exponent is clipped to ``[−clip, clip]`` inside ln E_Q[e^T] (SMILE, Song & Ermon
-2020); the gradient of ln E_Q[e^T] uses a moving average of E_Q[e^T] as its denominator (MINE's bias
-correction): the surrogate loss −(E_P[T] − E_Q[e^T] / sg(ema)) has that gradient.
+What is computed is not always a lower bound:
 
-TE and DI: TE_{X→Y} = I(Y_t ; X_past, Y_past) − I(Y_t ; Y_past), each term a DV bound of its own critic; the
-reported interval pairs the two bounds on the same held-out batches (mean ± z·sd/√batches of the per-batch
-difference).
+* :func:`dv_bound` with ``clip`` (the default 10 in :func:`train_mi_estimator` and the token critics, both in
+  training and in the held-out evaluation) clips the exponent inside ln E_Q[e^T] only (SMILE, Song & Ermon
+  2020), so it is E_P[T] − ln E_Q[e^{clip(T)}] ≥ the DV value of T, and it can exceed I: a constant critic
+  T ≡ c > clip gives c − clip > 0 on independent pairs (I = 0).  Without the clip, ln of the batch mean of e^T
+  is biased low (Jensen), so the batch DV is biased high by O(1/K).  A DV estimate is therefore an estimate of
+  I with an error of either sign, not a certified lower bound.
+* NWJ on held-out batches is an unbiased estimate of the NWJ bound of the trained critic, which is ≤ I; the
+  InfoNCE batch value is a lower bound in expectation (and ≤ ln K).
+
+The gradient of ln E_Q[e^T] uses a moving average of E_Q[e^T] as its denominator (MINE's bias correction):
+the surrogate loss −(E_P[T] − E_Q[e^T] / sg(ema)) has that gradient.
+
+TE and DI: TE_{X→Y} = I(Y_t ; X_past, Y_past) − I(Y_t ; Y_past), each term a DV estimate of its own critic.  A
+difference of two bounds is not a bound: the estimate can fall on either side of the truth, and its interval
+pairs the two estimates on the same held-out batches (mean ± z·sd/√batches of the per-batch difference).
 
 The critic here is a small MLP on the concatenation [a, b] (:func:`init_mlp_critic`); any function
 ``critic(params, a, b) -> [K]`` with a params pytree can be passed instead.
@@ -110,7 +121,9 @@ def _off_diag(S: Array) -> Array:
 
 
 def dv_bound(S: Array, clip: float | None = None) -> Array:
-    """E_P[T] − ln E_Q[e^T] from a score matrix (exponent clipped to [−clip, clip] if given)."""
+    """E_P[T] − ln E_Q[e^T] from a score matrix (exponent clipped to [−clip, clip] if given).
+
+    With ``clip`` the value is ≥ the unclipped one and is not a lower bound on I (module docstring)."""
     off = _off_diag(S)
     if clip is not None:
         off = jnp.clip(off, -clip, clip)
@@ -180,7 +193,10 @@ def train_mi_estimator(a, b, *, bound: str = "dv", steps: int = 500, batch: int 
                        hidden: int = 64, clip: float | None = 10.0, ema: float = 0.99, held_out: float = 0.3,
                        seed: int = 0, critic: Callable = mlp_critic, params=None) -> Estimate:
     """Train a critic with Adam on the chosen ``bound`` ('dv', 'nwj', 'infonce') over the training split of
-    (a, b) and report the bound on disjoint held-out batches of size ``batch`` (mean and 95 % interval)."""
+    (a, b) and report the bound on disjoint held-out batches of size ``batch`` (mean and 95 % interval).
+
+    For 'dv' the held-out value uses the same ``clip``: an estimate of I that may lie above it (module
+    docstring), not a certified lower bound."""
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
     if not 0 <= ema < 1:
@@ -242,8 +258,9 @@ def transfer_entropy_dv(source, target, *, k: int = 1, ell: int = 1, **train_kw)
                                                                                           Estimate]:
     """TE_{source→target} = DV(target_t ; [source past ℓ, target past k]) − DV(target_t ; target past k).
 
-    Returns (te, full, restricted); ``te``'s interval comes from the per-batch differences of the two critics
-    on the same held-out batches (same seed → same split)."""
+    A difference of two DV estimates: not a bound, its error can have either sign.  Returns (te, full,
+    restricted); ``te``'s interval comes from the per-batch differences of the two critics on the same
+    held-out batches (same seed → same split)."""
     from tvvar.theory.estimators import _te_blocks
 
     blocks = _te_blocks(source, target, k, ell)  # the same validation and lag embedding as the plug-in TE
@@ -449,7 +466,8 @@ def directed_information_dv(x, y, *, vocab_x: int | None = None, vocab_y: int | 
                             steps: int = 500, batch: int = 256, lr: float = 3e-3, clip: float | None = 10.0,
                             ema: float = 0.99, held_out: float = 0.3, seed: int = 0
                             ) -> tuple[Estimate, Estimate, Estimate]:
-    """I(X^m → Y^m) = Σ_t [DV_t(y_t ; x^t, y^{t−1}) − DV_t(y_t ; y^{t−1})] with two causal tvvar critics
+    """I(X^m → Y^m) = Σ_t [DV_t(y_t ; x^t, y^{t−1}) − DV_t(y_t ; y^{t−1})] (a difference of two DV estimates, not
+    a bound: either sign of error) with two causal tvvar critics
     (:class:`TokenCritic`, full and reduced), each trained with Adam on the stabilised DV surrogate
     (:func:`token_dv_surrogate`: exponent clipped to ±``clip``, moving-average denominator with rate ``ema``).
 

@@ -1,0 +1,143 @@
+"""Mutants of the estimators experiment's code under test: the Gaussian log-det estimators and their lag blocks,
+the plug-in entropy and the TE likelihood-ratio test, the Granger F / Wald tests, the DV / NWJ / InfoNCE
+bounds and the token (tvvar) critics, the exact categorical DI, the kernel TV-VAR's cross-validation and the
+least-squares coefficient recovery."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.estimators import Config
+from mutants import Mutant
+
+
+def tiny() -> Config:
+    # every row of Config.quick() (same names: the Granger and Haslbeck n index their rows), smaller budgets;
+    # 400 null replicates keep the Granger and TE-LR size rows' 3 binomial se (0.033) below the 0.05 that a
+    # never- or always-rejecting test moves them by
+    return dataclasses.replace(
+        Config.quick(), n_dv=3000, dv_steps=150, n_cat=3000, staircase_batches=10, granger_reps=400, lr_reps=400,
+        bv_reps=6, neural_ns=(), haslbeck_reps=1, haslbeck_grid_step=3, di_n=8000, di_steps=160,
+        rec_train_steps=60, rec_batch=256)
+
+
+# ---- Gaussian (log-det) estimators ------------------------------------------------------------------------
+
+
+def _logdet_half(orig):
+    return lambda S: jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(S))))  # ln det L, not ln det L Lᵀ
+
+
+def _te_blocks_source_present(orig):
+    def _te_blocks(source, target, k, ell):
+        b = orig(source, target, k, ell)
+        m = max(k, ell)
+        y = np.asarray(source, dtype=np.float64).reshape(len(source), -1)
+        return {**b, "source_past": np.concatenate([y[m - j + 1: len(y) - j + 1] for j in range(1, ell + 1)], 1)}
+    return _te_blocks
+
+
+# ---- plug-in entropy, TE likelihood-ratio test, Granger ---------------------------------------------------
+
+
+def _code_entropy_bits(orig):
+    def _code_entropy(code):
+        n = code.shape[0]
+        counts = jnp.zeros((n,), jnp.result_type(float)).at[code].add(1.0)
+        p = counts / n
+        return -jnp.sum(jnp.where(counts > 0, p * jnp.log2(jnp.where(counts > 0, p, 1.0)), 0.0))
+    return _code_entropy
+
+
+
+def _restriction_rows_no_intercept(orig):
+    return lambda k, p, causing: np.array([ell * k + j for ell in range(p) for j in causing], dtype=np.int32)
+
+
+
+# ---- neural bounds and the token critics -------------------------------------------------------------------
+
+
+def _dv_sum_not_mean(orig):
+    def dv_bound(S, clip=None):
+        K = S.shape[0]
+        off = S[~np.eye(K, dtype=bool)]
+        if clip is not None:
+            off = jnp.clip(off, -clip, clip)
+        return jnp.mean(jnp.diag(S)) - jax.nn.logsumexp(off)  # ln Σ e^T: the 1/(K(K−1)) of the mean dropped
+    return dv_bound
+
+
+
+def _infonce_without_log_k(orig):
+    return lambda S: jnp.mean(jnp.diag(S) - jax.nn.logsumexp(S, axis=1))  # the + ln K forgotten
+
+
+def _token_ids_shifted(orig):
+    def ids(self, x, y):
+        if self.reduced:
+            return orig(self, x, y)
+        x, y = jnp.asarray(x, jnp.int32), jnp.asarray(y, jnp.int32)
+        pairs = jnp.stack([x, y + self.vocab_x], axis=-1).reshape(y.shape[0], 2 * self.length)
+        return pairs[:, 1:]  # drops x_0 instead of the last y: the row scoring y_t sees y_t
+    return ids
+
+
+# ---- exact categorical DI ------------------------------------------------------------------------------------
+
+
+def _entropy_bits(orig):
+    return lambda p, axes: orig(p, axes) / math.log(2)  # H in bits where every quantity is in nats
+
+
+
+
+# ---- kernel TV-VAR and coefficient recovery -------------------------------------------------------------------
+
+
+def _weights_no_loo(orig):
+    return lambda tau, h, name, loo: orig(tau, h, name, False)  # the diagonal kept: each point predicts itself
+
+
+def _solve_float32(orig):
+    def _solve(X, present, h, ones):
+        out = orig(X.astype(jnp.float32), present, h.astype(jnp.float32), ones.astype(jnp.float32))
+        return tuple(o.astype(X.dtype) if jnp.issubdtype(o.dtype, jnp.floating) else o for o in out)
+    return _solve
+
+
+def _stderr_variance(orig):
+    def fit_tvvar_coefficients(u, h, **kw):
+        fit = orig(u, h, **kw)
+        return fit._replace(stderr=fit.stderr ** 2)  # the variance reported as the standard error
+    return fit_tvvar_coefficients
+
+
+
+MUTANTS = (
+    Mutant("logdet_without_2", "tvvar.theory.estimators:_logdet", _logdet_half,
+           "ln det S as Σ ln diag(chol S), the factor 2 of ln det L Lᵀ forgotten"),
+    Mutant("te_source_present", "tvvar.theory.estimators:_te_blocks", _te_blocks_source_present,
+           "source block holds y_t … y_{t−ℓ+1} (lag off by one: the present where the past is meant)"),
+    Mutant("plugin_entropy_bits", "tvvar.theory.estimators:_code_entropy", _code_entropy_bits,
+           "plug-in entropy with log2 (bits) where nats are meant"),
+    Mutant("granger_rows_no_intercept", "tvvar.theory.granger:restriction_rows", _restriction_rows_no_intercept,
+           "restricted regressor rows ℓk + j, the intercept's row offset forgotten"),
+    Mutant("dv_log_sum_not_mean", "tvvar.theory.neural_estimators:dv_bound", _dv_sum_not_mean,
+           "DV's ln E_Q[e^T] as ln Σ e^T (the 1/(K(K−1)) normaliser dropped)"),
+    Mutant("infonce_without_log_k", "tvvar.theory.neural_estimators:infonce_bound", _infonce_without_log_k,
+           "InfoNCE without the + ln K"),
+    Mutant("token_critic_sees_y_t", "tvvar.theory.neural_estimators:TokenCritic.ids", _token_ids_shifted,
+           "full critic's layout drops x_0 instead of y_{m−1}, so the row that scores y_t has read y_t"),
+    Mutant("categorical_entropy_bits", "tvvar.theory.categorical_di:entropy", _entropy_bits,
+           "exact entropies in bits where nats are meant"),
+    Mutant("cv_without_leave_one_out", "tvvar.theory.tvvar_estimation:_weights", _weights_no_loo,
+           "kernel CV weights keep the diagonal: leave-one-out not applied"),
+    Mutant("recovery_float32", "tvvar.theory.coefficient_recovery:_solve", _solve_float32,
+           "coefficient-recovery normal equations accumulated in float32"),
+    Mutant("recovery_stderr_is_variance", "tvvar.theory.coefficient_recovery:fit_tvvar_coefficients",
+           _stderr_variance, "standard errors without the square root (variances)"),
+)

@@ -1,0 +1,90 @@
+"""Mutants of the latent-alignment experiment's code under test: the alignment source's exact quantities (π,
+log P(x_{i+1} | x_{≤i}), the conditional law, the posterior over J, the sampler's entropy field), the soft
+source's entropy field, and the attention-prior terms the marginal objective trains on."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from experiments.latent_alignment import Config
+from mutants import Mutant
+from tvvar.core import masked_fill_value
+
+
+def tiny() -> Config:
+    # 2 seeds as at quick size, a shorter training and sequence
+    return dataclasses.replace(Config.quick(), steps=150, seq_len=16, eval_every=150, heldout_batches=4)
+
+
+def _log_pi_over_queries(orig):
+    def _log_pi(self, ids, dt):
+        T = ids.shape[1]
+        S = jnp.asarray(self.scores, dt)
+        s = S[ids[:, :, None], ids[:, None, :]]
+        causal = jnp.tril(jnp.ones((T, T), bool))[None]
+        fill = masked_fill_value(dt)
+        lp = jax.nn.log_softmax(jnp.where(causal, s, fill), axis=-2)  # normalised over rows i, not keys j
+        return jnp.where(causal, lp, fill)
+    return _log_pi
+
+
+def _emission_transposed(orig):
+    def _log_joint(self, ids, targets, dt):
+        T = ids.shape[1]
+        logE = jnp.log(jnp.asarray(self.emissions, dt))
+        causal = jnp.tril(jnp.ones((T, T), bool))[None]
+        # E[x_{i+1}, x_j] where E[x_j, x_{i+1}] is meant
+        return jnp.where(causal, self._log_pi(ids, dt) + logE[targets[:, :, None], ids[:, None, :]], -jnp.inf)
+    return _log_joint
+
+
+def _conditional_emission_transposed(orig):
+    def _conditional(self, log_pi, ids, dt):
+        T = ids.shape[1]
+        pi = jnp.where(jnp.tril(jnp.ones((T, T), bool))[None], jnp.exp(log_pi), 0)
+        E_BxTxV = jnp.asarray(self.emissions, dt).T[ids]  # columns of E (P(x_j | v)) instead of its rows
+        return jnp.einsum("bij,bjv->biv", pi, E_BxTxV, precision=jax.lax.Precision.HIGHEST)
+    return _conditional
+
+
+def _posterior_is_prior(orig):
+    def posterior(self, ids, targets, dtype=None):
+        self._check_pair(ids, targets)
+        ids = jnp.asarray(ids)
+        T = ids.shape[1]
+        lp = self._log_pi(ids, self._dtype(dtype))  # Bayes' rule without the emission likelihood E[x_j, x_{i+1}]
+        return jnp.where(jnp.tril(jnp.ones((T, T), bool))[None], jnp.exp(lp), 0)
+    return posterior
+
+
+def _entropy_field_bits(orig):
+    def batch(self, key, batch_size, seq_len, split="train"):
+        out = orig(self, key, batch_size, seq_len, split)
+        return {**out, "entropy": out["entropy"] / math.log(2)}  # H in bits where nats are meant
+    return batch
+
+
+def _attention_prior_dropped(orig):
+    def closed_form_terms(model, ids, targets, priors=("uniform",)):
+        return orig(model, ids, targets, tuple("uniform" for _ in priors))  # every prior read as uniform
+    return closed_form_terms
+
+
+MUTANTS = (
+    Mutant("alignment_softmax_over_queries", "tvvar.alignment:LatentAlignmentSource._log_pi", _log_pi_over_queries,
+           "the source's exact π normalised over the query axis i instead of the key axis j"),
+    Mutant("alignment_emission_transposed", "tvvar.alignment:LatentAlignmentSource._log_joint",
+           _emission_transposed, "exact log P reads E[x_{i+1}, x_j] (emission matrix transposed)"),
+    Mutant("conditional_emission_transposed", "tvvar.alignment:LatentAlignmentSource._conditional",
+           _conditional_emission_transposed, "P(x_{i+1} = v | x_≤i) mixes columns of E instead of rows"),
+    Mutant("posterior_is_prior", "tvvar.alignment:LatentAlignmentSource.posterior", _posterior_is_prior,
+           "posterior over J without the emission likelihood (returns the prior π)"),
+    Mutant("alignment_entropy_in_bits", "tvvar.alignment:LatentAlignmentSource.batch", _entropy_field_bits,
+           "the sampler's exact entropy field in bits (log2) where nats are meant"),
+    Mutant("soft_source_entropy_in_bits", "tvvar.data:TVVARSource.batch", _entropy_field_bits,
+           "the soft source's exact entropy field in bits (log2) where nats are meant"),
+    Mutant("attention_prior_dropped", "tvvar.theory.elbo:closed_form_terms", _attention_prior_dropped,
+           "closed-form terms ignore the prior argument: the attention prior is read as uniform"),
+)
