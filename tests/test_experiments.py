@@ -30,11 +30,15 @@ def test_reproduce_quick_writes_report_and_results(tmp_path):
     assert set(res) == {"experiment", "config", "seconds", "checks", "figures", "data"}
     assert res["checks"] and all(c["passed"] for c in res["checks"])
     for c in res["checks"]:
-        assert set(c) == {"name", "measured", "reference", "relation", "tolerance", "source", "passed", "skipped"}
+        assert set(c) == {"name", "measured", "reference", "relation", "tolerance", "source", "passed", "skipped",
+                          "identity", "label", "kills"}
+        assert c["label"] == "verifies" and c["kills"], c  # every Theorem 5 row kills a mutant (tests/mutants)
+    assert res["mutants"]["survivors"] == [] and res["mutants"]["killed"] == res["mutants"]["mutants"] >= 4
     for fig in res["figures"]:
         assert (tmp_path / "theorem5" / fig).stat().st_size > 1000
     report = (tmp_path / "report.md").read_text()
     assert "## theorem5" in report and "theorem5_pi.png" in report
+    assert "verifies: kills `softmax_over_queries`" in report and "surviving: **none**" in report
     assert json.loads((tmp_path / "summary.json").read_text())["failed"] == []
 
 
