@@ -1,9 +1,19 @@
-"""Strict JAX settings for the whole suite (Equinox-style): implicit rank promotion is an error."""
+"""Strict JAX settings for the whole suite (Equinox-style): implicit rank promotion is an error.
+
+JAX's persistent compilation cache lives in ``.pytest_cache/jax-compilation-cache`` (every compile, however
+short), so a second run of the suite — and each mutant run of the mutant kit, which clears JAX's in-memory
+caches but recompiles only what its patch changed — loads executables instead of compiling them again. The
+environment variables reach the subprocesses too (notebook kernels, CLI runs).
+"""
 
 import os
+from pathlib import Path
 
 # Eight fake CPU devices for the sharding tests; must be set before JAX initializes its backend.
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 

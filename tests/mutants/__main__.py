@@ -1,11 +1,16 @@
 """Write the kill tables: ``.venv/bin/python tests/mutants NAME [NAME ...]`` (no name: every experiment that has
 mutants). Runs each experiment at ``tiny()`` clean and under each mutant and writes ``experiments/kills/NAME.json``."""
 
+import os
 import sys
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
+_ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(_ROOT / "tests"), str(_ROOT)]
+# the suite's persistent compilation cache (tests/conftest.py): each mutant recompiles only what it changed
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".pytest_cache" / "jax-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import mutants  # noqa: E402
 
