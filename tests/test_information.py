@@ -229,12 +229,15 @@ def test_bad_input():
 
 def _good_data():
     return {"source_directed": 0.9, "source_mutual": 0.9, "source_mc": 0.91, "source_mc_se": 0.02,
-            "R": [0.1, 0.22], "D": [1.0, 0.01], "source_rate": 0.225, "theorem1_tol": 0.05,
-            "negative_drift_fraction": 0.0, "M_mean": [0.01, -0.02], "M_se": [0.02, 0.02],
+            "R": [0.1, 0.22], "D": [1.0, 0.01], "source_rate": 0.225, "rate_tol": 0.05,
+            "D_steps_f64": 0.0123, "D_sequence_f64": 0.0123, "drift_identity_max_abs": 1e-15,
+            "M_mean": [0.01, -0.02], "M_se": [0.02, 0.02],
             "M_stop_mean": 0.01, "M_stop_se": 0.02, "freedman_excess_c": -0.3, "freedman_mc_tol": 0.04,
-            "rpre_min_gap": 1e-5, "bsc_bits": 0.5, "bsc_ref": 0.5, "bec_bits": 0.7, "bec_ref": 0.7,
-            "model_capacity": 1.0, "model_mi_source_law": 0.8, "constrained_reward": 3.0, "reward_target": 3.0,
-            "rpost_R": [0.0, 0.1, 0.3]}
+            "rpre_solver_max_abs": 1e-12, "eq18_max_excess": 1e-3, "eq18_tol": 0.005,
+            "bsc_bits": 0.5, "bsc_ref": 0.5, "bec_bits": 0.7, "bec_ref": 0.7,
+            "model_capacity": 1.0, "model_mi_source_law": 0.8, "model_capacity_slsqp": 1.0 + 1e-9,
+            "constrained_capacity": 0.9, "constrained_capacity_slsqp": 0.9 - 1e-9,
+            "constrained_reward": 3.0, "reward_target": 3.0, "rpost_R": [0.0, 0.1, 0.3], "rpost_slsqp_max_abs": 1e-7}
 
 
 _PERTURB = {
@@ -242,17 +245,25 @@ _PERTURB = {
     "verdict_mc": {"source_mc": 1.2},
     "verdict_theorem1": {"R": [0.1, 0.1]},
     "verdict_distortion_falls": {"D": [1.0, 0.9]},
-    "verdict_drift": {"negative_drift_fraction": 0.01},
+    "verdict_distortion_chain": {"D_sequence_f64": 0.0123 + 1e-8},
+    "verdict_drift": {"drift_identity_max_abs": 1e-6},
     "verdict_martingale": {"M_mean": [0.2, 0.0]},
     "verdict_stopping": {"M_stop_mean": 0.2},
     "verdict_freedman": {"freedman_excess_c": 0.1},
-    "verdict_rpre": {"rpre_min_gap": -1e-3},
+    "verdict_rpre_solver": {"rpre_solver_max_abs": 3e-3},
+    "verdict_rpre": {"eq18_max_excess": 0.05},
     "verdict_bsc": {"bsc_bits": 0.5 + 1e-5},
     "verdict_bec": {"bec_bits": 0.7 - 1e-5},
     "verdict_capacity": {"model_capacity": 0.7},
+    "verdict_capacity_solver": {"model_capacity_slsqp": 1.01},
     "verdict_reward": {"constrained_reward": 2.9},
+    "verdict_reward_solver": {"constrained_capacity_slsqp": 0.95},
     "verdict_rpost": {"rpost_R": [0.0, 0.3, 0.1]},
+    "verdict_rpost_solver": {"rpost_slsqp_max_abs": 1e-3},
 }
+
+#: rows that hold by construction of the solver they read (issue 29 §2.5): labelled identity in the report
+_IDENTITIES = {"verdict_capacity", "verdict_reward", "verdict_rpost"}
 
 
 @pytest.mark.parametrize("name", sorted(_PERTURB))
@@ -263,6 +274,17 @@ def test_experiment_verdicts_can_fail(name):
     assert {v.__name__ for v in exp.VERDICTS} == set(_PERTURB)
     assert verdict(_good_data())["passed"] is True
     assert verdict({**_good_data(), **_PERTURB[name]})["passed"] is False
+    assert (verdict(_good_data())["identity"] is not None) == (name in _IDENTITIES)
+
+
+def test_experiment_check_names_do_not_depend_on_the_config():
+    """Rows are matched by name between tiny() and quick(): no number of the config in a name (issue 29)."""
+    from experiments import semantic_information as exp
+
+    names = [v(_good_data())["name"] for v in exp.VERDICTS]
+    assert len(set(names)) == len(names)
+    tol_free = {**_good_data(), "rate_tol": 0.123, "eq18_tol": 0.456}
+    assert [v(tol_free)["name"] for v in exp.VERDICTS] == names
 
 
 # --------------------------------------------------------------------------------------------------

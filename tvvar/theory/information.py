@@ -281,11 +281,36 @@ def _prompt_rows(x: Array, k: Array) -> Array:
     return jnp.take_along_axis(x, k.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
 
 
-def information_density(log_cond: Array, log_prior: Array, u: Array, k: Array,
-                        log_marginal: Array | None = None) -> Array:
-    """ι_t = log P(u_t | u_{<t}, s_k) − log P(u_t | u_{<t}) for each path b under prompt k_b: [B, T].
+def _concrete(*xs: Any) -> bool:
+    return not any(isinstance(x, jax.core.Tracer) for x in xs)
 
-    ``log_marginal`` [B, T, V] replaces the exact Bayes marginal (e.g. by a heuristic estimator)."""
+
+def _check_path_args(log_cond: Array, log_prior: Any, u: Array, k: Array) -> Array:
+    """The value checks a trace cannot run, on concrete input, before a jitted core: the prompt law, the
+    normalised rows, the prompt indices and the possibility of every path under its prompt."""
+    lp = check_log_prior(log_prior)
+    _check_cond(log_cond, lp, u)
+    a, kk = np.asarray(u), np.asarray(k)
+    if kk.ndim != 1 or kk.shape[0] != a.shape[0] or not np.issubdtype(kk.dtype, np.integer):
+        raise ValueError(f"prompt index must be an integer array [B={a.shape[0]}], got shape {kk.shape}")
+    if kk.min() < 0 or kk.max() >= log_cond.shape[1]:
+        raise ValueError(f"prompt index must lie in [0, K={log_cond.shape[1]}), got values in [{kk.min()}, {kk.max()}]")
+    own = np.take_along_axis(np.asarray(log_cond)[np.arange(a.shape[0]), kk], a[..., None], axis=-1)[..., 0]
+    _check_paths(own, kk)
+    return lp
+
+
+def _eager_or_jit(core: Callable, jitted: Callable, log_cond: Array, log_prior: Any, u: Array, k: Array,
+                  *rest: Any) -> Any:
+    """Concrete input: checked, then the jitted core (one compiled program instead of many eager ops); inside a
+    trace (a loss, a jitted caller): the core itself."""
+    if _concrete(log_cond, log_prior, u, k, *rest):
+        lp = _check_path_args(log_cond, log_prior, u, k)
+        return jitted(jnp.asarray(log_cond), lp, jnp.asarray(u), jnp.asarray(k), *rest)
+    return core(log_cond, log_prior, u, k, *rest)
+
+
+def _density_core(log_cond, log_prior, u, k, log_marginal=None):
     m = marginal_log_conditionals(log_cond, log_prior, u) if log_marginal is None else log_marginal
     own = _prompt_rows(_token_logliks(log_cond, u), k)
     _check_paths(own, k)
@@ -293,20 +318,39 @@ def information_density(log_cond: Array, log_prior: Array, u: Array, k: Array,
     return own - lm
 
 
+_density_jit = jax.jit(lambda lc, lp, u, k, lm=None: _density_core(lc, lp, u, k, lm))
+
+
+def information_density(log_cond: Array, log_prior: Array, u: Array, k: Array,
+                        log_marginal: Array | None = None) -> Array:
+    """ι_t = log P(u_t | u_{<t}, s_k) − log P(u_t | u_{<t}) for each path b under prompt k_b: [B, T].
+
+    ``log_marginal`` [B, T, V] replaces the exact Bayes marginal (e.g. by a heuristic estimator)."""
+    extra = () if log_marginal is None else (jnp.asarray(log_marginal),)
+    return _eager_or_jit(_density_core, _density_jit, log_cond, log_prior, u, k, *extra)
+
+
 def flow(log_cond: Array, log_prior: Array, u: Array, k: Array, log_marginal: Array | None = None) -> Array:
     """The semantic information flow i(S → U_{n+1:t}) = Σ_{τ≤t} ι_τ for t = 1..T (Def. 8, Eq. 24): [B, T]."""
     return jnp.cumsum(information_density(log_cond, log_prior, u, k, log_marginal), axis=-1)
 
 
-def sequence_flow(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Array:
-    """The same flow from sequence probabilities, log P(u_{≤t} | s_k) − log Σ_j p_j P(u_{≤t} | s_j), t = 0..T:
-    [B, T + 1] (no per-step Bayes predictive; the chain rule makes it equal :func:`flow`)."""
+def _sequence_flow_core(log_cond, log_prior, u, k):
     log_prior = check_log_prior(log_prior)
     _check_cond(log_cond, log_prior, u)
     _check_paths(_prompt_rows(_token_logliks(log_cond, u), k), k)
     L = _cumulative(log_cond, u)
     logm = jax.nn.logsumexp(log_prior[None, :, None] + L, axis=1)
     return _prompt_rows(L, k) - logm
+
+
+_sequence_flow_jit = jax.jit(lambda lc, lp, u, k: _sequence_flow_core(lc, lp, u, k))
+
+
+def sequence_flow(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Array:
+    """The same flow from sequence probabilities, log P(u_{≤t} | s_k) − log Σ_j p_j P(u_{≤t} | s_j), t = 0..T:
+    [B, T + 1] (no per-step Bayes predictive; the chain rule makes it equal :func:`flow`)."""
+    return _eager_or_jit(_sequence_flow_core, _sequence_flow_jit, log_cond, log_prior, u, k)
 
 
 def _kl_rows(logp: Array, logq: Array) -> Array:
@@ -319,16 +363,21 @@ def _kl_rows(logp: Array, logq: Array) -> Array:
     return jnp.sum(jnp.maximum(term, 0), axis=-1)
 
 
-def drift(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Array:
-    """Theorem 2's drift E[ι_t | u_{<t}, s_k] = KL(P(·|u_{<t}, s_k) ‖ P(·|u_{<t})) ≥ 0 per path and step: [B, T]."""
+def _drift_core(log_cond, log_prior, u, k):
     m = marginal_log_conditionals(log_cond, log_prior, u)
     _check_paths(_prompt_rows(_token_logliks(log_cond, u), k), k)
     return _kl_rows(_prompt_rows(log_cond, k), m)
 
 
-def drift_by_enumeration(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Array:
-    """E_v[i(u_{<t} v) − i(u_{<t})] over the next token v ~ P(·|u_{<t}, s_k), each flow from sequence
-    probabilities (:func:`sequence_flow`): the left side of Theorem 2's identity, [B, T]."""
+_drift_jit = jax.jit(lambda lc, lp, u, k: _drift_core(lc, lp, u, k))
+
+
+def drift(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Array:
+    """Theorem 2's drift E[ι_t | u_{<t}, s_k] = KL(P(·|u_{<t}, s_k) ‖ P(·|u_{<t})) ≥ 0 per path and step: [B, T]."""
+    return _eager_or_jit(_drift_core, _drift_jit, log_cond, log_prior, u, k)
+
+
+def _drift_enum_core(log_cond, log_prior, u, k):
     log_prior = check_log_prior(log_prior)
     _check_cond(log_cond, log_prior, u)
     _check_paths(_prompt_rows(_token_logliks(log_cond, u), k), k)
@@ -342,12 +391,16 @@ def drift_by_enumeration(log_cond: Array, log_prior: Array, u: Array, k: Array) 
     return jnp.sum(jnp.where(p > 0, p * (f_next - f_prev[..., None]), 0), axis=-1)
 
 
-def doob(log_cond: Array, log_prior: Array, u: Array, k: Array) -> dict[str, Array]:
-    """Doob decomposition of the flow (Eqs. 26–28), per path, t = 1..T, each [B, T]:
+_drift_enum_jit = jax.jit(lambda lc, lp, u, k: _drift_enum_core(lc, lp, u, k))
 
-    ``flow`` i_t, ``A`` = Σ_{τ≤t} KL_τ (predictable, non-decreasing), ``M`` = i_t − A_t (martingale, mean 0),
-    ``drift`` KL_t, ``V`` = Σ_{τ≤t} Var(ι_τ | past) (the predictable quadratic variation of M) and
-    ``increment_sup`` = max_v (ι_τ(v) − KL_τ) over the possible next tokens (a bound c on M's increments)."""
+
+def drift_by_enumeration(log_cond: Array, log_prior: Array, u: Array, k: Array) -> Array:
+    """E_v[i(u_{<t} v) − i(u_{<t})] over the next token v ~ P(·|u_{<t}, s_k), each flow from sequence
+    probabilities (:func:`sequence_flow`): the left side of Theorem 2's identity, [B, T]."""
+    return _eager_or_jit(_drift_enum_core, _drift_enum_jit, log_cond, log_prior, u, k)
+
+
+def _doob_core(log_cond, log_prior, u, k):
     m = marginal_log_conditionals(log_cond, log_prior, u)
     own = _prompt_rows(log_cond, k)
     _check_paths(_prompt_rows(_token_logliks(log_cond, u), k), k)
@@ -360,6 +413,18 @@ def doob(log_cond: Array, log_prior: Array, u: Array, k: Array) -> dict[str, Arr
     sup = jnp.max(jnp.where(p > 0, centred, -jnp.inf), axis=-1)
     A = jnp.cumsum(kl, axis=-1)
     return {"flow": i, "A": A, "M": i - A, "drift": kl, "V": jnp.cumsum(var, axis=-1), "increment_sup": sup}
+
+
+_doob_jit = jax.jit(lambda lc, lp, u, k: _doob_core(lc, lp, u, k))
+
+
+def doob(log_cond: Array, log_prior: Array, u: Array, k: Array) -> dict[str, Array]:
+    """Doob decomposition of the flow (Eqs. 26–28), per path, t = 1..T, each [B, T]:
+
+    ``flow`` i_t, ``A`` = Σ_{τ≤t} KL_τ (predictable, non-decreasing), ``M`` = i_t − A_t (martingale, mean 0),
+    ``drift`` KL_t, ``V`` = Σ_{τ≤t} Var(ι_τ | past) (the predictable quadratic variation of M) and
+    ``increment_sup`` = max_v (ι_τ(v) − KL_τ) over the possible next tokens (a bound c on M's increments)."""
+    return _eager_or_jit(_doob_core, _doob_jit, log_cond, log_prior, u, k)
 
 
 def stopped(x: Array, u: Array, end_token: int) -> tuple[Array, Array]:
@@ -523,6 +588,21 @@ def all_continuations(vocab_size: int, cont_len: int, max_count: int = 1 << 16) 
     return jnp.asarray(np.array(list(itertools.product(range(vocab_size), repeat=cont_len)), np.int32))
 
 
+def _di_chunk(lc, log_prior, u):
+    """(Σ_t contributions to I(S; U_t | U_<t), contribution to I(S; U)) of one chunk of continuations."""
+    L = _cumulative(lc, u)                                                    # [N, K, T + 1]
+    joint = log_prior[None, :] + L[..., -1]                                   # log p(s_k) P(u | s_k): [N, K]
+    w = jnp.exp(joint)
+    logm = jax.nn.logsumexp(joint, axis=1)                                    # log P(u): [N]
+    mutual = jnp.sum(jnp.where(w > 0, w * (L[..., -1] - logm[:, None]), 0))
+    m = marginal_log_conditionals(lc, log_prior, u)                           # [N, T, V]
+    kl = _kl_rows(lc, m[:, None])                                            # [N, K, T]
+    return jnp.sum(jnp.where(w[..., None] > 0, w[..., None] * kl, 0), axis=(0, 1)), mutual
+
+
+_di_chunk_jit = jax.jit(lambda lc, lp, u: _di_chunk(lc, lp, u))
+
+
 def directed_information(cond_fn: Callable[[Array], Array], log_prior: Any, vocab_size: int, cont_len: int,
                          chunk: int = 4096) -> dict[str, Any]:
     """Exact I(S → U) by enumeration of all V^T continuations (Def. 2, Eq. 10), in nats.
@@ -538,14 +618,9 @@ def directed_information(cond_fn: Callable[[Array], Array], log_prior: Any, voca
         u = us[lo:lo + chunk]
         lc = cond_fn(u)
         _check_cond(lc, log_prior, u)
-        L = _cumulative(lc, u)                                                # [N, K, T + 1]
-        joint = log_prior[None, :] + L[..., -1]                               # log p(s_k) P(u | s_k): [N, K]
-        w = jnp.exp(joint)
-        logm = jax.nn.logsumexp(joint, axis=1)                                # log P(u): [N]
-        mutual = mutual + jnp.sum(jnp.where(w > 0, w * (L[..., -1] - logm[:, None]), 0))
-        m = marginal_log_conditionals(lc, log_prior, u)                       # [N, T, V]
-        kl = _kl_rows(lc, m[:, None])                                        # [N, K, T]
-        per_step = per_step + jnp.sum(jnp.where(w[..., None] > 0, w[..., None] * kl, 0), axis=(0, 1))
+        run = _di_chunk_jit if _concrete(lc, log_prior) else _di_chunk
+        ps, mu = run(jnp.asarray(lc), log_prior, u)
+        per_step, mutual = per_step + ps, mutual + mu
     H_S = -jnp.sum(jnp.where(log_prior > -jnp.inf, jnp.exp(log_prior) * log_prior, 0))
     return {"per_step": per_step, "directed": jnp.sum(per_step), "mutual": mutual, "H_S": H_S}
 
@@ -563,6 +638,15 @@ def directed_information_mc(log_cond: Array, log_prior: Any, u: Array, k: Array)
             "per_step": jnp.mean(d["drift"], axis=0)}
 
 
+def _dd_chunk(lp, lq, log_prior, u):
+    w = jnp.exp(log_prior[None, :] + _cumulative(lp, u)[..., -1])              # P^ħ(s_k, u): [N, K]
+    kl = _kl_rows(lp, lq)                                                     # [N, K, T]
+    return jnp.sum(jnp.where(w[..., None] > 0, w[..., None] * kl, 0), axis=(0, 1))
+
+
+_dd_chunk_jit = jax.jit(lambda lp, lq, lprior, u: _dd_chunk(lp, lq, lprior, u))
+
+
 def directed_distortion(true_fn: Callable[[Array], Array], model_fn: Callable[[Array], Array], log_prior: Any,
                         vocab_size: int, cont_len: int, chunk: int = 4096) -> dict[str, Any]:
     """Theorem 1's distortion by enumeration: ``per_step`` [T] = E_{P^ħ}[KL(P^ħ(·|U_{<t}, S) ‖ Q^Φ(·|U_{<t}, S))]
@@ -575,9 +659,8 @@ def directed_distortion(true_fn: Callable[[Array], Array], model_fn: Callable[[A
         lp, lq = true_fn(u), model_fn(u)
         _check_cond(lp, log_prior, u)
         _check_cond(lq, log_prior, u)
-        w = jnp.exp(log_prior[None, :] + _cumulative(lp, u)[..., -1])          # P^ħ(s_k, u): [N, K]
-        kl = _kl_rows(lp, lq)                                                 # [N, K, T]
-        per_step = per_step + jnp.sum(jnp.where(w[..., None] > 0, w[..., None] * kl, 0), axis=(0, 1))
+        run = _dd_chunk_jit if _concrete(lp, lq, log_prior) else _dd_chunk
+        per_step = per_step + run(jnp.asarray(lp), jnp.asarray(lq), log_prior, u)
     return {"per_step": per_step, "D": jnp.mean(per_step)}
 
 
