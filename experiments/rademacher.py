@@ -11,16 +11,20 @@ judged at one position t from M held-out samples.  The law at position t is enum
 (all V^{t+1} contexts), so the true risk and the floor are exact; the rigorous bound uses the
 finite-context class (all maps with logits bounded by c, the trained model's largest |logit|).
 
-Checks, each one able to fail (the verdicts are the functions below, tested on perturbed inputs): a
-bound's violation rate is judged only at the M where the bound is informative, i.e. its mean is below
-ln V (the uniform predictor's risk); above ln V the bound exceeds any risk that matters here and its
-violation check could not fail. Where a bound is above ln V at every M of the sweep, that is checked
-and reported as a finding instead: the paper's bound (its middle term does not shrink) and both rigorous
-bounds, with the M from which their data-free terms would leave them below ln V (about 1.9e5 for the
-linear class at the default sizes, where H(Y|X) ≈ 1.70 leaves 0.38 nats below ln 8; about 2e7 for the
-finite-context class of Part B). Only the held-out Hoeffding bound of Part B is informative within the
-sweep, and its violation rate is checked there. The empirical risk alone is checked to be violated far
-more often than δ, so the violation rate is shown to detect a non-bound.
+Checks, each one able to fail under a plausible bug (tests/mutants/rademacher.py): the certified rigorous
+bound's data-free terms against the theorem as printed (4Λr√(V/M) + 3B√(ln(2/δ)/2M), recomputed here in
+float64), Eq. 72's middle term in the log-probability gauge against 2√2 L̂, the Monte Carlo R̂_S against
+Λr√(V/M), the middle term's ratio over the last decade of M (it does not shrink), ERM's true risk near the
+floor at the largest M; for Part B the enumerated law against tvvar.data's sampler (mean CE and entropy),
+the certified finite-context R̂ against a Monte Carlo estimate of its defining expectation, and the
+Hoeffding bound's violation rate, judged only at the M where the bound is informative (its mean below
+ln V, the uniform predictor's risk; above ln V no risk of interest can violate it). The empirical risk
+alone is checked to be violated far more often than δ, so the violation rate is shown to detect a
+non-bound. Rows that hold by construction (Gibbs: true risk ≥ floor) are labelled identities. The paper's
+bound and both rigorous bounds stay above ln V at every M of the sweep: that finding is recorded in
+``data[...]["findings"]`` with the M from which their data-free terms would leave them below ln V (about
+1.9e5 for the linear class at the default sizes, where H(Y|X) ≈ 1.70 leaves 0.38 nats below ln 8; about
+2e7 for the finite-context class of Part B), not as rows, since no plausible bug moves a bound that far.
 
     python -m experiments.rademacher [--quick] [--seed S] [--out DIR]
 """
@@ -70,6 +74,8 @@ class Config:
     tv_Ms: tuple[int, ...] = (100, 1000, 10000)
     tv_R: int = 20
     tv_check_n: int = 4096  # source.batch sample that cross-checks the enumerated law
+    tv_rc_repeats: int = 4  # repeats per M whose certified R̂ is compared with a Monte Carlo estimate
+    tv_rc_sigma: int = 16  # σ draws of that estimate
 
     @classmethod
     def quick(cls) -> Config:
@@ -85,6 +91,26 @@ class Config:
 def _conf(M, deltas, B=1.0) -> np.ndarray:
     """The confidence term 3B√(log(2/δ)/2M) at every δ (the library's, Mohri et al. Thm 3.3)."""
     return np.asarray(rd.confidence_term(M, np.asarray(deltas, np.float64), B))
+
+
+def certified_terms(M: int, V: int, Lam: float, deltas, r: float = 1.0) -> np.ndarray:
+    """The data-free terms of the certified rigorous bound for the linear class as the theorem prints them,
+    computed here in float64 without the library: 4Λr√(V/M) + 3B√(ln(2/δ)/(2M)) with B = ln V + 2Λr
+    (Mohri et al. Thm 3.3 + Maurer; Jensen's R̂ ≤ Λr√(V/M) is an equality for inputs of norm r)."""
+    d = np.asarray(deltas, np.float64)
+    B = math.log(V) + 2.0 * Lam * r
+    return 4.0 * Lam * r * math.sqrt(V / M) + 3.0 * B * np.sqrt(np.log(2.0 / d) / (2.0 * M))
+
+
+def finite_context_rc_mc(key, context_ids, V: int, c: float, n_sigma: int) -> float:
+    """R̂^vec_S(F_c) = (c/M) E_σ Σ_κ Σ_k |Σ_{m: κ_m = κ} σ_mk| by Monte Carlo over ``n_sigma`` draws of σ
+    (the sup over all maps with |f_k(κ)| ≤ c separates over (κ, k) and sets f_k(κ) = c·sign of the sum)."""
+    ids = np.asarray(context_ids)
+    _, inv = np.unique(ids, return_inverse=True)
+    sigma = 2.0 * np.asarray(jax.random.bernoulli(key, 0.5, (n_sigma, ids.size, V)), np.float64) - 1.0
+    sums = np.zeros((n_sigma, int(inv.max()) + 1, V))
+    np.add.at(sums, (slice(None), inv), sigma)
+    return float(c / ids.size * np.abs(sums).sum(axis=(1, 2)).mean())
 
 
 def regime(Ms, bound_mean, log_V: float) -> dict:
@@ -109,23 +135,17 @@ def violation_check(label: str, Ms, bound_mean, viol, delta: float, R: int, log_
     use = regime(Ms, bound_mean, log_V)["informative_Ms"]
     rates = [float(v) for M, v in zip(Ms, viol, strict=True) if int(M) in use]
     where = f"worst of M ∈ {use} (bound < ln V)" if use else "no M with the bound below ln V (vacuous sweep)"
-    return check(f"{label} violation rate, δ={delta}, {where}", max(rates) if rates else math.nan, delta, "<=",
-                 3 * math.sqrt(delta * (1 - delta) / R), source)
-
-
-def vacuous_check(label: str, M: int, bound_mean: float, log_V: float, source: str) -> dict:
-    """A finding: the bound at its largest M is still above ln V (it tells less than guessing). Fails if
-    the bound drops below ln V — then its violation check becomes meaningful and belongs in the run."""
-    return check(f"{label} − ln V at M={M} (≥ 0: vacuous, so its violation rate is not a test)", bound_mean - log_V,
-                 0.0, ">=", 0.0, source)
+    return check(f"{label} violation rate at δ, worst M where the bound is below ln V",
+                 max(rates) if rates else math.nan, delta, "<=", 3 * math.sqrt(delta * (1 - delta) / R),
+                 f"{source}; δ = {delta}, {where}")
 
 
 def empirical_violation_check(label: str, viol_empirical, delta: float, R: int) -> dict:
     """L̂ alone is no bound: its violation rate at every M must exceed what a valid bound is allowed, which
     shows that the violation rate can detect a non-bound at this R."""
-    return check(f"{label}: min over M of the violation rate of L̂ alone (no bound) exceeds the allowance at δ={delta}",
+    return check(f"{label}: min over M of the violation rate of L̂ alone (no bound) exceeds the allowance at δ",
                  float(np.min(viol_empirical)), rd.violation_tolerance(delta, R), ">=", 0.0,
-                 "power of the violation test")
+                 f"power of the violation test; δ = {delta}, R = {R}")
 
 
 def middle_term_check(Ms, middle) -> dict:
@@ -137,8 +157,9 @@ def middle_term_check(Ms, middle) -> dict:
     if i0 == len(Ms) - 1:
         raise ValueError(f"Ms must span more than one size to compare the middle term over M, got {tuple(Ms)}")
     ratio = float(middle[-1] / middle[i0])
-    return check(f"linear: paper middle term M={Ms[-1]} / M={Ms[i0]} does not shrink (a Rademacher term would "
-                 f"give √(M0/M1) = {math.sqrt(Ms[i0] / Ms[-1]):.3g})", ratio, 1.0, "~", 0.1, SOURCE)
+    return check("linear: paper middle term, largest M / a tenth of it, does not shrink (a Rademacher term would "
+                 "give √(M0/M1))", ratio, 1.0, "~", 0.1,
+                 f"{SOURCE}; M = {Ms[-1]} / M = {Ms[i0]}, √(M0/M1) = {math.sqrt(Ms[i0] / Ms[-1]):.3g}")
 
 
 def _part_linear(cfg: Config, out: Path, checks: list, figures: list) -> dict:
@@ -163,6 +184,7 @@ def _part_linear(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     dl = np.asarray(cfg.deltas)
     rows = []
     viol = {"paper": [], "rigorous": [], "rigorous_certified": [], "empirical": []}
+    dev_certified, dev_gauge = [], []
     for M, o in zip(cfg.Ms, per_M, strict=True):
         tr = o["true_risk"]
         paper = o["empirical"][:, None] + o["paper_logit"][:, None] + _conf(M, dl)[None, :]
@@ -174,6 +196,13 @@ def _part_linear(cfg: Config, out: Path, checks: list, figures: list) -> dict:
         viol["rigorous_certified"].append(np.mean(tr[:, None] > rigc, axis=0))
         viol["empirical"].append(float(np.mean(tr > o["empirical"])))
         j = int(np.argmin(np.abs(dl - cfg.delta)))
+        # the certified bound's data-free terms, from the theorem as printed (float64, inputs on the unit
+        # sphere, so Jensen's (Λ/M)√(V Σ‖x‖²) is Λ√(V/M) exactly): 4Λr√(V/M) + 3B√(ln(2/δ)/2M), B = ln V + 2Λr
+        printed = certified_terms(M, cfg.V, cfg.Lam, dl)
+        dev_certified.append(float(np.max(np.abs((rigc - o["empirical"][:, None]) - printed[None, :]) / printed)))
+        # Eq. 72's middle term in the log-probability gauge is 2√2 L̂ (|log softmax(z)_y| = ℓ(z, y))
+        gauge_ref = rd.PAPER_RC_FACTOR * o["empirical"].astype(np.float64)
+        dev_gauge.append(float(np.max(np.abs(o["paper_logit_logprob"] - gauge_ref) / gauge_ref)))
         rows.append({
             "M": M, "true_risk": float(tr.mean()), "true_risk_q05": float(np.quantile(tr, 0.05)),
             "true_risk_q95": float(np.quantile(tr, 0.95)), "empirical": float(o["empirical"].mean()),
@@ -200,23 +229,35 @@ def _part_linear(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     # can happen and its violation rate is no test: the finding is checked instead.
     c0 = rd.RIGOROUS_RC_FACTOR * rd.linear_rc_bound(1, cfg.V, cfg.Lam, 1.0) + float(_conf(1, [cfg.delta], B)[0])
     m_star = informative_M(c0, log_V, floor)
-    checks.append(vacuous_check(f"linear: rigorous bound (δ={cfg.delta}; predicted below ln V only from "
-                                f"M ≈ {m_star:.3g})", cfg.Ms[-1], rows[-1]["rigorous_bound"], log_V, RIGOROUS))
-    checks.append(vacuous_check(f"linear: paper bound (Eq. 72, δ={cfg.delta})", cfg.Ms[-1], rows[-1]["paper_bound"],
-                                log_V, SOURCE))
+    # The two bounds are vacuous (above ln V) at every M of the sweep: recorded in findings (data), not as
+    # rows, since no plausible bug moves a bound that far; the rows below are ones a bug can fail.
+    checks.append(check("linear: certified rigorous bound − L̂ vs 4Λr√(V/M) + 3B√(ln(2/δ)/2M), B = ln V + 2Λr "
+                        "(max relative deviation over repeats, M and δ)", max(dev_certified), 0.0, "~", 1e-5,
+                        f"{RIGOROUS}; inputs on the unit sphere make the Jensen bound exact; float32 sums of "
+                        f"terms ≤ 20 nats round at ~1e-6 relative; below ln V only from M ≈ {m_star:.3g}"))
+    checks.append(check("linear: Eq. 72's middle term in the log-probability gauge vs 2√2 L̂ (max relative "
+                        "deviation over repeats and M)", max(dev_gauge), 0.0, "~", 1e-5,
+                        f"{SOURCE}: |log softmax(z)_ħ| is the per-sample cross-entropy (float32 rounding)"))
     checks.append(empirical_violation_check("linear", viol["empirical"], cfg.delta, cfg.R))
     checks.append(check("linear: min over runs of true risk − H(Y|X) (floor respected)",
-                        min(r["min_true_risk_minus_floor"] for r in rows), 0.0, ">=", 1e-6, "KL ≥ 0"))
+                        min(r["min_true_risk_minus_floor"] for r in rows), 0.0, ">=", 1e-6, "KL ≥ 0",
+                        identity="Gibbs: both are exact expectations over y under the teacher's p on the same fresh "
+                                 "x-sample, and the model's q is a softmax, so their difference is a mean of KL ≥ 0"))
     worst = max(rows, key=lambda r: r["rc_mc"] / r["rc_closed_form"])
-    checks.append(check(f"linear: MC R̂_S / Λr√(V/M), worst M (={worst['M']})", worst["rc_mc"] / worst["rc_closed_form"],
-                        1.0, "<=", 3 * worst["rc_mc_se_of_mean"] / worst["rc_closed_form"], "Jensen"))
+    checks.append(check("linear: MC R̂_S / Λr√(V/M), worst M", worst["rc_mc"] / worst["rc_closed_form"],
+                        1.0, "<=", 3 * worst["rc_mc_se_of_mean"] / worst["rc_closed_form"],
+                        f"Jensen; M = {worst['M']}"))
     checks.append(middle_term_check(cfg.Ms, g("paper_logit_term")))
-    checks.append(check(f"linear: true risk at M={cfg.Ms[-1]} − floor (ERM approaches the Bayes risk)",
-                        rows[-1]["true_risk"] - floor, 0.0, "~", 0.05, "consistency of ERM"))
+    checks.append(check("linear: true risk at the largest M − floor (ERM approaches the Bayes risk)",
+                        rows[-1]["true_risk"] - floor, 0.0, "~", 0.05, f"consistency of ERM; M = {cfg.Ms[-1]}"))
     findings = {"log_V": log_V,
                 "rigorous": regime(cfg.Ms, g("rigorous_bound"), log_V),
                 "rigorous_certified": regime(cfg.Ms, g("rigorous_bound_certified"), log_V),
                 "paper": regime(cfg.Ms, g("paper_bound"), log_V),
+                "paper_bound_minus_log_V_at_largest_M": rows[-1]["paper_bound"] - log_V,
+                "rigorous_bound_minus_log_V_at_largest_M": rows[-1]["rigorous_bound"] - log_V,
+                "certified_terms_max_relative_deviation": max(dev_certified),
+                "logprob_gauge_max_relative_deviation": max(dev_gauge),
                 "certified_bound_below_log_V_from_M_predicted": m_star,
                 "paper_middle_term_over_M": [float(x) for x in g("paper_logit_term")]}
 
@@ -296,19 +337,23 @@ def _part_tvvar(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     b = src.batch(jax.random.key(cfg.seed + 99), cfg.tv_check_n, t + 1, split="val")
     ce_s = np.asarray(rd.cross_entropy(model(b["tokens"][:, : t + 1])[:, t, :], b["tokens"][:, t + 1]))
     H_s = np.asarray(b["entropy"][:, t])
-    checks.append(check(f"TV-VAR t={t}: mean CE on {cfg.tv_check_n} source.batch samples vs exact true risk",
+    at = f"position t = {t}"
+    checks.append(check("TV-VAR: mean CE on source.batch samples vs exact true risk (4 SE)",
                         float(ce_s.mean()), true_risk, "~", 4 * float(ce_s.std(ddof=1) / math.sqrt(ce_s.size)),
-                        "enumeration of all contexts"))
-    checks.append(check(f"TV-VAR t={t}: mean source entropy at t vs exact H(U_t | context)",
+                        f"enumeration of all contexts; {at}, {cfg.tv_check_n} samples"))
+    checks.append(check("TV-VAR: mean source entropy at t vs exact H(U_t | context) (4 SE)",
                         float(H_s.mean()), floor, "~", 4 * float(H_s.std(ddof=1) / math.sqrt(H_s.size)) + 1e-5,
-                        "tvvar.data exact entropy"))
-    checks.append(check(f"TV-VAR t={t}: exact true risk − exact floor (KL ≥ 0)", true_risk - floor, 0.0, ">=", 1e-6,
-                        "Gibbs' inequality"))
+                        f"tvvar.data exact entropy; {at}, {cfg.tv_check_n} samples"))
+    checks.append(check("TV-VAR: exact true risk − exact floor (KL ≥ 0)", true_risk - floor, 0.0, ">=", 1e-6,
+                        f"Gibbs' inequality; {at}",
+                        identity="Gibbs: both sums run over the same enumerated law P(κ) p(y | κ) and the model's q "
+                                 "is a softmax, so the difference is Σ_κ P(κ) KL(p ‖ q) ≥ 0"))
 
     K = int(ctx.shape[0])
     rows, dl = [], np.asarray(cfg.deltas)
     viol = {"paper": [], "rigorous": [], "hoeffding_heldout": [], "empirical": []}
     means = {"paper": [], "rigorous": [], "hoeffding_heldout": []}
+    rc_ratio = []
     for i, M in enumerate(cfg.tv_Ms):
         def one(k, M=M):
             ids, y = rd.sample_position(k, log_P, log_p, M)
@@ -319,6 +364,10 @@ def _part_tvvar(cfg: Config, out: Path, checks: list, figures: list) -> dict:
         keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed + 7), i), cfg.tv_R)
         o = {k: np.asarray(v) for k, v in jax.jit(lambda ks: jax.lax.map(one, ks, batch_size=8))(keys).items()}
         rc = np.array([rd.finite_context_rc(ids, V, c) for ids in o["ids"]])
+        # the certified R̂^vec_S(F_c) against its defining expectation, by Monte Carlo over σ on the first repeats
+        mc = [finite_context_rc_mc(jax.random.fold_in(jax.random.key(cfg.seed + 11), 1000 * i + r), ids, V, c,
+                                   cfg.tv_rc_sigma) for r, ids in enumerate(o["ids"][: cfg.tv_rc_repeats])]
+        rc_ratio.append([m / b for m, b in zip(mc, rc, strict=False)])
         emp = o["empirical"]
         paper = emp[:, None] + o["paper_logit"][:, None] + _conf(M, dl)[None, :]
         rig = np.stack([np.asarray(rd.rigorous_bound(emp, rc, M, float(d), B).total) for d in dl], 1)
@@ -337,21 +386,27 @@ def _part_tvvar(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     means = {k: np.asarray(v) for k, v in means.items()}
     jd = int(np.argmin(np.abs(dl - cfg.delta)))
     log_V = math.log(V)
-    label = f"TV-VAR t={t}"
-    checks.append(violation_check(f"{label}: Hoeffding (model fixed before S) bound", cfg.tv_Ms,
+    label = "TV-VAR"
+    checks.append(violation_check("TV-VAR: Hoeffding (model fixed before S) bound", cfg.tv_Ms,
                                   means["hoeffding_heldout"][:, jd], viol["hoeffding_heldout"][:, jd], cfg.delta,
                                   cfg.tv_R, log_V, "Hoeffding 1963"))
     # Σ_κ √n_κ ≤ √(K M) (Cauchy–Schwarz): the rigorous terms are at most c0/√M, c0 = 4cV√K + 3B√(log(2/δ)/2)
     c0 = rd.RIGOROUS_RC_FACTOR * c * V * math.sqrt(K) + float(_conf(1, [cfg.delta], B)[0])
     m_star = informative_M(c0, log_V, true_risk)
-    checks.append(vacuous_check(f"{label}: rigorous (finite-context class) bound, δ={cfg.delta} (below ln V at the "
-                                f"latest from M ≈ {m_star:.3g})", cfg.tv_Ms[-1], float(means["rigorous"][-1, jd]),
-                                log_V, RIGOROUS))
-    checks.append(vacuous_check(f"{label}: paper bound (Eq. 72), δ={cfg.delta}", cfg.tv_Ms[-1],
-                                float(means["paper"][-1, jd]), log_V, SOURCE))
+    # Jensen: E|Σ_{n} σ| lies between √(2n/π) (n → ∞) and √n (n = 1), so MC / certified ∈ [√(2/π), 1]
+    ratios = np.asarray(rc_ratio, float)
+    lo_r, hi_r = math.sqrt(2 / math.pi), 1.0
+    worst_r = float(ratios.min() if abs(ratios.min() - lo_r) > abs(ratios.max() - hi_r) else ratios.max())
+    checks.append(check("TV-VAR: Monte Carlo E_σ sup_{F_c} / certified (cV/M) Σ_κ √n_κ (within [√(2/π), 1], worst "
+                        "over M and repeats)", worst_r, (lo_r + hi_r) / 2, "~", (hi_r - lo_r) / 2 + 0.02,
+                        f"{RIGOROUS}: the sup over F_c separates; Jensen; {cfg.tv_rc_sigma} σ draws per repeat "
+                        "(0.02 for their noise)"))
     checks.append(empirical_violation_check(label, viol["empirical"], cfg.delta, cfg.tv_R))
     findings = {"log_V": log_V, **{k: regime(cfg.tv_Ms, means[k][:, jd], log_V) for k in means},
-                "rigorous_below_log_V_from_M_predicted": m_star}
+                "rigorous_below_log_V_from_M_predicted": m_star,
+                "paper_bound_minus_log_V_at_largest_M": float(means["paper"][-1, jd]) - log_V,
+                "rigorous_bound_minus_log_V_at_largest_M": float(means["rigorous"][-1, jd]) - log_V,
+                "rc_mc_over_certified": ratios.tolist()}
 
     import matplotlib.pyplot as plt
 

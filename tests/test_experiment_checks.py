@@ -169,19 +169,43 @@ def test_violation_check_judges_only_informative_M():
     assert not X_rad.violation_check("b", Ms, bound, (0.0, 0.0, 0.2), 0.05, 200, LOG_V, "")["passed"]
     # no informative M at all: the check cannot be a test, so it fails and says so
     c = X_rad.violation_check("b", Ms, (5.0, 4.0, 3.0), (0.0, 0.0, 0.0), 0.05, 200, LOG_V, "")
-    assert not c["passed"] and "vacuous" in c["name"]
+    assert not c["passed"] and "vacuous" in c["source"]
 
 
-def test_vacuous_check_fails_when_the_bound_drops_below_log_V():
-    assert X_rad.vacuous_check("paper", 10000, 3.6, LOG_V, "")["passed"]
-    assert not X_rad.vacuous_check("paper", 10000, 3.6 - 2.0, LOG_V, "")["passed"]
+def test_certified_terms_are_the_printed_formula():
+    """4Λr√(V/M) + 3B√(ln(2/δ)/2M), B = ln V + 2Λr, equals the library's certified bound minus L̂ on the
+    sphere (where Jensen's R̂ is exact), and differs from it when the library drops B or V."""
+    from tvvar.core import sphere
+    from tvvar.theory import rademacher as rd
+
+    M, V, Lam, deltas = 500, 8, 8.0, np.array([0.05, 0.2])
+    got = X_rad.certified_terms(M, V, Lam, deltas)
+    assert got[0] == pytest.approx(4 * 8 * math.sqrt(8 / 500) + 3 * (math.log(8) + 16) * math.sqrt(math.log(40) / 1000))
+    with jax.enable_x64(True):
+        X = sphere(jax.random.normal(jax.random.key(0), (M, 4), jnp.float64))
+        rc = rd.linear_rc_jensen(X, V, Lam)
+        lib = np.array([float(rd.rigorous_bound(0.0, rc, M, float(d), rd.loss_range(V, Lam)).total) for d in deltas])
+    np.testing.assert_allclose(lib, got, rtol=1e-12)
+    assert abs(float(rd.rigorous_bound(0.0, rc, M, 0.05, 1.0).total) - got[0]) > 1.0  # B dropped: far off
+
+
+def test_finite_context_rc_mc_is_within_jensen_of_the_certified_bound():
+    from tvvar.theory import rademacher as rd
+
+    ids = np.asarray(jax.random.randint(jax.random.key(1), (2000,), 0, 16))
+    cert = rd.finite_context_rc(ids, 8, 2.0)
+    mc = X_rad.finite_context_rc_mc(jax.random.key(2), ids, 8, 2.0, 32)
+    assert math.sqrt(2 / math.pi) - 0.02 <= mc / cert <= 1.0  # n_κ ≈ 125: near √(2/π)
+    single = np.arange(50)  # every context once: E|σ| = 1 = √1, so MC = certified exactly
+    assert X_rad.finite_context_rc_mc(jax.random.key(3), single, 8, 2.0, 4) == pytest.approx(
+        rd.finite_context_rc(single, 8, 2.0))
 
 
 def test_middle_term_check_fails_if_the_term_shrinks():
     Ms = (100, 1000, 10000)
     settled = np.array([3.2, 2.59, 2.52])  # as measured: larger at M=100 (overfit), flat over the last decade
     c = X_rad.middle_term_check(Ms, settled)
-    assert c["passed"] and "M=10000 / M=1000" in c["name"]
+    assert c["passed"] and "M = 10000 / M = 1000" in c["source"]
     shrinking = 2.6 * np.sqrt(Ms[0] / np.asarray(Ms, float))  # what a Rademacher term would do
     assert not X_rad.middle_term_check(Ms, shrinking)["passed"]
     # the former check (first/last ratio ≥ √(M0/M1), tolerance 0) passed on both: it could not tell them apart
