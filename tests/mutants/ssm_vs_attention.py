@@ -24,6 +24,16 @@ def _segsum_with_diagonal(orig):
     return segsum
 
 
+def _segsum_unmasked(orig):
+    def segsum(x):
+        T = x.shape[-1]
+        idx = jnp.arange(T)
+        upto = (idx[None, :] <= idx[:, None]).astype(x.dtype)
+        after = jnp.where(idx[:, None] < idx[None, :], x[..., None, :], 0)
+        return jnp.einsum("ik,...jk->...ij", upto, after)  # j > i left at 0, so exp(·) = 1 instead of 0
+    return segsum
+
+
 def _read_before_write(orig):
     def ssd_step(state, x_t, la_t, B_t, C_t):
         y_t = jnp.einsum("bhpn,bn->bhp", state, C_t)  # y_t = C_t state_{t-1}: read out before the update
@@ -57,6 +67,8 @@ def _dt_of_row(orig):
 MUTANTS = (
     Mutant("segsum_one_decay_too_many", "tvvar.decompositions.ssm_kernels:segsum", _segsum_with_diagonal,
            "segment sum Σ_{k=j..i} instead of Σ_{k=j+1..i} (off by one in the chunked decay)"),
+    Mutant("segsum_future_unmasked", "tvvar.decompositions.ssm_kernels:segsum", _segsum_unmasked,
+           "segment sum without the −inf above the diagonal: exp gives decay 1 to future positions"),
     Mutant("ssd_step_reads_before_update", "tvvar.decompositions.ssm_kernels:ssd_step", _read_before_write,
            "the recurrent step reads y_t = C_t state_{t−1} before adding B_t x_t"),
     Mutant("conv_looks_one_ahead", "tvvar.decompositions.ssm_kernels:causal_conv", _conv_looks_ahead,
