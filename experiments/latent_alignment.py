@@ -140,15 +140,16 @@ def verdict_source_consistency(mean_nll: float, mean_entropy: float, se: float, 
                  mean_nll - mean_entropy, 0.0, "~", 4.0 * se, "E[−log p] = H (exact source)")
 
 
-def verdict_posterior_calibration(log_post_drawn: np.ndarray, post_entropy: np.ndarray) -> dict:
-    """The source's exact posterior P(J_i = j | x_{≤i+1}) is the law of the J that the sampler drew, so
-    E[ln P(J_drawn | x)] = −E[H(J | x)] (the log score of the drawn alignment equals minus the posterior's
-    entropy): measured = mean over held-out sequences of the per-sequence difference, within 4 standard
-    errors of 0. Fails for a posterior that is not Bayes' rule of the sampler (e.g. the prior π alone)."""
-    d = np.asarray(log_post_drawn, float) + np.asarray(post_entropy, float)  # per-sequence means over positions
+def verdict_posterior_calibration(at_drawn: np.ndarray, posterior_mean: np.ndarray) -> dict:
+    """The source's exact posterior P(J_i = j | x_{≤i+1}) is the law of the J that the sampler drew, so for any
+    f_i(j) fixed by the tokens, E[f(J_drawn)] = E[Σ_j P(J = j | x) f(j)]. With f(j) = ln E[x_j, x_{i+1}] (the
+    emission log-likelihood, the factor Bayes' rule adds to the prior): measured = mean over held-out sequences
+    of the per-sequence difference, within 4 standard errors of 0. Fails for a posterior that is not Bayes'
+    rule of the sampler (e.g. the prior π alone, which puts too little mass where the target is likely)."""
+    d = np.asarray(at_drawn, float) - np.asarray(posterior_mean, float)  # per-sequence means over positions
     se = float(d.std(ddof=1) / math.sqrt(d.size))
-    return check("alignment: mean ln P(J | x) at the drawn J + mean posterior entropy H(J | x)", float(d.mean()),
-                 0.0, "~", 4.0 * se, "the exact posterior is the law of the drawn J (source sampler)")
+    return check("alignment: ln E[x_J, x_{i+1}] at the drawn J − its mean under the exact posterior",
+                 float(d.mean()), 0.0, "~", 4.0 * se, "the exact posterior is the law of the drawn J (source sampler)")
 
 
 def verdict_q_closer_than_uniform(kl_q: list[float], kl_uniform: float, q_margin: float, label: str) -> dict:
@@ -327,9 +328,10 @@ def _analyse(src: LatentAlignmentSource, res: dict, cfg: Config, tr: _Trainer) -
     T_ = cfg.seq_len
     post = np.asarray(src.posterior(ids, tgt), np.float64)  # [N, T, T]
     J = res["_models"][3]["alignment"]  # [N, T], the positions the sampler drew
-    with np.errstate(divide="ignore"):
-        log_post_J = np.log(np.take_along_axis(post, J[:, :, None], axis=-1)[..., 0])
-        post_H = -np.sum(np.where(post > 0, post * np.log(np.where(post > 0, post, 1.0)), 0.0), axis=-1)
+    ids_np = np.asarray(ids)
+    logE_BxTxT = np.log(src.emissions)[ids_np[:, None, :], np.asarray(tgt)[:, :, None]]  # ln E[x_j, x_{i+1}]
+    logE_J = np.take_along_axis(logE_BxTxT, J[:, :, None], axis=-1)[..., 0]
+    logE_post = np.sum(np.where(post > 0, post * logE_BxTxT, 0.0), axis=-1)
     prior = np.exp(np.asarray(src.log_alignment(ids), np.float64)) * np.tril(np.ones((T_, T_)))
     uniform = np.tril(np.ones((T_, T_))) / np.arange(1, T_ + 1)[:, None]
     a = jax.device_get(tr.analyse(p, r, held_tok))
@@ -338,7 +340,7 @@ def _analyse(src: LatentAlignmentSource, res: dict, cfg: Config, tr: _Trainer) -
     out = {"kl_uniform_true": _kl_rows(np.broadcast_to(uniform, post.shape), post).mean(0).tolist(),
            "kl_prior_true": _kl_rows(prior, post).mean(0).tolist(),
            "bayes_accuracy": float(np.mean(bayes == tgt_np)), "runs": {},
-           "calibration": {"log_post_drawn": log_post_J.mean(-1).tolist(), "post_entropy": post_H.mean(-1).tolist()}}
+           "calibration": {"at_drawn": logE_J.mean(-1).tolist(), "posterior_mean": logE_post.mean(-1).tolist()}}
     S = cfg.seeds
     for m in range(len(cfg.objectives) * S):
         obj = cfg.objectives[m // S]
@@ -466,7 +468,7 @@ def checks_from_data(data: dict, cfg: Config) -> list[dict]:
     checks.append(verdict_source_consistency(sc["mean_nll"], sc["mean_entropy"], sc["se"], "alignment"))
     an = data["alignment"]["posterior"]
     cal = an["calibration"]
-    checks.append(verdict_posterior_calibration(np.asarray(cal["log_post_drawn"]), np.asarray(cal["post_entropy"])))
+    checks.append(verdict_posterior_calibration(np.asarray(cal["at_drawn"]), np.asarray(cal["posterior_mean"])))
     for o in ("elbo", "marginal_attention"):
         if o in cfg.objectives:
             kl_q = [float(np.mean(r["kl_q_true"])) for r in an["runs"][o]]

@@ -265,11 +265,11 @@ def test_verdict_posterior_calibration_passes_on_the_drawn_alignment_and_fails_f
     ids, tg = jnp.asarray(tok[:, :-1]), jnp.asarray(tok[:, 1:])
     T = J.shape[1]
 
-    def stats(q):  # per-sequence means of ln q(J_drawn) and of H(post) — the verdict compares them
-        post = np.asarray(src.posterior(ids, tg), np.float64)
-        lq = np.log(np.take_along_axis(q, J[:, :, None], -1)[..., 0]).mean(-1)
-        H = -np.sum(np.where(post > 0, post * np.log(np.where(post > 0, post, 1)), 0), -1).mean(-1)
-        return lq, H
+    logE = np.log(src.emissions)[tok[:, None, :-1], tok[:, 1:, None]]  # ln E[x_j, x_{i+1}], [N, T, T]
+
+    def stats(q):  # per-sequence means of ln E at the drawn J and under q — the verdict compares them
+        at_drawn = np.take_along_axis(logE, J[:, :, None], -1)[..., 0].mean(-1)
+        return at_drawn, np.sum(np.where(q > 0, q * logE, 0), -1).mean(-1)
 
     post = np.asarray(src.posterior(ids, tg), np.float64)
     assert LA.verdict_posterior_calibration(*stats(post))["passed"]
