@@ -599,3 +599,65 @@ def test_the_jitted_step_cache_is_bounded_and_does_not_keep_denoisers_alive():
     for fn in keep:
         D.generate(fn, pr, None, **kw)
     assert len(D._STEP_CACHE) == D._STEP_CACHE.maxsize
+
+
+# --------------------------------------------------------------------------------------------------
+# experiments.llada's exact references: the Markov source's posterior denoiser and the samplers' expectations
+# --------------------------------------------------------------------------------------------------
+
+
+def _markov_joint(src, L):
+    """p(x_{0:L−1}) of a stationary order-1 chain for every sequence: ([V^L, L] ids, [V^L] probabilities)."""
+    seqs = np.array(list(itertools.product(range(src.vocab_size), repeat=L)))
+    p = src.pi[seqs[:, 0]] * np.prod(src.P[seqs[:, :-1], seqs[:, 1:]], axis=1)
+    return seqs, p
+
+
+def test_llada_posterior_denoiser_is_the_enumerated_conditional_marginal():
+    from experiments.llada import _posterior_logits
+    from tvvar.data import MarkovSource
+
+    src = MarkovSource(3, 1, alpha=0.5, seed=5)
+    Lq, Vq = 4, 3
+    seqs, p = _markov_joint(src, Lq)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, Vq, (6, Lq))
+    ids[rng.random((6, Lq)) < 0.5] = Vq  # some positions masked
+    got = np.exp(np.asarray(_posterior_logits(src, ids, Vq), np.float64))
+    for b in range(ids.shape[0]):
+        for i in range(Lq):
+            # p(x_i | the unmasked tokens other than i): position i's own token is left out
+            ok = np.all((seqs == ids[b]) | (ids[b] == Vq) | (np.arange(Lq) == i), axis=1)
+            want = np.bincount(seqs[ok, i], weights=p[ok], minlength=Vq)
+            np.testing.assert_allclose(got[b, i], want / want.sum(), atol=1e-6)
+
+
+def test_llada_posterior_denoiser_makes_the_nelbo_exact():
+    from experiments.llada import _posterior_logits, _source_nll
+    from tvvar.data import MarkovSource
+
+    src = MarkovSource(3, 1, alpha=0.5, seed=5)
+    x = jnp.asarray(np.random.default_rng(1).integers(0, 3, (5, 5)))
+    fn = lambda ids: _posterior_logits(src, ids, 3)  # noqa: E731
+    got = D.nelbo_exact(fn, x, mask_id=3, prompt_length=1).nats
+    np.testing.assert_allclose(got, _source_nll(src, np.asarray(x)), atol=2e-5)
+
+
+def test_llada_expected_loglik_matches_enumeration():
+    from experiments.llada import _expected_loglik
+    from tvvar.data import MarkovSource
+
+    src = MarkovSource(3, 1, alpha=0.5, seed=5)
+    T = 3
+    seqs, _ = _markov_joint(src, T)  # y_{1:T}
+    logP = np.log(src.P)
+    x0 = np.array([0, 1, 2])
+    joint, indep = _expected_loglik(src, x0, T)
+    Pn = [np.linalg.matrix_power(src.P, k) for k in range(T + 1)]
+    for n, a in enumerate(x0):
+        full = np.concatenate([np.full((len(seqs), 1), a), seqs], axis=1)
+        ll = logP[full[:, :-1], full[:, 1:]].sum(1)
+        p_joint = np.prod(src.P[full[:, :-1], full[:, 1:]], axis=1)
+        p_indep = np.prod([Pn[i + 1][a, seqs[:, i]] for i in range(T)], axis=0)
+        np.testing.assert_allclose(joint[n], np.sum(p_joint * ll), rtol=1e-10)
+        np.testing.assert_allclose(indep[n], np.sum(p_indep * ll), rtol=1e-10)
