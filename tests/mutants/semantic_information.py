@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import lambertw
 
-from tests.mutants import Mutant
+from mutants import Mutant
 
 
 def tiny():
