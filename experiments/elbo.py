@@ -17,7 +17,9 @@ log P(U) against an independent float64 marginalisation Σ_J P(J) P(U | J) (:fun
 posterior summing to 1, Theorem 6's ELBO = log P − KL(Q ‖ posterior) with the KL taken against that
 independent posterior, ELBO ≤ log P, Jensen's bound E_Q log P(U | J) ≤ log P_soft, Theorem 7's
 v-independent ELBO(v) − log P_soft(v), that training lowers each objective's held-out loss, and
-(synthetic) the Gibbs floor: no model's cross-entropy goes below the source's exact entropy.
+(synthetic) the Gibbs floor: no model's cross-entropy goes below the source's exact entropy (an identity:
+any log-softmax model satisfies it, so the row is labelled so). The bugs these rows catch are in
+``tests/mutants/elbo.py``.
 ``data[NAME]["theorem6_sensitivity"]`` re-runs the Theorem 6 checks with the library's log P shifted by
 +5 nats (and its posterior by −5, as a bug in log P would do): they must fail there. The text corpus is
 ``data/tinyshakespeare.txt.gz`` in the repository (``TVVAR_TEXT`` overrides it); when it is missing, the text

@@ -194,8 +194,8 @@ def test_finite_context_rc_mc_is_within_jensen_of_the_certified_bound():
 
     ids = np.asarray(jax.random.randint(jax.random.key(1), (2000,), 0, 16))
     cert = rd.finite_context_rc(ids, 8, 2.0)
-    mc = X_rad.finite_context_rc_mc(jax.random.key(2), ids, 8, 2.0, 32)
-    assert math.sqrt(2 / math.pi) - 0.02 <= mc / cert <= 1.0  # n_κ ≈ 125: near √(2/π)
+    mc = X_rad.finite_context_rc_mc(jax.random.key(2), ids, 8, 2.0, 256)
+    assert math.sqrt(2 / math.pi) - 0.03 <= mc / cert <= 1.0  # n_κ ≈ 125: near √(2/π) (MC SE ≈ 0.5 %)
     single = np.arange(50)  # every context once: E|σ| = 1 = √1, so MC = certified exactly
     assert X_rad.finite_context_rc_mc(jax.random.key(3), single, 8, 2.0, 4) == pytest.approx(
         rd.finite_context_rc(single, 8, 2.0))

@@ -484,3 +484,15 @@ def test_dense_kinds_come_from_one_table():
     assert H.DENSE_KINDS == ("poly", "exp")
     with pytest.raises(ValueError, match=r"kind must be one of \('poly', 'exp'\)"):
         H.dense_energy(jnp.ones((2, 3)), jnp.ones(3), "cosh")
+
+
+def test_experiment_dense_kinds_must_include_the_checked_ones(tmp_path):
+    """experiments.hopfield_capacity: Config.dense_kinds may drop the figure-only kinds, never x^3 or exp."""
+    import dataclasses
+
+    from experiments import hopfield_capacity as X
+
+    cfg = dataclasses.replace(X.Config.quick(), dense_kinds=(("poly", 2), ("exp", 0)))
+    with pytest.raises(ValueError, match="dense_kinds"):
+        X._dense(cfg, jax.random.key(0), tmp_path, [], {}, [])
+

@@ -26,8 +26,8 @@ def tiny() -> Config:
                   n_gardner=48, alphas_gardner=(0.15, 0.2, 0.25, 0.4, 0.5, 0.6, 0.9, 1.0, 1.5, 1.8, 2.0, 2.3),
                   nets_gardner=2, iters_gardner=600, n_dense=16, dense_log2_loads=tuple(range(1, 7)),
                   trials_dense=8, dense_kinds=(("poly", 3), ("exp", 0)), d_modern=(8, 16), betas=(1.0,),
-                  modern_log2_N=tuple(range(1, 11)),
-                  trials_modern=128, d_attn=8, N_attn=8, train_steps=150, batch=32, lr=0.1)
+                  modern_log2_N=tuple(range(1, 9)),
+                  trials_modern=64, d_attn=8, N_attn=8, train_steps=150, batch=32, lr=0.1)
 
 
 def _gardner_alpha_c_flipped(original):
