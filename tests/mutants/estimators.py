@@ -130,14 +130,19 @@ MUTANTS = (
            "DV's ln E_Q[e^T] as ln Σ e^T (the 1/(K(K−1)) normaliser dropped)"),
     Mutant("infonce_without_log_k", "tvvar.theory.neural_estimators:infonce_bound", _infonce_without_log_k,
            "InfoNCE without the + ln K"),
-    Mutant("token_critic_sees_y_t", "tvvar.theory.neural_estimators:TokenCritic.ids", _token_ids_shifted,
-           "full critic's layout drops x_0 instead of y_{m−1}, so the row that scores y_t has read y_t"),
     Mutant("categorical_entropy_bits", "tvvar.theory.categorical_di:entropy", _entropy_bits,
            "exact entropies in bits where nats are meant"),
     Mutant("cv_without_leave_one_out", "tvvar.theory.tvvar_estimation:_weights", _weights_no_loo,
            "kernel CV weights keep the diagonal: leave-one-out not applied"),
     Mutant("recovery_float32", "tvvar.theory.coefficient_recovery:_solve", _solve_float32,
            "coefficient-recovery normal equations accumulated in float32"),
+)
+
+# Written but not yet run through the kit (issue 29): the machine was shared by six sessions and these did not
+# finish before the deadline. Add them to MUTANTS and rewrite the kill table: python tests/mutants estimators
+NOT_RUN = (
+    Mutant("token_critic_sees_y_t", "tvvar.theory.neural_estimators:TokenCritic.ids", _token_ids_shifted,
+           "full critic's layout drops x_0 instead of y_{m−1}, so the row that scores y_t has read y_t"),
     Mutant("recovery_stderr_is_variance", "tvvar.theory.coefficient_recovery:fit_tvvar_coefficients",
            _stderr_variance, "standard errors without the square root (variances)"),
 )
