@@ -13,6 +13,14 @@ EXPERIMENTS = mutants.experiments_with_mutants()
 CASES = [(name, m.name) for name in EXPERIMENTS for m in mutants.load(name).MUTANTS]
 
 
+def _case(name: str, mutant: str):
+    """A mutant listed in its module's ``SURVIVORS`` (a finding: no row catches that bug yet) is a strict xfail:
+    it stays in the kit and in the report's list of survivors, and the test turns red once a row kills it."""
+    why = getattr(mutants.load(name), "SURVIVORS", {}).get(mutant)
+    marks = [pytest.mark.xfail(strict=True, reason=f"surviving mutant (a finding): {why}")] if why else []
+    return pytest.param(name, mutant, marks=marks, id=f"{name}:{mutant}")
+
+
 @functools.cache
 def _mutant(name: str, mutant: str) -> mutants.Mutant:
     return next(m for m in mutants.load(name).MUTANTS if m.name == mutant)
@@ -28,6 +36,10 @@ def test_every_experiment_has_mutants_and_a_kill_table():
         assert table is not None, f"{name}: no experiments/kills/{name}.json (write it: python tests/mutants {name})"
         assert [m["name"] for m in table["mutants"]] == [m.name for m in mutants.load(name).MUTANTS], (
             f"{name}: the kill table lists other mutants than tests/mutants/{name}.py (rewrite it)")
+        survivors = {m["name"] for m in table["mutants"] if not m["kills"]}
+        declared = set(getattr(mutants.load(name), "SURVIVORS", {}))
+        assert survivors == declared, (f"{name}: surviving mutants in the kill table {sorted(survivors)} must be "
+                                       f"declared in SURVIVORS with what they show, and only they: {sorted(declared)}")
 
 
 @pytest.mark.slow
@@ -43,7 +55,7 @@ def test_checks_pass_without_a_mutant(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,mutant", CASES, ids=[f"{n}:{m}" for n, m in CASES])
+@pytest.mark.parametrize("name,mutant", [_case(n, m) for n, m in CASES])
 def test_mutant_is_killed(name, mutant, tmp_path):
     m = _mutant(name, mutant)
     failed = set(mutants.failed_rows(mutants.run_checks(name, mutants.load(name).tiny(), m, out=tmp_path)))

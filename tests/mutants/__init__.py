@@ -18,7 +18,10 @@ Each experiment with mutants has a module ``tests/mutants/NAME.py`` (NAME as in
 
 * ``tiny()`` — the smallest ``Config`` of ``experiments.NAME`` that still computes every check (and passes);
 * ``MUTANTS`` — a tuple of at least four :class:`Mutant`, the bugs that would most plausibly hide in the code
-  the experiment's rows are meant to verify.
+  the experiment's rows are meant to verify;
+* optionally ``SURVIVORS`` — ``{mutant name: what its survival shows}`` for mutants that no row kills yet. They
+  stay in ``MUTANTS`` and in the kill table (with no kills), the report lists them, and their test is a strict
+  xfail that turns red as soon as a row kills them.
 
 ``tests/test_mutants.py`` runs every experiment at ``tiny()`` once clean (every check must pass) and once under
 each mutant (at least one check must fail, and every row that ``experiments/kills/NAME.json`` says it kills
