@@ -71,7 +71,12 @@ def test_config_validation():
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-def test_objective_registry_and_cross_entropy_reference():
+def test_objective_registry_and_cross_entropy_reference(monkeypatch):
+    # the registration below is undone when the test ends: the registry is process-wide, and test_cli checks
+    # that every registered objective is offered by `train --help` (it failed when xdist ran this test first)
+    import tvvar.train as train_module
+
+    monkeypatch.setattr(train_module, "_OBJECTIVES", dict(train_module._OBJECTIVES))
     with pytest.raises(ValueError, match="unknown objective"):
         get_objective("definitely-not")
     from flax import nnx
