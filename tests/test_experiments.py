@@ -27,7 +27,7 @@ def test_reproduce_quick_writes_report_and_results(tmp_path):
     code = reproduce.main(["--quick", "--only", "theorem5", "--out", str(tmp_path)])
     assert code == 0
     res = load_results(tmp_path / "theorem5")
-    assert set(res) == {"experiment", "config", "seconds", "checks", "figures", "data"}
+    assert set(res) == {"experiment", "config", "seconds", "checks", "mutants", "figures", "data"}
     assert res["checks"] and all(c["passed"] for c in res["checks"])
     for c in res["checks"]:
         assert set(c) == {"name", "measured", "reference", "relation", "tolerance", "source", "passed", "skipped",
