@@ -109,15 +109,16 @@ def as_skipped(c: dict, reason: str) -> dict:
 def load_kills(name: str, kills_dir: Path | None = None) -> dict | None:
     """The mutant kill table of experiment ``name`` (``experiments/kills/NAME.json``), or None if it has none.
 
-    Shape: ``{"experiment", "size", "mutants": [{"name", "target", "bug", "kills": [row names]}, ...]}``.
+    Shape: ``{"experiment", "size", "mutants": [{"name", "target", "bug", "size", "kills": [row names]}, ...]}``
+    (a mutant's ``size`` names the narrower run it was observed at, ``null`` for the table's ``size``).
     """
     p = (KILLS_DIR if kills_dir is None else Path(kills_dir)) / f"{name}.json"
     if not p.is_file():
         return None
     table = json.loads(p.read_text())
     for m in table.get("mutants", []):
-        if set(m) != {"name", "target", "bug", "kills"}:
-            raise ValueError(f"{p}: mutant entries need name, target, bug and kills; got {sorted(m)}")
+        if not {"name", "target", "bug", "kills"} <= set(m) <= {"name", "target", "bug", "size", "kills"}:
+            raise ValueError(f"{p}: mutant entries need name, target, bug, kills (and may have size); got {sorted(m)}")
     return table
 
 

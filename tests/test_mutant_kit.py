@@ -85,3 +85,19 @@ def test_mutant_needs_a_target_and_a_bug():
         mutants.Mutant("x", "no_colon", lambda f: f, "bug")
     with pytest.raises(ValueError, match="say what the bug is"):
         mutants.Mutant("x", "a:b", lambda f: f, " ")
+
+
+def test_a_mutant_runs_at_its_named_size_and_unknown_sizes_are_refused(monkeypatch):
+    mod = types.ModuleType("mutants.fake_sizes")
+    mod.tiny = lambda: {"parts": ("a", "b")}
+    mod.SIZES = {"only_a": lambda cfg: {**cfg, "parts": ("a",)}}
+    keep = lambda f: f  # noqa: E731
+    mod.MUTANTS = tuple(mutants.Mutant(f"m{i}", "x:y", keep, "bug", size=s)
+                        for i, s in enumerate([None, "only_a", "only_a", None]))
+    monkeypatch.setitem(sys.modules, "mutants.fake_sizes", mod)
+    assert mutants.sizes_used("fake_sizes") == ["only_a"]
+    assert mutants.sized("fake_sizes") == {"parts": ("a", "b")}
+    assert mutants.sized("fake_sizes", "only_a") == {"parts": ("a",)}
+    mod.MUTANTS += (mutants.Mutant("m9", "x:y", keep, "bug", size="only_c"),)
+    with pytest.raises(ValueError, match="only_c"):
+        mutants.load("fake_sizes")

@@ -36,6 +36,8 @@ def test_every_experiment_has_mutants_and_a_kill_table():
         assert table is not None, f"{name}: no experiments/kills/{name}.json (write it: python tests/mutants {name})"
         assert [m["name"] for m in table["mutants"]] == [m.name for m in mutants.load(name).MUTANTS], (
             f"{name}: the kill table lists other mutants than tests/mutants/{name}.py (rewrite it)")
+        assert [m.get("size") for m in table["mutants"]] == [m.size for m in mutants.load(name).MUTANTS], (
+            f"{name}: the kill table was observed at other sizes than tests/mutants/{name}.py names (rewrite it)")
         survivors = {m["name"] for m in table["mutants"] if not m["kills"]}
         declared = set(getattr(mutants.load(name), "SURVIVORS", {}))
         assert survivors == declared, (f"{name}: surviving mutants in the kill table {sorted(survivors)} must be "
@@ -55,10 +57,21 @@ def test_checks_pass_without_a_mutant(name, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name,size", [pytest.param(n, s, id=f"{n}:{s}") for n in EXPERIMENTS
+                                       for s in mutants.sizes_used(n)])
+def test_checks_pass_without_a_mutant_at_each_size(name, size, tmp_path):
+    """A mutant run at a narrower size kills a row only if that row passes there without it."""
+    checks = mutants.run_checks(name, mutants.sized(name, size), out=tmp_path)
+    ran = [c for c in checks if c["skipped"] is None]
+    assert ran, f"{name}: no row runs at size {size!r}"
+    assert not mutants.failed_rows(checks)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name,mutant", [_case(n, m) for n, m in CASES])
 def test_mutant_is_killed(name, mutant, tmp_path):
     m = _mutant(name, mutant)
-    failed = set(mutants.failed_rows(mutants.run_checks(name, mutants.load(name).tiny(), m, out=tmp_path)))
+    failed = set(mutants.failed_rows(mutants.run_checks(name, mutants.sized(name, m.size), m, out=tmp_path)))
     assert failed, f"mutant {name}:{mutant} survives ({m.bug}): no check of {name} fails under it"
     table = load_kills(name) or {"mutants": []}
     claimed = next((set(e["kills"]) for e in table["mutants"] if e["name"] == mutant), set())

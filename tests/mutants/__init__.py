@@ -19,6 +19,11 @@ Each experiment with mutants has a module ``tests/mutants/NAME.py`` (NAME as in
 * ``tiny()`` — the smallest ``Config`` of ``experiments.NAME`` that still computes every check (and passes);
 * ``MUTANTS`` — a tuple of at least four :class:`Mutant`, the bugs that would most plausibly hide in the code
   the experiment's rows are meant to verify;
+* optionally ``SIZES`` — ``{size name: narrow}`` where ``narrow(tiny()) -> Config`` keeps only the part of the
+  experiment some mutants need (one source, one objective, one section): a mutant with ``size="name"`` runs
+  there instead of at the whole ``tiny()``, so that each mutant pays only for the part its bug lives in. Rows
+  of the parts switched off do not run (or are skipped); the clean run at each size used must pass every row
+  that runs, and the kill table records the size of each mutant;
 * optionally ``SURVIVORS`` — ``{mutant name: what its survival shows}`` for mutants that no row kills yet. They
   stay in ``MUTANTS`` and in the kill table (with no kills), the report lists them, and their test is a strict
   xfail that turns red as soon as a row kills them.
@@ -46,8 +51,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Mutant", "experiments_with_mutants", "load", "patched", "run_checks", "failed_rows", "observe",
-           "write_table"]
+__all__ = ["Mutant", "experiments_with_mutants", "load", "sized", "sizes_used", "patched", "run_checks",
+           "failed_rows", "observe", "write_table"]
 
 _HERE = Path(__file__).resolve().parent
 _ROOT = _HERE.parent.parent
@@ -60,6 +65,7 @@ class Mutant:
     target: str  # "package.module:function" (or "package.module:Class.method") where the original is defined
     mutate: Callable[[Callable], Callable]  # original -> the buggy replacement
     bug: str  # one line: the mistake, as a reviewer would describe it
+    size: str | None = None  # a key of the module's SIZES (a narrower run than tiny()), or None for tiny()
 
     def __post_init__(self):
         if ":" not in self.target:
@@ -87,7 +93,24 @@ def load(name: str):
         raise ValueError(f"tests/mutants/{name}.py: mutant names repeat: {names}")
     if len(names) < 4:
         raise ValueError(f"tests/mutants/{name}.py: at least 4 mutants per experiment, got {len(names)}")
+    sizes = getattr(mod, "SIZES", {})
+    unknown = sorted({m.size for m in mod.MUTANTS if m.size is not None and m.size not in sizes})
+    if unknown:
+        raise ValueError(f"tests/mutants/{name}.py: mutants name sizes that SIZES does not define: {unknown} "
+                         f"(defined: {sorted(sizes)})")
     return mod
+
+
+def sized(name: str, size: str | None = None) -> Any:
+    """The config a mutant of size ``size`` runs at: ``tiny()``, narrowed by ``SIZES[size]`` if a size is named."""
+    mod = load(name)
+    cfg = mod.tiny()
+    return cfg if size is None else mod.SIZES[size](cfg)
+
+
+def sizes_used(name: str) -> list[str]:
+    """The named sizes the mutants of ``name`` run at, in the order they first appear."""
+    return list(dict.fromkeys(m.size for m in load(name).MUTANTS if m.size is not None))
 
 
 def _resolve(target: str) -> tuple[Any, str, Any]:
@@ -152,18 +175,23 @@ def failed_rows(checks: list[dict]) -> list[str]:
 
 
 def observe(name: str) -> dict:
-    """Run experiment ``name`` at ``tiny()`` clean and under each mutant; the kill table it yields."""
+    """Run experiment ``name`` clean (at ``tiny()`` and at every size its mutants use) and under each mutant at
+    its size; the kill table it yields."""
     mod = load(name)
     cfg = mod.tiny()
     clean = run_checks(name, cfg)
     bad = failed_rows(clean) + [c["name"] for c in clean if c["skipped"] is not None]
     if bad:
         raise AssertionError(f"{name}: at tiny() these rows do not pass without a mutant: {bad}")
+    for size in sizes_used(name):
+        bad = failed_rows(run_checks(name, sized(name, size)))
+        if bad:
+            raise AssertionError(f"{name}: at size {size!r} these rows do not pass without a mutant: {bad}")
     rows = []
     for m in mod.MUTANTS:
-        kills = failed_rows(run_checks(name, cfg, m))
+        kills = failed_rows(run_checks(name, sized(name, m.size), m))
         print(f"  {name}:{m.name}: kills {len(kills)} row(s){'' if kills else ' — SURVIVES'}", flush=True)
-        rows.append({"name": m.name, "target": m.target, "bug": m.bug, "kills": kills})
+        rows.append({"name": m.name, "target": m.target, "bug": m.bug, "size": m.size, "kills": kills})
     from experiments.common import to_jsonable
 
     return {"experiment": name, "size": to_jsonable(cfg), "mutants": rows}
