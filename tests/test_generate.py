@@ -228,7 +228,7 @@ def test_mixer_without_cache_falls_back_to_recompute(monkeypatch):
         init_cache = None
         step = None
 
-    monkeypatch.setitem(core._REGISTRY, "_test_dense_nocache", NoCacheDense)
+    monkeypatch.setitem(core.DECOMPOSITIONS._members, "_test_dense_nocache", NoCacheDense)
     cfg = ModelConfig(vocab_size=V, d_model=D, num_layers=1, decomposition="_test_dense_nocache",
                       mixer={"max_len": MAXLEN})
     model = TVVARModel(cfg, rngs=nnx.Rngs(0))

@@ -1,7 +1,6 @@
 """Tests for tvvar.theory.hopfield (Section V-E, Definition 14): reference values from the literature,
 plain references for every fast path, tolerances stated next to each assertion."""
 
-import sys
 from fractions import Fraction
 
 import jax
@@ -363,17 +362,10 @@ def test_model_uses_hopfield_psi():
     assert isinstance(model.blocks[0].psi, H.HopfieldPsi)
     logits = model(jnp.zeros((2, 5), jnp.int32))
     assert logits.shape == (2, 5, 16) and bool(jnp.all(jnp.isfinite(logits)))
-    # the lazy hook: with the module unloaded and "hopfield" unregistered, ModelConfig imports it
+    # registered by name without importing tvvar.theory.hopfield: `import tvvar` registers the built-ins
     import tvvar.model as tm
 
-    names = ("tvvar.theory.hopfield", "tvvar.theory.hopfield_modern")
-    saved_cls, saved_mods = tm._PSI.pop("hopfield"), {k: sys.modules.pop(k) for k in names}
-    try:
-        ModelConfig(8, psi="hopfield")
-        assert "hopfield" in tm._PSI and "tvvar.theory.hopfield" in sys.modules
-    finally:
-        tm._PSI["hopfield"] = saved_cls
-        sys.modules.update(saved_mods)
+    assert tm.PSI["hopfield"] is H.HopfieldPsi and "hopfield" in tm.available_psi()
 
 
 # ----------------------------------------------------------------------------------------------

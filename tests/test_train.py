@@ -76,7 +76,7 @@ def test_objective_registry_and_cross_entropy_reference(monkeypatch):
     # that every registered objective is offered by `train --help` (it failed when xdist ran this test first)
     import tvvar.train as train_module
 
-    monkeypatch.setattr(train_module, "_OBJECTIVES", dict(train_module._OBJECTIVES))
+    monkeypatch.setattr(train_module.OBJECTIVES, "_members", dict(train_module.OBJECTIVES._members))
     with pytest.raises(ValueError, match="unknown objective"):
         get_objective("definitely-not")
     from flax import nnx

@@ -1,9 +1,23 @@
 """tvvar: every autoregressive language model is a time-varying vector autoregression.
 
 Bo Bai, "Forget BIT, It is All about TOKEN: Towards Semantic Information Theory for LLMs",
-arXiv:2511.01202, Section V.  See README.md and DESIGN.md for the index convention and contracts.
+arXiv:2511.01202, Section V.  See README.md and docs/design.md for the index convention and contracts.
+
+This package module is the top of the import graph: it imports the modules that define the built-in members
+of the registries (:mod:`tvvar.registry`: decompositions, sources, objectives, Ψ layers), so that
+``import tvvar`` — which any ``import tvvar.<module>`` runs first — registers every one of them, and no module
+below has to name a module above it.
 """
 
+import tvvar.alignment  # noqa: E402, F401  the alignment source (latent alignment)
+
+# the built-in members register themselves on import (each of these imports only modules below it)
+import tvvar.decompositions  # noqa: E402, F401, I001  decompositions of A_tj (Theorem 5, Eq. 78)
+import tvvar.diffusion  # noqa: E402, F401  objective llada (Eq. 79)
+import tvvar.prompted  # noqa: E402, F401  the prompted source (Section III)
+import tvvar.theory.elbo  # noqa: E402, F401  objectives soft / marginal / marginal_attention / elbo
+import tvvar.theory.hopfield  # noqa: E402, F401  Ψ layer hopfield (V-E)
+import tvvar.theory.information  # noqa: E402, F401  objective semantic_rd (Eq. 18)
 from tvvar.core import Mixer, argsoftmax, available, build, mix_dense, register
 
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tvvar.registry import Registry
 from tvvar.typing import MASK_KINDS, Array, DType, MaskKind, PRNGKey
 
 __all__ = [
@@ -189,9 +190,6 @@ def param(value: Array, *axes: str | None) -> nnx.Param:
 # The abstract decomposition and its registry
 # --------------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type[Mixer]] = {}
-
-
 class Mixer(nnx.Module):
     """Abstract decomposition of the TV-VAR coefficients A_tj (Definition 13).
 
@@ -222,38 +220,34 @@ class Mixer(nnx.Module):
         return support_mask(self.mask, T)
 
 
+def _mixer_class(name: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Mixer)):
+        raise TypeError(f"register({name!r}) expects a Mixer subclass, got {cls!r}")
+
+
+#: the decompositions of A_tj by name (:mod:`tvvar.registry`); the built-ins (tvvar.decompositions) register
+#: themselves when ``import tvvar`` imports their package
+DECOMPOSITIONS: Registry[type[Mixer]] = Registry("decomposition", "tvvar.decompositions", validate=_mixer_class)
+
+
 def register(name: str) -> Callable[[type[Mixer]], type[Mixer]]:
     """Class decorator: make a decomposition constructible by name (``build(name, ...)``)."""
 
     def deco(cls: type[Mixer]) -> type[Mixer]:
-        if not (isinstance(cls, type) and issubclass(cls, Mixer)):
-            raise TypeError(f"register({name!r}) expects a Mixer subclass, got {cls!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"decomposition name {name!r} is already registered to {_REGISTRY[name].__name__}")
+        DECOMPOSITIONS.register(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return deco
 
 
-def _load_builtin() -> None:
-    # The core never imports a concrete decomposition at module level; the built-in package
-    # registers its classes on first lookup.
-    import tvvar.decompositions  # noqa: F401
-
-
 def available() -> tuple[str, ...]:
     """Names of all registered decompositions."""
-    _load_builtin()
-    return tuple(sorted(_REGISTRY))
+    return DECOMPOSITIONS.names()
 
 
 def get(name: str) -> type[Mixer]:
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown decomposition {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return DECOMPOSITIONS.get(name)
 
 
 # Arguments that build() and the model supply themselves; never user options of a decomposition.

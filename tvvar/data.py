@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tvvar.registry import Registry
 from tvvar.typing import Array, PRNGKey
 
 __all__ = [
@@ -567,8 +568,17 @@ class TextCorpus(DataSource):
 
 # kind → class: the source classes rebuild themselves from their info() (``from_info``); a corpus is
 # named by its path, not by a kind.
-_SOURCES: dict[str, type[DataSource]] = {cls.kind: cls for cls in (TVVARSource, MarkovSource, HiddenMarkovSource)}
-_SAVED_KINDS: dict[str, type[DataSource]] = {**_SOURCES, TextCorpus.kind: TextCorpus}
+def _rebuildable(kind: str, cls: Any) -> None:
+    if not callable(getattr(cls, "from_info", None)):
+        raise TypeError(f"{getattr(cls, '__name__', cls)} needs a from_info(info) classmethod to be rebuilt from a "
+                        "saved run")
+
+
+#: the synthetic sources by ``kind`` (:mod:`tvvar.registry`); those defined in their own modules
+#: (tvvar.prompted, tvvar.alignment) register themselves when ``import tvvar`` imports them. A corpus is named by
+#: its path, not by a kind.
+SOURCES: Registry[type[DataSource]] = Registry("data source", "tvvar.sources", validate=_rebuildable,
+                                               reserved=("abstract", TextCorpus.kind))
 
 
 def register_source(cls: type[DataSource]) -> type[DataSource]:
@@ -577,21 +587,21 @@ def register_source(cls: type[DataSource]) -> type[DataSource]:
     kind = getattr(cls, "kind", None)
     if not isinstance(kind, str) or kind in ("abstract", TextCorpus.kind):
         raise ValueError(f"cls.kind must name the source, got {kind!r}")
-    if not callable(getattr(cls, "from_info", None)):
-        raise TypeError(f"{cls.__name__} needs a from_info(info) classmethod to be rebuilt from a saved run")
-    _SOURCES[kind] = cls
-    _SAVED_KINDS[kind] = cls
-    return cls
+    return SOURCES.register(kind, cls)
+
+
+for _cls in (TVVARSource, MarkovSource, HiddenMarkovSource):
+    register_source(_cls)
 
 
 def make_source(spec: str, **options: Any) -> DataSource:
     """A source by name (``"synthetic-tvvar"``, ``"markov"``, ``"hmm"``) or a path to a text file."""
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"spec must be a source name or a file path, got {type(spec).__name__}")
-    if isinstance(spec, str) and spec in _SOURCES:
-        return _SOURCES[spec](**options)
+    if isinstance(spec, str) and spec in SOURCES:
+        return SOURCES[spec](**options)
     if not Path(spec).exists():
-        raise FileNotFoundError(f"data source {str(spec)!r} is neither a source name ({', '.join(sorted(_SOURCES))}) "
+        raise FileNotFoundError(f"data source {str(spec)!r} is neither a source name ({', '.join(SOURCES.names())}) "
                                 "nor an existing file: corpus file does not exist")
     return TextCorpus(spec, **options)
 
@@ -600,12 +610,9 @@ def source_from_info(info: dict[str, Any]) -> DataSource | Vocab:
     """Rebuild a synthetic source from its ``info()``; for a corpus, the file if it is still there,
     otherwise its :class:`Vocab` (enough to encode prompts and decode generations)."""
     kind = info.get("kind") if isinstance(info, dict) else None
-    if kind not in _SAVED_KINDS:
+    if kind == TextCorpus.kind:
+        return TextCorpus.from_info(info)
+    if not isinstance(kind, str) or kind not in SOURCES:
         raise ValueError(f"unknown data source kind {kind!r} in saved info; "
-                         f"expected one of {', '.join(sorted(_SAVED_KINDS))}")
-    return _SAVED_KINDS[kind].from_info(info)
-
-
-# Sources defined in their own modules register themselves on import (they import this module first).
-from tvvar import alignment as _alignment  # noqa: E402, F401
-from tvvar import prompted as _prompted  # noqa: E402, F401
+                         f"expected one of {', '.join(sorted((*SOURCES.names(), TextCorpus.kind)))}")
+    return SOURCES[kind].from_info(info)

@@ -795,12 +795,9 @@ def llada_objective(model, batch: dict, rng: PRNGKey, *, eps: float = DEFAULT_EP
 
 
 def _register() -> None:
-    from tvvar.train import get_objective, register_objective
+    from tvvar.train import register_objective  # tvvar.train is below this module: no circle
 
-    try:
-        get_objective("llada")
-    except ValueError:
-        register_objective("llada")(llada_objective)
+    register_objective("llada")(llada_objective)
 
 
 _register()

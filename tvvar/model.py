@@ -43,41 +43,24 @@ from tvvar.core import (
     lecun_normal,
     param,
 )
+from tvvar.registry import Registry
 from tvvar.typing import Array, DType
 
 __all__ = ["ModelConfig", "TVVARModel", "Block", "FFN", "GeluMLP", "SwiGLU", "RMSNorm", "LayerNorm",
-           "PlainEmbedding", "register_psi", "available_psi", "register_norm", "available_norms"]
+           "PlainEmbedding", "PSI", "NORMS", "register_psi", "available_psi", "register_norm", "available_norms"]
 
-_PSI: dict[str, Callable[..., nnx.Module]] = {}
+#: Ψ layers by name (:mod:`tvvar.registry`): ``cls(d_model, *, rngs, dtype, **options)``; those defined outside
+#: this module (``"hopfield"``, tvvar.theory.hopfield) register themselves when ``import tvvar`` imports them
+PSI: Registry[Callable[..., nnx.Module]] = Registry("Ψ layer", "tvvar.psi")
 
 
 def register_psi(name: str):
     """Register a Ψ constructor ``cls(d_model, *, rngs, dtype, **options)`` by name."""
-
-    def deco(cls):
-        if name in _PSI and _PSI[name] is not cls:
-            raise ValueError(f"Ψ name {name!r} is already registered")
-        _PSI[name] = cls
-        return cls
-
-    return deco
-
-
-# Ψ layers defined outside this module register themselves when their module is imported; a name
-# listed here is imported on first lookup, so ModelConfig(psi=...) finds it without a manual import.
-_PSI_MODULES: dict[str, str] = {"hopfield": "tvvar.theory.hopfield"}
-
-
-def _lookup_psi(name: str) -> bool:
-    if name not in _PSI and name in _PSI_MODULES:
-        import importlib
-
-        importlib.import_module(_PSI_MODULES[name])
-    return name in _PSI
+    return PSI.register(name)
 
 
 def available_psi() -> tuple[str, ...]:
-    return tuple(sorted(_PSI))
+    return PSI.names()
 
 
 @register_psi("identity")
@@ -154,23 +137,17 @@ class SwiGLU(nnx.Module):
         return _flat_matmul(gate * _flat_matmul(x, c(self.w_up)), c(self.w_down))
 
 
-_NORMS: dict[str, Callable[..., nnx.Module]] = {}
+#: norms by name (:mod:`tvvar.registry`): ``cls(d_model, *, dtype, eps)``; ``"none"`` is reserved (no norm)
+NORMS: Registry[Callable[..., nnx.Module]] = Registry("norm", "tvvar.norms", reserved=("none",))
 
 
 def register_norm(name: str):
     """Register a norm constructor ``cls(d_model, *, dtype, eps)`` by name (``"none"`` is reserved)."""
-
-    def deco(cls):
-        if name == "none" or (name in _NORMS and _NORMS[name] is not cls):
-            raise ValueError(f"norm name {name!r} is reserved or already registered")
-        _NORMS[name] = cls
-        return cls
-
-    return deco
+    return NORMS.register(name)
 
 
 def available_norms() -> tuple[str, ...]:
-    return ("none", *sorted(_NORMS))
+    return ("none", *NORMS.names())
 
 
 @register_norm("layernorm")
@@ -276,9 +253,9 @@ class ModelConfig:
         # options are checked against the constructor now, not when the first Block is built
         check_options(self.mixer, constructor_options(get(self.decomposition)),
                       what=f"decomposition {self.decomposition!r}", name="mixer")
-        if not (isinstance(self.psi, str) and _lookup_psi(self.psi)):
+        if not (isinstance(self.psi, str) and self.psi in PSI):
             raise ValueError(f"unknown psi {self.psi!r}; available: {', '.join(available_psi())}")
-        check_options(self.psi_options, constructor_options(_PSI[self.psi]), what=f"psi {self.psi!r}",
+        check_options(self.psi_options, constructor_options(PSI[self.psi]), what=f"psi {self.psi!r}",
                       name="psi_options")
         if self.norm not in available_norms():
             raise ValueError(f"norm must be one of {available_norms()}, got {self.norm!r}")
@@ -315,7 +292,7 @@ def make_norm(cfg: ModelConfig) -> nnx.Module | None:
     if cfg.norm == "none":
         return None
     kw = {} if cfg.norm_eps is None else {"eps": float(cfg.norm_eps)}
-    return _NORMS[cfg.norm](cfg.d_model, dtype=jnp.dtype(cfg.param_dtype), **kw)
+    return NORMS[cfg.norm](cfg.d_model, dtype=jnp.dtype(cfg.param_dtype), **kw)
 
 
 class Block(nnx.Module):
@@ -328,7 +305,7 @@ class Block(nnx.Module):
         self.norm2 = make_norm(cfg) if cfg.psi != "identity" else None
         self.mixer = build(cfg.decomposition, cfg.d_model, rngs=rngs, mask=cfg.mask, dtype=pdt, **cfg.mixer)
         self.mixer_bias = param(jnp.zeros((cfg.d_model,), pdt), "embed") if cfg.mixer_bias else None
-        self.psi = _PSI[cfg.psi](cfg.d_model, rngs=rngs, dtype=pdt, **cfg.psi_options)
+        self.psi = PSI[cfg.psi](cfg.d_model, rngs=rngs, dtype=pdt, **cfg.psi_options)
 
     def _sub(self, f, norm, x):
         y = f(norm(x) if norm is not None else x)

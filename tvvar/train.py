@@ -6,7 +6,7 @@ The pieces, in the order a run uses them:
   checkpoints, seed, mesh); saved as ``train_config.json`` in the run directory.
 * objectives — ``fn(model, batch, rng) -> (loss, metrics)`` registered by name with
   :func:`register_objective`; ``"cross_entropy"`` (next-token NLL, −log softmax(ũᵀh/Ξ) of Eq. 44) is
-  built in, and other modules register theirs (looked up lazily through :data:`OBJECTIVE_MODULES`).
+  built in, and other modules register theirs in :data:`OBJECTIVES` (:mod:`tvvar.registry`).
 * :func:`train` — sharded init (``tvvar.sharding``), ``jax.jit`` step with ``in_shardings`` /
   ``out_shardings`` and donated state, batches drawn by a jitted function whose output is born sharded
   over ``data``, periodic evaluation, ``metrics.jsonl``, a tqdm bar, ``loss.png``.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ from flax import nnx
 
 from tvvar.core import LRUCache, log_softmax32
 from tvvar.model import ModelConfig, TVVARModel
+from tvvar.registry import Registry
 from tvvar.sharding import (
     abstract_module,
     batch_sharding,
@@ -59,7 +59,7 @@ __all__ = [
     "register_objective",
     "get_objective",
     "available_objectives",
-    "OBJECTIVE_MODULES",
+    "OBJECTIVES",
     "make_optimizer",
     "train",
     "evaluate",
@@ -85,17 +85,10 @@ class CheckpointError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 Objective = Callable[[nnx.Module, dict, PRNGKey], tuple[Array, dict]]
-_OBJECTIVES: dict[str, Objective] = {}
-
-#: objectives defined elsewhere: name → module whose import registers it
-OBJECTIVE_MODULES: dict[str, str] = {
-    "elbo": "tvvar.theory.elbo",
-    "marginal": "tvvar.theory.elbo",
-    "marginal_attention": "tvvar.theory.elbo",
-    "soft": "tvvar.theory.elbo",
-    "llada": "tvvar.diffusion",
-    "semantic_rd": "tvvar.theory.information",
-}
+#: training objectives by name (:mod:`tvvar.registry`). ``"cross_entropy"`` is defined here; ``"soft"``,
+#: ``"marginal"``, ``"marginal_attention"``, ``"elbo"`` (tvvar.theory.elbo), ``"llada"`` (tvvar.diffusion) and
+#: ``"semantic_rd"`` (tvvar.theory.information) register themselves when ``import tvvar`` imports their modules.
+OBJECTIVES: Registry[Objective] = Registry("objective", "tvvar.objectives")
 
 
 def register_objective(name: str) -> Callable[[Objective], Objective]:
@@ -103,30 +96,15 @@ def register_objective(name: str) -> Callable[[Objective], Objective]:
 
     ``batch`` has at least ``"tokens"``: int32 [B, T + 1] (inputs ``[:, :-1]``, targets ``[:, 1:]``).
     """
-
-    def deco(fn: Objective) -> Objective:
-        if name in _OBJECTIVES and _OBJECTIVES[name] is not fn:
-            raise ValueError(f"objective {name!r} is already registered")
-        _OBJECTIVES[name] = fn
-        return fn
-
-    return deco
+    return OBJECTIVES.register(name)
 
 
 def available_objectives() -> tuple[str, ...]:
-    return tuple(sorted(set(_OBJECTIVES) | set(OBJECTIVE_MODULES)))
+    return OBJECTIVES.names()
 
 
 def get_objective(name: str) -> Objective:
-    if name not in _OBJECTIVES and name in OBJECTIVE_MODULES:
-        try:
-            importlib.import_module(OBJECTIVE_MODULES[name])
-        except ImportError as e:
-            raise ValueError(f"objective {name!r} lives in {OBJECTIVE_MODULES[name]}, which could not be "
-                             f"imported: {e}") from e
-    if name not in _OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; available: {', '.join(available_objectives())}")
-    return _OBJECTIVES[name]
+    return OBJECTIVES.get(name)
 
 
 @register_objective("cross_entropy")
