@@ -9,15 +9,14 @@ of the registries (:mod:`tvvar.registry`: decompositions, sources, objectives, �
 below has to name a module above it.
 """
 
-import tvvar.alignment  # noqa: E402, F401  the alignment source (latent alignment)
-
-# the built-in members register themselves on import (each of these imports only modules below it)
-import tvvar.decompositions  # noqa: E402, F401, I001  decompositions of A_tj (Theorem 5, Eq. 78)
-import tvvar.diffusion  # noqa: E402, F401  objective llada (Eq. 79)
-import tvvar.prompted  # noqa: E402, F401  the prompted source (Section III)
-import tvvar.theory.elbo  # noqa: E402, F401  objectives soft / marginal / marginal_attention / elbo
-import tvvar.theory.hopfield  # noqa: E402, F401  Ψ layer hopfield (V-E)
-import tvvar.theory.information  # noqa: E402, F401  objective semantic_rd (Eq. 18)
+# the built-in members of the registries register themselves on import (each module imports only modules below it)
+import tvvar.alignment  # noqa: F401  the latent-alignment source
+import tvvar.decompositions  # noqa: F401  decompositions of A_tj (Theorem 5, Eq. 78)
+import tvvar.diffusion  # noqa: F401  objective llada (Eq. 79)
+import tvvar.prompted  # noqa: F401  the prompted source (Section III)
+import tvvar.theory.elbo  # noqa: F401  objectives soft / marginal / marginal_attention / elbo
+import tvvar.theory.hopfield  # noqa: F401  Ψ layer hopfield (V-E)
+import tvvar.theory.information  # noqa: F401  objective semantic_rd (Eq. 18)
 from tvvar.core import Mixer, argsoftmax, available, build, mix_dense, register
 
 __version__ = "0.1.0"
