@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,10 +263,28 @@ def config_from_args(argv: list[str] | None = None) -> CLIConfig:
                      progress=not a.no_progress, imports=tuple(a.imports))
 
 
-def _fail(message: str) -> None:
+class _CheckpointRefused(SystemExit):
+    """Status 2 for a checkpoint that cannot be restored. A failed orbax restore leaves tensorstore reads in
+    flight whose callbacks post to a closed event loop; how many of them land before or during interpreter
+    shutdown depends on timing (a loaded machine widens the window), and one landing at shutdown can print
+    after the error line. Run as a program (:func:`cli`, ``python -m``), such a failure therefore ends the
+    process at once with :func:`os._exit` once the error line is flushed: nothing is left to save."""
+
+
+def _fail(message: str, exc: type[SystemExit] = SystemExit) -> None:
     # one paragraph on stderr and status 2 (a usage error, as argparse's own), never a traceback
     print("error: " + " ".join(message.split()), file=sys.stderr)
-    raise SystemExit(2)
+    raise exc(2)
+
+
+def _as_program() -> int:
+    try:
+        main()
+    except _CheckpointRefused:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -284,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         r = train(tc, source, c.out, resume=c.resume, progress=c.progress)
     except CheckpointError as e:
-        _fail(str(e))
+        _fail(str(e), _CheckpointRefused)
     except (ValueError, TypeError, NotImplementedError) as e:
         # raised while building the model, tracing the objective on the data or compiling the step,
         # all before train() writes anything
@@ -303,9 +322,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli() -> int:
     """Console-script entry: :func:`main` with the exit status as its value (0 on success)."""
-    main()
-    return 0
+    return _as_program()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(_as_program())
