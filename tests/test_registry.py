@@ -22,7 +22,7 @@ def test_import_tvvar_registers_every_builtin():
 
 
 def test_unknown_names_list_the_known_ones_and_conflicts_are_refused():
-    r = Registry("widget", "tvvar.test-widgets", reserved=("none",))
+    r = Registry("widget", "tvvar-test-widgets", reserved=("none",))
 
     @r.register("a")
     def a():
@@ -40,7 +40,7 @@ def test_unknown_names_list_the_known_ones_and_conflicts_are_refused():
 
 
 def test_the_same_definition_run_again_replaces_itself():
-    r = Registry("widget", "tvvar.test-widgets")
+    r = Registry("widget", "tvvar-test-widgets")
 
     def make():
         def w():
@@ -54,7 +54,7 @@ def test_the_same_definition_run_again_replaces_itself():
 
 
 def test_temporarily_restores_what_was_there():
-    r = Registry("widget", "tvvar.test-widgets")
+    r = Registry("widget", "tvvar-test-widgets")
     r.register("x", int)
     with r.temporarily("x", float) as got:
         assert got is float and r["x"] is float
@@ -69,14 +69,14 @@ def test_validation_runs_before_a_member_is_stored():
         if not isinstance(m, type):
             raise TypeError(f"{name}: a class is needed")
 
-    r = Registry("widget", "tvvar.test-widgets", validate=only_types)
+    r = Registry("widget", "tvvar-test-widgets", validate=only_types)
     with pytest.raises(TypeError, match="a class is needed"):
         r.register("f", len)
     assert "f" not in r
 
 
 def test_an_installed_package_declares_members_as_entry_points(monkeypatch):
-    r = Registry("widget", "tvvar.test-widgets")
+    r = Registry("widget", "tvvar-test-widgets")
     mod = types.ModuleType("tvvar_test_plugin")
     mod_body = "r.register('plugged', object)"
     monkeypatch.setitem(sys.modules, "tvvar_test_plugin", mod)
@@ -86,7 +86,7 @@ def test_an_installed_package_declares_members_as_entry_points(monkeypatch):
         value = "tvvar_test_plugin:anything"
 
     def entry_points(group):
-        assert group == "tvvar.test-widgets"
+        assert group == "tvvar-test-widgets"
         loaded.append(group)
         exec(mod_body, {"r": r})  # what importing the plugin module does: it registers its members
         return [EP()]
@@ -94,6 +94,6 @@ def test_an_installed_package_declares_members_as_entry_points(monkeypatch):
     import importlib.metadata
 
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    assert r["plugged"] is object and loaded == ["tvvar.test-widgets"]
+    assert r["plugged"] is object and loaded == ["tvvar-test-widgets"]
     r.names()
-    assert loaded == ["tvvar.test-widgets"]  # the group is read once
+    assert loaded == ["tvvar-test-widgets"]  # the group is read once

@@ -227,7 +227,7 @@ def _mixer_class(name: str, cls: Any) -> None:
 
 #: the decompositions of A_tj by name (:mod:`tvvar.registry`); the built-ins (tvvar.decompositions) register
 #: themselves when ``import tvvar`` imports their package
-DECOMPOSITIONS: Registry[type[Mixer]] = Registry("decomposition", "tvvar.decompositions", validate=_mixer_class)
+DECOMPOSITIONS: Registry[type[Mixer]] = Registry("decomposition", "tvvar-decompositions", validate=_mixer_class)
 
 
 def register(name: str) -> Callable[[type[Mixer]], type[Mixer]]:

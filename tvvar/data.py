@@ -577,7 +577,7 @@ def _rebuildable(kind: str, cls: Any) -> None:
 #: the synthetic sources by ``kind`` (:mod:`tvvar.registry`); those defined in their own modules
 #: (tvvar.prompted, tvvar.alignment) register themselves when ``import tvvar`` imports them. A corpus is named by
 #: its path, not by a kind.
-SOURCES: Registry[type[DataSource]] = Registry("data source", "tvvar.sources", validate=_rebuildable,
+SOURCES: Registry[type[DataSource]] = Registry("data source", "tvvar-sources", validate=_rebuildable,
                                                reserved=("abstract", TextCorpus.kind))
 
 

@@ -51,7 +51,7 @@ __all__ = ["ModelConfig", "TVVARModel", "Block", "FFN", "GeluMLP", "SwiGLU", "RM
 
 #: Ψ layers by name (:mod:`tvvar.registry`): ``cls(d_model, *, rngs, dtype, **options)``; those defined outside
 #: this module (``"hopfield"``, tvvar.theory.hopfield) register themselves when ``import tvvar`` imports them
-PSI: Registry[Callable[..., nnx.Module]] = Registry("Ψ layer", "tvvar.psi")
+PSI: Registry[Callable[..., nnx.Module]] = Registry("Ψ layer", "tvvar-psi")
 
 
 def register_psi(name: str):
@@ -138,7 +138,7 @@ class SwiGLU(nnx.Module):
 
 
 #: norms by name (:mod:`tvvar.registry`): ``cls(d_model, *, dtype, eps)``; ``"none"`` is reserved (no norm)
-NORMS: Registry[Callable[..., nnx.Module]] = Registry("norm", "tvvar.norms", reserved=("none",))
+NORMS: Registry[Callable[..., nnx.Module]] = Registry("norm", "tvvar-norms", reserved=("none",))
 
 
 def register_norm(name: str):

@@ -10,10 +10,10 @@ first) registers all of them. No module names a higher one, so the import graph 
 (``tests/test_repository.py`` walks it).
 
 A user's own member needs one line: the decorator, in a module the user imports. An installed package can also
-declare members as entry points in the group ``tvvar.<registry>`` (``tvvar.decompositions``, ``tvvar.sources``,
-``tvvar.objectives``, ``tvvar.psi``, ``tvvar.norms``), for example in its pyproject.toml::
+declare members as entry points in the group ``tvvar-<registry>`` (``tvvar-decompositions``, ``tvvar-sources``,
+``tvvar-objectives``, ``tvvar-psi``, ``tvvar-norms``), for example in its pyproject.toml::
 
-    [project.entry-points."tvvar.decompositions"]
+    [project.entry-points."tvvar-decompositions"]
     my_mixer = "my_package.mixers"
 
 On the first lookup of a name it does not hold, a registry imports the modules its group declares (each

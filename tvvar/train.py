@@ -88,7 +88,7 @@ Objective = Callable[[nnx.Module, dict, PRNGKey], tuple[Array, dict]]
 #: training objectives by name (:mod:`tvvar.registry`). ``"cross_entropy"`` is defined here; ``"soft"``,
 #: ``"marginal"``, ``"marginal_attention"``, ``"elbo"`` (tvvar.theory.elbo), ``"llada"`` (tvvar.diffusion) and
 #: ``"semantic_rd"`` (tvvar.theory.information) register themselves when ``import tvvar`` imports their modules.
-OBJECTIVES: Registry[Objective] = Registry("objective", "tvvar.objectives")
+OBJECTIVES: Registry[Objective] = Registry("objective", "tvvar-objectives")
 
 
 def register_objective(name: str) -> Callable[[Objective], Objective]:
