@@ -48,6 +48,9 @@ Figures: the exact CMI matrix I(X_i; Y_j | X^{i−1}, Y^{j−1}) beside the mech
 (item 7's pairing), and the InfoNCE ceiling curve (``estimators.png``); ‖E_b A_b[i, j]‖ beside ‖Â[i, j]‖
 for both trained models (``recovery.png``).
 
+``Config.sections`` runs only some of the independent sections (``SECTIONS``: gaussian, dv_te, categorical,
+categorical_bounds, staircase, granger, te_lr, bias_variance, haslbeck, di_tvvar_critic, recovery); empty: all.
+
 ``python -m experiments.estimators [--quick] [--seed S] [--out DIR]``
 """
 
@@ -79,6 +82,9 @@ HASLBECK_OLS = 0.11
 HASLBECK_SRC = ("Haslbeck et al. 2020 via issue 14; design from the authors' archive, our estimator (Epanechnikov, "
                 "LOO CV) vs theirs (mgm, Gaussian kernel, held-out fold)")
 SRC = "issue 14 closed forms"
+#: the independent sections of :func:`run`, in order (``Config.sections``)
+SECTIONS = ("gaussian", "dv_te", "categorical", "categorical_bounds", "staircase", "granger", "te_lr",
+            "bias_variance", "haslbeck", "di_tvvar_critic", "recovery")
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,14 @@ class Config:
     haslbeck_ns: tuple[int, ...] = (100, 300, 1000, 1808)
     haslbeck_reps: int = 5
     haslbeck_grid_step: int = 1   # every bandwidth of HASLBECK_BANDWIDTHS (20); 2 = every other
+    # the sections of the run (names in SECTIONS, in any order); empty = all. The rows and figures of the others
+    # are not produced (the mutant kit narrows a run to the section a bug lives in)
+    sections: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = [s for s in self.sections if s not in SECTIONS]
+        if unknown or isinstance(self.sections, str):
+            raise ValueError(f"Config.sections: unknown section(s) {unknown or self.sections!r}; valid: {SECTIONS}")
 
     @classmethod
     def quick(cls) -> Config:
@@ -336,7 +350,7 @@ def _binary_entropy(q: float) -> float:
 
 
 def _granger(cfg: Config, checks: list, data: dict) -> None:
-    """Item 5: size and power of the F and Wald tests, and of the TE likelihood-ratio test on token streams."""
+    """Item 5: size and power of the Granger F and Wald tests on VAR(1) replicates."""
     null = np.array([[[0.5, 0.0], [0.0, 0.6]]])
     alt = np.array([[[0.5, cfg.granger_coupling], [0.0, 0.6]]])
     rows = []
@@ -351,6 +365,10 @@ def _granger(cfg: Config, checks: list, data: dict) -> None:
     checks.append(verdict_power("Granger F power at the largest n", rows[-1]["power_f"], 0.9,
                                 f"coupling {cfg.granger_coupling}, n = {cfg.granger_ns[-1]}"))
     data["granger_table"] = rows
+
+
+def _te_lr(cfg: Config, checks: list, data: dict) -> None:
+    """Item 5: size and power of the TE likelihood-ratio test on binary token streams, the plug-in TE's null bias."""
     rng = np.random.default_rng(cfg.seed + 7)
     rej0, rej1, te0 = 0, 0, []
     for _ in range(cfg.lr_reps):
@@ -510,9 +528,8 @@ def _staircase(true_mi: int, batches: int, seed: int) -> np.ndarray:
     return np.asarray(f(jnp.asarray(a), jnp.asarray(b)), dtype=np.float64)
 
 
-def _closed_forms(cfg: Config, checks: list, data: dict) -> None:
-    """Gaussian estimators and DV TE against closed forms; the categorical TV-VAR's exact quantities and the
-    neural bounds on it; the InfoNCE staircase."""
+def _gaussian(cfg: Config, checks: list, data: dict) -> None:
+    """Gaussian (log-det) TE, Geweke and MI estimators against closed forms."""
     z = _simulate_var(cfg.n_gauss, cfg.seed)
     te_g = float(E.gaussian_transfer_entropy(z[:, 1], z[:, 0]))
     gw = float(E.geweke_causality(z[:, 1], z[:, 0]))
@@ -528,7 +545,11 @@ def _closed_forms(cfg: Config, checks: list, data: dict) -> None:
     yb = rho * xa + math.sqrt(1 - rho**2) * rng.standard_normal(cfg.n_gauss)
     checks.append(verdict_relative("Gaussian MI, pair ρ=0.4/√0.52", float(E.gaussian_mutual_information(xa, yb)),
                                    0.18386, 0.01, source=at_n))
-    zd = z[: cfg.n_dv]
+
+
+def _dv_te(cfg: Config, checks: list, data: dict) -> None:
+    """The DV transfer entropy (a difference of two DV estimates, MLP critics) against the closed form."""
+    zd = _simulate_var(cfg.n_gauss, cfg.seed)[: cfg.n_dv]  # the Gaussian section's series, its first n_dv steps
     te, _, _ = N.transfer_entropy_dv(zd[:, 1], zd[:, 0], steps=cfg.dv_steps, batch=cfg.dv_batch, hidden=32,
                                      lr=3e-3, seed=cfg.seed)
     data["dv_te"] = {"value": te.value, "low": te.low, "high": te.high, "n": cfg.n_dv}
@@ -538,9 +559,17 @@ def _closed_forms(cfg: Config, checks: list, data: dict) -> None:
                                    cfg.dv_tol_abs, f"{SRC}, n = {cfg.n_dv}; a difference of two DV estimates has "
                                    "no side: an error of either sign"))
 
-    # categorical TV-VAR streams: exact identities and a DV estimate of I(X^m; Y^m) against enumeration
+
+def _categorical_process(cfg: Config):
+    """The categorical TV-VAR of the categorical sections and its exact joint log-probability table."""
     proc = C.random_categorical_tvvar(cfg.seed, vocab=cfg.cat_vocab, length=cfg.cat_length, feedback=0.8)
-    lj = C.joint_log_prob(proc)
+    return proc, C.joint_log_prob(proc)
+
+
+def _categorical(cfg: Config, checks: list, data: dict) -> None:
+    """The categorical TV-VAR's exact quantities (:mod:`tvvar.theory.categorical_di`): chain rule, conservation,
+    and each paired with the same quantity by a second route."""
+    proc, lj = _categorical_process(cfg)
     M = C.cmi_matrix(lj)
     di, rev, mi = C.directed_information(lj), C.reverse_directed_information(lj), C.mutual_information(lj)
     m = cfg.cat_length
@@ -559,6 +588,17 @@ def _closed_forms(cfg: Config, checks: list, data: dict) -> None:
     checks.append(verdict_identity("delayed reverse DI − Σ_t E ln p(x_t | x^{t−1}, y^{t−1}) / p(x_t | x^{t−1})", rev,
                                    ind["reverse_DI"], source=indep))
     checks.append(verdict_identity("MI − E ln p(x^m, y^m) / p(x^m) p(y^m)", mi, ind["MI"], source=indep))
+    assoc = C.mechanistic_association(proc)
+    iu = np.triu_indices(m)
+    data.setdefault("categorical", {}).update(
+        {"DI": di, "reverse_DI": rev, "MI": mi, "cmi_matrix": M, "mechanistic": assoc, "by_log_ratios": ind,
+         "corr_cmi_mechanistic_upper": float(np.corrcoef(M[iu], assoc[iu])[0, 1])})
+
+
+def _categorical_bounds(cfg: Config, checks: list, data: dict) -> None:
+    """The DV, NWJ and InfoNCE estimates of I(X^m; Y^m) from one-hot samples (MLP critics) against the exact MI."""
+    proc, lj = _categorical_process(cfg)
+    mi = C.mutual_information(lj)
     x, y = C.sample(proc, cfg.n_cat, seed=cfg.seed + 2)
     onehot = np.eye(cfg.cat_vocab)
     cat_est = {}
@@ -569,23 +609,25 @@ def _closed_forms(cfg: Config, checks: list, data: dict) -> None:
         checks.append(check(f"{bound.upper()} I(X^m;Y^m) categorical", cat_est[bound].value, mi, "~", cfg.cat_tol,
                             f"exact enumeration (categorical_di), n = {cfg.n_cat}"))
     est = cat_est["dv"]
-    assoc = C.mechanistic_association(proc)
-    iu = np.triu_indices(m)
-    data["categorical"] = {"DI": di, "reverse_DI": rev, "MI": mi, "cmi_matrix": M, "mechanistic": assoc,
-                           "by_log_ratios": ind,
-                           "dv_mi": est.value, "dv_mi_ci": [est.low, est.high],
-                           "bounds_mi": {b: [e.value, e.low, e.high] for b, e in cat_est.items()},
-                           "corr_cmi_mechanistic_upper": float(np.corrcoef(M[iu], assoc[iu])[0, 1])}
+    data.setdefault("categorical", {}).update(
+        {"dv_mi": est.value, "dv_mi_ci": [est.low, est.high],
+         "bounds_mi": {b: [e.value, e.low, e.high] for b, e in cat_est.items()}})
 
+
+def _staircase_part(cfg: Config, checks: list, data: dict) -> None:
+    """InfoNCE's ln K ceiling with the Bayes-optimal critic on the 20-d Gaussian staircase."""
     stair = {k: _staircase(k, cfg.staircase_batches, cfg.seed) for k in STAIRCASE}
     checks.extend(verdict_staircase(k, v) for k, v in stair.items())
     data["staircase"] = {k: float(v.mean()) for k, v in stair.items()}
 
 
-#: the parts of :func:`run`, in order; each appends its checks and data and shares no state with the others
-PARTS = {"closed forms, categorical, staircase": "_closed_forms", "granger": "_granger",
-         "bias_variance": "_bias_variance", "haslbeck": "_haslbeck", "di_tvvar_critic": "_directed_information_tvvar",
-         "recovery": "_recovery"}
+#: the sections of :func:`run`, in order (``Config.sections`` selects some; empty = all): each appends its checks
+#: and data and shares no state with the others
+PARTS = {"gaussian": "_gaussian", "dv_te": "_dv_te", "categorical": "_categorical",
+         "categorical_bounds": "_categorical_bounds", "staircase": "_staircase_part", "granger": "_granger",
+         "te_lr": "_te_lr", "bias_variance": "_bias_variance", "haslbeck": "_haslbeck",
+         "di_tvvar_critic": "_directed_information_tvvar", "recovery": "_recovery"}
+assert tuple(PARTS) == SECTIONS
 
 
 def run(config: Config, out: Path) -> dict:
@@ -594,16 +636,33 @@ def run(config: Config, out: Path) -> dict:
     checks, data, seconds = [], {}, {}
     maps = None
     for name, fn in PARTS.items():
+        if cfg.sections and name not in cfg.sections:
+            continue
         t = time.perf_counter()
         got = globals()[fn](cfg, checks, data)
         maps = got if fn == "_recovery" else maps
         seconds[name] = time.perf_counter() - t
     data["seconds_per_part"] = seconds
-    M, assoc = data["categorical"]["cmi_matrix"], data["categorical"]["mechanistic"]
+    figs = _figures(data, maps, out)
+    return {"checks": checks, "figures": figs, "data": data}
 
+
+def _figures(data: dict, maps: dict | None, out: Path) -> list[str]:
+    """The figures whose sections ran (a section switched off by ``Config.sections`` drops its figure)."""
+    figs = []
+    if "cmi_matrix" in data.get("categorical", {}) and "staircase" in data:
+        figs.append(_estimators_figure(data, out))
+    if maps is not None:
+        figs.append(_recovery_figure(maps, out))
+    if "haslbeck_table" in data:
+        figs.append(_haslbeck_figure(data["haslbeck_table"], out))
+    return figs
+
+
+def _estimators_figure(data: dict, out: Path) -> str:
     import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
 
+    M, assoc = data["categorical"]["cmi_matrix"], data["categorical"]["mechanistic"]
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
     for a_, mat, title in ((ax[0], M, r"exact $I(X_i; Y_j \mid X^{i-1}, Y^{j-1})$"),
                            (ax[1], assoc, r"mechanistic $E\,\|A^{YX}_{ji}\, e(X_i)\|$")):
@@ -617,7 +676,12 @@ def run(config: Config, out: Path) -> dict:
     ax[2].axhline(math.log(64), color="r", lw=0.8, label="ln 64")
     ax[2].set(xlabel="true MI (nats)", ylabel="nats", title="InfoNCE ceiling, K = 64")
     ax[2].legend()
-    figs = [save_figure(fig, out, "estimators.png")]
+    return save_figure(fig, out, "estimators.png")
+
+
+def _recovery_figure(maps: dict, out: Path) -> str:
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     # log colour scale: the diagonal A[i, i] is 10–20× the lags the fit has to find; j > i (no coefficient) is blank
     fig, ax = plt.subplots(1, 4, figsize=(16, 3.6), constrained_layout=True)
@@ -629,10 +693,13 @@ def run(config: Config, out: Path) -> dict:
             im = a_.imshow(np.ma.masked_less_equal(mat, 0), cmap="viridis", norm=norm)
             a_.set(title=f"{dec}: {what}", xlabel="j (source position)", ylabel="i (row)")
             fig.colorbar(im, ax=a_)
-    figs.append(save_figure(fig, out, "recovery.png"))
+    return save_figure(fig, out, "recovery.png")
+
+
+def _haslbeck_figure(rows: list[dict], out: Path) -> str:
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    rows = data["haslbeck_table"]
     ns = [r["n"] for r in rows]
     ax.plot(ns, [r["kernel_mae_varying"] for r in rows], "o-", label="kernel (time-varying entries)")
     ax.plot(ns, [r["ols_mae_varying"] for r in rows], "s-", label="OLS (time-varying entries)")
@@ -641,8 +708,7 @@ def run(config: Config, out: Path) -> dict:
     ax.plot(lit, [HASLBECK[n][0] for n in lit], "kx", label="Haslbeck et al. (kernel)")
     ax.set(xscale="log", xlabel="n", ylabel="MAE of A(t)", title="TV-VAR(1), 10 variables")
     ax.legend(fontsize=7)
-    figs.append(save_figure(fig, out, "haslbeck.png"))
-    return {"checks": checks, "figures": figs, "data": data}
+    return save_figure(fig, out, "haslbeck.png")
 
 
 main = cli("estimators", Config, run)

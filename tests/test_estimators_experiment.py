@@ -97,3 +97,15 @@ def test_chain_rule_rows_are_identities_and_their_pairs_catch_a_wrong_joint_tabl
     assert not X.verdict_identity("rev", rev, ind["reverse_DI"])["passed"]
     assert not X.verdict_identity("cmi", float(np.abs(M - ind["cmi_matrix"]).max()), 0.0)["passed"]
     assert X.verdict_identity("di", di, ind["DI"])["identity"] is None  # a verification, not an identity
+
+
+def test_sections_are_checked():
+    import dataclasses
+
+    import pytest
+
+    assert X.Config().sections == () and X.Config.quick().sections == ()
+    with pytest.raises(ValueError, match="Config.sections"):
+        dataclasses.replace(X.Config.quick(), sections=("gaussian", "nonsense"))
+    with pytest.raises(ValueError, match="Config.sections"):
+        dataclasses.replace(X.Config.quick(), sections="gaussian")

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.estimators import Config
+from experiments.estimators import SECTIONS, Config
 from mutants import Mutant
 
 
@@ -22,6 +22,16 @@ def tiny() -> Config:
         Config.quick(), n_dv=3000, dv_steps=150, n_cat=3000, staircase_batches=10, granger_reps=400, lr_reps=400,
         bv_reps=6, neural_ns=(), haslbeck_reps=1, haslbeck_grid_step=3, di_n=8000, di_steps=160,
         rec_train_steps=60, rec_batch=256)
+
+
+def _only(*sections: str):
+    return lambda cfg: dataclasses.replace(cfg, sections=sections)
+
+
+#: one size per section of the run (``Config.sections``): a mutant runs only the section(s) its bug is checked in;
+#: two pairs where a bug is caught in two sections and is the only mutant that kills rows of both
+SIZES = {**{section: _only(section) for section in SECTIONS},
+         "gaussian+dv_te": _only("gaussian", "dv_te"), "categorical+bounds": _only("categorical", "categorical_bounds")}
 
 
 # ---- Gaussian (log-det) estimators ------------------------------------------------------------------------
@@ -119,30 +129,27 @@ def _stderr_variance(orig):
 
 MUTANTS = (
     Mutant("logdet_without_2", "tvvar.theory.estimators:_logdet", _logdet_half,
-           "ln det S as Σ ln diag(chol S), the factor 2 of ln det L Lᵀ forgotten"),
+           "ln det S as Σ ln diag(chol S), the factor 2 of ln det L Lᵀ forgotten", size="gaussian"),
     Mutant("te_source_present", "tvvar.theory.estimators:_te_blocks", _te_blocks_source_present,
-           "source block holds y_t … y_{t−ℓ+1} (lag off by one: the present where the past is meant)"),
+           "source block holds y_t … y_{t−ℓ+1} (lag off by one: the present where the past is meant)",
+           size="gaussian+dv_te"),
     Mutant("plugin_entropy_bits", "tvvar.theory.estimators:_code_entropy", _code_entropy_bits,
-           "plug-in entropy with log2 (bits) where nats are meant"),
+           "plug-in entropy with log2 (bits) where nats are meant", size="te_lr"),
     Mutant("granger_rows_no_intercept", "tvvar.theory.granger:restriction_rows", _restriction_rows_no_intercept,
-           "restricted regressor rows ℓk + j, the intercept's row offset forgotten"),
+           "restricted regressor rows ℓk + j, the intercept's row offset forgotten", size="granger"),
     Mutant("dv_log_sum_not_mean", "tvvar.theory.neural_estimators:dv_bound", _dv_sum_not_mean,
-           "DV's ln E_Q[e^T] as ln Σ e^T (the 1/(K(K−1)) normaliser dropped)"),
+           "DV's ln E_Q[e^T] as ln Σ e^T (the 1/(K(K−1)) normaliser dropped)", size="categorical_bounds"),
     Mutant("infonce_without_log_k", "tvvar.theory.neural_estimators:infonce_bound", _infonce_without_log_k,
-           "InfoNCE without the + ln K"),
+           "InfoNCE without the + ln K", size="staircase"),
     Mutant("categorical_entropy_bits", "tvvar.theory.categorical_di:entropy", _entropy_bits,
-           "exact entropies in bits where nats are meant"),
+           "exact entropies in bits where nats are meant", size="categorical+bounds"),
     Mutant("cv_without_leave_one_out", "tvvar.theory.tvvar_estimation:_weights", _weights_no_loo,
-           "kernel CV weights keep the diagonal: leave-one-out not applied"),
+           "kernel CV weights keep the diagonal: leave-one-out not applied", size="haslbeck"),
     Mutant("recovery_float32", "tvvar.theory.coefficient_recovery:_solve", _solve_float32,
-           "coefficient-recovery normal equations accumulated in float32"),
-)
-
-# Written but not yet run through the kit (issue 29): the machine was shared by six sessions and these did not
-# finish before the deadline. Add them to MUTANTS and rewrite the kill table: python tests/mutants estimators
-NOT_RUN = (
+           "coefficient-recovery normal equations accumulated in float32", size="recovery"),
     Mutant("token_critic_sees_y_t", "tvvar.theory.neural_estimators:TokenCritic.ids", _token_ids_shifted,
-           "full critic's layout drops x_0 instead of y_{m−1}, so the row that scores y_t has read y_t"),
+           "full critic's layout drops x_0 instead of y_{m−1}, so the row that scores y_t has read y_t",
+           size="di_tvvar_critic"),
     Mutant("recovery_stderr_is_variance", "tvvar.theory.coefficient_recovery:fit_tvvar_coefficients",
-           _stderr_variance, "standard errors without the square root (variances)"),
+           _stderr_variance, "standard errors without the square root (variances)", size="recovery"),
 )
