@@ -252,7 +252,7 @@ def test_bad_input_errors(gpt2_dir, llama_dir, tmp_path):
     with pytest.raises(KeyError, match="ln_f.bias"):
         load_pretrained(f)
     ld, _ = llama_dir
-    for field, value in [("rope_scaling", {"type": "linear", "factor": 2.0}), ("attention_bias", True),
+    for field, value in [("rope_scaling", {"type": "dynamic", "factor": 2.0}), ("attention_bias", True),
                          ("sliding_window", 16)]:
         f = copy(f"llama_{field}", ld)
         edit_config(f, **{field: value})
@@ -280,11 +280,14 @@ def test_decomposition_kit_with_rotary_gqa_bias(kw):
                                                        dtype))
 
 
-def test_rotary_is_a_relative_bilinear_form_float64():
-    """Theorem 5 with rotary: score[i, j] = u_iᵀ B_h(i − j) u_j exactly, and R(i)ᵀ R(j) = R(j − i)."""
+@pytest.mark.parametrize("scaling", [None, "llama3"])
+def test_rotary_is_a_relative_bilinear_form_float64(scaling):
+    """Theorem 5 with rotary: score[i, j] = u_iᵀ B_h(i − j) u_j exactly, and R(i)ᵀ R(j) = R(j − i) — with Llama
+    3.1's frequency scaling too (it changes the frequencies of R, not that R is a rotation)."""
+    rope_scaling = None if scaling is None else LLAMA3_SMALL
     with jax.enable_x64(True):
         m = Attention(12, rngs=nnx.Rngs(0), num_heads=3, num_kv_heads=1, rotary=True, rope_theta=100.0,
-                      dtype=jnp.float64)
+                      rope_scaling=rope_scaling, dtype=jnp.float64)
         u = jax.random.normal(jax.random.key(1), (2, 9, 12), jnp.float64)
         s = np.asarray(m.scores(u))  # [B, H, T, T]
         Bd = np.asarray(m.relative_bilinear_forms(9))  # [H, Δ, D, D]
@@ -307,3 +310,90 @@ def test_gqa_to_bilinear_exact_float64():
         np.testing.assert_allclose(np.asarray(m.to_bilinear()(u)), np.asarray(m(u)), atol=1e-10)
     with pytest.raises(ValueError, match="num_kv_heads"):
         Attention(12, rngs=nnx.Rngs(0), num_heads=4, num_kv_heads=3)
+
+
+# ---- rotary scaling (Llama 3.1 / 3.2 checkpoints carry rope_scaling of type llama3) ----------------------
+
+#: the scaling Llama 3.1 ships (factor 8, frequencies 1 and 4, context 8192) and a small one whose three
+#: regions all hold a frequency of an 8-wide head with θ = 10⁴ (wavelengths 2π·10^{k/4}, k = 0..3, against 16, 64)
+LLAMA31 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+           "original_max_position_embeddings": 8192}
+LLAMA3_SMALL = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": T}
+
+
+def _llama3_freqs_reference(head_dim, theta, scaling):
+    """Llama 3.1's frequency scaling written from its definition, one frequency at a time (float64)."""
+    L, factor = scaling["original_max_position_embeddings"], scaling["factor"]
+    lo, hi = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    out = []
+    for k in range(0, head_dim, 2):
+        f = theta ** (-k / head_dim)
+        wavelength = 2 * np.pi / f
+        if wavelength < L / hi:  # high frequency: kept
+            out.append(f)
+        elif wavelength > L / lo:  # low frequency: interpolated by the factor
+            out.append(f / factor)
+        else:  # in between: a smooth blend of the two
+            smooth = (L / wavelength - lo) / (hi - lo)
+            out.append((1 - smooth) * f / factor + smooth * f)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("head_dim,theta,scaling", [(128, 500000.0, LLAMA31), (64, 500000.0, LLAMA31),
+                                                    (8, 10000.0, LLAMA3_SMALL)])
+def test_rope_llama3_frequencies_float64(head_dim, theta, scaling):
+    from tvvar.decompositions.attention import rope_inv_freq
+
+    want = _llama3_freqs_reference(head_dim, theta, scaling)
+    base = theta ** (-np.arange(0, head_dim, 2) / head_dim)
+    assert (want == base).any() and (want == base / 8).any() and ((want != base) & (want != base / 8)).any()
+    with jax.enable_x64(True):
+        got = np.asarray(rope_inv_freq(head_dim, theta, scaling, jnp.float64))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+        lin = np.asarray(rope_inv_freq(head_dim, theta, {"rope_type": "linear", "factor": 4.0}, jnp.float64))
+        np.testing.assert_allclose(lin, base / 4, rtol=1e-12, atol=0)
+
+
+def test_rope_scaling_refusals_name_the_field():
+    from tvvar.decompositions.attention import check_rope_scaling
+
+    assert check_rope_scaling({"type": "linear", "factor": 2}) == {"rope_type": "linear", "factor": 2.0}
+    assert check_rope_scaling({"rope_type": "default"}) is None
+    for bad, match in [({"rope_type": "yarn", "factor": 4.0}, "yarn"), ({"rope_type": "dynamic"}, "dynamic"),
+                       ({"rope_type": "nope"}, "must be one of"), ({"rope_type": "linear"}, "needs 'factor'"),
+                       ({**LLAMA31, "factor": -1.0}, r"rope_scaling\['factor'\]"),
+                       ({**LLAMA31, "high_freq_factor": 0.5}, "high_freq_factor")]:
+        with pytest.raises(ValueError, match=match):
+            check_rope_scaling(bad)
+    with pytest.raises(ValueError, match="rotary=True"):
+        Attention(8, rngs=nnx.Rngs(0), num_heads=2, rope_scaling=LLAMA31)
+
+
+def test_llama3_rope_scaling_checkpoint_matches_reference(tmp_path, monkeypatch):
+    """A Llama 3.1-style checkpoint (rope_scaling llama3) loads with logits and every head's π equal to the
+    transformers Flax Llama whose rotary table is built from the scaled frequencies (its Flax port ignores
+    rope_scaling, so the reference table is patched in from the definition above); save → load is exact."""
+    from transformers.models.llama import modeling_flax_llama
+
+    def scaled_table(num_pos, dim):  # the Flax port's create_sinusoidal_positions, with scaled frequencies
+        freqs = np.einsum("i,j->ij", np.arange(num_pos), _llama3_freqs_reference(dim, 10000.0, LLAMA3_SMALL))
+        emb = np.concatenate([freqs, freqs], axis=-1).astype("float32")
+        return jnp.array(np.concatenate([np.sin(emb)[:, None, :], np.cos(emb)[:, None, :]], axis=-1))
+
+    monkeypatch.setattr(modeling_flax_llama, "create_sinusoidal_positions", scaled_table)
+    ref = _llama(tmp_path / "ckpt", rope_scaling=dict(LLAMA3_SMALL))
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["rope_scaling"]["rope_type"] == "llama3"
+    pre = load_pretrained(tmp_path / "ckpt")
+    assert pre.model.blocks[0].mixer.rope_scaling == LLAMA3_SMALL
+    ids = _ids()
+    assert _agree(pre, ref, ids) <= 1e-4
+    monkeypatch.undo()  # without the scaled table the reference is the unscaled model: tvvar must differ from it
+    with _ref_numpy():
+        plain = transformers.FlaxLlamaForCausalLM(ref.config, seed=0)
+        plain.params = ref.params
+        unscaled = plain(ids).logits
+    assert float(jnp.max(jnp.abs(pre.model(jnp.asarray(ids)) - unscaled))) > 1e-3
+    save_pretrained(pre, tmp_path / "again")
+    again = load_pretrained(tmp_path / "again")
+    np.testing.assert_array_equal(np.asarray(again.model(jnp.asarray(ids))), np.asarray(pre.model(jnp.asarray(ids))))

@@ -9,7 +9,10 @@ coefficients A_tj, the Theorem 6 terms) applies to it:
 gpt2        LayerNorm (bias), attention with q/k biases (the v/o biases fold into the intercept
             ``mixer_bias`` = W_oᵀ b_v + b_o, exact because Σ_j π_tj = 1), GELU-tanh MLP with biases,
             learned absolute positions, tied plain (not sphere-normalised) embedding.
-llama       RMSNorm, rotary attention (B(Δ) = W_q R(−Δ) W_kᵀ/√K), grouped-query heads, SwiGLU, untied head.
+llama       RMSNorm, rotary attention (B(Δ) = W_q R(−Δ) W_kᵀ/√K), grouped-query heads, SwiGLU, untied head;
+            ``rope_scaling`` of type ``llama3`` (Llama 3.1/3.2) or ``linear`` rescales the rotary frequencies
+            (:func:`tvvar.decompositions.attention.rope_inv_freq`); ``dynamic``, ``yarn``, ``longrope`` are
+            refused by name.
 mistral     the Llama layout; a ``sliding_window`` shorter than ``max_position_embeddings`` is refused
             (not implemented; a longer one changes nothing for T ≤ max_position_embeddings).
 mamba2      the state-spaces (``mamba_ssm``) layout: L × [x + mixer(RMSNorm x)], no MLP, final RMSNorm,
@@ -56,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tvvar.decompositions.attention import check_rope_scaling
 from tvvar.model import ModelConfig, TVVARModel
 
 __all__ = ["Pretrained", "load_pretrained", "save_pretrained", "read_safetensors", "SUPPORTED_MODEL_TYPES"]
@@ -237,10 +241,10 @@ def _llama_config(c: dict, dtype: str) -> ModelConfig:
     mt = c["model_type"]
     known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
-             "tie_word_embeddings"}
+             "tie_word_embeddings", "rope_scaling"}
+    rope_scaling = check_rope_scaling(c.get("rope_scaling"))  # a type not implemented is refused by name
     _refuse(c, {
         "hidden_act": lambda v: v == "silu",
-        "rope_scaling": lambda v: v is None,
         "attention_bias": lambda v: v is False,
         "mlp_bias": lambda v: v is False,
         # a window at least as long as every admissible sequence changes nothing; a shorter one is not implemented
@@ -254,7 +258,8 @@ def _llama_config(c: dict, dtype: str) -> ModelConfig:
     return ModelConfig(
         vocab_size=c["vocab_size"], d_model=D, num_layers=c["num_hidden_layers"], decomposition="attention",
         mixer={"num_heads": H, "num_kv_heads": G, "head_dim": K, "rotary": True,
-               "rope_theta": float(c.get("rope_theta", 10000.0))},
+               "rope_theta": float(c.get("rope_theta", 10000.0)),
+               **({"rope_scaling": rope_scaling} if rope_scaling is not None else {})},
         psi="swiglu", psi_options={"d_ff": c["intermediate_size"]}, norm="rms",
         norm_eps=float(c.get("rms_norm_eps", 1e-6)), tied=bool(c.get("tie_word_embeddings", False)),
         max_len=None, embedding="plain", param_dtype=dtype, dtype=dtype)

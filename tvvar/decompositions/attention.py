@@ -24,7 +24,9 @@ What Theorem 5 becomes in the pretrained-model options of :class:`Attention`:
   a rotation, so R(i)ᵀ R(j) = R(j − i) and the form depends on the lag only,
   π^h[i, j] = softmax_j( u_iᵀ B_h(i − j) u_j ),   B_h(Δ) = W_q^h R(−Δ) W_k^hᵀ / √K
   (``relative_bilinear_forms(T)``); A_h is unchanged, so A[i, j] = Σ_h π^h[i, j] A_h still holds and
-  ``coefficients``/``pi`` stay exact. There is no single B_h, so ``to_bilinear()`` refuses.
+  ``coefficients``/``pi`` stay exact. There is no single B_h, so ``to_bilinear()`` refuses. A rotary scaling
+  (``rope_scaling``: ``linear``, Llama 3.1's ``llama3``; :func:`rope_inv_freq`) changes only the frequencies of
+  R, which stays a rotation with R(i)ᵀ R(j) = R(j − i): the same statement holds with the scaled R.
 * **grouped-query attention** (``num_kv_heads`` = G < H): query head h uses key/value group h // (H/G),
   i.e. B_h and A_h share their W_k, W_v factors within a group; ``to_bilinear()`` expands to H heads.
 * **query/key biases** (``qk_bias=True``, GPT-2): the score gains b_qᵀ W_kᵀ u_j (the other bias terms are
@@ -63,7 +65,8 @@ from tvvar.core import (
 from tvvar.decompositions.blockwise import blockwise_attention, check_block_size
 from tvvar.typing import Array, DType, MaskKind
 
-__all__ = ["SoftmaxBilinearAttention", "Attention", "BilinearAttention"]
+__all__ = ["SoftmaxBilinearAttention", "Attention", "BilinearAttention", "check_rope_scaling", "rope_inv_freq",
+           "ROPE_SCALINGS"]
 
 Implementation = Literal["auto", "einsum", "blockwise", "xla", "cudnn"]
 IMPLEMENTATIONS = ("auto", "einsum", "blockwise", "xla", "cudnn")
@@ -72,6 +75,69 @@ IMPLEMENTATIONS = ("auto", "einsum", "blockwise", "xla", "cudnn")
 # the einsum path's time at T = 128 (B 4), 0.75× at 512, 0.24× at 2048 — 256 keeps tiny T on einsum
 BLOCKWISE_MIN_LENGTH = 256
 _HI = jax.lax.Precision.HIGHEST
+
+#: the rotary scalings implemented, with the fields each needs (as in a Hugging Face config.json ``rope_scaling``)
+ROPE_SCALINGS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+#: scalings refused by name: what they would need
+_ROPE_REFUSED = {
+    "dynamic": "its frequencies change with the sequence length beyond original_max_position_embeddings",
+    "yarn": "YaRN's ramp and attention temperature are not implemented",
+    "longrope": "LongRoPE's per-frequency factors are not implemented",
+}
+
+
+def check_rope_scaling(scaling: dict | None) -> dict | None:
+    """A Hugging Face ``rope_scaling`` as a plain dict ``{"rope_type", fields...}`` (floats; the context length an
+    int), or None; a type not implemented, a missing field or a value out of range is a ValueError naming it.
+    ``"type"`` (older configs) is read as ``"rope_type"``; ``"default"`` is no scaling."""
+    if scaling is None:
+        return None
+    if not isinstance(scaling, dict):
+        raise TypeError(f"rope_scaling must be a dict (a config.json rope_scaling) or None, "
+                        f"got {type(scaling).__name__}")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "default":
+        return None
+    if kind in _ROPE_REFUSED:
+        raise ValueError(f"rope_scaling type {kind!r} is not supported: {_ROPE_REFUSED[kind]}")
+    if kind not in ROPE_SCALINGS:
+        raise ValueError(f"rope_scaling type must be one of {sorted(ROPE_SCALINGS)} (or 'default'), got {kind!r}")
+    out: dict = {"rope_type": kind}
+    for field in ROPE_SCALINGS[kind]:
+        if field not in scaling:
+            raise ValueError(f"rope_scaling of type {kind!r} needs {field!r}; got fields {sorted(scaling)}")
+        v = scaling[field]
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+            raise ValueError(f"rope_scaling[{field!r}] must be a finite number > 0, got {v!r}")
+        out[field] = int(v) if field == "original_max_position_embeddings" else float(v)
+    if kind == "llama3" and not out["high_freq_factor"] > out["low_freq_factor"]:
+        raise ValueError(f"rope_scaling: high_freq_factor ({out['high_freq_factor']}) must exceed low_freq_factor "
+                         f"({out['low_freq_factor']})")
+    return out
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None, dtype=jnp.float32) -> Array:
+    """The K/2 rotary frequencies θ^{−2k/K}, k = 0..K/2−1, under ``scaling`` (:func:`check_rope_scaling`):
+
+    * ``linear``: every frequency divided by ``factor`` (positions p ↦ p / factor);
+    * ``llama3`` (Llama 3.1): with wavelength λ_k = 2π/f_k and the original context L, λ_k < L/high_freq_factor
+      keeps f_k, λ_k > L/low_freq_factor takes f_k/factor, and between them
+      f_k ((1 − s)/factor + s) with s = (L/λ_k − low_freq_factor)/(high_freq_factor − low_freq_factor).
+    """
+    f = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=dtype) / head_dim))
+    if scaling is None:
+        return f
+    kind, factor = scaling["rope_type"], scaling["factor"]
+    if kind == "linear":
+        return f / factor
+    L, lo, hi = scaling["original_max_position_embeddings"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    wavelen = 2 * math.pi / f
+    s = (L / wavelen - lo) / (hi - lo)
+    mid = (1 - s) * f / factor + s * f
+    return jnp.where(wavelen < L / hi, f, jnp.where(wavelen > L / lo, f / factor, mid))
 
 
 class SoftmaxBilinearAttention(Mixer):
@@ -281,6 +347,7 @@ class Attention(SoftmaxBilinearAttention):
         qk_bias: bool = False,
         rotary: bool = False,
         rope_theta: float = 10000.0,
+        rope_scaling: dict | None = None,
     ):
         if num_heads < 1:
             raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
@@ -303,6 +370,9 @@ class Attention(SoftmaxBilinearAttention):
         if rotary and head_dim % 2:
             raise ValueError(f"rotary=True needs an even head_dim, got {head_dim}")
         self.num_kv_heads, self.qk_bias, self.rotary, self.rope_theta = num_kv_heads, qk_bias, rotary, float(rope_theta)
+        self.rope_scaling = check_rope_scaling(rope_scaling)
+        if self.rope_scaling is not None and not rotary:
+            raise ValueError("rope_scaling needs rotary=True (it rescales the rotary frequencies)")
         D, H, K, Kv, Do = d_model, num_heads, head_dim, self.value_dim, self.d_out
         G = num_kv_heads
         keys = jax.random.split(rngs.params(), 4)
@@ -325,7 +395,7 @@ class Attention(SoftmaxBilinearAttention):
         """Rotary embedding R(p) x at positions p [T] (pairs (k, k + K/2) rotated by p θ^{-2k/K})."""
         K = self.head_dim
         ft = float32_or_better(x_BxTxHxK.dtype)
-        inv_freq = 1.0 / (self.rope_theta ** (jnp.arange(0, K, 2, dtype=ft) / K))
+        inv_freq = rope_inv_freq(K, self.rope_theta, self.rope_scaling, ft)
         ang = positions.astype(ft)[:, None] * inv_freq[None, :]  # [T, K/2]
         ang = jnp.concatenate([ang, ang], axis=-1)[None, :, None, :]
         cos, sin = jnp.cos(ang).astype(x_BxTxHxK.dtype), jnp.sin(ang).astype(x_BxTxHxK.dtype)
