@@ -51,7 +51,8 @@ RIGOROUS = "Mohri et al. 2018 Thm 3.3 + Maurer 2016 Cor. 1"
 @dataclass(frozen=True)
 class Config:
     seed: int = 0
-    # Part A: linear-softmax class
+    # Part A: linear-softmax class (linear=False switches it off: its rows are then one skipped row, as for tv)
+    linear: bool = True
     V: int = 8  # vocabulary size
     D: int = 4  # input dimension (inputs on S^{D-1}, r = 1)
     teacher_norm: float = 6.0  # ‖W*/Ξ‖_F of the teacher
@@ -437,7 +438,12 @@ def run(config: Config, out: Path) -> dict:
     """Theorem 8 (Rademacher bound): the paper's Eq. 72 and a rigorous bound vs the true risk."""
     checks: list = []
     figures: list = []
-    data = {"linear": _part_linear(config, out, checks, figures)}
+    data: dict = {}
+    if config.linear:
+        data["linear"] = _part_linear(config, out, checks, figures)
+    else:  # switched off on purpose (the mutant kit runs Part B alone), shown in the report like Part B's switch
+        checks.append(skipped("linear: Part A checks (linear-softmax class with a teacher inside it)",
+                              "Part A disabled (Config.linear is False)", source=SOURCE))
     if config.tv:
         data["tvvar"] = _part_tvvar(config, out, checks, figures)
     else:  # switched off on purpose, yet it must show in the report rather than vanish

@@ -4,6 +4,7 @@ of the TV-VAR source at one position)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -20,6 +21,15 @@ def tiny() -> Config:
     Part B with its 150 training steps (fewer leave the held-out Hoeffding bound above ln V) and 20 repeats."""
     return Config(Ms=(316, 3162), R=20, steps=50, n_sigma=4, n_fresh=2**12, deltas=(0.05, 0.2),
                   tv_Ms=(100, 1000, 10000), tv_R=20, tv_rc_repeats=2, tv_rc_sigma=8)
+
+
+# Part A (the linear-softmax class) and Part B (the trained TV-VAR) share no code path but the loss and the bound
+# helpers: a mutant whose rows all lie in one part runs that part alone. The cross-entropy mutant kills rows of
+# both; it runs at "linear", the only place two of its rows are killed by nothing else.
+SIZES = {
+    "linear": lambda cfg: dataclasses.replace(cfg, tv=False),
+    "tvvar": lambda cfg: dataclasses.replace(cfg, linear=False),
+}
 
 
 def _ce_bits(original):
@@ -111,21 +121,24 @@ def _paper_term_twice_normalised(original):
 
 
 MUTANTS = (
-    Mutant("ce_in_bits", f"{RD}:cross_entropy", _ce_bits, "per-sample cross-entropy in bits (log₂) instead of nats"),
+    Mutant("ce_in_bits", f"{RD}:cross_entropy", _ce_bits, "per-sample cross-entropy in bits (log₂) instead of nats",
+           size="linear"),
     Mutant("rc_sup_sqrt_M", f"{RD}:linear_rc_sup", _rc_sup_sqrt,
-           "exact sup of the linear class scaled by Λ/√M instead of Λ/M"),
+           "exact sup of the linear class scaled by Λ/√M instead of Λ/M", size="linear"),
     Mutant("jensen_missing_V", f"{RD}:linear_rc_jensen", _jensen_no_V,
-           "certified R̂ (Λ/M)√(Σ‖x‖²): the V classes of σ forgotten"),
+           "certified R̂ (Λ/M)√(Σ‖x‖²): the V classes of σ forgotten", size="linear"),
     Mutant("rigorous_conf_without_B", f"{RD}:rigorous_bound", _rigorous_unit_range,
-           "rigorous bound's confidence term without the loss range B (as if ℓ ∈ [0, 1])"),
-    Mutant("loss_range_c", f"{RD}:loss_range", _range_one_c, "loss range B = ln V + c instead of ln V + 2c"),
-    Mutant("fit_5_steps", f"{RD}:fit_linear_softmax", _fit_early, "projected gradient descent stopped after 5 steps"),
+           "rigorous bound's confidence term without the loss range B (as if ℓ ∈ [0, 1])", size="linear"),
+    Mutant("loss_range_c", f"{RD}:loss_range", _range_one_c, "loss range B = ln V + c instead of ln V + 2c",
+           size="linear"),
+    Mutant("fit_5_steps", f"{RD}:fit_linear_softmax", _fit_early, "projected gradient descent stopped after 5 steps",
+           size="linear"),
     Mutant("hoeffding_sign", f"{RD}:hoeffding_bound", _hoeffding_lower,
-           "Hoeffding bound with the confidence term subtracted (sign flipped)"),
+           "Hoeffding bound with the confidence term subtracted (sign flipped)", size="tvvar"),
     Mutant("finite_rc_no_sqrt", f"{RD}:finite_context_rc", _finite_rc_counts,
-           "finite-context R̂ bound Σ_κ n_κ instead of Σ_κ √n_κ"),
+           "finite-context R̂ bound Σ_κ n_κ instead of Σ_κ √n_κ", size="tvvar"),
     Mutant("law_off_by_one", f"{RD}:position_law", _law_lag,
-           "exact law of the context: the log-probabilities read one row late (rows 1..t, not 0..t−1)"),
+           "exact law of the context: the log-probabilities read one row late (rows 1..t, not 0..t−1)", size="tvvar"),
     Mutant("paper_term_double_mean", f"{RD}:linear_trial", _paper_term_twice_normalised,
-           "Eq. 72's middle term divided by M twice (mean, then /M)"),
+           "Eq. 72's middle term divided by M twice (mean, then /M)", size="linear"),
 )
