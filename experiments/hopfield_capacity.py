@@ -9,6 +9,12 @@
     Theorem 3 bound, and the generalized capacity C_G = log(N_P)/n;
 (e) the same retrieval done by a trained attention layer (tvvar.decompositions.attention).
 
+Second routes: the dense memory's exact fixed-point test against the energy rule in numpy (int64), and the modern
+network's retrieval sweep against a numpy re-simulation of its definition (query noise of norm noise·M).
+
+``Config.sections`` runs only some of the parts (``SECTIONS``: classical, gardner, dense, modern, theorem3,
+attention); empty: all.
+
 ``python -m experiments.hopfield_capacity [--quick] [--seed S] [--out DIR]``
 """
 
@@ -26,6 +32,8 @@ import numpy as np
 from experiments.common import check, cli, save_figure, skipped
 from tvvar.theory import hopfield as H
 
+#: the independent sections of :func:`run`, in order (``Config.sections``)
+SECTIONS = ("classical", "gardner", "dense", "modern", "theorem3", "attention")
 
 @dataclass(frozen=True)
 class Config:
@@ -62,6 +70,14 @@ class Config:
     train_steps: int = 1500
     batch: int = 128
     lr: float = 3e-2
+    # the sections of the run (names in SECTIONS, in any order); empty = all. The rows and figures of the others
+    # are not produced (the mutant kit narrows a run to the section a bug lives in)
+    sections: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = [s for s in self.sections if s not in SECTIONS]
+        if unknown or isinstance(self.sections, str):
+            raise ValueError(f"Config.sections: unknown section(s) {unknown or self.sections!r}; valid: {SECTIONS}")
 
     @classmethod
     def quick(cls) -> Config:
@@ -83,6 +99,65 @@ def _crossing(x, y, level=0.5):
         if y[j] >= level > y[j + 1]:
             return float(x[j] + (y[j] - level) * (x[j + 1] - x[j]) / (y[j] - y[j + 1]))
     return float("nan")
+
+
+# the modern retrieval sweep re-simulated in numpy (float64) from its definition: trials, and the largest N covered
+RESIM_TRIALS = 2000
+RESIM_MAX_N = 256
+RESIM_Z = 4.0
+
+
+def retrieval_accuracy_numpy(d: int, Ns, beta: float, noise: float, K: float, trials: int, seed: int,
+                             tol: float = 0.1) -> np.ndarray:
+    """One-step retrieval accuracy at each N, written apart from :func:`tvvar.theory.hopfield.retrieval_sweep`
+    (numpy's RNG, float64, no segment trick): N patterns uniform on the sphere of radius M = K√(d−1), the query
+    ξ = x_0 + noise·M·ẑ with ẑ a uniform UNIT vector (so ‖ξ − x_0‖ = noise·M exactly), ξ_new = Xᵀ softmax(β X ξ)
+    over the first N patterns, a success when ‖ξ_new − x_0‖ ≤ tol·M."""
+    Ns = np.asarray(Ns, np.int64)
+    M = K * math.sqrt(d - 1)
+    rng = np.random.default_rng(seed)
+    hits = np.zeros(len(Ns))
+    done = 0
+    while done < trials:
+        T = min(250, trials - done)
+        X = rng.standard_normal((T, int(Ns.max()), d))
+        X *= M / np.linalg.norm(X, axis=-1, keepdims=True)
+        z = rng.standard_normal((T, d))
+        xi = X[:, 0] + noise * M * z / np.linalg.norm(z, axis=-1, keepdims=True)
+        logits = beta * np.einsum("tnd,td->tn", X, xi)
+        for j, N in enumerate(Ns):
+            w = np.exp(logits[:, :N] - logits[:, :N].max(axis=1, keepdims=True))
+            new = np.einsum("tn,tnd->td", w / w.sum(axis=1, keepdims=True), X[:, :N])
+            hits[j] += np.sum(np.linalg.norm(new - X[:, 0], axis=-1) <= tol * M)
+        done += T
+    return hits / trials
+
+
+def verdict_retrieval_resimulated(name: str, library: dict, numpy_: dict, trials_library: int,
+                                  where: str) -> dict:
+    """The library's accuracy (``trials_library`` trials a cell) against the numpy re-simulation (many more), the
+    largest |difference| over cells in binomial standard errors of the library's estimate: √(p(1−p)/T) with p the
+    numpy value, p(1−p) floored at 1/T (one success or failure in T trials where p is 0 or 1). Within
+    ``RESIM_Z`` = 4 s.e. (a false alarm below 1e-4 a cell); a query noise of the wrong norm moves whole curves."""
+    zs = []
+    for cell, a in library.items():
+        b = np.asarray(numpy_[cell], float)
+        var = np.maximum(b * (1 - b), 1.0 / trials_library) / trials_library
+        zs.append(np.max(np.abs(np.asarray(a, float) - b) / np.sqrt(var)))
+    return check(name, float(max(zs)), 0.0, "<=", RESIM_Z,
+                 f"numpy re-simulation of the definition ({RESIM_TRIALS} trials a cell, float64); {where}")
+
+
+def dense_keeps_numpy(patterns: np.ndarray, power: int) -> np.ndarray:
+    """bool [P, n]: from each stored pattern s = ξ^ν, whether neuron i keeps its state under one update of the
+    dense memory E(s) = −Σ_μ (ξ^μ·s)^k, written from the energy and apart from :mod:`tvvar.theory.hopfield`:
+    neuron i keeps s_i iff flipping it does not lower the energy, Σ_μ F(ξ^μ·s) ≥ Σ_μ F(ξ^μ·s − 2 ξ^μ_i s_i)
+    (a tie keeps s_i), in exact int64 arithmetic."""
+    X = np.asarray(patterns, np.int64)
+    o = X @ X.T  # [μ, ν]: overlap of pattern μ with the state s = ξ^ν
+    now = np.sum(o**power, axis=0)  # [ν]
+    flipped = o[:, :, None] - 2 * X[:, None, :] * X[None, :, :]  # [μ, ν, i]
+    return now[:, None] >= np.sum(flipped**power, axis=0)
 
 
 def _classical(cfg, key, out, checks, data, figs):
@@ -208,6 +283,20 @@ def _dense(cfg, key, out, checks, data, figs):
                         res["x^3"]["flip_rate"][j].mean(), float(ref3[j]), "~", 0.3 * float(ref3[j]),
                         "Krotov & Hopfield 2016 signal-to-noise Φ(−S/σ) (30% tolerance: non-Gaussian crosstalk); "
                         f"p = {loads[j]}, n = {n}"))
+    # the library's exact fixed-point test against the energy rule in numpy, at the checked x^k load
+    rng = np.random.default_rng(cfg.seed + 31)
+    dis, total = 0, 0
+    for kind, k in kinds:
+        if kind != "poly":
+            continue
+        pats = rng.choice(np.array([-1, 1], np.int8), size=(int(loads[j]), n))
+        lib = np.asarray(H.dense_stable(jnp.asarray(pats, jnp.float32), "poly", k))
+        dis += int(np.sum(lib != dense_keeps_numpy(pats, k)))
+        total += lib.size
+    checks.append(check("dense F=x^k: library fixed-point test vs the energy rule in numpy (fraction of neurons "
+                        "that disagree)", dis / total, 0.0, "==", 0.0,
+                        "E(s) = −Σ_μ (ξ^μ·s)^k: s_i kept iff flipping it does not lower E (exact int64); "
+                        f"p = {loads[j]}, n = {n}, F ∈ {[f'x^{k}' for kind, k in kinds if kind == 'poly']}"))
     # Demircigil et al.: p = exp(αn) with α < ln2/2 are fixed points as n → ∞; at finite n we check
     # well inside (α = ln2/4, p = 2^{n/4}) and record the fraction at the threshold 2^{n/2} as data.
     pe = 2 ** (n // 2)
@@ -263,7 +352,30 @@ def _modern(cfg, key, out, checks, data, figs):
                         "50 %)", worst, 0.0, ">=", 3 * math.sqrt(2) * se,
                         f"Ramsauer et al. 2020: capacity exponential in d (3 SE); N = {Ns[jN]}, β = {beta}, "
                         f"d ∈ {tuple(cfg.d_modern)}"))
-    # Theorem 3: at N = bound, the storage condition holds for ≥ 1 − p of the patterns (β, d where valid)
+    # the sweep itself against a re-simulation of its definition (every d, the checked β, N ≤ RESIM_MAX_N)
+    cells = [(d, j) for d in cfg.d_modern for j, N in enumerate(Ns) if N <= RESIM_MAX_N]
+    lib = {d: acc[(d, beta)][[j for dd, j in cells if dd == d]] for d in cfg.d_modern}
+    ref = {d: retrieval_accuracy_numpy(d, Ns[[j for dd, j in cells if dd == d]], beta, cfg.noise, cfg.K,
+                                       RESIM_TRIALS, seed=1000 * cfg.seed + d) for d in cfg.d_modern}
+    checks.append(verdict_retrieval_resimulated(
+        "modern retrieval accuracy vs a numpy re-simulation (max |Δ| over d and N, in library s.e.)", lib, ref,
+        cfg.trials_modern, f"noise {cfg.noise}·M, β = {beta}, d ∈ {tuple(cfg.d_modern)}, N ≤ {RESIM_MAX_N}"))
+    # attention is retrieval: one update through the attention decomposition
+    d = cfg.d_modern[0]
+    kx, kq = jax.random.split(jax.random.fold_in(key, 9000))
+    X = H.sphere_patterns(kx, 64, d, 1.0)
+    xi = X[:16] + 0.3 * jax.random.normal(kq, (16, d)) / math.sqrt(d)
+    diff = float(jnp.max(jnp.abs(jax.jit(H.hopfield_update_via_attention)(X, xi, 4.0) - H.hopfield_update(X, xi, 4.0))))
+    checks.append(check("one Hopfield update == attention π-weighted sum (B = βI, A = I)", diff, 0.0, "<=", 1e-6,
+                        "Ramsauer et al. 2020; Bai Section V-E / Theorem 5"))
+    data["modern"] = {"Ns": Ns, "accuracy": {f"d={d},beta={b}": v for (d, b), v in acc.items()},
+                      "accuracy_numpy": {f"d={d},beta={beta}": v for d, v in ref.items()}, "theorem3": bounds,
+                      "generalized_capacity": cg, "noise": cfg.noise, "seconds": secs}
+
+
+def _theorem3(cfg, key, out, checks, data, figs):
+    """Theorem 3 (Ramsauer et al.): at N = its bound, the storage condition holds for ≥ 1 − p of the patterns."""
+    beta = 1.0 if 1.0 in cfg.betas else cfg.betas[0]
     for d in cfg.d_theorem3:
         t3 = H.theorem3_constants(beta, cfg.K, d, cfg.p_fail)
         name = f"Theorem 3 storage condition at N = min(bound, 4096), d={d}"
@@ -281,16 +393,6 @@ def _modern(cfg, key, out, checks, data, figs):
         ok = jax.jit(jax.vmap(storage_ok))(keys)
         checks.append(check(name, float(np.mean(ok)), 1 - cfg.p_fail, ">=", 0.0,
                             f"Ramsauer et al. 2020, Theorem 3; N = {N} (bound {t3['N']:.3g}), β = {beta}"))
-    # attention is retrieval: one update through the attention decomposition
-    d = cfg.d_modern[0]
-    kx, kq = jax.random.split(jax.random.fold_in(key, 9000))
-    X = H.sphere_patterns(kx, 64, d, 1.0)
-    xi = X[:16] + 0.3 * jax.random.normal(kq, (16, d)) / math.sqrt(d)
-    diff = float(jnp.max(jnp.abs(jax.jit(H.hopfield_update_via_attention)(X, xi, 4.0) - H.hopfield_update(X, xi, 4.0))))
-    checks.append(check("one Hopfield update == attention π-weighted sum (B = βI, A = I)", diff, 0.0, "<=", 1e-6,
-                        "Ramsauer et al. 2020; Bai Section V-E / Theorem 5"))
-    data["modern"] = {"Ns": Ns, "accuracy": {f"d={d},beta={b}": v for (d, b), v in acc.items()},
-                      "theorem3": bounds, "generalized_capacity": cg, "noise": cfg.noise, "seconds": secs}
 
 
 def _trained_attention(cfg, key, out, checks, data, figs):
@@ -371,13 +473,18 @@ def run(config: Config, out: Path) -> dict:
     """Hopfield memory capacity: classical, Gardner, dense, modern networks and attention (Section V-E)."""
     key = jax.random.key(config.seed)
     checks, data, figs = [], {}, []
-    parts = [_classical, _gardner, _dense, _modern, _trained_attention]
+    # section → (its function, the index its key is folded from: Theorem 3 keeps the key it had inside "modern")
+    parts = {"classical": (_classical, 0), "gardner": (_gardner, 1), "dense": (_dense, 2), "modern": (_modern, 3),
+             "theorem3": (_theorem3, 3), "attention": (_trained_attention, 4)}
+    assert tuple(parts) == SECTIONS
     timings = {}
-    for i, part in enumerate(parts):
+    for name, (part, i) in parts.items():
+        if config.sections and name not in config.sections:
+            continue
         t0 = time.perf_counter()
         part(config, jax.random.fold_in(key, i), out, checks, data, figs)
-        timings[part.__name__.strip("_")] = round(time.perf_counter() - t0, 2)
-        print(f"  {part.__name__.strip('_')}: {timings[part.__name__.strip('_')]:.1f} s", flush=True)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        print(f"  {name}: {timings[name]:.1f} s", flush=True)
     data["part_seconds"] = timings
     data["generalized_capacity_classical"] = {"alpha": "identity", "C_G": H.ALPHA_C_AGS, "source": "AGS 1985"}
     return {"checks": checks, "figures": figs, "data": data}

@@ -488,3 +488,26 @@ def test_experiment_dense_kinds_must_include_the_checked_ones(tmp_path):
     with pytest.raises(ValueError, match="dense_kinds"):
         X._dense(cfg, jax.random.key(0), tmp_path, [], {}, [])
 
+
+
+def test_experiment_second_routes_agree_with_the_library_and_fail_when_perturbed():
+    """experiments.hopfield_capacity: the dense memory's energy rule (numpy int64) gives the library's exact
+    fixed-point test; the numpy re-simulation of the retrieval sweep agrees with it within its tolerance, and its
+    verdict fails on a curve moved by a few standard errors. Config.sections names parts."""
+    import dataclasses
+
+    from experiments import hopfield_capacity as X
+
+    rng = np.random.default_rng(0)
+    for k in (2, 3, 4):
+        pats = rng.choice(np.array([-1, 1], np.int8), size=(24, 12))
+        lib = np.asarray(H.dense_stable(jnp.asarray(pats, jnp.float32), "poly", k))
+        assert (lib == X.dense_keeps_numpy(pats, k)).all()
+        assert 0 < lib.mean() < 1  # both decisions occur at this load
+    Ns = np.array([1, 2, 4, 8, 16])
+    lib = H.retrieval_sweep(jax.random.key(0), 8, Ns, 1.0, trials=256, noise=0.3)["accuracy"]
+    ref = X.retrieval_accuracy_numpy(8, Ns, 1.0, 0.3, 1.0, 2000, seed=0)
+    assert X.verdict_retrieval_resimulated("r", {8: lib}, {8: ref}, 256, "")["passed"]
+    assert not X.verdict_retrieval_resimulated("r", {8: np.clip(lib - 0.2, 0, 1)}, {8: ref}, 256, "")["passed"]
+    with pytest.raises(ValueError, match="Config.sections"):
+        dataclasses.replace(X.Config.quick(), sections=("dense", "nonsense"))

@@ -4,6 +4,7 @@ tvvar.theory.hopfield_modern (the modern update, separation, the retrieval sweep
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from experiments.hopfield_capacity import Config
+from experiments.hopfield_capacity import SECTIONS, Config
 from mutants import Mutant
 
 HOP = "tvvar.theory.hopfield"
@@ -28,6 +29,15 @@ def tiny() -> Config:
                   trials_dense=8, dense_kinds=(("poly", 3), ("exp", 0)), d_modern=(8, 16), betas=(1.0,),
                   modern_log2_N=tuple(range(1, 9)),
                   trials_modern=64, d_attn=8, N_attn=8, train_steps=150, batch=32, lr=0.1)
+
+
+def _only(*sections: str):
+    return lambda cfg: dataclasses.replace(cfg, sections=sections)
+
+
+#: one size per section of the run (``Config.sections``): a mutant runs only the section(s) its bug is checked in;
+#: β is used by the modern network's rows and the trained attention's, which only its mutant kills
+SIZES = {**{section: _only(section) for section in SECTIONS}, "modern+attention": _only("modern", "attention")}
 
 
 def _gardner_alpha_c_flipped(original):
@@ -77,14 +87,18 @@ def _adatron_early(original):
 
 
 def _poly_self_term(original):
+    # patched where the x^k keeps-test is looked up: the kind → functions table _DENSE (dense_sweep and
+    # dense_stable reach _poly_keeps only through it, so a patch of the name _poly_keeps alone never runs)
+    poly_keeps = original["poly"][2]
+
     def _poly_keeps(patterns, s, k, mask):  # b_μi = ξ^μ·s, neuron i's own term not removed
         n = patterns.shape[1]
         X, si = patterns.astype(jnp.int32), s.astype(jnp.int32)
         b = jnp.broadcast_to((X @ si)[:, None], X.shape)
         t = X * ((b + 1) ** k - (b - 1) ** k) * (mask[:, None] > 0).astype(jnp.int32)
-        return si * jnp.sign(jnp.sum(t, axis=0)) >= 0 if n ** k < 2**24 else original(patterns, s, k, mask)
+        return si * jnp.sign(jnp.sum(t, axis=0)) >= 0 if n ** k < 2**24 else poly_keeps(patterns, s, k, mask)
 
-    return _poly_keeps
+    return {**original, "poly": (*original["poly"][:2], _poly_keeps)}
 
 
 def _exp_sign(original):
@@ -140,33 +154,26 @@ def _noise_not_normalised(original):
 
 MUTANTS = (
     Mutant("gardner_integral_sign", f"{HOP}:gardner_alpha_c", _gardner_alpha_c_flipped,
-           "α_c(κ) integrates Dt (t+κ)² from +κ instead of −κ (Φ(−κ) for Φ(κ))"),
+           "α_c(κ) integrates Dt (t+κ)² from +κ instead of −κ (Φ(−κ) for Φ(κ))", size="gardner"),
     Mutant("cover_missing_2", f"{HOP}:cover_fraction", _cover_half,
-           "Cover's P(p, n) normalised by 2^{−p} instead of 2^{1−p}"),
+           "Cover's P(p, n) normalised by 2^{−p} instead of 2^{1−p}", size="gardner"),
     Mutant("flip_rate_variance_as_sd", f"{HOP}:flip_rate_reference", _flip_rate_no_sqrt,
-           "one-step flip rate Φ(−1/α): the crosstalk variance α used as its standard deviation"),
+           "one-step flip rate Φ(−1/α): the crosstalk variance α used as its standard deviation", size="classical"),
     Mutant("hebb_self_coupling", f"{HOP}:_integer_couplings", _keep_diagonal,
-           "Hebbian couplings keep the diagonal J_ii = p (W_ii = α ≠ 0)"),
+           "Hebbian couplings keep the diagonal J_ii = p (W_ii = α ≠ 0)", size="classical"),
     Mutant("async_one_sweep", f"{HOP}:_async_sweeps", _one_sweep,
-           "asynchronous retrieval stops after the first sweep instead of at a fixed point"),
+           "asynchronous retrieval stops after the first sweep instead of at a fixed point", size="classical"),
     Mutant("adatron_stopped_early", f"{HOP}:_adatron_network", _adatron_early,
-           "Gardner's AdaTron run for 1/20 of its epochs (κ_max underestimated)"),
-    Mutant("dense_self_term", f"{HOP}:_poly_keeps", _poly_self_term,
-           "dense F = x^k field: b_μi includes neuron i's own term ξ^μ_i s_i"),
+           "Gardner's AdaTron run for 1/20 of its epochs (κ_max underestimated)", size="gardner"),
+    Mutant("dense_self_term", f"{HOP}:_DENSE", _poly_self_term,
+           "dense F = x^k field: b_μi includes neuron i's own term ξ^μ_i s_i", size="dense"),
     Mutant("dense_exp_sign", f"{HOP}:_exp_fields", _exp_sign,
-           "dense F = exp field with its two log-sum-exps swapped (sign flipped)"),
+           "dense F = exp field with its two log-sum-exps swapped (sign flipped)", size="dense"),
     Mutant("modern_no_beta", f"{MOD}:_logits", _logits_no_beta,
-           "modern Hopfield update softmax(X ξ): the inverse temperature β dropped"),
+           "modern Hopfield update softmax(X ξ): the inverse temperature β dropped",
+           size="modern+attention"),
     Mutant("separation_self", f"{MOD}:separation", _separation_with_self,
-           "separation Δ_i takes max_j x_iᵀx_j over all j, the pattern itself included"),
+           "separation Δ_i takes max_j x_iᵀx_j over all j, the pattern itself included", size="theorem3"),
     Mutant("retrieval_noise_unnormalised", f"{MOD}:retrieval_sweep", _noise_not_normalised,
-           "retrieval query noise is a standard Gaussian vector (norm ≈ √d), not a unit direction"),
+           "retrieval query noise is a standard Gaussian vector (norm ≈ √d), not a unit direction", size="modern"),
 )
-
-#: findings: bugs no row of the experiment catches yet (tests/test_mutants.py keeps them as strict xfails)
-SURVIVORS = {
-    "dense_self_term": "every row passes at tiny() with neuron i's own term left in the x^k field (the dense-memory "
-                       "flip-rate rows do not separate it from the correct field at this size)",
-    "retrieval_noise_unnormalised": "every row passes at tiny() with query noise of norm ≈ √d instead of a unit "
-                                    "direction (no row measures retrieval at a controlled noise level)",
-}
