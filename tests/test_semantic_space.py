@@ -416,3 +416,26 @@ def test_experiment_verdict_cpc_passes_and_each_check_fails_when_perturbed():
           "increases with N")
     fails(lambda b: b.update(bayes=(bayes * np.array([1.0, 1.0, 0.85])).tolist()), "Î_k / I_k")
     fails(lambda b: b.update(trained=(0.7 * bayes).tolist()), "trained Î_k / Bayes-optimal")
+
+
+def test_gw_stationarity_row_fails_off_a_fixed_point_and_sections_are_checked():
+    """The GW convergence row: a converged entropic GW coupling is a fixed point of one more outer step
+    (gw_step_residual ≈ 0 at the solver's answer), a coupling moved off it is not; Config.sections names parts."""
+    import dataclasses
+
+    from experiments import semantic_space as X
+
+    S = SemanticSpace(np.asarray(X.C.random_sphere_points(jax.random.key(0), 16, 8)))
+    x = np.asarray(S.points, np.float64)
+    y, _ = X.rotated_permuted(jax.random.key(1), x, 0.1)
+    Sy = SemanticSpace(y)
+    res = gromov_wasserstein(S, Sy, epsilon=X.GW_STATIONARITY_EPSILON, max_iterations=200)
+    G, G2 = x @ x.T, np.asarray(y, np.float64) @ np.asarray(y, np.float64).T
+    at = X.gw_step_residual(G, G2, res.coupling, X.GW_STATIONARITY_EPSILON)
+    assert at <= X.GW_STATIONARITY_TOL
+    off = 0.5 * np.asarray(res.coupling) + 0.5 / 16**2  # halfway to the product coupling (same marginals)
+    assert X.gw_step_residual(G, G2, off, X.GW_STATIONARITY_EPSILON) > 10 * X.GW_STATIONARITY_TOL
+    assert X.verdict_gw_stationary([at, 0.0], [0.0, 0.1])["passed"]
+    assert not X.verdict_gw_stationary([at, 0.25], [0.0, 0.1])["passed"]
+    with pytest.raises(ValueError, match="Config.sections"):
+        dataclasses.replace(X.Config(), sections=("gw", "nonsense"))

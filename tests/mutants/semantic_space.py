@@ -4,12 +4,13 @@ enumeration, InfoNCE, the Bayes-optimal critic and CPC's scores."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.semantic_space import Config
+from experiments.semantic_space import SECTIONS, Config
 from mutants import Mutant
 
 
@@ -23,6 +24,17 @@ def tiny() -> Config:
                   batch_size=16, eval_batches=1, warmup=10, dd_ms=(4, 8), dd_kinds=("srht", "sparse"), cpc_V=8,
                   cpc_d_model=16, cpc_code_dim=16, cpc_steps=80, cpc_lr=1e-2, cpc_batch=32, cpc_sizes=(2, 8, 32),
                   cpc_eval_batches=3, cpc_T=12, cpc_K=2, cpc_enumeration_n=3)
+
+
+def _only(*sections: str):
+    return lambda cfg: dataclasses.replace(cfg, sections=sections)
+
+
+#: one size per section of the run (``Config.sections``): a mutant runs only the section(s) its bug is checked in;
+#: the fwht is also used by Theorem 4's rows, the GW objective and the TLB start by Theorem 4's and the trained
+#: models' GW rows, which only those mutants kill
+SIZES = {**{section: _only(section) for section in SECTIONS}, "jl+theorem4": _only("jl", "theorem4"),
+         "gw+theorem4+synthetic": _only("gw", "theorem4", "synthetic")}
 
 
 # --- projections --------------------------------------------------------------------------------------------
@@ -177,32 +189,30 @@ def _scores_lag_short(original):
 
 MUTANTS = (
     Mutant("fwht_stage_skipped", "tvvar.theory.compression:fwht", _fwht_stage_skipped,
-           "fast Walsh–Hadamard transform stops one butterfly stage early (log₂N − 1 stages)"),
+           "fast Walsh–Hadamard transform stops one butterfly stage early (log₂N − 1 stages)", size="jl+theorem4"),
     Mutant("dct_wrong_axis", "tvvar.theory.compression:Projection.__call__", _dct_wrong_axis,
-           "sub-DCT projection takes the DCT over the points (axis 0) instead of the coordinates"),
+           "sub-DCT projection takes the DCT over the points (axis 0) instead of the coordinates", size="jl"),
     Mutant("sparse_thirds", "tvvar.theory.compression:random_projection", _sparse_thirds,
-           "Achlioptas projection draws ±1 with probability 1/3 each (not 1/6) but keeps the √(3/m) scale"),
+           "Achlioptas projection draws ±1 with probability 1/3 each (not 1/6) but keeps the √(3/m) scale",
+           size="theorem4"),
     Mutant("jl_dimension_log2", "tvvar.theory.compression:jl_dimension", _jl_dimension_log2,
-           "Dasgupta–Gupta dimension with log₂ M where ln M is meant"),
+           "Dasgupta–Gupta dimension with log₂ M where ln M is meant", size="jl"),
     Mutant("gw_objective_cross_term", "tvvar.theory.semantic_space:gw_objective", _gw_objective_no_two,
-           "closed form of Eq. 34 drops the factor 2 of the cross term −2⟨π, GπG'⟩"),
+           "closed form of Eq. 34 drops the factor 2 of the cross term −2⟨π, GπG'⟩", size="gw+theorem4+synthetic"),
     Mutant("gw_three_iterations", "tvvar.theory.semantic_space:_solve", _solve_three_iterations,
-           "entropic GW's outer loop stopped after 3 iterations (and still reported converged)"),
+           "entropic GW's outer loop stopped after 3 iterations (and still reported converged)", size="gw"),
     Mutant("tlb_unsorted", "tvvar.theory.semantic_space:tlb_cost", _tlb_unsorted,
-           "TLB start compares rows entry by entry instead of their sorted laws (quantiles)"),
+           "TLB start compares rows entry by entry instead of their sorted laws (quantiles)",
+           size="gw+theorem4+synthetic"),
     Mutant("backward_di_future_from_t", "tvvar.theory.cpc:backward_directed_information",
-           _backward_di_future_from_t, "backward DI's future window X_{t:n} instead of X_{t+1:n} (off by one)"),
+           _backward_di_future_from_t, "backward DI's future window X_{t:n} instead of X_{t+1:n} (off by one)",
+           size="cpc"),
     Mutant("horizon_off_by_one", "tvvar.theory.cpc:markov_horizon_information", _horizon_off_by_one,
-           "I_k computed from P^(k+1) (off-by-one horizon)"),
-    Mutant("infonce_log2", "tvvar.theory.cpc:infonce", _infonce_log2, "InfoNCE's ceiling log₂ N where ln N is meant"),
+           "I_k computed from P^(k+1) (off-by-one horizon)", size="cpc"),
+    Mutant("infonce_log2", "tvvar.theory.cpc:infonce", _infonce_log2, "InfoNCE's ceiling log₂ N where ln N is meant",
+           size="cpc"),
     Mutant("bayes_one_step", "tvvar.theory.cpc:bayes_scores", _bayes_one_step,
-           "Bayes-optimal critic uses the one-step ratio ln P − ln π at every horizon k (P, not P^k)"),
+           "Bayes-optimal critic uses the one-step ratio ln P − ln π at every horizon k (P, not P^k)", size="cpc"),
     Mutant("cpc_lag_short", "tvvar.theory.cpc:CPC.scores", _scores_lag_short,
-           "CPC's k-step critic scores c_t against x_{t+k−1} (off-by-one lag)"),
+           "CPC's k-step critic scores c_t against x_{t+k−1} (off-by-one lag)", size="cpc"),
 )
-
-#: findings: bugs no row of the experiment catches yet (tests/test_mutants.py keeps them as strict xfails)
-SURVIVORS = {
-    "gw_three_iterations": "no row checks that the entropic GW solve converged: stopped after 3 outer iterations "
-                           "(and reported converged), every GW row still passes at tiny()",
-}
