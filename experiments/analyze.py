@@ -14,7 +14,7 @@ vocabulary); without one it must be space-separated token ids. Writes into DIR:
 * ``theorem6_layer{l}.png`` — per position: log P, the ELBO and the posterior gap KL(Q ‖ P(J | U)) of the
   latent-position model of layer ``l`` (Theorem 6, by enumeration of every (h, j); the readout after layer
   l is the model's own final norm and head — for l < L − 1 a "logit lens" reading of that layer);
-* with ``--prompts FILE`` (one prompt per line, K ≥ 2, cut to the shortest one's n tokens), ``flow.png`` —
+* with ``--prompts FILE`` (one prompt per line, K ≥ 2 distinct prompts of the same length n), ``flow.png`` —
   the semantic information flow i(S → U_{n+1:t}) (Def. 8) of B continuations sampled from the model under a
   uniform prompt law, its Doob compensator A_t = Σ KL_τ and the Monte-Carlo directed information
   I(S → U_{n+1:n+T}) (Def. 2, :mod:`tvvar.theory.information`), with three checks: the chain rule (the flow
@@ -29,6 +29,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +45,7 @@ import numpy as np
 from experiments.common import check, format_check, save_figure, to_jsonable
 
 __all__ = ["analyze", "information_flow", "load_model", "tokenize", "read_prompts", "check_pi_rows", "check_law",
-           "check_elbo_bound", "check_chain_rule", "check_martingale", "check_di_bound", "main"]
+           "check_elbo_bound", "check_chain_rule", "check_martingale", "check_di_bound", "build_parser", "main", "cli"]
 
 
 # ---- the verdicts (each a function, so a test can feed it a perturbed input) ------------------------
@@ -117,7 +121,9 @@ def tokenize(text: str, tokenizer, vocab_size: int) -> np.ndarray:
 
 
 def read_prompts(path: Path, encode) -> np.ndarray:
-    """The K prompts of ``path`` (one per non-empty line) as ids [K, n], each cut to the shortest one's n."""
+    """The K prompts of ``path`` (one per non-empty line) as ids [K, n]. Prompts must encode to the same number
+    of tokens (the flow compares continuations of equally long prompts); different lengths are refused with
+    the lengths named — never cut — and so are two lines that are the same prompt."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--prompts {str(path)!r}: no such file")
@@ -126,10 +132,19 @@ def read_prompts(path: Path, encode) -> np.ndarray:
         raise ValueError(f"--prompts {str(path)!r} must hold at least 2 non-empty lines (one prompt each), got "
                          f"{len(lines)}")
     ids = [np.asarray(encode(ln)).reshape(-1) for ln in lines]
-    n = min(len(i) for i in ids)
-    if n < 1:
-        raise ValueError(f"--prompts {str(path)!r}: a prompt encodes to no tokens")
-    return np.stack([i[:n] for i in ids]).astype(np.int32)
+    lengths = [len(i) for i in ids]
+    if min(lengths) < 1:
+        raise ValueError(f"--prompts {str(path)!r}: line {lengths.index(0) + 1} encodes to no tokens")
+    if len(set(lengths)) > 1:
+        raise ValueError(f"--prompts {str(path)!r}: the prompts must encode to the same number of tokens, got "
+                         f"lengths {lengths} (lines in file order); pad or trim them yourself")
+    seen: dict[tuple, int] = {}
+    for k, i in enumerate(ids):
+        j = seen.setdefault(tuple(i.tolist()), k)
+        if j != k:
+            raise ValueError(f"--prompts {str(path)!r}: lines {j + 1} and {k + 1} are the same prompt (a prompt set "
+                             "has distinct prompts)")
+    return np.stack(ids).astype(np.int32)
 
 
 class _Loaded(NamedTuple):
@@ -335,50 +350,146 @@ def information_flow(model, prompts: np.ndarray, out: Path, cont_len: int = 8, s
     return {"checks": checks, "figures": figures, "data": data}
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one ``error:`` line (the full usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def positive(name):
+        def parse(v: str) -> int:
+            try:
+                n = int(v)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name} must be an integer ≥ 1, got {v!r}") from None
+            if n < 1:
+                raise argparse.ArgumentTypeError(f"{name} must be an integer ≥ 1, got {n}")
+            return n
+        return parse
+
+    p = _Parser(prog="python -m experiments.analyze", description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, required=True, help="Hugging Face checkpoint folder or tvvar run directory")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--text", type=Path, help="a text file to analyse")
+    g.add_argument("--prompt", type=str, help="a prompt string (default with --prompts: its first prompt)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output directory (results.json, PNGs); written whole at the end, or not at all")
+    p.add_argument("--layer", type=int, default=-1, help="layer for the Theorem 6 terms (default: last; −L..L−1)")
+    p.add_argument("--window", type=positive("--window"), default=16, help="positions of the ‖A_ij‖ maps (default 16)")
+    p.add_argument("--max-tokens", type=positive("--max-tokens"), default=64,
+                   help="truncate the input to this many tokens (default 64)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="parameter and compute dtype of a Hugging Face checkpoint (default float32)")
+    p.add_argument("--prompts", type=Path,
+                   help="a prompt set (one per line, same token length) for the semantic information flow")
+    p.add_argument("--cont-len", type=positive("--cont-len"), default=8, help="output tokens T of the flow (default 8)")
+    p.add_argument("--samples", type=int, default=16, help="continuations B sampled for the flow (default 16, ≥ 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampled continuations (default 0)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable), so a run trained with your own decomposition loads")
+    return p
+
+
+def _fail(message: str) -> None:
+    # one paragraph on stderr and status 2 (a usage error, as argparse's own), never a traceback
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> dict:
+    """Parse, analyse, write ``--out`` whole (a temporary folder beside it, moved into place at the end: a failed
+    run leaves nothing). A mistake in the arguments or the inputs is one ``error:`` line and ``SystemExit(2)``;
+    returns the results (:func:`cli` turns a failed check into exit status 1)."""
     import json
 
-    p = argparse.ArgumentParser(prog="python -m experiments.analyze", description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, required=True, help="Hugging Face checkpoint folder or tvvar run directory")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--text", type=Path, help="a text file to analyse")
-    g.add_argument("--prompt", type=str, help="a prompt string")
-    p.add_argument("--out", type=Path, required=True, help="output directory (results.json, PNGs)")
-    p.add_argument("--layer", type=int, default=-1, help="layer for the Theorem 6 terms (default: last)")
-    p.add_argument("--window", type=int, default=16, help="positions of the ‖A_ij‖ maps (default 16)")
-    p.add_argument("--max-tokens", type=int, default=64, help="truncate the input to this many tokens")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--prompts", type=Path, help="a prompt set (one per line) for the semantic information flow")
-    p.add_argument("--cont-len", type=int, default=8, help="output tokens T of the flow (default 8)")
-    p.add_argument("--samples", type=int, default=16, help="continuations B sampled for the flow (default 16)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    from tvvar.train import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    if args.text is None and args.prompt is None and args.prompts is None:
+        _fail("give the input to analyse: --prompt STR, --text FILE or --prompts FILE")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {str(out)!r} exists and is not a folder")
     t0 = time.perf_counter()
-    lm = load_model(args.model, dtype=args.dtype)
-    text = args.text.read_text() if args.text is not None else args.prompt
-    ids = np.asarray(lm.encode(text), np.int32).reshape(1, -1)[:, : args.max_tokens]
-    if ids.shape[1] < 2:
-        raise ValueError(f"the text must encode to at least 2 tokens, got {ids.shape[1]}")
-    res = analyze(lm.model, ids, args.out, Options(layer=args.layer, window=args.window),
-                  tokens=[lm.decode(int(i)) for i in ids[0]])
-    config = {"model": str(args.model), "model_type": lm.kind, "layer": args.layer, "window": args.window,
-              "T": ids.shape[1]}
-    if args.prompts is not None:
-        prompts = read_prompts(args.prompts, lm.encode)
-        fl = information_flow(lm.model, prompts, args.out, args.cont_len, args.samples, args.seed)
-        res["checks"] += fl["checks"]
-        res["figures"] += fl["figures"]
-        res["data"]["information_flow"] = fl["data"]
-        config.update(prompts=str(args.prompts), cont_len=args.cont_len, samples=args.samples, seed=args.seed)
-    results = {"experiment": "analyze", "config": config,
-               "seconds": round(time.perf_counter() - t0, 3), "checks": res["checks"], "figures": res["figures"],
-               "data": to_jsonable(res["data"])}
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    for c in res["checks"]:
+    work = None
+    try:
+        from experiments.train import import_modules
+
+        import_modules(args.imports)
+        lm = load_model(args.model, dtype=args.dtype)
+        L = len(lm.model.blocks)
+        if not -L <= args.layer < L:
+            raise ValueError(f"--layer must be in [−{L}, {L - 1}] (the model has {L} layers), got {args.layer}")
+        prompts = read_prompts(args.prompts, lm.encode) if args.prompts is not None else None
+        if args.text is not None:
+            if not args.text.is_file():
+                raise FileNotFoundError(f"--text {str(args.text)!r}: no such file")
+            text = args.text.read_text()
+            ids = np.asarray(lm.encode(text), np.int32).reshape(1, -1)
+        elif args.prompt is not None:
+            ids = np.asarray(lm.encode(args.prompt), np.int32).reshape(1, -1)
+        else:
+            ids = prompts[:1]
+        ids = ids[:, : args.max_tokens]
+        if ids.shape[1] < 2:
+            raise ValueError(f"the input must encode to at least 2 tokens, got {ids.shape[1]}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        res = analyze(lm.model, ids, work, Options(layer=args.layer, window=args.window),
+                      tokens=[lm.decode(int(i)) for i in ids[0]])
+        config = {"model": str(args.model), "model_type": lm.kind, "layer": args.layer, "window": args.window,
+                  "T": ids.shape[1], "dtype": args.dtype}
+        if prompts is not None:
+            fl = information_flow(lm.model, prompts, work, args.cont_len, args.samples, args.seed)
+            res["checks"] += fl["checks"]
+            res["figures"] += fl["figures"]
+            res["data"]["information_flow"] = fl["data"]
+            config.update(prompts=str(args.prompts), cont_len=args.cont_len, samples=args.samples, seed=args.seed)
+        results = {"experiment": "analyze", "config": config,
+                   "seconds": round(time.perf_counter() - t0, 3), "checks": res["checks"], "figures": res["figures"],
+                   "data": to_jsonable(res["data"])}
+        (work / "results.json").write_text(json.dumps(results, indent=2))
+        _move_into_place(work, out)
+        work = None
+    except (ValueError, TypeError, KeyError, OSError, CheckpointError) as e:
+        _fail(str(e) if not isinstance(e, KeyError) else f"missing key {e}")
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    for c in results["checks"]:
         print(format_check(c))
-    print(f"analyze: wrote {len(res['figures'])} figures and results.json to {args.out}")
+    if "information_flow" in results["data"]:
+        fl = results["data"]["information_flow"]
+        print(f"I(S → U) ≈ {fl['directed_information']:.4f} ± {fl['directed_information_se']:.4f} nats (1 s.e.; "
+              f"K = {fl['K']} prompts, B = {fl['B']} continuations of {fl['T']} tokens)")
+    n_fail = sum(not c["passed"] for c in results["checks"])
+    print(f"analyze: wrote {len(results['figures'])} figures and results.json to {out}"
+          + (f"; {n_fail} check(s) FAILED" if n_fail else ""))
     return results
 
 
+def _move_into_place(work: Path, out: Path) -> None:
+    """``work`` becomes ``out``; a previous ``out`` is replaced only once the new one is complete."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    work.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def cli() -> int:
+    """Console-script entry: 0 when every check passed, 1 when one failed (as ``reproduce``), 2 on bad input."""
+    res = main()
+    return 1 if any(not c["passed"] for c in res["checks"]) else 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

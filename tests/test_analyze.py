@@ -85,14 +85,14 @@ def test_bad_prompt_errors():
 def test_cli_information_flow_for_a_prompt_set(folder, tmp_path):
     """--prompts: the flow of sampled continuations, its Doob part and I(S → U), with checks that pass."""
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("3 4 5 6\n\n40 41 42 43 44\n7 7 7 7\n")
+    prompts.write_text("3 4 5 6\n\n40 41 42 43\n7 7 7 7\n")
     res = X.main(["--model", str(folder), "--prompt", "1 2 3 4 5 6", "--out", str(tmp_path / "o"),
                   "--prompts", str(prompts), "--cont-len", "4", "--samples", "8"])
     names = [c["name"] for c in res["checks"]]
     assert sum("chain rule" in n or "martingale" in n or "H(S)" in n for n in names) == 3
     assert all(c["passed"] for c in res["checks"]), res["checks"]
     fl = res["data"]["information_flow"]
-    assert fl["K"] == 3 and fl["n"] == 4 and fl["T"] == 4 and fl["B"] == 8  # cut to the shortest prompt
+    assert fl["K"] == 3 and fl["n"] == 4 and fl["T"] == 4 and fl["B"] == 8
     assert 0 <= fl["directed_information"] <= np.log(3) + 3 * fl["directed_information_se"]
     assert (tmp_path / "o" / "flow.png").stat().st_size > 1000
     # the compensator is non-decreasing (Σ of KLs ≥ 0): the submartingale of Theorem 2
@@ -163,11 +163,108 @@ def test_cli_on_a_tvvar_run_directory(tmp_path):
                       steps=2, batch_size=2, seq_len=16, warmup=0, eval_every=0, eval_batches=1, ckpt_every=2)
     train(cfg, data, tmp_path / "run", progress=False)
     prompts = tmp_path / "p.txt"
-    prompts.write_text("abba\ncab d\n")
+    prompts.write_text("abba\ncabd\n")
     res = X.main(["--model", str(tmp_path / "run"), "--prompt", "abba cab dab", "--out", str(tmp_path / "o"),
                   "--prompts", str(prompts), "--cont-len", "3", "--samples", "6"])
     assert res["config"]["model_type"].startswith("tvvar run")
     assert res["data"]["tokens"][:4] == ["a", "b", "b", "a"]
     assert len(res["checks"]) == 6 and all(c["passed"] for c in res["checks"]), res["checks"]
-    with pytest.raises(ValueError, match="outside the vocabulary"):
+    with pytest.raises(SystemExit) as e:
         X.main(["--model", str(tmp_path / "run"), "--prompt", "xyz", "--out", str(tmp_path / "o2")])
+    assert e.value.code == 2 and not (tmp_path / "o2").exists()
+    (tmp_path / "run" / "train_config.json").write_text("{not json")
+    with pytest.raises(SystemExit) as e:
+        X.main(["--model", str(tmp_path / "run"), "--prompt", "abba", "--out", str(tmp_path / "o3")])
+    assert e.value.code == 2 and not (tmp_path / "o3").exists()
+
+
+# ---- the command line as a user meets it: one error line, nothing half-written, exit 1 on a failed check ----
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    return _folder(tmp_path_factory, "gpt2")
+
+
+def _error_line(capsys, argv, after_progress: bool = False) -> str:
+    """The one line a mistake prints (``after_progress``: it may follow the progress bar of work already done)."""
+    with pytest.raises(SystemExit) as e:
+        X.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err), err
+    assert (err[-1:] if after_progress else err) == [err[-1]] and err[-1].startswith("error: "), err
+    return err[-1]
+
+
+def test_every_mistake_is_one_error_line_and_leaves_no_output(gpt2_folder, tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["--model", str(gpt2_folder), "--out", str(out)]
+    good = ["--prompt", "3 4 5 6 7"]
+    unequal = tmp_path / "unequal.txt"
+    unequal.write_text("1 2 3\n4 5\n")
+    same = tmp_path / "same.txt"
+    same.write_text("1 2 3\n4 5 6\n1 2 3\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    cases = [
+        (["--model", str(tmp_path / "nope"), "--out", str(out), *good], "--model"),
+        ([*base, "--text", str(tmp_path / "none.txt")], "--text"),
+        ([*base, "--prompts", str(tmp_path / "none.txt")], "--prompts"),
+        ([*base, "--prompts", str(unequal)], "lengths [3, 2]"),
+        ([*base, "--prompts", str(same)], "lines 1 and 3 are the same prompt"),
+        ([*base, "--prompts", str(empty)], "at least 2 non-empty lines"),
+        ([*base, "--prompt", ""], "at least 2 tokens"),
+        ([*base, "--prompt", "hello"], "space-separated token ids"),
+        ([*base, *good, "--layer", "2"], "--layer must be in [−2, 1]"),
+        ([*base, *good, "--window", "0"], "--window must be an integer ≥ 1"),
+        ([*base, *good, "--dtype", "float16x"], "--dtype"),
+        ([*base, *good, "--import", "no_such_module_tvvar"], "--import no_such_module_tvvar"),
+        ([*base], "--prompt STR, --text FILE or --prompts FILE"),
+    ]
+    for argv, needle in cases:
+        line = _error_line(capsys, argv)
+        assert needle in line, (needle, line)
+    assert not out.exists() and not list(tmp_path.glob(".o.partial-*"))
+
+
+def test_a_failed_run_leaves_nothing_and_a_good_one_replaces_the_old(gpt2_folder, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o"
+    argv = ["--model", str(gpt2_folder), "--out", str(out), "--prompt", "3 4 5 6 7", "--window", "4"]
+    real = X.information_flow
+
+    def broken_after_the_figures(*a, **k):  # the π / ‖A‖ / Theorem 6 figures are written, then this fails
+        raise ValueError("samples: simulated failure after the figures were written")
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("3 4 5\n6 7 8\n")
+    monkeypatch.setattr(X, "information_flow", broken_after_the_figures)
+    _error_line(capsys, [*argv, "--prompts", str(prompts)], after_progress=True)
+    assert not out.exists() and not [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.")]
+    monkeypatch.setattr(X, "information_flow", real)
+    X.main(argv)
+    (out / "stale.txt").write_text("from an earlier run")
+    X.main(argv)
+    assert (out / "results.json").is_file() and not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.")] == []
+
+
+def test_prompts_alone_and_the_estimate_with_its_standard_error(gpt2_folder, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("3 4 5\n6 7 8\n")
+    res = X.main(["--model", str(gpt2_folder), "--out", str(tmp_path / "o"), "--prompts", str(prompts),
+                  "--cont-len", "3", "--samples", "4", "--window", "3", "--import", "json"])
+    assert res["data"]["tokens"] == ["3", "4", "5"]  # the first prompt is the analysed input
+    fl = res["data"]["information_flow"]
+    printed = capsys.readouterr().out
+    assert f"I(S → U) ≈ {fl['directed_information']:.4f} ± {fl['directed_information_se']:.4f} nats" in printed
+
+
+def test_cli_exits_1_when_a_check_fails(gpt2_folder, tmp_path, monkeypatch):
+    argv = ["analyze", "--model", str(gpt2_folder), "--out", str(tmp_path / "o"), "--prompt", "3 4 5 6",
+            "--window", "3"]
+    monkeypatch.setattr("sys.argv", argv)
+    assert X.cli() == 0
+    monkeypatch.setattr(X, "check_pi_rows", lambda pi, tol=1e-5: X.check("π rows sum to 1 (Theorem 5)", 1.0, 0.0,
+                                                                          "<=", tol, "Eq. 47"))
+    assert X.cli() == 1
