@@ -36,7 +36,11 @@ SYNTHETIC = ("synthetic-tvvar", "markov", "hmm")
 
 
 def import_modules(names) -> None:
-    """Import each module named by ``--import`` (idempotent), so what it registers can be named."""
+    """Import each module named by ``--import`` (idempotent), so what it registers can be named. The current
+    directory is searched first, as ``python -m`` does (a console script such as ``tvvar-train`` does not put
+    it on ``sys.path`` by itself)."""
+    if names and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for name in names:
         try:
             importlib.import_module(name)

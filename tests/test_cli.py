@@ -200,6 +200,17 @@ def test_a_user_decomposition_trains_from_the_cli(tmp_path, monkeypatch, capsys)
     assert len(g["tokens"]) == 5
 
 
+def test_import_finds_a_module_in_the_current_directory(tmp_path, monkeypatch):
+    """A console script (tvvar-train) does not put the current directory on sys.path; --import searches it."""
+    (tmp_path / "tvvar_cwd_module.py").write_text("MARK = 7\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "tvvar_cwd_module", raising=False)
+    train_cli.import_modules(["tvvar_cwd_module"])
+    assert sys.modules["tvvar_cwd_module"].MARK == 7
+    monkeypatch.delitem(sys.modules, "tvvar_cwd_module")
+
+
 # ------------------------------------------------------------------------------ corrupt checkpoint
 
 
