@@ -151,11 +151,18 @@ def tally(checks: list[dict]) -> dict[str, int]:
 
 
 def format_check(c: dict) -> str:
-    """One line per check for the CLIs: ``[ok  ]``, ``[FAIL]`` or ``[skip]`` with the numbers or the reason."""
+    """One line per check for the CLIs, read as a statement that is true: ``[ok  ] NAME: measured 1.83 ≤
+    reference 0 + tolerance 4: pass``, ``[FAIL] …: fail``, or ``[skip] NAME: skipped — why``."""
     if c.get("skipped") is not None:
         return f"  [skip] {c['name']}: skipped — {c['skipped']}"
-    mark = "ok  " if c["passed"] else "FAIL"
-    return f"  [{mark}] {c['name']}: {c['measured']:.6g} {c['relation']} {c['reference']:.6g} (tol {c['tolerance']:g})"
+    m, r, tol = c["measured"], c["reference"], c["tolerance"]
+    if c["relation"] in ("==", "~"):
+        claim = f"|measured {m:.6g} − reference {r:.6g}| ≤ tolerance {tol:g}"
+    elif c["relation"] == "<=":
+        claim = f"measured {m:.6g} ≤ reference {r:.6g} + tolerance {tol:g}"
+    else:
+        claim = f"measured {m:.6g} ≥ reference {r:.6g} − tolerance {tol:g}"
+    return f"  [{'ok  ' if c['passed'] else 'FAIL'}] {c['name']}: {claim}: {'pass' if c['passed'] else 'fail'}"
 
 
 def to_jsonable(x: Any) -> Any:

@@ -208,3 +208,15 @@ def test_jobs_below_one_is_refused(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--jobs", "0"])
     assert "--jobs must be" in capsys.readouterr().err
+
+
+def test_check_lines_read_as_true_statements():
+    from experiments.common import format_check
+
+    assert format_check(check("gap", 1.83, 0.0, "<=", 4.0)) == (
+        "  [ok  ] gap: measured 1.83 ≤ reference 0 + tolerance 4: pass")
+    assert format_check(check("gap", 5.0, 0.0, "<=", 4.0)).endswith("measured 5 ≤ reference 0 + tolerance 4: fail")
+    assert format_check(check("m", 0.5, 1.0, ">=", 0.1)).startswith("  [FAIL] m: measured 0.5 ≥ reference 1 − ")
+    assert format_check(check("e", 1.0, 1.05, "~", 0.1)) == (
+        "  [ok  ] e: |measured 1 − reference 1.05| ≤ tolerance 0.1: pass")
+    assert format_check(skipped("s", "no corpus")) == "  [skip] s: skipped — no corpus"
