@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=d.out, help="run directory (config, metrics, loss.png, checkpoints)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last committed checkpoint; --steps, --eval-every, "
-                        "--eval-batches, --ckpt-every, --keep and --no-progress may differ from the saved run")
+                        "--eval-batches, --ckpt-every, --keep and --no-progress may differ from the saved run; a "
+                        "folder that holds no run is refused")
     g.add_argument("--objective", default=d.objective,
                    help=f"training objective; one of: {', '.join(_objectives())} (llada: the masked-diffusion "
                         "model of Eq. 79, bidirectional with a mask token; needs --max-len unless dense; "
@@ -291,11 +292,22 @@ def _as_program() -> int:
     return 0
 
 
+def _check_resume(c: CLIConfig) -> None:
+    """``--resume`` needs a run to resume: a folder that does not exist or holds no run is refused (the library's
+    ``train(resume=True)`` starts fresh there, for restart loops; on the command line it is a mistyped path)."""
+    from tvvar.train import CONFIG_FILE
+
+    if c.resume and not (Path(c.out) / CONFIG_FILE).is_file():
+        what = "does not exist" if not Path(c.out).exists() else f"holds no run (no {CONFIG_FILE})"
+        raise ValueError(f"--resume: {str(c.out)!r} {what}; drop --resume to start a run there")
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Parse, validate, train; returns :func:`tvvar.train.train`'s result. A configuration that cannot
     train raises ``SystemExit(2)`` after one ``error:`` paragraph on stderr."""
     try:
         c = config_from_args(argv)
+        _check_resume(c)
         source = c.source()
         tc = c.train_config(source.vocab_size)
     except (ValueError, TypeError, FileNotFoundError) as e:

@@ -151,6 +151,12 @@ def test_resume_to_more_steps_equals_the_uninterrupted_run(tmp_path, capsys):
     r = train_cli.main([*base, "--steps", "4", "--resume", "--eval-every", "1", "--eval-batches", "2",
                         "--out", str(part)])
     assert r["start_step"] == 2 and train_losses(part) == train_losses(whole)
+    # --resume of a folder that does not exist or holds no run is a mistake, not a fresh start
+    msg = refused(train_cli.main, [*base, "--steps", "4", "--resume", "--out", str(tmp_path / "typo")], capsys)
+    assert "--resume" in msg and "does not exist" in msg and not (tmp_path / "typo").exists()
+    (tmp_path / "empty").mkdir()
+    msg = refused(train_cli.main, [*base, "--steps", "4", "--resume", "--out", str(tmp_path / "empty")], capsys)
+    assert "holds no run (no train_config.json)" in msg and not list((tmp_path / "empty").iterdir())
 
 
 USER_MIXERS = '''
