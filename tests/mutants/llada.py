@@ -4,6 +4,8 @@ baseline and the experiment's own exact source likelihood."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,16 @@ def tiny() -> Config:
     return Config(d_model=16, num_layers=1, num_heads=2, seq_len=5, steps_ar=150, steps_llada=300, batch_size=32,
                   eval_sequences=32, mc_samples=64, var_sequences=2, var_repeats=2, var_sizes=(2,), gen_prompts=256,
                   gen_steps=(1, 4), loss_draws=64)
+
+
+# Three parts share nothing but the source: the LLaDA model (its estimators, bound, training, samples and Eq. 79
+# loss), the AR baseline (its Gibbs row) and the exact denoiser (the source's own posterior, no model). A mutant
+# whose bug shows in one part runs that part alone; every row killed at tiny() is still killed by some mutant.
+SIZES = {
+    "llada": lambda cfg: dataclasses.replace(cfg, ar=False, variance=False),
+    "ar": lambda cfg: dataclasses.replace(cfg, llada=False),
+    "exact_denoiser": lambda cfg: dataclasses.replace(cfg, ar=False, llada=False),
+}
 
 
 def _mask_not_written(orig):
@@ -148,23 +160,33 @@ def _causal_leak(orig):
 
 MUTANTS = (
     Mutant("mask_token_not_written", "tvvar.diffusion:mask_tokens", _mask_not_written,
-           "the forward process returns the clean tokens: masked positions never get M"),
+           "the forward process returns the clean tokens: masked positions never get M",
+           size="llada"),
     Mutant("mask_probability_flipped", "tvvar.diffusion:mask_tokens", _mask_flipped,
-           "u > p for u < p: each position masked with probability 1 − p"),
+           "u > p for u < p: each position masked with probability 1 − p",
+           size="llada"),
     Mutant("loss_divided_by_masked_count", "tvvar.diffusion:weighted_masked_loss", _loss_per_masked,
-           "Eq. 79 normalised by the number of masked tokens instead of B·L"),
+           "Eq. 79 normalised by the number of masked tokens instead of B·L",
+           size="llada"),
     Mutant("nelbo_weight_beta_off_by_one", "tvvar.diffusion:subset_weights", _beta_off_by_one,
-           "the mask-set weight ∫ t^m (1 − t)^{L−m} for ∫ t^{m−1} (1 − t)^{L−m} (1/((L+1)C(L,m)) for 1/(m C(L,m)))"),
+           "the mask-set weight ∫ t^m (1 − t)^{L−m} for ∫ t^{m−1} (1 − t)^{L−m} (1/((L+1)C(L,m)) for 1/(m C(L,m)))",
+           size="llada"),
     Mutant("count_weight_counts_prompt", "tvvar.diffusion:_count_draw", _count_weight_full_length,
-           "estimator (b) weighted L/ℓ with the prompt counted in L (not (L − P)/ℓ)"),
+           "estimator (b) weighted L/ℓ with the prompt counted in L (not (L − P)/ℓ)",
+           size="llada"),
     Mutant("mc_weight_missing", "tvvar.diffusion:_mc_draw", _mc_weight_missing,
-           "estimator (a) without its 1/τ weight"),
+           "estimator (a) without its 1/τ weight",
+           size="llada"),
     Mutant("remask_most_confident", "tvvar.diffusion:_reveal", _least_confident,
-           "low-confidence remasking reveals the least confident proposals (sign of the confidence flipped)"),
+           "low-confidence remasking reveals the least confident proposals (sign of the confidence flipped)",
+           size="exact_denoiser"),
     Mutant("gumbel_noise_dropped", "tvvar.core:argsoftmax", _no_gumbel,
-           "the sampler's Gumbel noise dropped: argmax at every temperature"),
+           "the sampler's Gumbel noise dropped: argmax at every temperature",
+           size="exact_denoiser"),
     Mutant("source_likelihood_transposed", "experiments.llada:_source_nll", _source_transposed,
-           "the exact source likelihood reads P[x_{i+1}, x_i] for P[x_i, x_{i+1}]"),
+           "the exact source likelihood reads P[x_{i+1}, x_i] for P[x_i, x_{i+1}]",
+           size="exact_denoiser"),
     Mutant("causal_mask_off_by_one", "tvvar.core:support_mask", _causal_leak,
-           "causal support j ≤ i + 1: the AR baseline sees the token it predicts"),
+           "causal support j ≤ i + 1: the AR baseline sees the token it predicts",
+           size="ar"),
 )
