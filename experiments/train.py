@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=d.out, help="run directory (config, metrics, loss.png, checkpoints)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last committed checkpoint; --steps, --eval-every, "
-                        "--eval-batches, --ckpt-every, --keep and --no-progress may differ from the saved run; a "
+                        "--eval-batches, --ckpt-every, --keep and --no-progress may differ from the saved run, and "
+                        "every other option defaults to the saved run's (give only what changes); a "
                         "folder that holds no run is refused")
     g.add_argument("--objective", default=d.objective,
                    help=f"training objective; one of: {', '.join(_objectives())} (llada: the masked-diffusion "
@@ -252,12 +253,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def saved_defaults(out: Path) -> dict[str, Any]:
+    """The command-line defaults that reproduce the run saved in ``out`` (its train_config.json and data.json),
+    so that ``--resume`` needs only what changes (``--steps``, ``--eval-every``, …). Nothing when ``out`` holds no
+    run (``--resume`` then refuses it); a saved file that cannot be read is a ValueError naming it."""
+    from tvvar.train import CONFIG_FILE, DATA_FILE, TrainConfig
+
+    out = Path(out)
+    if not (out / CONFIG_FILE).is_file():
+        return {}
+    try:
+        tc = TrainConfig.from_dict(json.loads((out / CONFIG_FILE).read_text()))
+        info = json.loads((out / DATA_FILE).read_text()) if (out / DATA_FILE).is_file() else {}
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"--resume: {out / CONFIG_FILE} (or {DATA_FILE}) cannot be read: {e}") from None
+    m = tc.model
+    d: dict[str, Any] = {
+        "objective": tc.objective, "steps": tc.steps, "schedule_steps": tc.schedule_steps,
+        "batch_size": tc.batch_size, "seq_len": tc.seq_len, "lr": tc.lr, "warmup": tc.warmup,
+        "weight_decay": tc.weight_decay, "clip": tc.clip, "eval_every": tc.eval_every,
+        "eval_batches": tc.eval_batches, "ckpt_every": tc.ckpt_every, "keep": tc.keep, "seed": tc.seed,
+        "mesh": None if tc.mesh is None else ",".join(f"{k}={v}" for k, v in tc.mesh.items()),
+        "decomposition": m.decomposition, "d_model": m.d_model, "num_layers": m.num_layers, "psi": m.psi,
+        "xi": m.xi, "max_len": m.max_len, "mixer_option": list(m.mixer.items())}
+    kind = info.get("kind")
+    if kind in SYNTHETIC:
+        d["data"] = kind
+    elif kind == "text" and "path" in info:
+        d.update(data=info["path"], byte_level=bool(info.get("byte_level", False)),
+                 val_fraction=float(info.get("val_fraction", CLIConfig.val_fraction)))
+    return d
+
+
 def config_from_args(argv: list[str] | None = None) -> CLIConfig:
     # --import runs before the full parser is built, so --help and the validation see what it registers
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--import", dest="imports", action="append", default=[])
-    import_modules(pre.parse_known_args(argv)[0].imports)
-    a = build_parser().parse_args(argv)
+    pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--out", type=Path, default=CLIConfig.out)
+    known = pre.parse_known_args(argv)[0]
+    import_modules(known.imports)
+    parser = build_parser()
+    if known.resume:  # the saved run's choices are the defaults: only what changes is given again
+        parser.set_defaults(**saved_defaults(known.out))
+    a = parser.parse_args(argv)
     return CLIConfig(decomposition=a.decomposition, data=a.data, out=a.out, resume=a.resume, steps=a.steps,
                      schedule_steps=a.schedule_steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr,
                      warmup=a.warmup, weight_decay=a.weight_decay, clip=a.clip, eval_every=a.eval_every,

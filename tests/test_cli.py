@@ -146,7 +146,8 @@ def test_resume_to_more_steps_equals_the_uninterrupted_run(tmp_path, capsys):
     msg = refused(train_cli.main, [*base, "--steps", "4", "--lr", "0.01", "--resume", "--out", str(part)], capsys)
     assert "different configuration: lr: saved 0.003 vs now 0.01" in msg
     no_schedule = [a for a in base if a not in ("--schedule-steps", "4")]
-    msg = refused(train_cli.main, [*no_schedule, "--steps", "6", "--resume", "--out", str(part)], capsys)
+    msg = refused(train_cli.main, [*no_schedule, "--steps", "6", "--schedule-steps", "6", "--resume", "--out",
+                                   str(part)], capsys)
     assert "schedule length (schedule_steps, else steps): saved 4 vs now 6" in msg and "--schedule-steps 4" in msg
     r = train_cli.main([*base, "--steps", "4", "--resume", "--eval-every", "1", "--eval-batches", "2",
                         "--out", str(part)])
@@ -157,6 +158,24 @@ def test_resume_to_more_steps_equals_the_uninterrupted_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     msg = refused(train_cli.main, [*base, "--steps", "4", "--resume", "--out", str(tmp_path / "empty")], capsys)
     assert "holds no run (no train_config.json)" in msg and not list((tmp_path / "empty").iterdir())
+
+
+def test_resume_reads_the_saved_configuration(tmp_path):
+    """--resume needs only what changes: the model, data, optimizer and schedule come from the saved run."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcab cabba " * 40)
+    base = [*TINY[2:], "--data", str(corpus), "--byte-level", "--val-fraction", "0.2", "--d-model", "8",
+            "--num-heads", "2", "--psi", "identity", "--lr", "0.01", "--seed", "3", "--schedule-steps", "4",
+            "--mixer-option", "head_dim=2"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train_cli.main([*base, "--steps", "4", "--out", str(whole)])
+    train_cli.main([*base, "--steps", "2", "--out", str(part)])
+    r = train_cli.main(["--resume", "--out", str(part), "--steps", "4", "--no-progress"])
+    assert r["start_step"] == 2 and train_losses(part) == train_losses(whole)
+    _, cfg, info = load_run(part)
+    assert (cfg.model.d_model, cfg.model.psi, cfg.lr, cfg.seed, cfg.model.mixer["head_dim"]) == (8, "identity",
+                                                                                                   0.01, 3, 2)
+    assert info["byte_level"] is True and info["val_fraction"] == 0.2
 
 
 USER_MIXERS = '''
