@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     initialize_distributed()  # no-op unless TVVAR_COORDINATOR is set
     try:
-        r = train(tc, source, c.out, resume=c.resume, progress=c.progress)
+        r = train(tc, source, c.out, resume=c.resume, progress=c.progress, eval_lines=True)
     except CheckpointError as e:
         _fail(str(e), _CheckpointRefused)
     except (ValueError, TypeError, NotImplementedError) as e:
@@ -367,7 +368,8 @@ def main(argv: list[str] | None = None) -> dict:
     v = r["final"]["val"]
     print(f"done: {tc.steps} steps of {tc.model.decomposition} on {c.data} in {r['final']['seconds']:.1f} s → {c.out}")
     what = " (the masked-diffusion loss of Eq. 79)" if c.objective == "llada" else ""
-    print(f"  validation loss {v['loss']:.4f} nats/token{what}")
+    unit = {"text": " = bits/character" if not c.byte_level else " = bits/byte"}.get(source.info().get("kind"), "")
+    print(f"  validation loss {v['loss']:.4f} nats/token = {v['loss'] / math.log(2):.4f} bits/token{unit}{what}")
     if "entropy" in v:
         gap = v["excess"]
         print(f"  exact conditional entropy (floor) {v['entropy']:.4f}; measured − floor = {gap:.4f} nats "

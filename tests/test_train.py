@@ -334,6 +334,10 @@ def test_cli_help_and_validation(tmp_path, capsys):
               "--num-layers", "1", "--num-heads", "2", "--eval-every", "0", "--eval-batches", "1",
               "--ckpt-every", "3", "--out", str(tmp_path / "run"), "--no-progress"])
     assert r["final"]["step"] == 3 and (tmp_path / "run" / "checkpoints" / "3").is_dir()
-    assert "validation loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    v = r["final"]["val"]
+    # --no-progress keeps the validation line; nats and bits per token (= bits per character for a text file)
+    assert f"step 3: val loss {v['loss']:.4f} nats/token = {v['loss'] / np.log(2):.4f} bits/token" in printed
+    assert f"validation loss {v['loss']:.4f} nats/token = {v['loss_bits']:.4f} bits/token = bits/character" in printed
     _, cfg, info = load_run(tmp_path / "run")
     assert info["vocab"]["symbols"] == ["a", "b", "c", "d"] and cfg.model.vocab_size == 4

@@ -642,12 +642,15 @@ def _read_metrics(path: Path, upto: int) -> dict[str, list]:
 
 
 def train(cfg: TrainConfig, data, out_dir: str | Path, resume: bool = False, *, progress: bool = True,
-          callback: Callable[[int, dict], None] | None = None) -> dict:
+          callback: Callable[[int, dict], None] | None = None, eval_lines: bool | None = None) -> dict:
     """Train ``TVVARModel(cfg.model)`` on ``data`` with ``cfg.objective``; write the run into ``out_dir``.
 
     ``resume=True`` continues from the latest committed checkpoint (fresh start only when ``out_dir``
     holds no run at all); a foreign, corrupt or differently-configured directory raises
     :class:`CheckpointError`. ``callback(step, metrics)`` is called after each step (host floats).
+    ``progress``: a tqdm bar; ``eval_lines``: one line per validation, its loss in nats and bits per token
+    (default: with the bar; the CLI keeps them under ``--no-progress``). Every validation record of
+    ``metrics.jsonl`` carries ``loss_bits`` = loss / ln 2 beside the loss in nats.
     Returns ``{"final": {...}, "history": {"train": [...], "val": [...]}, "run_dir", "start_step"}``.
     """
     if data.vocab_size != cfg.model.vocab_size:
@@ -716,16 +719,23 @@ def train(cfg: TrainConfig, data, out_dir: str | Path, resume: bool = False, *, 
             bar.set_postfix(loss=f"{history['train'][-1]['loss']:.4f}")
         pending.clear()
 
+    say_evals = (progress if eval_lines is None else eval_lines) and main
+
     def do_eval(step):
         r = {"step": step, "split": "val", **_run_eval(eval_fn, params, cfg.eval_batches),
              "seconds": time.perf_counter() - t0}
+        r["loss_bits"] = r["loss"] / math.log(2)  # the same loss in bits per token
         history["val"].append(r)
         if log:
             log.write(json.dumps(r) + "\n")
             log.flush()
-        if bar is not None:
+        if say_evals:
             floor = f" (floor {r['entropy']:.4f}, excess {r['excess']:.4f})" if "excess" in r else ""
-            bar.write(f"step {step}: val loss {r['loss']:.4f}{floor}")
+            line = f"step {step}: val loss {r['loss']:.4f} nats/token = {r['loss_bits']:.4f} bits/token{floor}"
+            if bar is not None:
+                bar.write(line)
+            else:
+                print(line, flush=True)
 
     log_every = 1 if callback is not None else 25
     try:
