@@ -51,9 +51,12 @@ def import_modules(names) -> None:
 
 
 def _objectives() -> tuple[str, ...]:
-    from tvvar.train import available_objectives
+    """The objectives a token stream can train: those whose function declares no ``batch_keys`` beyond tokens
+    (``semantic_rd``, Eq. 18, needs a prompt set and its law: a library objective, see
+    ``tvvar.theory.information.eq18_objective``)."""
+    from tvvar.train import available_objectives, get_objective
 
-    return available_objectives()
+    return tuple(n for n in available_objectives() if not getattr(get_objective(n), "batch_keys", ()))
 
 
 @dataclass(frozen=True)

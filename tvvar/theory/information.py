@@ -898,6 +898,10 @@ def _registered_eq18(model: Any, batch: dict, rng: PRNGKey) -> tuple[Array, dict
     return eq18_loss(model, p, batch["prompt_log_prior"], batch["tokens"][:, p.shape[1]:], batch["prompt"], lam)
 
 
+#: what a batch needs besides "tokens": the train CLI, whose batches are token streams, does not offer it
+_registered_eq18.batch_keys = ("prompt_set", "prompt_log_prior", "prompt")
+
+
 def _register() -> None:
     from tvvar.train import register_objective
 
