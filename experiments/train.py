@@ -103,6 +103,9 @@ class CLIConfig:
             raise ValueError(f"unknown --objective {self.objective!r}; available: {', '.join(_objectives())}")
         if self.data not in SYNTHETIC and not Path(self.data).is_file():
             raise ValueError(f"--data must be one of {SYNTHETIC} or an existing text file, got {self.data!r}")
+        if self.data in SYNTHETIC and (self.byte_level or self.val_fraction != CLIConfig.val_fraction):
+            raise ValueError(f"--byte-level and --val-fraction apply to a text file, not --data {self.data} (a "
+                             "synthetic source draws its own validation batches)")
         if not (isinstance(self.steps, int) and self.steps >= 0):
             raise ValueError(f"--steps must be ≥ 0, got {self.steps}")
         if self.schedule_steps is not None and self.schedule_steps < 1:

@@ -54,6 +54,7 @@ def train_losses(run: Path) -> list[float]:
     (["--objective", "llada"], "--objective llada trains a bidirectional model"),
     (["--objective", "nope"], "unknown --objective 'nope'; available: cross_entropy,"),
     (["--import", "tvvar_no_such_module"], "--import tvvar_no_such_module: the module could not be imported"),
+    (["--data", "markov", "--byte-level"], "--byte-level and --val-fraction apply to a text file, not --data markov"),
 ])
 def test_train_refusals_exit_2_and_leave_no_run_dir(tmp_path, capsys, extra, says):
     corpus = tmp_path / "short.txt"
