@@ -44,6 +44,18 @@ def test_every_experiment_has_mutants_and_a_kill_table():
                                        f"declared in SURVIVORS with what they show, and only they: {sorted(declared)}")
 
 
+def test_every_mutant_target_resolves():
+    """A target that names nothing (a moved module, a renamed function) is caught without running anything."""
+    bad = []
+    for name in EXPERIMENTS:
+        for m in mutants.load(name).MUTANTS:
+            try:
+                mutants._resolve(m.target)
+            except (ImportError, AttributeError) as e:
+                bad.append(f"{name}:{m.name} → {m.target}: {e}")
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_checks_pass_without_a_mutant(name, tmp_path):
