@@ -160,7 +160,13 @@ def test_argsoftmax_refuses_bad_arguments():
 
 
 def test_dense_decomposition_kit_and_max_len():
-    check_decomposition(lambda rngs, dtype: build("dense", 4, rngs=rngs, dtype=dtype, max_len=8))
+    summary = check_decomposition(lambda rngs, dtype: build("dense", 4, rngs=rngs, dtype=dtype, max_len=8))
+    # the kit's summary: the largest discrepancy of each check, per dtype (exact zeros where the law says 0)
+    assert set(summary) == {"float32", "float64"}
+    assert set(summary["float64"]) == {"law", "gradients", "support", "causality", "batch_independence", "jit"}
+    assert summary["float64"]["law"] < 1e-12 and summary["float64"]["gradients"] < 1e-12
+    assert summary["float64"]["support"] == summary["float64"]["causality"] == 0.0
+    assert summary["float32"]["law"] < 1e-5  # float32 rounding
     check_decomposition(lambda rngs, dtype: build("dense", 4, rngs=rngs, dtype=dtype, max_len=8, mask="bidirectional"),
                         dtypes=(jnp.float32,))
     m = build("dense", 4, rngs=nnx.Rngs(0), max_len=5)

@@ -62,7 +62,7 @@ def random_input(mixer: Mixer, B: int, T: int, dtype, seed: int = 0) -> jax.Arra
     return u / jnp.linalg.norm(u, axis=-1, keepdims=True)
 
 
-def _close(name: str, a, b, tol: Tolerance) -> None:
+def _close(name: str, a, b, tol: Tolerance) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape:
         raise AssertionError(f"{name}: shapes differ, {a.shape} vs {b.shape}")
@@ -70,14 +70,15 @@ def _close(name: str, a, b, tol: Tolerance) -> None:
     err = float(np.max(np.abs(a - b))) if a.size else 0.0
     if not np.all(np.isfinite(a)) or err > tol.atol * scale + tol.rtol * scale:
         raise AssertionError(f"{name}: max |difference| = {err:.3e} exceeds {tol.atol:.0e}·{scale:.3g} (or non-finite)")
+    return err
 
 
 def _tol(u) -> Tolerance:
     return TOLERANCES.get(jnp.dtype(u.dtype), Tolerance(2e-2, 2e-2))
 
 
-def check_law(mixer: Mixer, u: jax.Array) -> None:
-    """Fast path == reference mixing of the explicit coefficients."""
+def check_law(mixer: Mixer, u: jax.Array) -> float:
+    """Fast path == reference mixing of the explicit coefficients; returns the largest |difference|."""
     h = mixer(u)
     expect = (u.shape[0], u.shape[1], mixer.d_out)
     if h.shape != expect:
@@ -87,11 +88,12 @@ def check_law(mixer: Mixer, u: jax.Array) -> None:
     if A.shape != expect_A:
         raise AssertionError(f"law: coefficients returned shape {A.shape}, "
                              f"expected [B, T, T, D_out, D_in] = {expect_A}")
-    _close("law: mixer(u) vs mix_dense(coefficients(u), u)", h, mix_dense(A, u), _tol(u))
+    return _close("law: mixer(u) vs mix_dense(coefficients(u), u)", h, mix_dense(A, u), _tol(u))
 
 
-def check_gradients(mixer: Mixer, u: jax.Array, seed: int = 1) -> None:
-    """∇ of ⟨w, h⟩ w.r.t. u and every parameter agrees between the fast path and the definition."""
+def check_gradients(mixer: Mixer, u: jax.Array, seed: int = 1) -> float:
+    """∇ of ⟨w, h⟩ w.r.t. u and every parameter agrees between the fast path and the definition; returns the
+    largest |difference| over them."""
     graphdef, state = nnx.split(mixer)
     w = jax.random.normal(jax.random.key(seed), (u.shape[0], u.shape[1], mixer.d_out), u.dtype)
 
@@ -107,17 +109,18 @@ def check_gradients(mixer: Mixer, u: jax.Array, seed: int = 1) -> None:
     g_slow = jax.jit(jax.grad(slow, argnums=(0, 1)))(state, u)
     leaves_f, leaves_s = jax.tree.leaves(g_fast), jax.tree.leaves(g_slow)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(g_fast)[0]]
-    for path, a, b in zip(paths, leaves_f, leaves_s, strict=True):
-        _close(f"gradients: d/d{path}", a, b, _tol(u))
+    return max((_close(f"gradients: d/d{path}", a, b, _tol(u))
+                for path, a, b in zip(paths, leaves_f, leaves_s, strict=True)), default=0.0)
 
 
-def check_support(mixer: Mixer, u: jax.Array) -> None:
-    """coefficients(u)[b, i, j] == 0 exactly for j ∉ S(i)."""
+def check_support(mixer: Mixer, u: jax.Array) -> float:
+    """coefficients(u)[b, i, j] == 0 exactly for j ∉ S(i); returns the largest |A| outside S(i) (0)."""
     A = np.asarray(mixer.coefficients(u))
     outside = ~np.asarray(mixer.support(u.shape[1]))
     bad = np.abs(A[:, outside]).max() if outside.any() else 0.0
     if bad != 0.0:
         raise AssertionError(f"support: coefficients are nonzero ({bad:.3e}) outside S(i) for mask={mixer.mask!r}")
+    return float(bad)
 
 
 def _jacobian(mixer: Mixer, u: jax.Array) -> np.ndarray:
@@ -126,8 +129,9 @@ def _jacobian(mixer: Mixer, u: jax.Array) -> np.ndarray:
     return np.asarray(jax.jit(jax.jacrev(lambda s, x: nnx.merge(graphdef, s)(x), argnums=1))(state, u))
 
 
-def check_causality(mixer: Mixer, u: jax.Array, J: np.ndarray | None = None) -> None:
-    """∂h_i/∂u_j is exactly zero for j ∉ S(i) — through the fast path's gradients (J: a precomputed Jacobian)."""
+def check_causality(mixer: Mixer, u: jax.Array, J: np.ndarray | None = None) -> float:
+    """∂h_i/∂u_j is exactly zero for j ∉ S(i) — through the fast path's gradients (J: a precomputed Jacobian);
+    returns the largest |∂h_i/∂u_j| outside S(i) (0)."""
     J = _jacobian(mixer, u) if J is None else J
     T = u.shape[1]
     outside = ~np.asarray(mixer.support(T))
@@ -140,25 +144,27 @@ def check_causality(mixer: Mixer, u: jax.Array, J: np.ndarray | None = None) -> 
             f"causality: ∂h_i/∂u_j = {leak:.3e} ≠ 0 for some j ∉ S(i) "
             f"(mask={mixer.mask!r}; e.g. i={i}, j={j} is outside)"
         )
+    return float(leak)
 
 
-def check_batch_independence(mixer: Mixer, u: jax.Array, J: np.ndarray | None = None) -> None:
-    """∂h[b]/∂u[c] is exactly zero for b ≠ c (J: a precomputed Jacobian)."""
+def check_batch_independence(mixer: Mixer, u: jax.Array, J: np.ndarray | None = None) -> float:
+    """∂h[b]/∂u[c] is exactly zero for b ≠ c (J: a precomputed Jacobian); returns the largest such entry (0)."""
     J = _jacobian(mixer, u) if J is None else J
     B = u.shape[0]
     for b in range(B):
         for c in range(B):
             if b != c and np.abs(J[b, :, :, c]).max() != 0.0:
                 raise AssertionError(f"batch independence: output {b} depends on input {c}")
+    return 0.0
 
 
-def check_jit(mixer: Mixer, u: jax.Array) -> None:
-    """jit(mixer)(u) == mixer(u) and the same for coefficients."""
+def check_jit(mixer: Mixer, u: jax.Array) -> float:
+    """jit(mixer)(u) == mixer(u) and the same for coefficients; returns the larger |difference|."""
     graphdef, state = nnx.split(mixer)
     call = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
     coef = jax.jit(lambda s, x: nnx.merge(graphdef, s).coefficients(x))
-    _close("jit: __call__", call(state, u), mixer(u), _tol(u))
-    _close("jit: coefficients", coef(state, u), mixer.coefficients(u), _tol(u))
+    return max(_close("jit: __call__", call(state, u), mixer(u), _tol(u)),
+               _close("jit: coefficients", coef(state, u), mixer.coefficients(u), _tol(u)))
 
 
 def check_decomposition(
@@ -169,24 +175,28 @@ def check_decomposition(
     dtypes=(jnp.float32, jnp.float64),
     seed: int = 0,
     causality: bool = True,
-) -> None:
-    """Run every check of the kit on ``factory(rngs, dtype)`` for each dtype.
+) -> dict[str, dict[str, float]]:
+    """Run every check of the kit on ``factory(rngs, dtype)`` for each dtype; an AssertionError names the first
+    that fails. Returns the summary ``{dtype name: {check: largest discrepancy}}`` (law, gradients, jit: the
+    largest |fast − definition|; support, causality, batch_independence: the largest entry that must be 0).
 
     ``causality=False`` skips only the causality check (for bidirectional wrappers, where S(i) is all j
     and the check is vacuous); the support check still runs.
     """
+    summary: dict[str, dict[str, float]] = {}
     for dtype in dtypes:
         with jax.enable_x64(jnp.dtype(dtype) == jnp.float64):
             mixer = factory(nnx.Rngs(seed), dtype)
             u = random_input(mixer, B, T, dtype, seed=seed + 1)
-            check_law(mixer, u)
-            check_gradients(mixer, u)
-            check_support(mixer, u)
+            row = {"law": check_law(mixer, u), "gradients": check_gradients(mixer, u),
+                   "support": check_support(mixer, u)}
             J = _jacobian(mixer, u)
             if causality:
-                check_causality(mixer, u, J)
-            check_batch_independence(mixer, u, J)
-            check_jit(mixer, u)
+                row["causality"] = check_causality(mixer, u, J)
+            row["batch_independence"] = check_batch_independence(mixer, u, J)
+            row["jit"] = check_jit(mixer, u)
+            summary[jnp.dtype(dtype).name] = row
+    return summary
 
 
 def plain_attention(u, wq, wk, wv, wo, *, causal: bool = True) -> np.ndarray:
