@@ -178,8 +178,10 @@ def test_foreign_and_corrupt_checkpoint_dirs(full_run, tmp_path):
             p.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="could not be restored"):
         train(small_cfg(steps=12), SRC, corrupt, resume=True, progress=False)
-    with pytest.raises(CheckpointError, match="could not be restored"):
+    with pytest.raises(CheckpointError, match="could not be restored") as err:
         load_run(corrupt)
+    others = sorted(int(p.name) for p in (corrupt / "checkpoints").iterdir() if p.name.isdigit() and p.name != "12")
+    assert others and f"other committed checkpoints are steps {others}" in str(err.value)  # and it names --step
     # only the array data corrupt: tensorstore's error carries its whole JSON spec; the message stays one
     # short line that says what was read wrong
     data_only = tmp_path / "data_only"
@@ -191,7 +193,7 @@ def test_foreign_and_corrupt_checkpoint_dirs(full_run, tmp_path):
         load_run(data_only)
     msg = str(err.value)
     assert "could not be restored" in msg and "tensorstore_spec" not in msg and "\n" not in msg, msg
-    assert len(msg) < 400 and err.value.__cause__ is None and err.value.__suppress_context__, msg
+    assert len(msg) < 550 and err.value.__cause__ is None and err.value.__suppress_context__, msg
     # a checkpoint of a different model shape, config file forged to match: refused, not reinitialized
     other = tmp_path / "other"
     train(small_cfg(steps=4, ckpt_every=4, eval_every=0, model=ModelConfig(vocab_size=8, d_model=8, num_layers=1,

@@ -803,6 +803,12 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[TVVARModel, 
     mngr = _manager(run / CKPT_DIR, cfg1, read_only=True)
     try:
         restored = _restore(mngr, step, _train_state(s), run / CKPT_DIR)
+    except CheckpointError as e:
+        others = [t for t in steps if t != step]
+        if not others:
+            raise
+        raise CheckpointError(f"{e}; the run's other committed checkpoints are steps {others}: load one of them "
+                              f"(load_run(..., step=S); --step S for generate)") from None
     finally:
         mngr.close()
     return nnx.merge(s.graphdef, restored["params"], s.rest), cfg, data_info
