@@ -33,14 +33,16 @@ def encode_prompt(prompt: str, data_info: dict, vocab_size: int):
         except ValueError as e:
             raise ValueError(f"--prompt {prompt!r}: {e} (the run's vocabulary is in its data.json)") from None
     parts = prompt.replace(",", " ").split()
+    kind = data_info.get("kind")
+    what = f"this {kind!r} run" if kind else "a run without data.json (its source unknown: prompts are token ids)"
     if not parts:
-        raise ValueError(f"--prompt must be a space-separated list of token ids in [0, {vocab_size}) for this "
-                         f"{data_info.get('kind', 'synthetic')!r} run, got an empty prompt")
+        raise ValueError(f"--prompt must be a space-separated list of token ids in [0, {vocab_size}) for "
+                         f"{what}, got an empty prompt")
     try:
         ids = np.array([int(p) for p in parts], np.int32)
     except ValueError:
         raise ValueError(f"--prompt must be a space-separated list of integer token ids in [0, {vocab_size}) for "
-                         f"this {data_info.get('kind', 'synthetic')!r} run, got {prompt!r}") from None
+                         f"{what}, got {prompt!r}") from None
     if ids.min() < 0 or ids.max() >= vocab_size:
         raise ValueError(f"--prompt token ids must lie in [0, {vocab_size}), got values in [{ids.min()}, {ids.max()}]")
     return ids

@@ -260,6 +260,10 @@ def test_cli_prompt_encoding():
         encode_prompt("3 x", {"kind": "synthetic-tvvar"}, 5)
     with pytest.raises(ValueError, match="empty prompt"):
         encode_prompt("  ", {"kind": "markov"}, 5)
+    with pytest.raises(ValueError, match="for this 'markov' run, got an empty prompt"):
+        encode_prompt("  ", {"kind": "markov"}, 5)
+    with pytest.raises(ValueError, match=r"for a run without data.json \(its source unknown"):
+        encode_prompt("3 x", {}, 5)  # not called "synthetic": nothing says it is
     text_info = {"kind": "text", "vocab": {"byte_level": False, "symbols": [" ", "a", "b"]}}
     np.testing.assert_array_equal(encode_prompt("ab a", text_info, 3), [1, 2, 0, 1])
     assert decode_tokens([2, 0, 1], text_info) == "b a"
