@@ -66,7 +66,15 @@ class Config:
     rate after ``steps`` of training — a budget fixed with the step count, not a function of the measured
     error. ``eq18_tol`` (nats): the excess of each trained Eq. 18 loss over its exact minimum allowed after
     ``one_step_steps`` Adam steps, per unit of loss weight (the loss is I + λ·CE, so the excess is divided by
-    1 + λ)."""
+    1 + λ).
+
+    ``ce`` / ``flow`` / ``eq18`` switch a part off (default on; the mutant kit runs one part alone): without ``ce``
+    no model is trained by cross-entropy and the rows that read it (Theorem 1, D over training and by steps,
+    Doob enumerated, the flow rows, the trained model's capacity with and without the reward) are not produced;
+    without ``flow`` the analysis on the model's own paths (drift identity, Doob by Monte Carlo, Corollary 3,
+    Freedman) is not run and its rows are not produced; without ``eq18`` no Eq. 18 model is trained and its row is
+    not produced. The source's exact rows, the one-step R_pre solver, BSC/BEC and R_post need no model and always
+    run. Figures are drawn only with every part on."""
 
     vocab_size: int = 5
     prompt_len: int = 2
@@ -85,6 +93,9 @@ class Config:
     rate_tol: float = 0.03
     eq18_tol: float = 0.002
     seed: int = 0
+    ce: bool = True  # train the cross-entropy model (its rows, the flow rows, the trained model's capacity rows)
+    flow: bool = True  # the flow analysis on the trained model's own paths (its four rows)
+    eq18: bool = True  # train the Eq. 18 models over the λ sweep (their row)
 
     @classmethod
     def quick(cls) -> Config:
@@ -212,6 +223,23 @@ VERDICTS = (verdict_chain_rule, verdict_mc, verdict_theorem1, verdict_distortion
             verdict_drift, verdict_martingale, verdict_martingale_exact, verdict_stopping, verdict_freedman,
             verdict_rpre_solver, verdict_rpre, verdict_bsc, verdict_bec, verdict_capacity, verdict_capacity_solver,
             verdict_reward, verdict_reward_solver, verdict_rpost, verdict_rpost_solver)
+#: the rows that read the cross-entropy model (Config.ce), its paths (Config.flow) or the Eq. 18 models (Config.eq18)
+CE_VERDICTS = (verdict_theorem1, verdict_distortion_falls, verdict_distortion_chain, verdict_martingale_exact,
+               verdict_capacity, verdict_capacity_solver, verdict_reward, verdict_reward_solver)
+FLOW_VERDICTS = (verdict_drift, verdict_martingale, verdict_stopping, verdict_freedman)
+EQ18_VERDICTS = (verdict_rpre,)
+
+
+def verdicts(cfg: Config) -> tuple:
+    """The verdicts whose rows ``cfg`` produces (every one with every part on)."""
+    off = set()
+    if not cfg.ce:
+        off |= set(CE_VERDICTS) | set(FLOW_VERDICTS)
+    if not cfg.flow:
+        off |= set(FLOW_VERDICTS)
+    if not cfg.eq18:
+        off |= set(EQ18_VERDICTS)
+    return tuple(v for v in VERDICTS if v not in off)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -488,7 +516,7 @@ def _one_step(src: PromptedSource, cfg: Config, key) -> dict:
         nnx.fori_loop(0, cfg.one_step_steps, body, (m, opt))
 
     points = []
-    for i, lam in enumerate(cfg.lambdas):
+    for i, lam in enumerate(cfg.lambdas if cfg.eq18 else ()):
         m = _model(cfg, cfg.seed + 100 + i)
         opt = nnx.Optimizer(m, optax.adam(cfg.lr), wrt=nnx.Param)
         train(m, opt, jnp.float32(lam))
@@ -501,8 +529,8 @@ def _one_step(src: PromptedSource, cfg: Config, key) -> dict:
                        "excess": float(excess), "excess_per_weight": float(excess / (1 + lam))})
     return {"rpre_D": curve["D"].tolist(), "rpre_R": curve["R"].tolist(), "rpre_I_P": curve["I_P"],
             "rpre_solver_betas": list(RPRE_BETAS), "rpre_solver_abs": solver, "rpre_solver_max_abs": max(solver),
-            "eq18_points": points, "eq18_max_excess": max(abs(q["excess_per_weight"]) for q in points),
-            "eq18_min_excess": min(q["excess"] for q in points)}
+            "eq18_points": points, "eq18_max_excess": max((abs(q["excess_per_weight"]) for q in points), default=None),
+            "eq18_min_excess": min((q["excess"] for q in points), default=None)}
 
 
 def _capacity(model, src: PromptedSource, cfg: Config) -> dict:
@@ -511,7 +539,23 @@ def _capacity(model, src: PromptedSource, cfg: Config) -> dict:
     bec = C.blahut_arimoto([[0.7, 0.3, 0.0], [0.0, 0.3, 0.7]])
     out.update(bsc_bits=bsc["capacity_bits"], bsc_ref=1 - C.binary_entropy(0.11), bec_bits=bec["capacity_bits"],
                bec_ref=0.7)
-    # the trained model as a channel S → U_{n+1:T}, every continuation enumerated
+    if model is not None:
+        out.update(_model_capacity(model, src, cfg))
+    # R_post(W) on the source, one step, token reward = 1 for the prompt's most likely next token
+    P = src.transitions[src.topics, src.prompts[:, -1]]
+    w1 = (P == P.max(1, keepdims=True)).astype(np.float64)
+    Ws = np.linspace(float(np.max(src.prompt_probs @ w1)), 1.0 - 1e-3, 6)
+    rp = [C.rate_reward(src.prompt_probs, w1, float(x)) for x in Ws]
+    ind = [rate_reward_slsqp(src.prompt_probs, w1, float(x)) for x in Ws]
+    out.update(rpost_W=Ws.tolist(), rpost_R=[q["rate"] for q in rp], rpost_R_slsqp=ind,
+               rpost_slsqp_max_abs=float(max(abs(q["rate"] - v) for q, v in zip(rp, ind, strict=True))))
+    return out
+
+
+def _model_capacity(model, src: PromptedSource, cfg: Config) -> dict:
+    """The trained model as a channel S → U_{n+1:T}, every continuation enumerated: its capacity with and without
+    a reward constraint, each against SLSQP."""
+    out = {}
     us = I.all_continuations(cfg.vocab_size, cfg.cont_len)
     lc = I.model_log_conditionals(model, src.prompts, us)
     L = np.asarray(jnp.sum(jnp.take_along_axis(lc, jnp.broadcast_to(us[:, None, :, None], lc.shape[:3] + (1,)),
@@ -530,14 +574,6 @@ def _capacity(model, src: PromptedSource, cfg: Config) -> dict:
                constrained_reward=con["reward"], reward_target=target, constrained_prior=con["prior"].tolist(),
                reward_mu=con["mu"], model_capacity_slsqp=capacity_slsqp(W),
                constrained_capacity_slsqp=capacity_slsqp(W, wbar, target))
-    # R_post(W) on the source, one step, token reward = 1 for the prompt's most likely next token
-    P = src.transitions[src.topics, src.prompts[:, -1]]
-    w1 = (P == P.max(1, keepdims=True)).astype(np.float64)
-    Ws = np.linspace(float(np.max(src.prompt_probs @ w1)), 1.0 - 1e-3, 6)
-    rp = [C.rate_reward(src.prompt_probs, w1, float(x)) for x in Ws]
-    ind = [rate_reward_slsqp(src.prompt_probs, w1, float(x)) for x in Ws]
-    out.update(rpost_W=Ws.tolist(), rpost_R=[q["rate"] for q in rp], rpost_R_slsqp=ind,
-               rpost_slsqp_max_abs=float(max(abs(q["rate"] - v) for q, v in zip(rp, ind, strict=True))))
     return out
 
 
@@ -604,15 +640,18 @@ def run(config: Config, out: Path) -> dict:
     src = PromptedSource(cfg.vocab_size, cfg.prompt_len, num_prompts=cfg.num_prompts, seed=cfg.seed + 1)
     d = {"prompt_probs": src.prompt_probs.tolist()}
     d.update(_source_exact(src, cfg, jax.random.fold_in(key, 1)))
-    model, hist = _train_ce(src, cfg, jax.random.fold_in(key, 2))
-    d.update(hist)
-    d["theorem1_gap"] = abs(d["R"][-1] - d["source_rate"])
+    model = None
+    if cfg.ce:
+        model, hist = _train_ce(src, cfg, jax.random.fold_in(key, 2))
+        d.update(hist)
+        d["theorem1_gap"] = abs(d["R"][-1] - d["source_rate"])
     d["rate_tol"], d["eq18_tol"] = cfg.rate_tol, cfg.eq18_tol
-    d.update(_flow_analysis(model, src, cfg, jax.random.fold_in(key, 3)))
+    if cfg.ce and cfg.flow:
+        d.update(_flow_analysis(model, src, cfg, jax.random.fold_in(key, 3)))
     d.update(_one_step(src, cfg, jax.random.fold_in(key, 4)))
     d.update(_capacity(model, src, cfg))
-    checks = [v(d) for v in VERDICTS]
-    figures = _figures(out, d, cfg)
+    checks = [v(d) for v in verdicts(cfg)]
+    figures = _figures(out, d, cfg) if cfg.ce and cfg.flow and cfg.eq18 else []
     return {"checks": checks, "figures": figures, "data": d}
 
 

@@ -22,6 +22,19 @@ def tiny():
                                rate_tol=0.04, eq18_tol=0.01)
 
 
+# The experiment's parts: the exact rows that need no model (source, R_pre solver, BSC/BEC, R_post), the
+# cross-entropy model (its rows and the trained model's capacity), the flow analysis on its paths, and the Eq. 18
+# models. A mutant runs at the narrowest part that kills a row of its bug; together they still kill every row the
+# whole of tiny() was killed at (the Corollary 3 row only by posterior_one_token_late, hence its "flow" size; the
+# reward-constrained capacity row only by capacity_kl_in_bits, hence its "ce" size).
+SIZES = {
+    "exact": lambda cfg: dataclasses.replace(cfg, ce=False, eq18=False),
+    "ce": lambda cfg: dataclasses.replace(cfg, flow=False, eq18=False),
+    "flow": lambda cfg: dataclasses.replace(cfg, eq18=False),
+    "eq18": lambda cfg: dataclasses.replace(cfg, ce=False),
+}
+
+
 # ---- tvvar.theory.information ----------------------------------------------------------------------
 
 
@@ -128,23 +141,24 @@ def _capacity_kl_in_bits(original):
 
 MUTANTS = (
     Mutant("kl_in_bits", "tvvar.theory.information:_kl_rows", _kl_in_bits,
-           "KL rows in bits (log2) where the information functions mean nats"),
+           "KL rows in bits (log2) where the information functions mean nats", size="exact"),
     Mutant("posterior_one_token_late", "tvvar.theory.information:marginal_log_conditionals",
-           _posterior_one_token_late, "Bayes marginal at step t uses P(s | u_≤t) (off by one: it has seen u_t)"),
+           _posterior_one_token_late, "Bayes marginal at step t uses P(s | u_≤t) (off by one: it has seen u_t)",
+           size="flow"),
     Mutant("flow_exclusive_cumsum", "tvvar.theory.information:flow", _exclusive_flow,
-           "information flow i_t summed over τ < t (exclusive cumsum, off by one)"),
+           "information flow i_t summed over τ < t (exclusive cumsum, off by one)", size="ce"),
     Mutant("doob_A_lagged", "tvvar.theory.information:doob", _predictable_part_lagged,
-           "Doob's predictable part A_t summed up to t − 1 (off by one), so M = i − A is not centred"),
+           "Doob's predictable part A_t summed up to t − 1 (off by one), so M = i − A is not centred", size="ce"),
     Mutant("continuation_before_prompt", "tvvar.theory.information:_all_prompt_ids", _continuation_before_prompt,
-           "model input built as [u ‖ s] instead of [s ‖ u] for the per-prompt conditionals"),
+           "model input built as [u ‖ s] instead of [s ‖ u] for the per-prompt conditionals", size="ce"),
     Mutant("ba_5_iterations", "tvvar.theory.capacity:_ba_lagrangian", _ba_five_iterations,
-           "Blahut–Arimoto stopped after 5 iterations"),
+           "Blahut–Arimoto stopped after 5 iterations", size="ce"),
     Mutant("rpre_bracket_60", "tvvar.theory.capacity:_q_given_r", _multiplier_bracket_60,
-           "one-step R_pre multiplier bisected in a fixed [−60, 60] (rows rescaled silently at β ≳ 60)"),
+           "one-step R_pre multiplier bisected in a fixed [−60, 60] (rows rescaled silently at β ≳ 60)", size="exact"),
     Mutant("rpre_slope_inverted", "tvvar.theory.capacity:rate_distortion_one_step", _slope_inverted,
-           "R_pre point computed at β = 1/λ (slope −1/β, as the old docstring said)"),
+           "R_pre point computed at β = 1/λ (slope −1/β, as the old docstring said)", size="eq18"),
     Mutant("rate_reward_r_frozen", "tvvar.theory.capacity:_rate_reward_beta", _rate_reward_marginal_frozen,
-           "R_post channel Q ∝ e^{βw} without the output marginal r (alternating step skipped)"),
+           "R_post channel Q ∝ e^{βw} without the output marginal r (alternating step skipped)", size="exact"),
     Mutant("capacity_kl_in_bits", "tvvar.theory.capacity:_kl_rows", _capacity_kl_in_bits,
-           "capacity's KL rows in bits (log2) where Blahut–Arimoto and the rates mean nats"),
+           "capacity's KL rows in bits (log2) where Blahut–Arimoto and the rates mean nats", size="ce"),
 )
