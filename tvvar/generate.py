@@ -134,17 +134,19 @@ def generate(
     (``key`` may be None); otherwise ``key`` is required. P + max_new_tokens must not exceed the
     model's length limit (:func:`length_limit`).
 
-    If a mixer lacks ``init_cache``/``step``, warns and returns :func:`generate_recompute`'s tokens
-    (same key scheme, same result); with ``fallback=False`` raises ``NotImplementedError`` instead.
+    If a mixer lacks ``init_cache``/``step``, warns and returns :func:`generate_recompute`'s tokens with
+    ``padded=True`` (one compiled forward over a fixed window per token inside one jitted loop; same key scheme,
+    same result); with ``fallback=False`` raises ``NotImplementedError`` instead.
     """
     prompt_BxP, squeeze, key, temperature = _validate(model, prompt, max_new_tokens, key, temperature, top_k, top_p)
     if not supports_cache(model):
         if not fallback:
             model.init_cache(1, 1)  # raises NotImplementedError naming the mixer
         warnings.warn(f"decomposition {model.cfg.decomposition!r} has no decoding cache (init_cache/step); "
-                      "falling back to full recomputation per token", stacklevel=2)
+                      "falling back to one compiled full forward per token", stacklevel=2)
+        # one compilation for the whole loop (a fixed window of P + max_new_tokens positions): not one per prefix
         return generate_recompute(model, prompt, max_new_tokens, key=key, temperature=temperature,
-                                  top_k=top_k, top_p=top_p)
+                                  top_k=top_k, top_p=top_p, padded=True)
     if max_new_tokens == 0:
         out = prompt_BxP
     else:
