@@ -63,6 +63,13 @@ SOURCES = ("alignment", "soft")
 
 @dataclass(frozen=True)
 class Config:
+    """``train_alignment`` / ``train_soft`` switch a part off (default on; the mutant kit runs one part alone):
+    without ``train_alignment`` no model is trained on the alignment source and the rows that read those models
+    (its orderings, its floor, Q vs the true posterior, decoding) are not produced; without ``train_soft`` no model
+    is trained on the soft source and its rows (orderings, floor) are not produced. The alignment source's own
+    rows (E[−log p] = H, the posterior's calibration) need no model and always run, on the same held-out draw.
+    Figures are drawn only with both on."""
+
     seed: int = 0
     seeds: int = 3                      # S independent trainings (init and data stream) per objective
     objectives: tuple[str, ...] = OBJECTIVES
@@ -90,6 +97,8 @@ class Config:
     # hypothesis margin (nats/token, every seed); Q closeness margin (nats)
     margin: float = 0.02
     q_margin: float = 0.05
+    train_alignment: bool = True  # train the models on the alignment source (the rows that read them)
+    train_soft: bool = True  # train the models on the soft source (its orderings and floor)
 
     @classmethod
     def quick(cls) -> Config:
@@ -322,16 +331,25 @@ def _kl_rows(q: np.ndarray, p: np.ndarray) -> np.ndarray:
     return t.sum(-1)
 
 
-def _analyse(src: LatentAlignmentSource, res: dict, cfg: Config, tr: _Trainer) -> dict:
-    p, r, held_tok, _ = res["_models"]
+def _calibration(src: LatentAlignmentSource, held: dict) -> tuple[np.ndarray, dict]:
+    """The exact posterior over J on the held-out sequences [N, T, T], and the calibration statistics of the
+    drawn J against it (no model needed)."""
+    held_tok = held["tokens"]
     ids, tgt = held_tok[:, :-1], held_tok[:, 1:]
-    T_ = cfg.seq_len
     post = np.asarray(src.posterior(ids, tgt), np.float64)  # [N, T, T]
-    J = res["_models"][3]["alignment"]  # [N, T], the positions the sampler drew
+    J = held["alignment"]  # [N, T], the positions the sampler drew
     ids_np = np.asarray(ids)
     logE_BxTxT = np.log(src.emissions)[ids_np[:, None, :], np.asarray(tgt)[:, :, None]]  # ln E[x_j, x_{i+1}]
     logE_J = np.take_along_axis(logE_BxTxT, J[:, :, None], axis=-1)[..., 0]
     logE_post = np.sum(np.where(post > 0, post * logE_BxTxT, 0.0), axis=-1)
+    return post, {"at_drawn": logE_J.mean(-1).tolist(), "posterior_mean": logE_post.mean(-1).tolist()}
+
+
+def _analyse(src: LatentAlignmentSource, res: dict, cfg: Config, tr: _Trainer, post: np.ndarray,
+             calibration: dict) -> dict:
+    p, r, held_tok, _ = res["_models"]
+    ids, tgt = held_tok[:, :-1], held_tok[:, 1:]
+    T_ = cfg.seq_len
     prior = np.exp(np.asarray(src.log_alignment(ids), np.float64)) * np.tril(np.ones((T_, T_)))
     uniform = np.tril(np.ones((T_, T_))) / np.arange(1, T_ + 1)[:, None]
     a = jax.device_get(tr.analyse(p, r, held_tok))
@@ -340,7 +358,7 @@ def _analyse(src: LatentAlignmentSource, res: dict, cfg: Config, tr: _Trainer) -
     out = {"kl_uniform_true": _kl_rows(np.broadcast_to(uniform, post.shape), post).mean(0).tolist(),
            "kl_prior_true": _kl_rows(prior, post).mean(0).tolist(),
            "bayes_accuracy": float(np.mean(bayes == tgt_np)), "runs": {},
-           "calibration": {"at_drawn": logE_J.mean(-1).tolist(), "posterior_mean": logE_post.mean(-1).tolist()}}
+           "calibration": calibration}
     S = cfg.seeds
     for m in range(len(cfg.objectives) * S):
         obj = cfg.objectives[m // S]
@@ -446,20 +464,26 @@ def make_sources(cfg: Config) -> dict:
                                 seed=1234 + cfg.seed)}
 
 
+def _trained(cfg: Config, name: str) -> bool:
+    """Whether ``cfg`` trains the models of source ``name``."""
+    return cfg.train_alignment if name == "alignment" else cfg.train_soft
+
+
 def checks_from_data(data: dict, cfg: Config) -> list[dict]:
     """Every check of this experiment, recomputed from ``data`` by the verdict functions."""
     checks = []
-    own = {name: {o: data[name]["runs"][o]["own_nll"] for o in cfg.objectives} for name in SOURCES}
+    trained = [name for name in SOURCES if _trained(cfg, name)]
+    own = {name: {o: data[name]["runs"][o]["own_nll"] for o in cfg.objectives} for name in trained}
     # Deng et al.'s exact marginal (attention prior) below soft on the alignment source, the uniform-prior ELBO not
     # (ELBO_FINDING); on the soft source soft below every other objective
-    if "marginal_attention" in cfg.objectives and "soft" in cfg.objectives:
+    if "marginal_attention" in cfg.objectives and "soft" in cfg.objectives and "alignment" in trained:
         checks.append(verdict_ordering(own["alignment"], "marginal_attention", "soft", cfg.margin, "alignment"))
-    if "elbo" in cfg.objectives and "soft" in cfg.objectives:
+    if "elbo" in cfg.objectives and "soft" in cfg.objectives and "alignment" in trained:
         checks.append(verdict_ordering(own["alignment"], "soft", "elbo", cfg.margin, "alignment", ELBO_FINDING))
     for challenger in ("marginal_attention", "elbo", "marginal"):
-        if challenger in cfg.objectives and "soft" in cfg.objectives:
+        if challenger in cfg.objectives and "soft" in cfg.objectives and "soft" in trained:
             checks.append(verdict_ordering(own["soft"], "soft", challenger, cfg.margin, "soft"))
-    for name in SOURCES:
+    for name in trained:
         runs = data[name]["runs"]
         ex = [e[k] for o in cfg.objectives for e in runs[o]["excess"] for k in LIKELIHOODS]
         se = [e[k] for o in cfg.objectives for e in runs[o]["excess_se"] for k in LIKELIHOODS]
@@ -469,6 +493,8 @@ def checks_from_data(data: dict, cfg: Config) -> list[dict]:
     an = data["alignment"]["posterior"]
     cal = an["calibration"]
     checks.append(verdict_posterior_calibration(np.asarray(cal["at_drawn"]), np.asarray(cal["posterior_mean"])))
+    if "alignment" not in trained:
+        return checks
     for o in ("elbo", "marginal_attention"):
         if o in cfg.objectives:
             kl_q = [float(np.mean(r["kl_q_true"])) for r in an["runs"][o]]
@@ -498,20 +524,28 @@ def run(config: Config, out: Path) -> dict:
     data: dict = {"deng2018": DENG, "labels": LABELS, "own_likelihood": OWN,
                   "index_convention": "row i predicts x_{i+1}; J_i ∈ S(i) = {0..i}; Q(j | i) = Σ_h π^h[i, j] / H"}
     for name in SOURCES:
-        data[name] = _train_source(name, sources[name], cfg, tr)
+        if _trained(cfg, name):
+            data[name] = _train_source(name, sources[name], cfg, tr)
     align = sources["alignment"]
-    _, _, held_tok, held = data["alignment"]["_models"]
+    if cfg.train_alignment:
+        _, _, held_tok, held = data["alignment"]["_models"]
+    else:  # the same held-out draw as when the models train
+        _, held = _sample(align, jax.random.fold_in(jax.random.key(cfg.seed), 1), cfg)
+        held_tok = held["tokens"]
+        data["alignment"] = {}
     nll_src = -np.asarray(align.log_likelihood(held_tok[:, :-1], held_tok[:, 1:]), np.float64)
     H_src = held["entropy"]
     per_seq = (nll_src - H_src).mean(-1)
     data["alignment"]["source_check"] = {"mean_nll": float(nll_src.mean()), "mean_entropy": float(H_src.mean()),
                                          "se": float(per_seq.std(ddof=1) / math.sqrt(len(per_seq)))}
-    data["alignment"]["posterior"] = _analyse(align, data["alignment"], cfg, tr)
+    post, cal = _calibration(align, held)
+    data["alignment"]["posterior"] = (_analyse(align, data["alignment"], cfg, tr, post, cal) if cfg.train_alignment
+                                      else {"calibration": cal})
     for name in SOURCES:
-        del data[name]["_models"]
+        data.get(name, {}).pop("_models", None)
     checks = checks_from_data(data, cfg)
-    figs = [_fig_orderings(data, cfg, out), _fig_posterior(data["alignment"]["posterior"], cfg, out),
-            _fig_curves(data, cfg, out)]
+    figs = ([_fig_orderings(data, cfg, out), _fig_posterior(data["alignment"]["posterior"], cfg, out),
+             _fig_curves(data, cfg, out)] if cfg.train_alignment and cfg.train_soft else [])
     return {"checks": checks, "figures": figs, "data": data}
 
 
