@@ -68,6 +68,29 @@ def _restriction_rows_no_intercept(orig):
 
 
 
+def _plugin_te_source_present(orig):
+    from tvvar.theory import estimators as E
+
+    def plugin_transfer_entropy(source, target, k=1, ell=1):
+        y = E.check_stream(source, "source", discrete=True)
+        x = E.check_stream(target, "target", discrete=True)
+        n = E.check_same_length(source=y, target=x)
+        k = E.check_history(k, "k (target history)", n)
+        ell = E.check_history(ell, "ell (source history)", n)
+        m = max(k, ell)
+        # the bug: the source block holds s_t … s_{t−ℓ+1} (the present where the past is meant)
+        src = np.concatenate([y[m - j + 1: n - j + 1] for j in range(1, ell + 1)], axis=1)
+        b = {"present": x[m:], "target_past": np.asarray(E.lag_embed(jnp.asarray(x), k, m)), "source_past": src}
+        hxz, hyz, hz, hxyz = E._plugin_entropies(b, [("present", "target_past"), ("source_past", "target_past"),
+                                                     ("target_past",), ("present", "source_past", "target_past")])
+        return hxz + hyz - hz - hxyz
+    return plugin_transfer_entropy
+
+
+def _simulate_transposed(orig):
+    return lambda key, A, c, chol, burn_in: orig(key, jnp.swapaxes(A, -1, -2), c, chol, burn_in)  # y_t = Aᵀ y_{t−1}
+
+
 # ---- neural bounds and the token critics -------------------------------------------------------------------
 
 
@@ -119,6 +142,13 @@ def _solve_float32(orig):
     return _solve
 
 
+def _trajectories_first_sequence(orig):
+    def mixer_trajectories(model, ids, layer=0):
+        u, h, A = orig(model, ids, layer)
+        return u, h, jnp.broadcast_to(A[:1], A.shape)  # A_tj materialised for the first sequence only
+    return mixer_trajectories
+
+
 def _stderr_variance(orig):
     def fit_tvvar_coefficients(u, h, **kw):
         fit = orig(u, h, **kw)
@@ -135,6 +165,11 @@ MUTANTS = (
            size="gaussian+dv_te"),
     Mutant("plugin_entropy_bits", "tvvar.theory.estimators:_code_entropy", _code_entropy_bits,
            "plug-in entropy with log2 (bits) where nats are meant", size="te_lr"),
+    Mutant("plugin_te_source_present", "tvvar.theory.estimators:plugin_transfer_entropy", _plugin_te_source_present,
+           "plug-in TE's source block holds s_t … s_{t−ℓ+1} (lag off by one: the present where the past is meant)",
+           size="te_lr"),
+    Mutant("var_simulated_transposed", "tvvar.theory.tvvar_estimation:_simulate", _simulate_transposed,
+           "VAR replicates simulated as y_t = Aᵀ y_{t−1} + ε (coefficient matrix transposed)", size="granger"),
     Mutant("granger_rows_no_intercept", "tvvar.theory.granger:restriction_rows", _restriction_rows_no_intercept,
            "restricted regressor rows ℓk + j, the intercept's row offset forgotten", size="granger"),
     Mutant("dv_log_sum_not_mean", "tvvar.theory.neural_estimators:dv_bound", _dv_sum_not_mean,
@@ -150,6 +185,9 @@ MUTANTS = (
     Mutant("token_critic_sees_y_t", "tvvar.theory.neural_estimators:TokenCritic.ids", _token_ids_shifted,
            "full critic's layout drops x_0 instead of y_{m−1}, so the row that scores y_t has read y_t",
            size="di_tvvar_critic"),
+    Mutant("trajectories_first_sequence", "tvvar.theory.coefficient_recovery:mixer_trajectories",
+           _trajectories_first_sequence, "materialised A_tj of the first sequence broadcast to the whole batch",
+           size="recovery"),
     Mutant("recovery_stderr_is_variance", "tvvar.theory.coefficient_recovery:fit_tvvar_coefficients",
            _stderr_variance, "standard errors without the square root (variances)", size="recovery"),
 )
