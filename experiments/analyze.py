@@ -17,7 +17,7 @@ vocabulary); without one it must be space-separated token ids. Writes into DIR:
 * with ``--prompts FILE`` (one prompt per line, K ≥ 2 distinct prompts of the same length n), ``flow.png`` —
   the semantic information flow i(S → U_{n+1:t}) (Def. 8) of B continuations sampled from the model under a
   uniform prompt law, its Doob compensator A_t = Σ KL_τ and the Monte-Carlo directed information
-  I(S → U_{n+1:n+T}) (Def. 2, :mod:`tvvar.theory.information`), with three checks: the chain rule (the flow
+  I(S → U_{n+1:n+T}) (Def. 2, :mod:`tvvar.theory.information.directed`), with three checks: the chain rule (the flow
   from per-step Bayes predictives equals the one from sequence probabilities), the Doob martingale
   M_T = i_T − A_T has mean 0 (Theorem 2; within 4 standard errors from its exact predictable variance) and
   I(S → U) ≤ H(S) = log K;
@@ -187,7 +187,7 @@ def load_model(path: Path, dtype: str = "float32") -> _Loaded:
 
 
 class _Truncated:
-    """The model's layers 0..l with its own final norm and readout (what tvvar.theory.elbo reads; a block
+    """The model's layers 0..l with its own final norm and readout (what tvvar.theory.transformer.elbo reads; a block
     intercept such as GPT-2's folded biases is handled there, ``Block.mixer_bias``)."""
 
     def __init__(self, model, layer):
@@ -215,7 +215,7 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
     from tqdm.auto import tqdm
 
     from tvvar.core import mix_dense
-    from tvvar.theory.elbo import elbo_terms
+    from tvvar.theory.transformer.elbo import elbo_terms
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,7 +313,7 @@ def information_flow(model, prompts: np.ndarray, out: Path, cont_len: int = 8, s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tvvar.theory import information as I
+    from tvvar.theory.information import directed as I
 
     if not (isinstance(cont_len, int) and cont_len >= 1):
         raise ValueError(f"cont_len must be an int ≥ 1, got {cont_len!r}")

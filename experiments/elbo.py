@@ -1,7 +1,7 @@
 """The ELBO of the Transformer (Bai, arXiv:2511.01202, Section V-C, Theorems 6 and 7), measured.
 
 For the pure attention TV-VAR of Eq. 44 (``ModelConfig.pure``, multi-head attention) trained with each
-objective of :mod:`tvvar.theory.elbo` —
+objective of :mod:`tvvar.theory.transformer.elbo` —
 
 * ``soft``: soft attention, the usual cross-entropy (Eq. 54),
 * ``marginal``: the exact marginal likelihood log P(U) of the latent-position model, uniform prior,
@@ -45,7 +45,7 @@ from experiments.common import as_skipped, check, cli, save_figure
 from tvvar import train as T
 from tvvar.data import TextCorpus, TVVARSource
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.theory import elbo as E
+from tvvar.theory.transformer import elbo as E
 
 REPO_TEXT = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt.gz"
 

@@ -11,7 +11,7 @@ row verifies; no check name carries a budget: only the n of the Granger and Hasl
   the clipped DV is not a lower bound either) within 5 % at ``n_dv`` (10⁵ full size; quick size n_dv = 4000
   with a 0.05-nat absolute tolerance, stated in the check);
 * AWGN at unit SNR (½ ln 2) and the Gaussian pair ρ = 0.4/√0.52 (0.18386): Gaussian estimator within 1 %;
-* categorical TV-VAR streams (:mod:`tvvar.theory.categorical_di`): chain rule (upper triangle of the CMI matrix
+* categorical TV-VAR streams (:mod:`tvvar.theory.estimation.categorical`): chain rule (upper triangle of the CMI matrix
   = DI) and conservation (DI + delayed reverse DI = MI) at 1e-10 — identities: they hold for any joint table —
   each paired with the same quantity by a second route (:func:`enumerate_information`: expectations of
   log-ratios over the enumerated states, built from the process's own conditionals), at 1e-10: the CMI
@@ -30,7 +30,7 @@ row verifies; no check name carries a budget: only the n of the Granger and Hasl
 * bias / variance (item 4): bias, sd and RMSE against n of the Gaussian TE, Geweke and plug-in TE (truth
   ln 2 − H_b(0.1) on flipped-bit streams) — checked: the RMSE falls from the smallest to the largest n — and
   of DV / NWJ / InfoNCE with MLP critics on the Gaussian pair (reported);
-* TV-VAR fits of trained models' own trajectories (item 7, :mod:`tvvar.theory.coefficient_recovery`): a
+* TV-VAR fits of trained models' own trajectories (item 7, :mod:`tvvar.theory.estimation.recovery`): a
   one-layer linear SSM (``ssm_lti``) and a one-layer attention model trained on a Markov source, B sequences
   sampled from each model; the cross-sectional least-squares TV-VAR equals the SSM's materialised A_tj to
   1e-10 (relative, float64), with observation noise its mean squared z-score is 1 (OLS standard errors);
@@ -38,7 +38,7 @@ row verifies; no check name carries a budget: only the n of the Granger and Hasl
   fixed-coefficient TV-VAR can represent (the fit's distance from E_b A_b and its 1 − R² are reported).
 
 * kernel TV-VAR estimation (item 6) on the Haslbeck et al. design (10 variables, VAR(1), diagonal plus 20 %
-  of the off-diagonal entries, seven path types, σ = 0.1; :func:`tvvar.theory.tvvar_estimation.haslbeck_design`
+  of the off-diagonal entries, seven path types, σ = 0.1; :func:`tvvar.theory.estimation.kernel_tvvar.haslbeck_design`
   pinned from the authors' archive): at every n the kernel MAE (all entries) ≤ the stationary OLS MAE; the
   MAE over the time-varying entries within 25 % of the quoted 0.111 / 0.074 / 0.049 / 0.039 (kernel) and
   0.11 (OLS), and the LOO-CV bandwidth on the Gaussian-sd scale h/√5 within 0.08 of 0.44 / 0.30 / 0.22 / 0.18.
@@ -67,11 +67,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import check, cli, save_figure
-from tvvar.theory import categorical_di as C
-from tvvar.theory import coefficient_recovery as R
-from tvvar.theory import estimators as E
-from tvvar.theory import granger as G
-from tvvar.theory import neural_estimators as N
+from tvvar.theory.estimation import categorical as C
+from tvvar.theory.estimation import classical as E
+from tvvar.theory.estimation import granger as G
+from tvvar.theory.estimation import neural as N
+from tvvar.theory.estimation import recovery as R
 
 A_ISSUE = np.array([[0.5, 0.4], [0.0, 0.6]])
 TE_ISSUE, GEWEKE_ISSUE = 0.10207, 0.20415
@@ -178,8 +178,8 @@ CONSERVATION = ("Massey's conservation law holds for every joint law: DI + delay
 
 def _enumerated_states(proc) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every joint state (x^m, y^m) with its probability, built from the process's own conditionals
-    (:func:`~tvvar.theory.categorical_di.conditional_log_probs`), not from ``joint_log_prob``; also the per-state
-    log p(x_t | x^{t−1}, y^{t−1}) and log p(y_t | x^t, y^{t−1}) [S, m]."""
+    (:func:`~tvvar.theory.estimation.categorical.conditional_log_probs`), not from ``joint_log_prob``; also the
+    per-state log p(x_t | x^{t−1}, y^{t−1}) and log p(y_t | x^t, y^{t−1}) [S, m]."""
     V, m = proc.vocab, proc.length
     states = np.array(list(itertools.product(range(V), repeat=2 * m)), dtype=np.int64)
     x, y = states[:, 0::2], states[:, 1::2]
@@ -199,7 +199,7 @@ def _log_marginal(states: np.ndarray, p: np.ndarray, cols: list[int], V: int) ->
 
 def enumerate_information(proc) -> dict:
     """DI, delayed reverse DI, MI and the CMI matrix of a categorical TV-VAR as expectations of log-ratios over
-    the enumerated states (a second route, independent of :mod:`tvvar.theory.categorical_di`'s entropy sums):
+    the enumerated states (a second route, independent of :mod:`tvvar.theory.estimation.categorical`'s entropy sums):
 
         DI  = Σ_t E[ln p(y_t | x^t, y^{t−1}) − ln p(y_t | y^{t−1})]      (the process's own conditional, Eq. 77)
         rev = Σ_t E[ln p(x_t | x^{t−1}, y^{t−1}) − ln p(x_t | x^{t−1})]
@@ -297,7 +297,7 @@ def verdict_kernel_beats_ols(name: str, kernel_mae: float, ols_mae: float) -> di
 
 def _directed_information_tvvar(cfg: Config, checks: list, data: dict) -> None:
     """Item 2: I(X^m → Y^m) as Σ_t [DV(y_t; x^t, y^{t−1}) − DV(y_t; y^{t−1})], both critics causal tvvar models
-    (:func:`tvvar.theory.neural_estimators.directed_information_dv`), against the exact enumeration."""
+    (:func:`tvvar.theory.estimation.neural.directed_information_dv`), against the exact enumeration."""
     proc = C.random_categorical_tvvar(cfg.seed + 1, vocab=2, length=4, feedback=1.0)
     lj = C.joint_log_prob(proc)
     exact = C.directed_information(lj)
@@ -313,7 +313,7 @@ def _directed_information_tvvar(cfg: Config, checks: list, data: dict) -> None:
 
 def _haslbeck(cfg: Config, checks: list, data: dict) -> None:
     """Item 6: kernel TV-VAR against stationary OLS on the Haslbeck et al. design, the MAE table."""
-    from tvvar.theory import tvvar_estimation as TV
+    from tvvar.theory.estimation import kernel_tvvar as TV
 
     with jax.enable_x64(True):
         rows = TV.mae_table(cfg.haslbeck_ns, reps=cfg.haslbeck_reps,
@@ -554,7 +554,7 @@ def _dv_te(cfg: Config, checks: list, data: dict) -> None:
                                      lr=3e-3, seed=cfg.seed)
     data["dv_te"] = {"value": te.value, "low": te.low, "high": te.high, "n": cfg.n_dv}
     # TE = DV(full) − DV(restricted): a difference of two estimates, neither a bound once clipped and estimated
-    # on finite batches (tvvar.theory.neural_estimators), so its error has no sign: a two-sided tolerance
+    # on finite batches (tvvar.theory.estimation.neural), so its error has no sign: a two-sided tolerance
     checks.append(verdict_relative("DV TE_Y→X (difference of two DV estimates)", te.value, TE_ISSUE, cfg.dv_tol_rel,
                                    cfg.dv_tol_abs, f"{SRC}, n = {cfg.n_dv}; a difference of two DV estimates has "
                                    "no side: an error of either sign"))
@@ -567,7 +567,7 @@ def _categorical_process(cfg: Config):
 
 
 def _categorical(cfg: Config, checks: list, data: dict) -> None:
-    """The categorical TV-VAR's exact quantities (:mod:`tvvar.theory.categorical_di`): chain rule, conservation,
+    """The categorical TV-VAR's exact quantities (:mod:`tvvar.theory.estimation.categorical`): chain rule, conservation,
     and each paired with the same quantity by a second route."""
     proc, lj = _categorical_process(cfg)
     M = C.cmi_matrix(lj)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import check, cli, save_figure, skipped
-from tvvar.theory import hopfield as H
+from tvvar.theory.transformer import hopfield as H
 
 #: the independent sections of :func:`run`, in order (``Config.sections``)
 SECTIONS = ("classical", "gardner", "dense", "modern", "theorem3", "attention")
@@ -109,10 +109,11 @@ RESIM_Z = 4.0
 
 def retrieval_accuracy_numpy(d: int, Ns, beta: float, noise: float, K: float, trials: int, seed: int,
                              tol: float = 0.1) -> np.ndarray:
-    """One-step retrieval accuracy at each N, written apart from :func:`tvvar.theory.hopfield.retrieval_sweep`
-    (numpy's RNG, float64, no segment trick): N patterns uniform on the sphere of radius M = K√(d−1), the query
-    ξ = x_0 + noise·M·ẑ with ẑ a uniform UNIT vector (so ‖ξ − x_0‖ = noise·M exactly), ξ_new = Xᵀ softmax(β X ξ)
-    over the first N patterns, a success when ‖ξ_new − x_0‖ ≤ tol·M."""
+    """One-step retrieval accuracy at each N, written apart from
+    :func:`tvvar.theory.transformer.hopfield.retrieval_sweep` (numpy's RNG, float64, no segment trick): N patterns
+    uniform on the sphere of radius M = K√(d−1), the query ξ = x_0 + noise·M·ẑ with ẑ a uniform UNIT vector (so
+    ‖ξ − x_0‖ = noise·M exactly), ξ_new = Xᵀ softmax(β X ξ) over the first N patterns, a success when
+    ‖ξ_new − x_0‖ ≤ tol·M."""
     Ns = np.asarray(Ns, np.int64)
     M = K * math.sqrt(d - 1)
     rng = np.random.default_rng(seed)
@@ -150,7 +151,7 @@ def verdict_retrieval_resimulated(name: str, library: dict, numpy_: dict, trials
 
 def dense_keeps_numpy(patterns: np.ndarray, power: int) -> np.ndarray:
     """bool [P, n]: from each stored pattern s = ξ^ν, whether neuron i keeps its state under one update of the
-    dense memory E(s) = −Σ_μ (ξ^μ·s)^k, written from the energy and apart from :mod:`tvvar.theory.hopfield`:
+    dense memory E(s) = −Σ_μ (ξ^μ·s)^k, written from the energy and apart from :mod:`tvvar.theory.transformer.hopfield`:
     neuron i keeps s_i iff flipping it does not lower the energy, Σ_μ F(ξ^μ·s) ≥ Σ_μ F(ξ^μ·s − 2 ξ^μ_i s_i)
     (a tie keeps s_i), in exact int64 arithmetic."""
     X = np.asarray(patterns, np.int64)

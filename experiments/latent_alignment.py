@@ -4,7 +4,7 @@ Deng, Kim, Chiu, Guo, Rush (2018), "Latent Alignment and Variational Attention",
 variational attention below soft attention in held-out perplexity (IWSLT14: soft 7.17, exact marginal
 6.34, variational 6.08). On the soft-attention TV-VAR source of ``tvvar.data`` soft training wins, as it
 should: that source *is* a soft-attention model. Here the same four objectives of
-:mod:`tvvar.theory.elbo` (``soft``, ``marginal`` — uniform prior, ``marginal_attention`` — the
+:mod:`tvvar.theory.transformer.elbo` (``soft``, ``marginal`` — uniform prior, ``marginal_attention`` — the
 attention as prior, ``elbo`` — Q = π, uniform prior) train the same pure attention TV-VAR (Eq. 44),
 with the same budget, on two sources side by side:
 
@@ -47,7 +47,7 @@ from tvvar import train as T
 from tvvar.alignment import LatentAlignmentSource
 from tvvar.data import TVVARSource
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.theory import elbo as E
+from tvvar.theory.transformer import elbo as E
 from tvvar.typing import Array
 
 OBJECTIVES = ("soft", "marginal", "marginal_attention", "elbo")
@@ -201,8 +201,8 @@ def _train_cfg(cfg: Config) -> T.TrainConfig:
 
 
 def objective_losses(model, tokens, kinds=OBJECTIVES):
-    """The losses of :func:`tvvar.theory.elbo.make_objective` for ``kinds`` on ``tokens`` [B, T+1], from
-    one :func:`~tvvar.theory.elbo.closed_form_terms` call: [len(kinds)] (nats/token)."""
+    """The losses of :func:`tvvar.theory.transformer.elbo.make_objective` for ``kinds`` on ``tokens`` [B, T+1], from
+    one :func:`~tvvar.theory.transformer.elbo.closed_form_terms` call: [len(kinds)] (nats/token)."""
     t, ta = E.closed_form_terms(model, tokens[:, :-1], tokens[:, 1:], ("uniform", "attention"))
     per_token = {"soft": -t.soft_ll, "marginal": -t.log_p, "marginal_attention": -ta.log_p, "elbo": -t.elbo}
     return jnp.stack([jnp.mean(per_token[k]).astype(jnp.float32) for k in kinds])

@@ -4,7 +4,7 @@ Part A — a linear-softmax class with a teacher inside it (x on the sphere S^{D
 for each sample size M, R independent repeats (vmapped + jitted) fit W by projected gradient descent in
 the ball ‖W‖_F ≤ Λ on S, then compare the true risk (exact over y, on a large fresh x-sample), the
 entropy floor H(Y|X), the empirical risk, the paper's bound and the rigorous bound
-(Mohri et al. Thm 3.3 + Maurer's vector contraction; see tvvar.theory.rademacher).
+(Mohri et al. Thm 3.3 + Maurer's vector contraction; see tvvar.theory.transformer.rademacher).
 
 Part B — a TV-VAR Transformer trained with tvvar.train on the synthetic TV-VAR source of tvvar.data,
 judged at one position t from M held-out samples.  The law at position t is enumerated exactly
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import check, cli, save_figure, skipped
-from tvvar.theory import rademacher as rd
+from tvvar.theory.transformer import rademacher as rd
 
 SOURCE = "Bai, arXiv:2511.01202, Theorem 8 (Eqs. 68–75)"
 RIGOROUS = "Mohri et al. 2018 Thm 3.3 + Maurer 2016 Cor. 1"

@@ -11,7 +11,8 @@ token ◁) every quantity of Section III has an exact reference. This experiment
    sequence-level KL of the whole continuation law (the chain rule for KL);
 3. on the trained model's own paths: the semantic information flow (Def. 8), its Doob parts (Eqs. 26–28),
    Theorem 2's drift identity E[Δi | past, S] = KL computed two ways (the closed-form KL against the
-   expectation of the next sequence-level flow increment, :func:`~tvvar.theory.information.drift_by_enumeration`),
+   expectation of the next sequence-level flow increment,
+   :func:`~tvvar.theory.information.directed.drift_by_enumeration`),
    E[M_t] = 0 (the real test of Theorem 2: the drift is the whole predictable part; by Monte-Carlo on the
    model's paths, and exactly in float64 with every path of the model's own law enumerated), Freedman's bound as
    printed in Corollary 2 / Eq. 30, exp(−α²/(2(α + β))) (Freedman's with increment bound c = 1), and with the
@@ -20,7 +21,7 @@ token ◁) every quantity of Section III has an exact reference. This experiment
 4. the prompt-free estimators of the interpretability literature (drop the prompt, null prompt, truncated
    context) against the exact Bayes marginal;
 5. the exact one-step R_pre(D) curve (Def. 6), checked against an independent solver (BFGS) at slopes up to
-   −1000, and Eq. 18 models (the library's :func:`~tvvar.theory.information.eq18_loss`, exact over the
+   −1000, and Eq. 18 models (the library's :func:`~tvvar.theory.information.directed.eq18_loss`, exact over the
    enumerated one-step paths) trained over a λ sweep, each compared with the exact point of the same
    multiplier (the tangent of slope −λ) with a tolerance the training budget sets (``Config.eq18_tol``);
 6. Blahut–Arimoto capacity (Def. 9) on the binary symmetric and erasure channels (1 − h(p), 1 − ε) and on the
@@ -51,8 +52,8 @@ from scipy.optimize import minimize
 from experiments.common import check, cli, save_figure
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.prompted import PromptedSource
-from tvvar.theory import capacity as C
-from tvvar.theory import information as I
+from tvvar.theory.information import capacity as C
+from tvvar.theory.information import directed as I
 
 #: slopes at which the one-step R_pre solver is compared with an independent minimiser (issue 29 §3.1)
 RPRE_BETAS = (0.5, 3.0, 60.0, 200.0, 1000.0)

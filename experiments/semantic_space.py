@@ -12,21 +12,21 @@ can feed it a perturbed input and see it fail):
   the known correspondence of the noisy copy. Convergence: the same copies solved at ε = 0.1 (a slow outer loop)
   return a fixed point of one more entropic GW step (Sinkhorn on the coupling's own linearised cost, numpy).
 * ``theorem4`` — the distortion between n random sphere points and their compression for each projection
-  and m: Eq. 39 as printed (inner products sᵀPᵀPs′, :func:`tvvar.theory.compression.eq39_distortion`) against
+  and m: Eq. 39 as printed (inner products sᵀPᵀPs′, :func:`tvvar.theory.space.compression.eq39_distortion`) against
   the same sum from numpy matrices and against ε² of Eq. 35 (the JL inner-product ε), and the
   renormalised-cosine variant d_s²(S, {Ps/‖Ps‖}) by GW (``compression_distortion``) with its max cosine
   error ε̂ (d_s² ≤ Eq. 34 at the identity coupling ≤ ε̂², the second an identity).
 * ``dimension_distortion`` — a tiny tvvar model trained on the synthetic TV-VAR source (exact entropy
   floor) and on the repository's text: its tied readout is compressed from D to m,
-  logits_v = ⟨Pũ_v/‖Pũ_v‖, P h⟩ / Ξ (:func:`tvvar.theory.compression.compressed_logits`), and the held-out
+  logits_v = ⟨Pũ_v/‖Pũ_v‖, P h⟩ / Ξ (:func:`tvvar.theory.space.compression.compressed_logits`), and the held-out
   cross-entropy increase against m is shown beside d_s² between the token space and its compression.
 * ``two_models`` — the distance between the token spaces of two models trained with different seeds,
   between the TLB and Eq. 34 at the token-identity correspondence (numpy), and a model against a rotated,
   permuted copy of itself (≈ 0), with the coupling's token alignment.
 
-* ``cpc`` — Eqs. 40–43: CPC (:class:`tvvar.theory.cpc.CPC`, a 1-layer causal tvvar model as g_AR, a learned
+* ``cpc`` — Eqs. 40–43: CPC (:class:`tvvar.theory.space.cpc.CPC`, a 1-layer causal tvvar model as g_AR, a learned
   g_enc and one bilinear critic per horizon k = 1..K) trained with InfoNCE on a stationary first-order Markov
-  source, where I_k = I(X_t; X_{t+k}) and Eq. 42's chain are exact (:mod:`tvvar.theory.cpc`; closed forms
+  source, where I_k = I(X_t; X_{t+k}) and Eq. 42's chain are exact (:mod:`tvvar.theory.space.cpc`; closed forms
   checked against the enumeration; the chain's inequalities checked on enumerated values of a coarse encoder
   S_t = ⌊X_t/2⌋, since the closed forms' gaps are (n − 2)·I₂ and Σ_{k≥2}(n − k)·I_k ≥ 0 by construction).
   The trained and the Bayes-optimal critic (ln P^k(x_t, x) − ln π(x)) are scored on the same held-out
@@ -54,8 +54,8 @@ import numpy as np
 from flax import nnx
 
 from experiments.common import check, cli, save_figure, skipped
-from tvvar.theory import compression as C
-from tvvar.theory.semantic_space import SemanticSpace, gromov_wasserstein
+from tvvar.theory.space import compression as C
+from tvvar.theory.space.semantic import SemanticSpace, gromov_wasserstein
 
 #: the issue's reference table: max |⟨Px_i, Px_j⟩ − ⟨x_i, x_j⟩| over pairs of M = 1000 points on S^{1023}
 JL_REFERENCE = {
@@ -221,9 +221,9 @@ def verdict_monotone(values, name: str, source: str, increasing: bool = True, sl
 
 
 def verdict_theorem4(rows: list[dict]) -> list[dict]:
-    """Renormalised-cosine variant (:func:`tvvar.theory.compression.compression_distortion`): d_s² ≤ Eq. 34 at
+    """Renormalised-cosine variant (:func:`tvvar.theory.space.compression.compression_distortion`): d_s² ≤ Eq. 34 at
     the identity coupling ≤ ε̂² (the second an identity), d_s² decreasing in m (mean over kinds); Eq. 39 as
-    printed (:func:`tvvar.theory.compression.eq39_distortion`, inner products sᵀPᵀPs′): equal to the value from
+    printed (:func:`tvvar.theory.space.compression.eq39_distortion`, inner products sᵀPᵀPs′): equal to the value from
     explicit numpy matrices, and ≤ ε² of Eq. 35 wherever the Johnson–Lindenstrauss bound gives an ε."""
     gw = np.array([r["gw"] if r["gw"] is not None else np.nan for r in rows])
     ident = np.array([r["identity_coupling"] for r in rows])
@@ -291,7 +291,7 @@ def verdict_cpc(r: dict) -> list[dict]:
     en, co = r["chain_enumerated"], r["chain_coarse"]
     out = [check("Eq. 42 closed forms = enumeration (max |diff|)",
                  max(abs(r["chain_closed_small"][k] - en[k]) for k in en), 0.0, "==", 1e-10,
-                 f"tvvar.theory.cpc.markov_chain_terms against the enumeration of (V,)*n, V = {r['V']}, "
+                 f"tvvar.theory.space.cpc.markov_chain_terms against the enumeration of (V,)*n, V = {r['V']}, "
                  f"n = {r['enumeration_n']}"),
            check("Eq. 42: enumerated backward DI of the sufficient encoder S_t = X_t = closed form (|diff|)",
                  abs(r["backward_di_last_token"] - r["chain_closed_small"]["backward_di"]), 0.0, "==", 1e-10,
@@ -368,7 +368,7 @@ def eq34_at_correspondence(G, G2, k) -> float:
 
 def tlb_lower_bound(G, G2) -> float:
     """Mémoli's third lower bound of Eq. 34 for two spaces of n points with uniform measures, in float64
-    numpy, written apart from :func:`tvvar.theory.semantic_space.tlb_cost`: C_ik = W₂² between the n values of
+    numpy, written apart from :func:`tvvar.theory.space.semantic.tlb_cost`: C_ik = W₂² between the n values of
     row G_i and of row G'_k (sorted against sorted), and min_π ⟨C, π⟩ over uniform couplings, which a
     permutation attains (Birkhoff): the assignment problem."""
     from scipy.optimize import linear_sum_assignment
@@ -383,7 +383,7 @@ def tlb_lower_bound(G, G2) -> float:
 
 
 def projection_matrix_numpy(P) -> np.ndarray:
-    """The [m, N] matrix of a :class:`tvvar.theory.compression.Projection`, rebuilt in float64 from its random
+    """The [m, N] matrix of a :class:`tvvar.theory.space.compression.Projection`, rebuilt in float64 from its random
     draws with numpy/scipy (the DCT-II and Hadamard matrices from scipy, not from the library's fwht/dct)."""
     import scipy.fft
     import scipy.linalg
@@ -398,7 +398,7 @@ def projection_matrix_numpy(P) -> np.ndarray:
 
 def eq39_distribution_numpy(points, kind: str, m: int, draws: int, seed: int) -> tuple[float, float]:
     """Mean and standard deviation of Eq. 39 (uniform measure) over ``draws`` projections of ``kind`` drawn
-    with numpy's own RNG from the definitions in :mod:`tvvar.theory.compression` (Gaussian G/√m; Achlioptas
+    with numpy's own RNG from the definitions in :mod:`tvvar.theory.space.compression` (Gaussian G/√m; Achlioptas
     √(3/m)·{±1 w.p. 1/6, 0 w.p. 2/3}; √(N/m) R F D_σ with F the scipy DCT-II or Hadamard/√N): the law a single
     library draw must be a sample of."""
     import scipy.fft
@@ -435,7 +435,7 @@ def gw_step_residual(G, G2, coupling, epsilon: float, iters: int = 5000) -> floa
     """‖T(π) − π‖₁ for one outer step T of entropic GW with square loss, written in numpy apart from the solver:
     T(π) = the Sinkhorn coupling (marginals π1, πᵀ1 rounded to uniform, entropic ε) of the linearised cost
     L(π) = (G∘G)μ 1ᵀ + 1 ((G'∘G')ν)ᵀ − 2 G π G', both spaces in the solver's units (divided by the common scale
-    s = ½(mean|G| + mean|G'|), see :func:`tvvar.theory.semantic_space.gromov_wasserstein`). A converged solve
+    s = ½(mean|G| + mean|G'|), see :func:`tvvar.theory.space.semantic.gromov_wasserstein`). A converged solve
     returns a fixed point of T (up to Sinkhorn's tolerance); one stopped early does not."""
     from scipy.special import logsumexp
 
@@ -547,7 +547,7 @@ def _mean_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 @jax.jit
 def _compressed_nll(h: jax.Array, U: jax.Array, P: jax.Array, xi: jax.Array, targets: jax.Array) -> jax.Array:
-    """:func:`tvvar.theory.compression.compressed_logits` with the projection as its dense matrix P [m, D]
+    """:func:`tvvar.theory.space.compression.compressed_logits` with the projection as its dense matrix P [m, D]
     (the same map: tests/test_compression.py compares every projection with its matrix) and h, U computed
     once per model, so one compile serves every projection of a size."""
     pu = U @ P.T
@@ -601,7 +601,7 @@ def cpc_part(key, c: Config) -> dict:
     the Bayes-optimal critic scored on the same held-out batches for every N (blocks of one score tensor)."""
     from tvvar.data import MarkovSource
     from tvvar.model import ModelConfig, TVVARModel
-    from tvvar.theory import cpc as K
+    from tvvar.theory.space import cpc as K
 
     src = MarkovSource(c.cpc_V, 1, seed=1234 + c.seed)
     exact = [K.markov_horizon_information(src.P, src.pi, k) for k in range(1, c.cpc_K + 1)]

@@ -53,7 +53,7 @@ def import_modules(names) -> None:
 def _objectives() -> tuple[str, ...]:
     """The objectives a token stream can train: those whose function declares no ``batch_keys`` beyond tokens
     (``semantic_rd``, Eq. 18, needs a prompt set and its law: a library objective, see
-    ``tvvar.theory.information.eq18_objective``)."""
+    ``tvvar.theory.information.directed.eq18_objective``)."""
     from tvvar.train import available_objectives, get_objective
 
     return tuple(n for n in available_objectives() if not getattr(get_objective(n), "batch_keys", ()))

@@ -301,7 +301,7 @@ def test_objective_losses_equal_make_objective():
     from flax import nnx
 
     from tvvar.model import ModelConfig, TVVARModel
-    from tvvar.theory import elbo as E
+    from tvvar.theory.transformer import elbo as E
 
     model = TVVARModel(ModelConfig.pure(6, 8, "attention", mixer={"num_heads": 2}), rngs=nnx.Rngs(0))
     tok = jnp.asarray(np.random.default_rng(0).integers(0, 6, (3, 9)), jnp.int32)

@@ -9,7 +9,7 @@ import pytest
 
 from experiments import analyze as X
 from tvvar.pretrained import load_pretrained
-from tvvar.theory.elbo import elbo_terms
+from tvvar.theory.transformer.elbo import elbo_terms
 
 transformers = pytest.importorskip("transformers")
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.filterwarnings("ignore::UserWarning"),

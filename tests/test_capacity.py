@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from tvvar.theory import capacity as C
+from tvvar.theory.information import capacity as C
 
 
 @pytest.mark.parametrize("p", [0.0, 0.11, 0.3])

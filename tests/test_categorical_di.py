@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from tvvar.theory import categorical_di as C
-from tvvar.theory import estimators as E
+from tvvar.theory.estimation import categorical as C
+from tvvar.theory.estimation import classical as E
 
 
 @pytest.fixture(scope="module", params=[(0, 2, 4), (1, 3, 3)], ids=["V2m4", "V3m3"])

@@ -7,8 +7,8 @@ import pytest
 from flax import nnx
 
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.theory import coefficient_recovery as R
-from tvvar.theory.estimators import SingularDesignError
+from tvvar.theory.estimation import recovery as R
+from tvvar.theory.estimation.classical import SingularDesignError
 
 
 def _model(decomposition: str, *, V: int = 16, D: int = 6, layers: int = 1, **mixer) -> TVVARModel:

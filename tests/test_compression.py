@@ -7,7 +7,7 @@ import pytest
 import scipy.fft
 import scipy.linalg
 
-from tvvar.theory.compression import (
+from tvvar.theory.space.compression import (
     KINDS,
     compression_distortion,
     eq39_distortion,
@@ -19,7 +19,7 @@ from tvvar.theory.compression import (
     random_projection,
     random_sphere_points,
 )
-from tvvar.theory.semantic_space import SemanticSpace
+from tvvar.theory.space.semantic import SemanticSpace
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 64])
@@ -244,7 +244,7 @@ def test_compressed_logits_equals_explicit_matrix_float64(kind):
     """⟨Pũ_v/‖Pũ_v‖, Ph⟩/Ξ computed with the explicit [m, D] matrix, values and gradients (1e-10)."""
     from flax import nnx
 
-    from tvvar.theory.compression import compressed_logits
+    from tvvar.theory.space.compression import compressed_logits
 
     with jax.enable_x64(True):
         model = _tiny_model(param_dtype="float64", dtype="float64")
@@ -274,7 +274,7 @@ def test_compressed_logits_equals_explicit_matrix_float64(kind):
 
 
 def test_compressed_logits_bad_input():
-    from tvvar.theory.compression import compressed_logits
+    from tvvar.theory.space.compression import compressed_logits
 
     model = _tiny_model()
     ids = jnp.zeros((1, 3), jnp.int32)

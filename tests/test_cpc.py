@@ -1,11 +1,11 @@
-"""tvvar.theory.cpc: backward directed information and Eq. 42's chain, exact (float64, 1e-10)."""
+"""tvvar.theory.space.cpc: backward directed information and Eq. 42's chain, exact (float64, 1e-10)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from tvvar.theory import cpc
+from tvvar.theory.space import cpc
 
 
 def _stationary_chain(seed: int, V: int = 3):
@@ -128,7 +128,7 @@ def test_infonce_is_the_neural_estimators_bound_and_blocks_are_batches():
     import jax
     import jax.numpy as jnp
 
-    from tvvar.theory.neural_estimators import infonce_bound
+    from tvvar.theory.estimation.neural import infonce_bound
 
     with jax.enable_x64(True):
         S = jax.random.normal(jax.random.key(0), (3, 8, 8), jnp.float64) * 2.0

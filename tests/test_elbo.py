@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.theory import elbo as E
+from tvvar.theory.transformer import elbo as E
 
 F64 = dict(param_dtype="float64", dtype="float64")
 
@@ -373,7 +373,7 @@ def test_elbo_gradients_reach_A_B_and_embeddings(decomposition):
     tokens = _ids(4, 9, 7, 0)[0]
     from tvvar.train import get_objective
 
-    obj = get_objective("elbo")  # registered by name when `import tvvar` imported tvvar.theory.elbo
+    obj = get_objective("elbo")  # registered by name when `import tvvar` imported tvvar.theory.transformer.elbo
     gd, state = nnx.split(m)
     loss_fn = lambda st: obj(nnx.merge(gd, st), {"tokens": tokens}, jax.random.key(0))[0]  # noqa: E731
     g = nnx.to_pure_dict(jax.jit(jax.grad(loss_fn))(state))

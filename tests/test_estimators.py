@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from tvvar.theory import estimators as E
-from tvvar.theory.tvvar_estimation import _simulate
+from tvvar.theory.estimation import classical as E
+from tvvar.theory.estimation.kernel_tvvar import _simulate
 
 A_ISSUE = np.array([[0.5, 0.4], [0.0, 0.6]])  # X_t = .5 X + .4 Y + ε, Y_t = .6 Y + η (channel 0 = X, 1 = Y)
 

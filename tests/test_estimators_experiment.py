@@ -75,7 +75,7 @@ def test_chain_rule_rows_are_identities_and_their_pairs_catch_a_wrong_joint_tabl
     """Issue 29 §2.7: the CMI-matrix and Massey rows hold for ANY joint table (they only check axis bookkeeping);
     each is paired with the same quantity by a second route (log-ratios of the enumerated states, built from the
     process's conditionals), which a wrong table fails."""
-    from tvvar.theory import categorical_di as C
+    from tvvar.theory.estimation import categorical as C
 
     proc = C.random_categorical_tvvar(0, vocab=2, length=3, feedback=0.8)
     lj = C.joint_log_prob(proc)

@@ -11,7 +11,7 @@ from flax import nnx
 
 from experiments import elbo as X_elbo
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.theory import elbo as E
+from tvvar.theory.transformer import elbo as E
 
 F64 = dict(param_dtype="float64", dtype="float64")
 
@@ -176,7 +176,7 @@ def test_certified_terms_are_the_printed_formula():
     """4Λr√(V/M) + 3B√(ln(2/δ)/2M), B = ln V + 2Λr, equals the library's certified bound minus L̂ on the
     sphere (where Jensen's R̂ is exact), and differs from it when the library drops B or V."""
     from tvvar.core import sphere
-    from tvvar.theory import rademacher as rd
+    from tvvar.theory.transformer import rademacher as rd
 
     M, V, Lam, deltas = 500, 8, 8.0, np.array([0.05, 0.2])
     got = X_rad.certified_terms(M, V, Lam, deltas)
@@ -190,7 +190,7 @@ def test_certified_terms_are_the_printed_formula():
 
 
 def test_finite_context_rc_mc_is_within_jensen_of_the_certified_bound():
-    from tvvar.theory import rademacher as rd
+    from tvvar.theory.transformer import rademacher as rd
 
     ids = np.asarray(jax.random.randint(jax.random.key(1), (2000,), 0, 16))
     cert = rd.finite_context_rc(ids, 8, 2.0)
@@ -224,7 +224,7 @@ def test_empirical_violation_check_needs_a_non_bound():
 
 
 def test_confidence_term_is_the_library_one():
-    from tvvar.theory import rademacher as rd
+    from tvvar.theory.transformer import rademacher as rd
 
     got = X_rad._conf(1000, [0.01, 0.05], B=2.0)
     np.testing.assert_allclose(got, [float(rd.confidence_term(1000, d, 2.0)) for d in (0.01, 0.05)], rtol=1e-6)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from statsmodels.tsa.api import VAR
 
-from tvvar.theory import granger as G
-from tvvar.theory.tvvar_estimation import simulate_var
+from tvvar.theory.estimation import granger as G
+from tvvar.theory.estimation.kernel_tvvar import simulate_var
 
 # Channel 2 drives channel 0; nothing drives channel 2 from 0 or 1; 1 → 0 and 0 → 1 at lag 1.
 A3 = np.array([[[0.5, 0.1, 0.3], [0.2, 0.4, 0.0], [0.0, 0.0, 0.3]],
@@ -102,7 +102,7 @@ def _markov_target(rng, n, source=None, stay=0.3, follow=0.0):
 def test_te_lr_statistic_is_the_count_model_log_likelihood_ratio():
     from collections import Counter
 
-    from tvvar.theory.granger import te_likelihood_ratio_test
+    from tvvar.theory.estimation.granger import te_likelihood_ratio_test
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3, 500)
@@ -122,7 +122,7 @@ def test_te_lr_statistic_is_the_count_model_log_likelihood_ratio():
 
 
 def test_te_lr_size_and_power():
-    from tvvar.theory.granger import te_likelihood_ratio_test
+    from tvvar.theory.estimation.granger import te_likelihood_ratio_test
 
     rng = np.random.default_rng(1)
     R, n = 1000, 300
@@ -137,7 +137,7 @@ def test_te_lr_size_and_power():
 
 
 def test_te_lr_bad_input():
-    from tvvar.theory.granger import te_likelihood_ratio_test
+    from tvvar.theory.estimation.granger import te_likelihood_ratio_test
 
     with pytest.raises(ValueError, match="same length"):
         te_likelihood_ratio_test(np.zeros(10, int), np.zeros(9, int))

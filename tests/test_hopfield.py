@@ -1,4 +1,4 @@
-"""Tests for tvvar.theory.hopfield (Section V-E, Definition 14): reference values from the literature,
+"""Tests for tvvar.theory.transformer.hopfield (Section V-E, Definition 14): reference values from the literature,
 plain references for every fast path, tolerances stated next to each assertion."""
 
 from fractions import Fraction
@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from scipy import optimize
 
-from tvvar.theory import hopfield as H
+from tvvar.theory.transformer import hopfield as H
 
 # ----------------------------------------------------------------------------------------------
 # Classical network
@@ -362,7 +362,7 @@ def test_model_uses_hopfield_psi():
     assert isinstance(model.blocks[0].psi, H.HopfieldPsi)
     logits = model(jnp.zeros((2, 5), jnp.int32))
     assert logits.shape == (2, 5, 16) and bool(jnp.all(jnp.isfinite(logits)))
-    # registered by name without importing tvvar.theory.hopfield: `import tvvar` registers the built-ins
+    # registered by name without importing tvvar.theory.transformer.hopfield: `import tvvar` registers the built-ins
     import tvvar.model as tm
 
     assert tm.PSI["hopfield"] is H.HopfieldPsi and "hopfield" in tm.available_psi()

@@ -1,4 +1,4 @@
-"""Directed information, semantic information flow, Theorem 2 and Eq. 18 (tvvar.theory.information).
+"""Directed information, semantic information flow, Theorem 2 and Eq. 18 (tvvar.theory.information.directed).
 
 Exact identities in float64 at 1e-10; the model fast path (one batched forward over all prompts) against a
 plain per-prompt loop for every kind of decomposition; bad input.
@@ -15,7 +15,7 @@ from flax import nnx
 from tvvar import train
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.prompted import PromptedSource
-from tvvar.theory import information as I
+from tvvar.theory.information import directed as I
 
 
 def _source():

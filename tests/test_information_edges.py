@@ -1,4 +1,4 @@
-"""Issue 29 §3.2–3.4: edge cases of tvvar.theory.information defined, bad input refused (each test fails on the
+"""Issue 29 §3.2–3.4: edge cases of tvvar.theory.information.directed defined, bad input refused (each test fails on the
 code before the fix)."""
 
 import math
@@ -11,7 +11,7 @@ from flax import nnx
 
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.prompted import PromptedSource
-from tvvar.theory import information as I
+from tvvar.theory.information import directed as I
 
 
 def _source():

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvvar.theory import estimators as E
-from tvvar.theory import neural_estimators as N
+from tvvar.theory.estimation import classical as E
+from tvvar.theory.estimation import neural as N
 
 RHO_PAIR = 0.4 / math.sqrt(0.52)  # MI 0.18386 nats
 
@@ -257,7 +257,7 @@ def test_directed_information_dv_against_the_exact_categorical_di():
     finite-training gap, which mostly cancels in the difference); held-out 95 % half-width 0.008–0.012.
     Tolerance: |DI − truth| < 0.03 (over twice the largest measured error), the interval finite and ordered,
     the full and reduced sums within 0.05 of theirs.  ~40–70 s on 2 shared cores."""
-    from tvvar.theory import categorical_di as C
+    from tvvar.theory.estimation import categorical as C
 
     proc = C.random_categorical_tvvar(1, vocab=2, length=4, feedback=1.0)
     joint = C.joint_log_prob(proc)

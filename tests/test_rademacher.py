@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvvar.theory import rademacher as rd
+from tvvar.theory.transformer import rademacher as rd
 
 
 def _sphere_np(rng, M, D):

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from tvvar.core import SphereEmbedding
-from tvvar.theory.semantic_space import (
+from tvvar.theory.space.semantic import (
     GWConvergenceError,
     SemanticSpace,
     cosine_similarity,
@@ -348,7 +348,7 @@ def test_experiment_compressed_nll_equals_compressed_logits_float64(kind):
 
     from experiments import semantic_space as X
     from tvvar.model import ModelConfig, TVVARModel
-    from tvvar.theory.compression import compressed_logits, random_projection
+    from tvvar.theory.space.compression import compressed_logits, random_projection
 
     with jax.enable_x64(True):
         cfg = ModelConfig(vocab_size=7, d_model=16, num_layers=1, mixer={"num_heads": 2}, xi=0.5,
@@ -368,7 +368,7 @@ def test_experiment_verdict_cpc_passes_and_each_check_fails_when_perturbed():
     import copy
 
     from experiments import semantic_space as X
-    from tvvar.theory import cpc
+    from tvvar.theory.space import cpc
 
     rng = np.random.default_rng(0)
     P = rng.dirichlet(np.full(3, 0.5), size=3)

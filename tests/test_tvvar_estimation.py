@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from statsmodels.tsa.api import VAR
 
-from tvvar.theory import tvvar_estimation as T
+from tvvar.theory.estimation import kernel_tvvar as T
 
 A2 = np.array([[[0.5, 0.1], [0.0, 0.4]], [[0.1, 0.0], [0.2, -0.2]]])
 

@@ -14,9 +14,9 @@ import tvvar.alignment  # noqa: F401  the latent-alignment source
 import tvvar.decompositions  # noqa: F401  decompositions of A_tj (Theorem 5, Eq. 78)
 import tvvar.diffusion  # noqa: F401  objective llada (Eq. 79)
 import tvvar.prompted  # noqa: F401  the prompted source (Section III)
-import tvvar.theory.elbo  # noqa: F401  objectives soft / marginal / marginal_attention / elbo
-import tvvar.theory.hopfield  # noqa: F401  Ψ layer hopfield (V-E)
-import tvvar.theory.information  # noqa: F401  objective semantic_rd (Eq. 18)
+import tvvar.theory.information.directed  # noqa: F401  objective semantic_rd (Eq. 18)
+import tvvar.theory.transformer.elbo  # noqa: F401  objectives soft / marginal / marginal_attention / elbo
+import tvvar.theory.transformer.hopfield  # noqa: F401  Ψ layer hopfield (V-E)
 from tvvar.core import Mixer, argsoftmax, available, build, mix_dense, register
 
 __version__ = "0.1.0"

@@ -50,7 +50,8 @@ __all__ = ["ModelConfig", "TVVARModel", "Block", "FFN", "GeluMLP", "SwiGLU", "RM
            "PlainEmbedding", "PSI", "NORMS", "register_psi", "available_psi", "register_norm", "available_norms"]
 
 #: Ψ layers by name (:mod:`tvvar.registry`): ``cls(d_model, *, rngs, dtype, **options)``; those defined outside
-#: this module (``"hopfield"``, tvvar.theory.hopfield) register themselves when ``import tvvar`` imports them
+#: this module (``"hopfield"``, tvvar.theory.transformer.hopfield) register themselves when ``import tvvar``
+#: imports them
 PSI: Registry[Callable[..., nnx.Module]] = Registry("Ψ layer", "tvvar-psi")
 
 

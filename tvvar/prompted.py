@@ -18,11 +18,11 @@ Exact quantities (index convention of DESIGN.md: continuation arrays are 0-based
 paper's U_{n+1+t}):
 
     P(U_t = v | U_{<t}, s_k)      :meth:`log_conditionals`  [B, K, T, V] (log; −inf where impossible)
-    P(s_k | U_{<t})               :func:`tvvar.theory.information.prompt_posterior` (Bayes over the set)
-    P(U_t = v | U_{<t})           :func:`tvvar.theory.information.marginal_log_conditionals`
+    P(s_k | U_{<t})               :func:`tvvar.theory.information.directed.prompt_posterior` (Bayes over the set)
+    P(U_t = v | U_{<t})           :func:`tvvar.theory.information.directed.marginal_log_conditionals`
                                   = Σ_k P(s_k | U_{<t}) P(U_t = v | U_{<t}, s_k)
 
-and the true directed information I(S → U^ħ) by enumeration (:func:`tvvar.theory.information.
+and the true directed information I(S → U^ħ) by enumeration (:func:`tvvar.theory.information.directed.
 directed_information`) or by Monte-Carlo with exact per-sample densities.
 
 :meth:`batch` (pure JAX) returns ``"tokens"`` int32 [B, seq_len + 1] = [prompt ‖ continuation] with

@@ -86,8 +86,9 @@ class CheckpointError(RuntimeError):
 
 Objective = Callable[[nnx.Module, dict, PRNGKey], tuple[Array, dict]]
 #: training objectives by name (:mod:`tvvar.registry`). ``"cross_entropy"`` is defined here; ``"soft"``,
-#: ``"marginal"``, ``"marginal_attention"``, ``"elbo"`` (tvvar.theory.elbo), ``"llada"`` (tvvar.diffusion) and
-#: ``"semantic_rd"`` (tvvar.theory.information) register themselves when ``import tvvar`` imports their modules.
+#: ``"marginal"``, ``"marginal_attention"``, ``"elbo"`` (tvvar.theory.transformer.elbo), ``"llada"``
+#: (tvvar.diffusion) and ``"semantic_rd"`` (tvvar.theory.information.directed) register themselves when
+#: ``import tvvar`` imports their modules.
 OBJECTIVES: Registry[Objective] = Registry("objective", "tvvar-objectives")
 
 

@@ -1,12 +1,12 @@
 """A tvvar model as the DV critic of token streams (issue 14, item 2) vs plain language-model training.
 
-* ``DV critic step``: :func:`tvvar.theory.neural_estimators.make_token_dv_step` — the jitted forward, backward,
+* ``DV critic step``: :func:`tvvar.theory.estimation.neural.make_token_dv_step` — the jitted forward, backward,
   Adam update and moving-average update of the full-past critic (ids [x_0, y_0, …, x_{m−1}], scores of the V_y
   candidates at the m rows of x_t, the exact off-diagonal marginal expectation with clipped exponent) — against
   a cross-entropy training step of the same model (same config, same Adam) on the same batch: next-token loss of
   the same 2m − 1 input ids against ids shifted by one, full-vocabulary log-softmax at every row.  Batch 1024.
   Target ≤ 1.2.
-* ``DI step``: both critics of :func:`tvvar.theory.neural_estimators.directed_information_dv` (full and reduced,
+* ``DI step``: both critics of :func:`tvvar.theory.estimation.neural.directed_information_dv` (full and reduced,
   the reduced one on m tokens), one step each, against the same cross-entropy step; reported only (two models
   are trained, so the natural cost is up to about 1.5×).
 """
@@ -24,7 +24,7 @@ from flax import nnx
 
 from experiments.benchmarks.timing import compare
 from tvvar.model import TVVARModel
-from tvvar.theory import neural_estimators as N
+from tvvar.theory.estimation import neural as N
 
 
 def _setup(cfg, tx, seed: int):

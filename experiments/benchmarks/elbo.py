@@ -1,7 +1,7 @@
 """Theorem 6 bookkeeping cost: exact ELBO + log P + posterior gap vs the plain forward pass, T = 256.
 
 Baseline: the soft-attention forward pass and its next-token log-likelihood (what ``cross_entropy``
-computes). Contender: :func:`tvvar.theory.elbo.elbo_terms` — the same soft log-likelihood plus the exact
+computes). Contender: :func:`tvvar.theory.transformer.elbo.elbo_terms` — the same soft log-likelihood plus the exact
 marginal log P(U), ELBO(Q = π), KL(Q ‖ prior) and KL(Q ‖ posterior) of every row, exact over every
 (head, position) latent (for this row-independent model by the closed forms of ``closed_form_terms``).
 Model: the pure multi-head attention TV-VAR of Eq. 44 (the object of Theorem 6).
@@ -17,7 +17,7 @@ from flax import nnx
 
 from experiments.benchmarks.timing import compare
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.theory import elbo as E
+from tvvar.theory.transformer import elbo as E
 from tvvar.train import get_objective
 
 

@@ -5,10 +5,10 @@ Both contenders need the model's conditionals under every prompt of the set, i.e
 those K·B passes:
 
 - ``information density``: log-softmax of the K·B forwards (baseline) vs
-  :func:`tvvar.theory.information.information_density` of the same sequences (contender: the same forwards, the
+  :func:`tvvar.theory.information.directed.information_density` of the same sequences (contender: the same forwards, the
   Bayes prompt-free marginal and the per-token density). Target ≤ 1.5.
 - ``Eq. 18 step``: the gradient of the mean cross-entropy over the K·B sequences (baseline) vs the gradient of
-  :func:`tvvar.theory.information.eq18_loss` at K = 16 (contender: exact I(S; U_t | U_{<t}) over the prompt set
+  :func:`tvvar.theory.information.directed.eq18_loss` at K = 16 (contender: exact I(S; U_t | U_{<t}) over the prompt set
   plus λ · cross-entropy). Target ≤ 1.5. A cross-entropy step over the B paths alone is K times cheaper; Eq. 18
   cannot be computed from fewer than K·B forwards, so that comparison would measure K, not the bookkeeping.
 """
@@ -21,7 +21,7 @@ from flax import nnx
 
 from experiments.benchmarks.timing import compare
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.theory import information as I
+from tvvar.theory.information import directed as I
 
 
 def run(quick: bool) -> list[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 
 from experiments.benchmarks.timing import compare
-from tvvar.theory import rademacher as rd
+from tvvar.theory.transformer import rademacher as rd
 
 
 def run(quick: bool) -> list[dict]:

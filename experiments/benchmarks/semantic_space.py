@@ -16,8 +16,8 @@ import jax
 import numpy as np
 
 from experiments.benchmarks.timing import compare
-from tvvar.theory import compression as C
-from tvvar.theory.semantic_space import SemanticSpace, gromov_wasserstein
+from tvvar.theory.space import compression as C
+from tvvar.theory.space.semantic import SemanticSpace, gromov_wasserstein
 
 
 def _projection_entries(quick: bool) -> list[dict]:

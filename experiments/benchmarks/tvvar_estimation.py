@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from experiments.benchmarks.timing import compare
-from tvvar.theory import tvvar_estimation as T
+from tvvar.theory.estimation import kernel_tvvar as T
 
 TARGET_S = 10.0
 

@@ -5,7 +5,8 @@ base 2 where nats are meant, an off-by-one in a mask or a lag, a missing ½ or �
 iteration stopped early, a float32 accumulation where the identity needs float64, a sign flipped in one term —
 applied as a patch for the duration of one run of an experiment. It is written as
 
-    Mutant("rpre_bracket", "tvvar.theory.capacity:one_step_rpre", mutate, "multiplier bracketed in [-60, 60]")
+    Mutant("rpre_bracket", "tvvar.theory.information.capacity:one_step_rpre", mutate,
+           "multiplier bracketed in [-60, 60]")
 
 where ``mutate(original) -> replacement`` builds the buggy function (a re-implementation with the one bug, or
 a wrapper around the original when the bug is a missing factor or a swapped argument). The target names the

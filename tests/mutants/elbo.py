@@ -1,4 +1,4 @@
-"""Mutants of the Theorems 6–7 experiment: one realistic bug each in tvvar.theory.elbo (the exact log P by
+"""Mutants of the Theorems 6–7 experiment: one realistic bug each in tvvar.theory.transformer.elbo (the exact log P by
 a blocked prefix sum, the prior over (head, position), Q = π, the closed-form ELBO terms) or in the
 objectives the models are trained with."""
 
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from experiments.elbo import Config
 from mutants import Mutant
 
-EL = "tvvar.theory.elbo"
+EL = "tvvar.theory.transformer.elbo"
 
 
 def tiny() -> Config:

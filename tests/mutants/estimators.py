@@ -69,7 +69,7 @@ def _restriction_rows_no_intercept(orig):
 
 
 def _plugin_te_source_present(orig):
-    from tvvar.theory import estimators as E
+    from tvvar.theory.estimation import classical as E
 
     def plugin_transfer_entropy(source, target, k=1, ell=1):
         y = E.check_stream(source, "source", discrete=True)
@@ -158,36 +158,38 @@ def _stderr_variance(orig):
 
 
 MUTANTS = (
-    Mutant("logdet_without_2", "tvvar.theory.estimators:_logdet", _logdet_half,
+    Mutant("logdet_without_2", "tvvar.theory.estimation.classical:_logdet", _logdet_half,
            "ln det S as Σ ln diag(chol S), the factor 2 of ln det L Lᵀ forgotten", size="gaussian"),
-    Mutant("te_source_present", "tvvar.theory.estimators:_te_blocks", _te_blocks_source_present,
+    Mutant("te_source_present", "tvvar.theory.estimation.classical:_te_blocks", _te_blocks_source_present,
            "source block holds y_t … y_{t−ℓ+1} (lag off by one: the present where the past is meant)",
            size="gaussian+dv_te"),
-    Mutant("plugin_entropy_bits", "tvvar.theory.estimators:_code_entropy", _code_entropy_bits,
+    Mutant("plugin_entropy_bits", "tvvar.theory.estimation.classical:_code_entropy", _code_entropy_bits,
            "plug-in entropy with log2 (bits) where nats are meant", size="te_lr"),
-    Mutant("plugin_te_source_present", "tvvar.theory.estimators:plugin_transfer_entropy", _plugin_te_source_present,
+    Mutant("plugin_te_source_present", "tvvar.theory.estimation.classical:plugin_transfer_entropy",
+           _plugin_te_source_present,
            "plug-in TE's source block holds s_t … s_{t−ℓ+1} (lag off by one: the present where the past is meant)",
            size="te_lr"),
-    Mutant("var_simulated_transposed", "tvvar.theory.tvvar_estimation:_simulate", _simulate_transposed,
+    Mutant("var_simulated_transposed", "tvvar.theory.estimation.kernel_tvvar:_simulate", _simulate_transposed,
            "VAR replicates simulated as y_t = Aᵀ y_{t−1} + ε (coefficient matrix transposed)", size="granger"),
-    Mutant("granger_rows_no_intercept", "tvvar.theory.granger:restriction_rows", _restriction_rows_no_intercept,
+    Mutant("granger_rows_no_intercept", "tvvar.theory.estimation.granger:restriction_rows",
+           _restriction_rows_no_intercept,
            "restricted regressor rows ℓk + j, the intercept's row offset forgotten", size="granger"),
-    Mutant("dv_log_sum_not_mean", "tvvar.theory.neural_estimators:dv_bound", _dv_sum_not_mean,
+    Mutant("dv_log_sum_not_mean", "tvvar.theory.estimation.neural:dv_bound", _dv_sum_not_mean,
            "DV's ln E_Q[e^T] as ln Σ e^T (the 1/(K(K−1)) normaliser dropped)", size="categorical_bounds"),
-    Mutant("infonce_without_log_k", "tvvar.theory.neural_estimators:infonce_bound", _infonce_without_log_k,
+    Mutant("infonce_without_log_k", "tvvar.theory.estimation.neural:infonce_bound", _infonce_without_log_k,
            "InfoNCE without the + ln K", size="staircase"),
-    Mutant("categorical_entropy_bits", "tvvar.theory.categorical_di:entropy", _entropy_bits,
+    Mutant("categorical_entropy_bits", "tvvar.theory.estimation.categorical:entropy", _entropy_bits,
            "exact entropies in bits where nats are meant", size="categorical+bounds"),
-    Mutant("cv_without_leave_one_out", "tvvar.theory.tvvar_estimation:_weights", _weights_no_loo,
+    Mutant("cv_without_leave_one_out", "tvvar.theory.estimation.kernel_tvvar:_weights", _weights_no_loo,
            "kernel CV weights keep the diagonal: leave-one-out not applied", size="haslbeck"),
-    Mutant("recovery_float32", "tvvar.theory.coefficient_recovery:_solve", _solve_float32,
+    Mutant("recovery_float32", "tvvar.theory.estimation.recovery:_solve", _solve_float32,
            "coefficient-recovery normal equations accumulated in float32", size="recovery"),
-    Mutant("token_critic_sees_y_t", "tvvar.theory.neural_estimators:TokenCritic.ids", _token_ids_shifted,
+    Mutant("token_critic_sees_y_t", "tvvar.theory.estimation.neural:TokenCritic.ids", _token_ids_shifted,
            "full critic's layout drops x_0 instead of y_{m−1}, so the row that scores y_t has read y_t",
            size="di_tvvar_critic"),
-    Mutant("trajectories_first_sequence", "tvvar.theory.coefficient_recovery:mixer_trajectories",
+    Mutant("trajectories_first_sequence", "tvvar.theory.estimation.recovery:mixer_trajectories",
            _trajectories_first_sequence, "materialised A_tj of the first sequence broadcast to the whole batch",
            size="recovery"),
-    Mutant("recovery_stderr_is_variance", "tvvar.theory.coefficient_recovery:fit_tvvar_coefficients",
+    Mutant("recovery_stderr_is_variance", "tvvar.theory.estimation.recovery:fit_tvvar_coefficients",
            _stderr_variance, "standard errors without the square root (variances)", size="recovery"),
 )

@@ -1,6 +1,6 @@
 """Mutants of the Hopfield capacity experiment (Section V-E): one realistic bug each in
-tvvar.theory.hopfield (classical network, Gardner α_c(κ), Cover's count, AdaTron, dense memory) or
-tvvar.theory.hopfield_modern (the modern update, separation, the retrieval sweep)."""
+tvvar.theory.transformer.hopfield (classical network, Gardner α_c(κ), Cover's count, AdaTron, dense memory) or
+tvvar.theory.transformer.hopfield_modern (the modern update, separation, the retrieval sweep)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from scipy import stats
 from experiments.hopfield_capacity import SECTIONS, Config
 from mutants import Mutant
 
-HOP = "tvvar.theory.hopfield"
-MOD = "tvvar.theory.hopfield_modern"
+HOP = "tvvar.theory.transformer.hopfield"
+MOD = "tvvar.theory.transformer.hopfield_modern"
 
 
 def tiny() -> Config:
@@ -124,7 +124,7 @@ def _separation_with_self(original):
 
 
 def _noise_not_normalised(original):
-    from tvvar.theory.hopfield_modern import _update, sphere_patterns
+    from tvvar.theory.transformer.hopfield_modern import _update, sphere_patterns
 
     def retrieval_sweep(key, d, Ns, beta, *, trials, noise, K=1.0, tol=0.1):
         # the query noise is a Gaussian vector (|ẑ| ≈ √d), not a unit vector: the noise grows with d

@@ -100,6 +100,6 @@ MUTANTS = (
 NOT_RUN = (
     Mutant("conditional_emission_transposed", "tvvar.alignment:LatentAlignmentSource._conditional",
            _conditional_emission_transposed, "P(x_{i+1} = v | x_≤i) mixes columns of E instead of rows"),
-    Mutant("attention_prior_dropped", "tvvar.theory.elbo:closed_form_terms", _attention_prior_dropped,
+    Mutant("attention_prior_dropped", "tvvar.theory.transformer.elbo:closed_form_terms", _attention_prior_dropped,
            "closed-form terms ignore the prior argument: the attention prior is read as uniform"),
 )

@@ -1,4 +1,4 @@
-"""Mutants of the Theorem 8 experiment: one realistic bug each in tvvar.theory.rademacher (the loss, the
+"""Mutants of the Theorem 8 experiment: one realistic bug each in tvvar.theory.transformer.rademacher (the loss, the
 paper's Eq. 72 terms, the rigorous bound, the empirical Rademacher complexities, the ERM fit, the exact law
 of the TV-VAR source at one position)."""
 
@@ -13,7 +13,7 @@ import numpy as np
 from experiments.rademacher import Config
 from mutants import Mutant
 
-RD = "tvvar.theory.rademacher"
+RD = "tvvar.theory.transformer.rademacher"
 
 
 def tiny() -> Config:
@@ -56,7 +56,7 @@ def _jensen_no_V(original):
 
 
 def _rigorous_unit_range(original):
-    from tvvar.theory.rademacher import RIGOROUS_RC_FACTOR, Bound, confidence_term
+    from tvvar.theory.transformer.rademacher import RIGOROUS_RC_FACTOR, Bound, confidence_term
 
     def rigorous_bound(empirical, vector_rc, M, delta, B):  # confidence term for a loss in [0, 1]: B dropped
         comp = RIGOROUS_RC_FACTOR * jnp.asarray(vector_rc)
@@ -100,7 +100,7 @@ def _finite_rc_counts(original):
 
 def _law_lag(original):
     from tvvar.core import log_softmax32
-    from tvvar.theory.rademacher import enumerate_contexts
+    from tvvar.theory.transformer.rademacher import enumerate_contexts
 
     def position_law(logits_KxLxV, t):  # log P(κ) reads rows 1..t instead of 0..t−1 (off-by-one lag)
         K, L, V = logits_KxLxV.shape

@@ -1,5 +1,6 @@
-"""Mutants of the code experiments.semantic_information verifies: tvvar/theory/information.py (flow, Doob parts,
-the Bayes marginal, KL, the model's conditionals) and tvvar/theory/capacity.py (Blahut–Arimoto, R_pre, R_post)."""
+"""Mutants of the code experiments.semantic_information verifies: tvvar/theory/information/directed.py (flow,
+Doob parts, the Bayes marginal, KL, the model's conditionals) and tvvar/theory/information/capacity.py
+(Blahut–Arimoto, R_pre, R_post)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ SIZES = {
 }
 
 
-# ---- tvvar.theory.information ----------------------------------------------------------------------
+# ---- tvvar.theory.information.directed ----------------------------------------------------------------------
 
 
 def _kl_in_bits(original):
@@ -46,7 +47,7 @@ def _kl_in_bits(original):
 
 
 def _posterior_one_token_late(original):
-    from tvvar.theory import information as I
+    from tvvar.theory.information import directed as I
 
     def marginal_log_conditionals(log_cond, log_prior, u):
         post = I.prompt_posterior(log_cond, log_prior, u)[:, :, 1:]          # P(s | u_≤t) instead of P(s | u_<t)
@@ -56,7 +57,7 @@ def _posterior_one_token_late(original):
 
 
 def _exclusive_flow(original):
-    from tvvar.theory import information as I
+    from tvvar.theory.information import directed as I
 
     def flow(log_cond, log_prior, u, k, log_marginal=None):
         d = I.information_density(log_cond, log_prior, u, k, log_marginal)
@@ -84,7 +85,7 @@ def _continuation_before_prompt(original):
     return all_prompt_ids
 
 
-# ---- tvvar.theory.capacity -------------------------------------------------------------------------
+# ---- tvvar.theory.information.capacity -------------------------------------------------------------------------
 
 
 def _ba_five_iterations(original):
@@ -140,25 +141,26 @@ def _capacity_kl_in_bits(original):
 
 
 MUTANTS = (
-    Mutant("kl_in_bits", "tvvar.theory.information:_kl_rows", _kl_in_bits,
+    Mutant("kl_in_bits", "tvvar.theory.information.directed:_kl_rows", _kl_in_bits,
            "KL rows in bits (log2) where the information functions mean nats", size="exact"),
-    Mutant("posterior_one_token_late", "tvvar.theory.information:marginal_log_conditionals",
+    Mutant("posterior_one_token_late", "tvvar.theory.information.directed:marginal_log_conditionals",
            _posterior_one_token_late, "Bayes marginal at step t uses P(s | u_≤t) (off by one: it has seen u_t)",
            size="flow"),
-    Mutant("flow_exclusive_cumsum", "tvvar.theory.information:flow", _exclusive_flow,
+    Mutant("flow_exclusive_cumsum", "tvvar.theory.information.directed:flow", _exclusive_flow,
            "information flow i_t summed over τ < t (exclusive cumsum, off by one)", size="ce"),
-    Mutant("doob_A_lagged", "tvvar.theory.information:doob", _predictable_part_lagged,
+    Mutant("doob_A_lagged", "tvvar.theory.information.directed:doob", _predictable_part_lagged,
            "Doob's predictable part A_t summed up to t − 1 (off by one), so M = i − A is not centred", size="ce"),
-    Mutant("continuation_before_prompt", "tvvar.theory.information:_all_prompt_ids", _continuation_before_prompt,
+    Mutant("continuation_before_prompt", "tvvar.theory.information.directed:_all_prompt_ids",
+           _continuation_before_prompt,
            "model input built as [u ‖ s] instead of [s ‖ u] for the per-prompt conditionals", size="ce"),
-    Mutant("ba_5_iterations", "tvvar.theory.capacity:_ba_lagrangian", _ba_five_iterations,
+    Mutant("ba_5_iterations", "tvvar.theory.information.capacity:_ba_lagrangian", _ba_five_iterations,
            "Blahut–Arimoto stopped after 5 iterations", size="ce"),
-    Mutant("rpre_bracket_60", "tvvar.theory.capacity:_q_given_r", _multiplier_bracket_60,
+    Mutant("rpre_bracket_60", "tvvar.theory.information.capacity:_q_given_r", _multiplier_bracket_60,
            "one-step R_pre multiplier bisected in a fixed [−60, 60] (rows rescaled silently at β ≳ 60)", size="exact"),
-    Mutant("rpre_slope_inverted", "tvvar.theory.capacity:rate_distortion_one_step", _slope_inverted,
+    Mutant("rpre_slope_inverted", "tvvar.theory.information.capacity:rate_distortion_one_step", _slope_inverted,
            "R_pre point computed at β = 1/λ (slope −1/β, as the old docstring said)", size="eq18"),
-    Mutant("rate_reward_r_frozen", "tvvar.theory.capacity:_rate_reward_beta", _rate_reward_marginal_frozen,
+    Mutant("rate_reward_r_frozen", "tvvar.theory.information.capacity:_rate_reward_beta", _rate_reward_marginal_frozen,
            "R_post channel Q ∝ e^{βw} without the output marginal r (alternating step skipped)", size="exact"),
-    Mutant("capacity_kl_in_bits", "tvvar.theory.capacity:_kl_rows", _capacity_kl_in_bits,
+    Mutant("capacity_kl_in_bits", "tvvar.theory.information.capacity:_kl_rows", _capacity_kl_in_bits,
            "capacity's KL rows in bits (log2) where Blahut–Arimoto and the rates mean nats", size="ce"),
 )

@@ -125,7 +125,7 @@ def _tlb_unsorted(original):
 
 
 def _backward_di_future_from_t(original):
-    from tvvar.theory import cpc as K
+    from tvvar.theory.space import cpc as K
 
     def backward_directed_information(joint, encoder=None):
         p = K._check_joint(joint)
@@ -188,31 +188,31 @@ def _scores_lag_short(original):
 
 
 MUTANTS = (
-    Mutant("fwht_stage_skipped", "tvvar.theory.compression:fwht", _fwht_stage_skipped,
+    Mutant("fwht_stage_skipped", "tvvar.theory.space.compression:fwht", _fwht_stage_skipped,
            "fast Walsh–Hadamard transform stops one butterfly stage early (log₂N − 1 stages)", size="jl+theorem4"),
-    Mutant("dct_wrong_axis", "tvvar.theory.compression:Projection.__call__", _dct_wrong_axis,
+    Mutant("dct_wrong_axis", "tvvar.theory.space.compression:Projection.__call__", _dct_wrong_axis,
            "sub-DCT projection takes the DCT over the points (axis 0) instead of the coordinates", size="jl"),
-    Mutant("sparse_thirds", "tvvar.theory.compression:random_projection", _sparse_thirds,
+    Mutant("sparse_thirds", "tvvar.theory.space.compression:random_projection", _sparse_thirds,
            "Achlioptas projection draws ±1 with probability 1/3 each (not 1/6) but keeps the √(3/m) scale",
            size="theorem4"),
-    Mutant("jl_dimension_log2", "tvvar.theory.compression:jl_dimension", _jl_dimension_log2,
+    Mutant("jl_dimension_log2", "tvvar.theory.space.compression:jl_dimension", _jl_dimension_log2,
            "Dasgupta–Gupta dimension with log₂ M where ln M is meant", size="jl"),
-    Mutant("gw_objective_cross_term", "tvvar.theory.semantic_space:gw_objective", _gw_objective_no_two,
+    Mutant("gw_objective_cross_term", "tvvar.theory.space.semantic:gw_objective", _gw_objective_no_two,
            "closed form of Eq. 34 drops the factor 2 of the cross term −2⟨π, GπG'⟩", size="gw+theorem4+synthetic"),
-    Mutant("gw_three_iterations", "tvvar.theory.semantic_space:_solve", _solve_three_iterations,
+    Mutant("gw_three_iterations", "tvvar.theory.space.semantic:_solve", _solve_three_iterations,
            "entropic GW's outer loop stopped after 3 iterations (and still reported converged)", size="gw"),
-    Mutant("tlb_unsorted", "tvvar.theory.semantic_space:tlb_cost", _tlb_unsorted,
+    Mutant("tlb_unsorted", "tvvar.theory.space.semantic:tlb_cost", _tlb_unsorted,
            "TLB start compares rows entry by entry instead of their sorted laws (quantiles)",
            size="gw+theorem4+synthetic"),
-    Mutant("backward_di_future_from_t", "tvvar.theory.cpc:backward_directed_information",
+    Mutant("backward_di_future_from_t", "tvvar.theory.space.cpc:backward_directed_information",
            _backward_di_future_from_t, "backward DI's future window X_{t:n} instead of X_{t+1:n} (off by one)",
            size="cpc"),
-    Mutant("horizon_off_by_one", "tvvar.theory.cpc:markov_horizon_information", _horizon_off_by_one,
+    Mutant("horizon_off_by_one", "tvvar.theory.space.cpc:markov_horizon_information", _horizon_off_by_one,
            "I_k computed from P^(k+1) (off-by-one horizon)", size="cpc"),
-    Mutant("infonce_log2", "tvvar.theory.cpc:infonce", _infonce_log2, "InfoNCE's ceiling log₂ N where ln N is meant",
-           size="cpc"),
-    Mutant("bayes_one_step", "tvvar.theory.cpc:bayes_scores", _bayes_one_step,
+    Mutant("infonce_log2", "tvvar.theory.space.cpc:infonce", _infonce_log2,
+           "InfoNCE's ceiling log₂ N where ln N is meant", size="cpc"),
+    Mutant("bayes_one_step", "tvvar.theory.space.cpc:bayes_scores", _bayes_one_step,
            "Bayes-optimal critic uses the one-step ratio ln P − ln π at every horizon k (P, not P^k)", size="cpc"),
-    Mutant("cpc_lag_short", "tvvar.theory.cpc:CPC.scores", _scores_lag_short,
+    Mutant("cpc_lag_short", "tvvar.theory.space.cpc:CPC.scores", _scores_lag_short,
            "CPC's k-step critic scores c_t against x_{t+k−1} (off-by-one lag)", size="cpc"),
 )

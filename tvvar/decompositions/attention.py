@@ -192,7 +192,7 @@ class SoftmaxBilinearAttention(Mixer):
         """Σ_{j∈S(i)} π^h[i, j] A_h u_j for a given association π [B, H, T, T]: [B, H, T, D_out].
 
         The mixer is the sum over heads, ``self(u) == head_outputs(self.pi(u), u).sum(1)`` (Theorem 5);
-        the heads apart are what the latent-position model of Theorem 6 needs (tvvar.theory.elbo).
+        the heads apart are what the latent-position model of Theorem 6 needs (tvvar.theory.transformer.elbo).
         Laid out like π (head before row) so the product with π is a plain batched matmul. This
         generic version applies A_h to every u_j; subclasses with low-rank A_h override it.
         """

@@ -1,7 +1,7 @@
 """Linear Granger causality tests for vector autoregressions (Bai, arXiv:2511.01202, Section V-F; Granger
 1969, Lütkepohl 2005 §3.6.1), with the same conventions as statsmodels ``VARResults.test_causality``.
 
-Fit the VAR(p) with an intercept by OLS (:func:`tvvar.theory.tvvar_estimation.fit_var`): θ̂ ``[d, k]``,
+Fit the VAR(p) with an intercept by OLS (:func:`tvvar.theory.estimation.kernel_tvvar.fit_var`): θ̂ ``[d, k]``,
 d = 1 + kp, Σ̂_u = ε̂ᵀε̂/(m − d), Cov vec(θ̂ᵀ) = (ZᵀZ)⁻¹ ⊗ Σ̂_u.  H0: the causing channels' coefficients in the
 caused equations are zero at every lag, N = |causing| · |caused| · p restrictions Cβ = 0.  Then
 
@@ -24,8 +24,8 @@ import numpy as np
 import scipy.stats
 from jax.scipy.special import betainc, gammaincc
 
-from tvvar.theory.estimators import _check_index_set
-from tvvar.theory.tvvar_estimation import _fit_var, _simulate, check_var_input, fit_var, var_design
+from tvvar.theory.estimation.classical import _check_index_set
+from tvvar.theory.estimation.kernel_tvvar import _fit_var, _simulate, check_var_input, fit_var, var_design
 from tvvar.typing import Array, PRNGKey
 
 __all__ = [
@@ -242,7 +242,12 @@ def te_likelihood_ratio_test(source, target, k: int = 1, ell: int = 1, *, source
     the two maximum-likelihood (count) fits is exactly n_eff · TE_plugin, so G = 2 n_eff TE_plugin and under H0
     G ~ χ²((V_s^ℓ − 1)(V_t − 1) V_t^k) asymptotically (Wilks; the degrees of freedom count the free conditional
     probabilities added by the source).  Alphabet sizes default to max symbol + 1."""
-    from tvvar.theory.estimators import check_history, check_same_length, check_stream, plugin_transfer_entropy
+    from tvvar.theory.estimation.classical import (
+        check_history,
+        check_same_length,
+        check_stream,
+        plugin_transfer_entropy,
+    )
 
     s = check_stream(source, "source", discrete=True)
     t = check_stream(target, "target", discrete=True)

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from tvvar.theory.estimators import SingularDesignError, check_history, check_stream
+from tvvar.theory.estimation.classical import SingularDesignError, check_history, check_stream
 from tvvar.typing import Array, PRNGKey
 
 __all__ = [
@@ -404,7 +404,7 @@ def simulate_var(key: PRNGKey, coefs, n: int, *, intercept=None, noise_cov=None,
 
     ``coefs`` is ``[p, k, k]`` (constant coefficients, A_l = coefs[l−1]) or ``[n, p, k, k]`` (time-varying);
     ``intercept`` ``[k]`` or ``[n, k]``.  Pure JAX once validated: ``jax.vmap(_simulate)`` over keys gives
-    replicates (see :mod:`tvvar.theory.granger`).
+    replicates (see :mod:`tvvar.theory.estimation.granger`).
     """
     A = np.asarray(coefs, dtype=float)
     if A.ndim == 3:

@@ -8,7 +8,7 @@ with α the identity for binary patterns (the classical load p/n) and a logarith
 sphere (modern Hopfield networks store exponentially many: C_G = log N_P / n).
 
 This module holds the binary networks; the modern continuous network, its attention form and the
-Hopfield Ψ layer live in :mod:`tvvar.theory.hopfield_modern` and are re-exported here.
+Hopfield Ψ layer live in :mod:`tvvar.theory.transformer.hopfield_modern` and are re-exported here.
 
 * Classical network (Hopfield 1982; Amit, Gutfreund, Sompolinsky 1985): Hebbian couplings
   W = (1/n) Σ_μ ξ^μ ξ^μᵀ with W_ii = 0, energy E = −½ sᵀWs, overlap m = ξ·s/n, synchronous and
@@ -772,7 +772,7 @@ def dense_sweep(key: PRNGKey, n: int, loads, trials: int, kind: str = "poly", k:
 
 
 # The modern continuous network, its attention form and the Hopfield Ψ layer (registered as "hopfield").
-from tvvar.theory.hopfield_modern import *  # noqa: E402,F401,F403
-from tvvar.theory.hopfield_modern import __all__ as _modern_all  # noqa: E402
+from tvvar.theory.transformer.hopfield_modern import *  # noqa: E402,F401,F403
+from tvvar.theory.transformer.hopfield_modern import __all__ as _modern_all  # noqa: E402
 
 __all__ += list(_modern_all)

@@ -9,7 +9,7 @@ squares at every position i:
     (Â[i, i], Â[i, i−1], …, Â[i, i−L]) = argmin Σ_b ‖h_{b,i} − Σ_{l=0..L} Â[i, i−l] u_{b,i−l}‖²
 
 with lags l ≤ min(i, L).  This is the econometric TV-VAR estimator of Section V-G in its unrestricted form:
-no smoothness in i is assumed (the kernel estimator of :mod:`tvvar.theory.tvvar_estimation` adds it), the
+no smoothness in i is assumed (the kernel estimator of :mod:`tvvar.theory.estimation.kernel_tvvar` adds it), the
 sample is the batch.  Two regimes:
 
 * **A linear SSM without gating** (``ssm_lti``, or ``ssm``/``ssm_diagonal`` with ``selective=False``): A[i, j]
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvvar.theory.estimators import SingularDesignError
+from tvvar.theory.estimation.classical import SingularDesignError
 from tvvar.typing import Array
 
 __all__ = ["CoefficientFit", "fit_tvvar_coefficients", "mixer_trajectories", "recovery_summary"]
@@ -102,7 +102,7 @@ def fit_tvvar_coefficients(u, h, *, max_lag: int | None = None, intercept: bool 
     ``max_lag`` L (default T − 1: every j ≤ i) bounds i − j; ``intercept`` adds a free c_i per position.
     Needs B > (L + 1)·D (+1) samples — more samples than regressors — and regressors in general position:
     if the trajectories span fewer than (L + 1)·D directions (e.g. V < D tokens on the sphere, or a
-    constant coordinate), :class:`~tvvar.theory.estimators.SingularDesignError` names the position.
+    constant coordinate), :class:`~tvvar.theory.estimation.classical.SingularDesignError` names the position.
     Computed in the input's float dtype (use float64 for the exact recovery of a linear SSM).
     """
     u, h = _check_trajectories(u, h)

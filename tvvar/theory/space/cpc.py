@@ -94,7 +94,7 @@ def _labels(values: list) -> np.ndarray:
 
 def _label_cmi(weights: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
     """I(A; B | C) in nats for label arrays a, b, c (one entry per outcome) with probabilities ``weights``
-    (:func:`tvvar.theory.categorical_di.conditional_mutual_information` takes axes of a joint array instead;
+    (:func:`tvvar.theory.estimation.categorical.conditional_mutual_information` takes axes of a joint array instead;
     an encoder's labels are not axes)."""
     a, b, c = (np.unique(v, return_inverse=True)[1] for v in (a, b, c))
     joint = np.zeros((a.max() + 1, b.max() + 1, c.max() + 1))
@@ -220,7 +220,7 @@ class CPC(nnx.Module):
 
         Î_k = ln N − E_t CE(softmax_j f_k(c_{i,t}, x_{j,t+k}), i)  ≤ I(X_{t+k}; X^t)  and  ≤ ln N
 
-    in expectation (the InfoNCE bound, :func:`tvvar.theory.neural_estimators.infonce_bound`).
+    in expectation (the InfoNCE bound, :func:`tvvar.theory.estimation.neural.infonce_bound`).
     """
 
     def __init__(self, model, horizons: int, code_dim: int = 32, *, rngs: nnx.Rngs):

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy import fft as jfft
 
-from tvvar.theory.semantic_space import SemanticSpace, gromov_wasserstein, gw_objective
+from tvvar.theory.space.semantic import SemanticSpace, gromov_wasserstein, gw_objective
 from tvvar.typing import Array, PRNGKey
 
 __all__ = [

@@ -261,7 +261,7 @@ def transfer_entropy_dv(source, target, *, k: int = 1, ell: int = 1, **train_kw)
     A difference of two DV estimates: not a bound, its error can have either sign.  Returns (te, full,
     restricted); ``te``'s interval comes from the per-batch differences of the two critics on the same
     held-out batches (same seed → same split)."""
-    from tvvar.theory.estimators import _te_blocks
+    from tvvar.theory.estimation.classical import _te_blocks
 
     blocks = _te_blocks(source, target, k, ell)  # the same validation and lag embedding as the plug-in TE
     y_now, y_past, x_past = blocks["present"], blocks["target_past"], blocks["source_past"]
