@@ -242,6 +242,15 @@ def test_import_finds_a_module_in_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "tvvar_cwd_module")
 
 
+def test_loading_a_run_logs_no_absl_warnings(runs, caplog):
+    """generate / analyze start quietly: orbax's read-only options are set, not "adjusted" with a warning each."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        load_run(runs / "markov")
+    assert not [r.getMessage() for r in caplog.records if r.name == "absl"]
+
+
 # ------------------------------------------------------------------------------ corrupt checkpoint
 
 

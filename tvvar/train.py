@@ -333,9 +333,11 @@ def _abstract(tree: Any) -> Any:
 def _manager(ckpt_dir: Path, cfg: TrainConfig, *, read_only: bool = False):
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=not read_only, read_only=read_only,
-                                           enable_async_checkpointing=cfg.async_checkpoint)
+    # read-only: the options orbax would otherwise "adjust" with an absl warning each (keep, save interval)
+    keep = dict(max_to_keep=None, save_interval_steps=0) if read_only else dict(max_to_keep=cfg.keep)
     with _quiet_orbax():
+        options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only,
+                                               enable_async_checkpointing=cfg.async_checkpoint, **keep)
         return ocp.CheckpointManager(ckpt_dir.resolve(), options=options)
 
 
