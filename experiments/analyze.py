@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import check, format_check, save_figure, to_jsonable
+from experiments.common import check, fail, format_check, save_figure, to_jsonable
 
 __all__ = ["analyze", "information_flow", "load_model", "tokenize", "read_prompts", "check_pi_rows", "check_law",
            "check_elbo_bound", "check_chain_rule", "check_martingale", "check_di_bound", "build_parser", "main", "cli"]
@@ -396,12 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str) -> None:
-    # one paragraph on stderr and status 2 (a usage error, as argparse's own), never a traceback
-    print("error: " + " ".join(str(message).split()), file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Parse, analyse, write ``--out`` whole (a temporary folder beside it, moved into place at the end: a failed
     run leaves nothing). A mistake in the arguments or the inputs is one ``error:`` line and ``SystemExit(2)``;
@@ -412,10 +406,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = build_parser().parse_args(argv)
     if args.text is None and args.prompt is None and args.prompts is None:
-        _fail("give the input to analyse: --prompt STR, --text FILE or --prompts FILE")
+        fail("give the input to analyse: --prompt STR, --text FILE or --prompts FILE")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        _fail(f"--out {str(out)!r} exists and is not a folder")
+        fail(f"--out {str(out)!r} exists and is not a folder")
     t0 = time.perf_counter()
     work = None
     try:
@@ -458,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
         _move_into_place(work, out)
         work = None
     except (ValueError, TypeError, KeyError, OSError, CheckpointError) as e:
-        _fail(str(e) if not isinstance(e, KeyError) else f"missing key {e}")
+        fail(str(e) if not isinstance(e, KeyError) else f"missing key {e}")
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check", "skipped", "as_skipped", "tally", "format_check", "execute", "cli", "save_figure",
+__all__ = ["check", "skipped", "as_skipped", "tally", "format_check", "execute", "cli", "fail", "save_figure",
            "to_jsonable", "load_results", "load_kills", "label_checks", "mutant_summary", "KILLS_DIR"]
 
 RELATIONS = ("==", "<=", ">=", "~")
@@ -163,6 +163,15 @@ def format_check(c: dict) -> str:
     else:
         claim = f"measured {m:.6g} ≥ reference {r:.6g} − tolerance {tol:g}"
     return f"  [{'ok  ' if c['passed'] else 'FAIL'}] {c['name']}: {claim}: {'pass' if c['passed'] else 'fail'}"
+
+
+def fail(message: str, exc: type[SystemExit] = SystemExit) -> None:
+    """The command lines' refusal: one ``error:`` paragraph on stderr and status 2 (a usage error, as argparse's
+    own), never a traceback. ``exc``: a ``SystemExit`` subclass a caller handles specially."""
+    import sys
+
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    raise exc(2)
 
 
 def to_jsonable(x: Any) -> Any:

@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiments.common import fail
+
 __all__ = ["main", "cli", "encode_prompt", "decode_tokens"]
 
 
@@ -83,28 +85,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str) -> None:
-    # one paragraph on stderr and status 2 (a usage error, as argparse's own), never a traceback
-    print("error: " + " ".join(message.split()), file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _check_ranges(args) -> None:
     """What can be checked before the run is loaded, named by its flag."""
     import math
 
     if args.max_new_tokens < 0:
-        _fail(f"--max-new-tokens must be ≥ 0, got {args.max_new_tokens}")
+        fail(f"--max-new-tokens must be ≥ 0, got {args.max_new_tokens}")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        _fail(f"--temperature must be a finite number ≥ 0 (0: greedy), got {args.temperature}")
+        fail(f"--temperature must be a finite number ≥ 0 (0: greedy), got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
-        _fail(f"--top-k must be ≥ 1 (and at most the vocabulary size), got {args.top_k}")
+        fail(f"--top-k must be ≥ 1 (and at most the vocabulary size), got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
-        _fail(f"--top-p must lie in (0, 1], got {args.top_p}")
+        fail(f"--top-p must lie in (0, 1], got {args.top_p}")
     if args.step is not None and args.step < 0:
-        _fail(f"--step must be a committed checkpoint step ≥ 0, got {args.step}")
+        fail(f"--step must be a committed checkpoint step ≥ 0, got {args.step}")
     if not args.run.is_dir():
-        _fail(f"--run {args.run}: no such run directory (write one with `python -m experiments.train --out DIR`)")
+        fail(f"--run {args.run}: no such run directory (write one with `python -m experiments.train --out DIR`)")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -117,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         import_modules(args.imports)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     import jax
 
     from tvvar.generate import generate, length_limit
@@ -126,27 +122,27 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         model, train_cfg, data_info = load_run(args.run, step=args.step)
     except (FileNotFoundError, CheckpointError, ValueError, TypeError) as e:
-        _fail(f"--run {args.run}: {e}")
+        fail(f"--run {args.run}: {e}")
     if model.cfg.mask != "causal":
-        _fail(f"--run {args.run} holds a {model.cfg.mask} model (objective {train_cfg.objective!r}, e.g. a "
+        fail(f"--run {args.run} holds a {model.cfg.mask} model (objective {train_cfg.objective!r}, e.g. a "
               "masked-diffusion LLaDA run); autoregressive decoding needs a causal one — sample a LLaDA run with "
               "tvvar.diffusion.generate")
     V = model.cfg.vocab_size
     if args.top_k is not None and args.top_k > V:
-        _fail(f"--top-k must be at most the run's vocabulary size {V}, got {args.top_k}")
+        fail(f"--top-k must be at most the run's vocabulary size {V}, got {args.top_k}")
     try:
         prompt_ids = encode_prompt(args.prompt, data_info, V)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     limit = length_limit(model)
     if limit is not None and len(prompt_ids) + args.max_new_tokens > limit:
-        _fail(f"--prompt ({len(prompt_ids)} tokens) + --max-new-tokens {args.max_new_tokens} = "
+        fail(f"--prompt ({len(prompt_ids)} tokens) + --max-new-tokens {args.max_new_tokens} = "
               f"{len(prompt_ids) + args.max_new_tokens} exceeds the run's length limit {limit}")
     try:
         tokens = generate(model, jax.numpy.asarray(prompt_ids), args.max_new_tokens, key=jax.random.key(args.seed),
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     tokens = [int(t) for t in tokens]
     text = decode_tokens(tokens, data_info)
     new_text = decode_tokens(tokens[len(prompt_ids):], data_info)

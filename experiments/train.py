@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.common import fail
 from tvvar.core import available, mixer_options
 from tvvar.model import ModelConfig, available_psi
 from tvvar.sharding import parse_mesh
@@ -322,12 +323,6 @@ class _CheckpointRefused(SystemExit):
     process at once with :func:`os._exit` once the error line is flushed: nothing is left to save."""
 
 
-def _fail(message: str, exc: type[SystemExit] = SystemExit) -> None:
-    # one paragraph on stderr and status 2 (a usage error, as argparse's own), never a traceback
-    print("error: " + " ".join(message.split()), file=sys.stderr)
-    raise exc(2)
-
-
 def _as_program() -> int:
     try:
         main()
@@ -357,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
         source = c.source()
         tc = c.train_config(source.vocab_size)
     except (ValueError, TypeError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     from tvvar.sharding import initialize_distributed
     from tvvar.train import CheckpointError, train
 
@@ -365,11 +360,11 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         r = train(tc, source, c.out, resume=c.resume, progress=c.progress, eval_lines=True)
     except CheckpointError as e:
-        _fail(str(e), _CheckpointRefused)
+        fail(str(e), _CheckpointRefused)
     except (ValueError, TypeError, NotImplementedError) as e:
         # raised while building the model, tracing the objective on the data or compiling the step,
         # all before train() writes anything
-        _fail(f"cannot train decomposition {c.decomposition!r} with --objective {c.objective} on --data {c.data}: "
+        fail(f"cannot train decomposition {c.decomposition!r} with --objective {c.objective} on --data {c.data}: "
               f"{e}")
     v = r["final"]["val"]
     print(f"done: {tc.steps} steps of {tc.model.decomposition} on {c.data} in {r['final']['seconds']:.1f} s → {c.out}")
