@@ -113,6 +113,13 @@ def _solve_three_iterations(original):
     return _solve
 
 
+def _gw_outer_cap_three(original):
+    def gromov_wasserstein(S, S2, *, max_iterations=3, **kw):  # the default outer limit 3 instead of 50
+        return original(S, S2, max_iterations=max_iterations, **kw)
+
+    return gromov_wasserstein
+
+
 def _tlb_unsorted(original):
     def tlb_cost(G, mu, G2, nu, num=128):
         # the bug: rows compared entry by entry, not as laws (no quantiles, so not invariant to relabelling)
@@ -199,6 +206,9 @@ MUTANTS = (
            "Dasgupta–Gupta dimension with log₂ M where ln M is meant", size="jl"),
     Mutant("gw_objective_cross_term", "tvvar.theory.space.semantic:gw_objective", _gw_objective_no_two,
            "closed form of Eq. 34 drops the factor 2 of the cross term −2⟨π, GπG'⟩", size="gw+theorem4+synthetic"),
+    Mutant("gw_outer_limit_three", "tvvar.theory.space.semantic:gromov_wasserstein", _gw_outer_cap_three,
+           "entropic GW's default outer-iteration limit 3 instead of 50: solves stop early and say they did not "
+           "converge", size="gw"),
     Mutant("gw_three_iterations", "tvvar.theory.space.semantic:_solve", _solve_three_iterations,
            "entropic GW's outer loop stopped after 3 iterations (and still reported converged)", size="gw"),
     Mutant("tlb_unsorted", "tvvar.theory.space.semantic:tlb_cost", _tlb_unsorted,
