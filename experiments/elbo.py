@@ -8,7 +8,7 @@ objective of :mod:`tvvar.theory.transformer.elbo` —
 * ``marginal_attention``: exact marginal with the attention as prior (Deng et al. 2018's "exact marginal"),
 * ``elbo``: the ELBO with Q = π, uniform prior (Theorem 6),
 
-on (a) the synthetic TV-VAR source of ``tvvar.data`` and (b) a character-level text file, we record over
+on (a) the synthetic TV-VAR source of ``tvvar.sources`` and (b) a character-level text file, we record over
 training steps the held-out log P, ELBO, soft log-likelihood and the gap KL(Q ‖ posterior), per-position
 gap heatmaps, held-out perplexities of all three likelihoods side by side for every trained model (the
 comparison of Deng et al. 2018), and Theorem 7's decoding rules (argmax ELBO vs argmax log P vs argmax
@@ -43,8 +43,8 @@ from flax import nnx
 
 from experiments.common import as_skipped, check, cli, save_figure
 from tvvar import train as T
-from tvvar.data import TextCorpus, TVVARSource
 from tvvar.model import ModelConfig, TVVARModel
+from tvvar.sources import TextCorpus, TVVARSource
 from tvvar.theory.transformer import elbo as E
 
 REPO_TEXT = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt.gz"

@@ -465,8 +465,8 @@ def _as_float64(model, mcfg):
 
 def _recovery(cfg: Config, checks: list, data: dict) -> dict:
     """Item 7: a TV-VAR fitted to each trained model's own trajectories against its materialised A_tj."""
-    from tvvar.data import MarkovSource
     from tvvar.generate import generate
+    from tvvar.sources import MarkovSource
 
     source = MarkovSource(cfg.rec_vocab, 1, seed=cfg.seed)
     out, maps = {}, {}

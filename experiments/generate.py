@@ -26,7 +26,7 @@ def encode_prompt(prompt: str, data_info: dict, vocab_size: int):
     import numpy as np
 
     if data_info.get("kind") == "text":
-        from tvvar.data import Vocab
+        from tvvar.sources import Vocab
 
         if prompt == "":
             raise ValueError("--prompt must hold at least one character")
@@ -52,7 +52,7 @@ def encode_prompt(prompt: str, data_info: dict, vocab_size: int):
 
 def decode_tokens(ids, data_info: dict) -> str:
     if data_info.get("kind") == "text":
-        from tvvar.data import Vocab
+        from tvvar.sources import Vocab
 
         return Vocab.from_json(data_info["vocab"]).decode(ids)
     return " ".join(str(int(i)) for i in ids)

@@ -2,15 +2,15 @@
 
 Deng, Kim, Chiu, Guo, Rush (2018), "Latent Alignment and Variational Attention", find exact-marginal and
 variational attention below soft attention in held-out perplexity (IWSLT14: soft 7.17, exact marginal
-6.34, variational 6.08). On the soft-attention TV-VAR source of ``tvvar.data`` soft training wins, as it
+6.34, variational 6.08). On the soft-attention TV-VAR source of ``tvvar.sources`` soft training wins, as it
 should: that source *is* a soft-attention model. Here the same four objectives of
 :mod:`tvvar.theory.transformer.elbo` (``soft``, ``marginal`` — uniform prior, ``marginal_attention`` — the
 attention as prior, ``elbo`` — Q = π, uniform prior) train the same pure attention TV-VAR (Eq. 44),
 with the same budget, on two sources side by side:
 
-* ``alignment`` — :class:`tvvar.alignment.LatentAlignmentSource`: J_i ~ π[i, ·] (bilinear softmax,
+* ``alignment`` — :class:`tvvar.sources.LatentAlignmentSource`: J_i ~ π[i, ·] (bilinear softmax,
   Eq. 47), x_{i+1} ~ E[x_{J_i}, ·] (hard alignment), every probability exact;
-* ``soft`` — :class:`tvvar.data.TVVARSource` (Eq. 44 with soft π).
+* ``soft`` — :class:`tvvar.sources.TVVARSource` (Eq. 44 with soft π).
 
 Each model is scored by the likelihood of its own generative model (``OWN``): soft → log P_soft (Eq. 54);
 marginal and elbo → log P(U) with the uniform prior (the ELBO bounds exactly this); marginal_attention →
@@ -44,9 +44,8 @@ from flax import nnx
 
 from experiments.common import check, cli, save_figure
 from tvvar import train as T
-from tvvar.alignment import LatentAlignmentSource
-from tvvar.data import TVVARSource
 from tvvar.model import ModelConfig, TVVARModel
+from tvvar.sources import LatentAlignmentSource, TVVARSource
 from tvvar.theory.transformer import elbo as E
 from tvvar.typing import Array
 

@@ -2,7 +2,7 @@
 exact probabilities.
 
 Both models are the same :class:`tvvar.model.TVVARModel` (attention, Theorem 5), trained with
-:func:`tvvar.train.train` on the same stationary order-1 Markov source (:class:`tvvar.data.MarkovSource`):
+:func:`tvvar.train.train` on the same stationary order-1 Markov source (:class:`tvvar.sources.MarkovSource`):
 the causal one with next-token cross-entropy, the bidirectional one (one extra token vector: the mask)
 with the loss of Eq. 79. On held-out sequences x_{0:L−1} both are scored on the *same* tokens
 x_{1:L−1} given x_0:
@@ -36,9 +36,9 @@ from flax import nnx
 
 from experiments.common import check, cli, save_figure
 from tvvar import diffusion as D
-from tvvar.data import MarkovSource
 from tvvar.generate import generate as ar_generate
 from tvvar.model import ModelConfig
+from tvvar.sources import MarkovSource
 from tvvar.train import TrainConfig, train
 
 SOURCE = "Bai, arXiv:2511.01202, Eq. 79 (Section V-G-2); Nie et al. 2025 (LLaDA); Ou et al. 2024 (any-order AR = NELBO)"

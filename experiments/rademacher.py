@@ -6,7 +6,7 @@ the ball ‖W‖_F ≤ Λ on S, then compare the true risk (exact over y, on a l
 entropy floor H(Y|X), the empirical risk, the paper's bound and the rigorous bound
 (Mohri et al. Thm 3.3 + Maurer's vector contraction; see tvvar.theory.transformer.rademacher).
 
-Part B — a TV-VAR Transformer trained with tvvar.train on the synthetic TV-VAR source of tvvar.data,
+Part B — a TV-VAR Transformer trained with tvvar.train on the synthetic TV-VAR source of tvvar.sources,
 judged at one position t from M held-out samples.  The law at position t is enumerated exactly
 (all V^{t+1} contexts), so the true risk and the floor are exact; the rigorous bound uses the
 finite-context class (all maps with logits bounded by c, the trained model's largest |logit|).
@@ -15,7 +15,7 @@ Checks, each one able to fail under a plausible bug (tests/mutants/rademacher.py
 bound's data-free terms against the theorem as printed (4Λr√(V/M) + 3B√(ln(2/δ)/2M), recomputed here in
 float64), Eq. 72's middle term in the log-probability gauge against 2√2 L̂, the Monte Carlo R̂_S against
 Λr√(V/M), the middle term's ratio over the last decade of M (it does not shrink), ERM's true risk near the
-floor at the largest M; for Part B the enumerated law against tvvar.data's sampler (mean CE and entropy),
+floor at the largest M; for Part B the enumerated law against tvvar.sources' sampler (mean CE and entropy),
 the certified finite-context R̂ against a Monte Carlo estimate of its defining expectation, and the
 Hoeffding bound's violation rate, judged only at the M where the bound is informative (its mean below
 ln V, the uniform predictor's risk; above ln V no risk of interest can violate it). The empirical risk
@@ -64,7 +64,7 @@ class Config:
     n_fresh: int = 2**14  # fresh x-sample for the true risk
     deltas: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
     delta: float = 0.05  # δ of the risk-vs-M figure
-    # Part B: trained TV-VAR model at position t (tvvar.data.TVVARSource + tvvar.train)
+    # Part B: trained TV-VAR model at position t (tvvar.sources.TVVARSource + tvvar.train)
     tv: bool = True
     tv_V: int = 8
     tv_source_D: int = 16
@@ -309,8 +309,8 @@ def _part_linear(cfg: Config, out: Path, checks: list, figures: list) -> dict:
 
 def _part_tvvar(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     from tvvar.core import log_softmax32
-    from tvvar.data import TVVARSource
     from tvvar.model import ModelConfig
+    from tvvar.sources import TVVARSource
     from tvvar.train import TrainConfig, train
 
     V, t = cfg.tv_V, cfg.tv_t
@@ -334,7 +334,7 @@ def _part_tvvar(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     c = float(jnp.max(jnp.abs(q_table)))
     B = rd.loss_range(V, c)
 
-    # cross-check the enumerated law with tvvar.data's own sampler
+    # cross-check the enumerated law with tvvar.sources' own sampler
     b = src.batch(jax.random.key(cfg.seed + 99), cfg.tv_check_n, t + 1, split="val")
     ce_s = np.asarray(rd.cross_entropy(model(b["tokens"][:, : t + 1])[:, t, :], b["tokens"][:, t + 1]))
     H_s = np.asarray(b["entropy"][:, t])
@@ -344,7 +344,7 @@ def _part_tvvar(cfg: Config, out: Path, checks: list, figures: list) -> dict:
                         f"enumeration of all contexts; {at}, {cfg.tv_check_n} samples"))
     checks.append(check("TV-VAR: mean source entropy at t vs exact H(U_t | context) (4 SE)",
                         float(H_s.mean()), floor, "~", 4 * float(H_s.std(ddof=1) / math.sqrt(H_s.size)) + 1e-5,
-                        f"tvvar.data exact entropy; {at}, {cfg.tv_check_n} samples"))
+                        f"tvvar.sources exact entropy; {at}, {cfg.tv_check_n} samples"))
     checks.append(check("TV-VAR: exact true risk − exact floor (KL ≥ 0)", true_risk - floor, 0.0, ">=", 1e-6,
                         f"Gibbs' inequality; {at}",
                         identity="Gibbs: both sums run over the same enumerated law P(κ) p(y | κ) and the model's q "

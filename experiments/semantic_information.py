@@ -1,6 +1,6 @@
 """Semantic information theory of a prompted LLM (Section III, V-F), measured in tokens against exact values.
 
-On :class:`tvvar.prompted.PromptedSource` (finite prompt set, prompt-dependent Markov continuation, end
+On :class:`tvvar.sources.PromptedSource` (finite prompt set, prompt-dependent Markov continuation, end
 token ◁) every quantity of Section III has an exact reference. This experiment:
 
 1. computes the true directed information I(S → U^ħ) by enumeration and checks the chain rule (Eq. 10:
@@ -51,7 +51,7 @@ from scipy.optimize import minimize
 
 from experiments.common import check, cli, save_figure
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.prompted import PromptedSource
+from tvvar.sources import PromptedSource
 from tvvar.theory.information import capacity as C
 from tvvar.theory.information import directed as I
 

@@ -599,8 +599,8 @@ def two_models_part(key, model_a, model_b) -> dict:
 def cpc_part(key, c: Config) -> dict:
     """CPC with a 1-layer causal tvvar model as g_AR on a stationary Markov source (exact I_k), the trained and
     the Bayes-optimal critic scored on the same held-out batches for every N (blocks of one score tensor)."""
-    from tvvar.data import MarkovSource
     from tvvar.model import ModelConfig, TVVARModel
+    from tvvar.sources import MarkovSource
     from tvvar.theory.space import cpc as K
 
     src = MarkovSource(c.cpc_V, 1, seed=1234 + c.seed)
@@ -806,7 +806,7 @@ class _Clock:
 
 def run(config: Config, out: Path) -> dict:
     """Semantic space (Section IV): JL table, GW invariance/noise, Theorem 4, dimension–distortion, two models."""
-    from tvvar.data import TextCorpus, TVVARSource
+    from tvvar.sources import TextCorpus, TVVARSource
 
     c, out = config, Path(out)
     key = jax.random.key(c.seed)

@@ -21,9 +21,9 @@ from flax import nnx
 
 from experiments.common import check, cli, save_figure
 from tvvar.core import mix_dense
-from tvvar.data import MarkovSource
 from tvvar.decompositions.attention import Attention
 from tvvar.model import ModelConfig, TVVARModel
+from tvvar.sources import MarkovSource
 from tvvar.testing import plain_attention
 from tvvar.train import cross_entropy
 

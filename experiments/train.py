@@ -157,7 +157,7 @@ class CLIConfig:
         return opts
 
     def source(self):
-        from tvvar.data import make_source
+        from tvvar.sources import make_source
 
         if self.data in SYNTHETIC:
             src = make_source(self.data)

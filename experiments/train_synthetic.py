@@ -29,7 +29,7 @@ TARGET = 0.05  # nats/token above the exact conditional entropy
 @dataclass(frozen=True)
 class Config:
     seed: int = 0
-    # the source (tvvar.data.TVVARSource)
+    # the source (tvvar.sources.TVVARSource)
     V: int = 16
     D_source: int = 16
     xi: float = 0.04
@@ -82,8 +82,8 @@ def _source_log_probs(src, x: np.ndarray) -> np.ndarray:
 
 def run(config: Config, out: Path) -> dict:
     """Train the default model on the synthetic TV-VAR source; compare validation CE with the exact entropy."""
-    from tvvar.data import TVVARSource
     from tvvar.model import ModelConfig
+    from tvvar.sources import TVVARSource
     from tvvar.train import TrainConfig, get_objective, train
 
     c = config

@@ -1,4 +1,4 @@
-"""The latent-alignment source (tvvar.alignment) and the verdicts of experiments.latent_alignment.
+"""The latent-alignment source (tvvar.sources.alignment) and the verdicts of experiments.latent_alignment.
 
 Source: exact probabilities against brute-force numpy enumeration over every latent path (float64,
 1e-10), normalization over every token sequence, the posterior, the entropy field, sampling frequencies
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvvar.alignment import LatentAlignmentSource
+from tvvar.sources import LatentAlignmentSource
 
 # --------------------------------------------------------------------------------------------------
 # numpy references: enumerate every latent path J_0..J_{T-1} (J_i ∈ {0..i})
@@ -311,7 +311,7 @@ def test_objective_losses_equal_make_objective():
 
 
 def test_the_source_is_registered_by_name_and_rebuilt_from_info():
-    from tvvar.data import make_source, source_from_info
+    from tvvar.sources import make_source, source_from_info
 
     src = make_source("latent-alignment", vocab_size=5, d_model=4, seed=3)
     assert isinstance(src, LatentAlignmentSource)

@@ -151,8 +151,8 @@ def test_analyze_a_mamba2_model_skips_theorem6_and_keeps_the_law(tmp_path):
 @pytest.mark.slow
 def test_cli_on_a_tvvar_run_directory(tmp_path):
     """--model accepts a tvvar run (its latest checkpoint and vocabulary), with the flow of a prompt set."""
-    from tvvar.data import TextCorpus
     from tvvar.model import ModelConfig
+    from tvvar.sources import TextCorpus
     from tvvar.train import TrainConfig, train
 
     corpus = tmp_path / "tiny.txt"

@@ -203,7 +203,7 @@ def test_bayes_optimal_infonce_at_two_candidates_matches_its_exact_expectation()
     Σ_{a,b,b'} π_a P_ab π_b' [ln 2 − ln(1 + e^{f(a,b') − f(a,b)})]; sampled within 4 standard errors."""
     import jax
 
-    from tvvar.data import MarkovSource
+    from tvvar.sources import MarkovSource
 
     P, pi = _stationary_chain(0)
     f = np.log(P) - np.log(pi)[None, :]
@@ -225,8 +225,8 @@ def test_trained_cpc_reaches_most_of_the_bayes_optimal_critic_and_stays_below_th
     import jax
     from flax import nnx
 
-    from tvvar.data import MarkovSource
     from tvvar.model import ModelConfig, TVVARModel
+    from tvvar.sources import MarkovSource
 
     src = MarkovSource(6, 1, seed=3)
     m = TVVARModel(ModelConfig(vocab_size=6, d_model=16, num_layers=1, mixer={"num_heads": 2}),

@@ -1,4 +1,4 @@
-"""tvvar.data: exact entropies of the synthetic sources, the corpus split/windows, and clear errors."""
+"""tvvar.sources (synthetic, text): exact entropies of the synthetic sources, the corpus split, clear errors."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvvar.data import (
+from tvvar.sources import (
     HiddenMarkovSource,
     MarkovSource,
     TextCorpus,
@@ -275,7 +275,7 @@ def test_source_registries_list_the_valid_names(tmp_path):
     m = make_source("markov", vocab_size=3, order=1, seed=7)
     m2 = source_from_info(json.loads(json.dumps(m.info())))
     assert isinstance(m2, MarkovSource) and np.array_equal(m2.P, m.P)
-    import tvvar.data as data
+    import tvvar.sources as data
 
     assert not hasattr(data, "info_json")  # dead code removed (json.dumps(source.info()) is the one way)
 

@@ -384,7 +384,7 @@ def test_as_denoiser_and_objective():
 def test_llada_objective_is_found_by_name_and_trains(tmp_path):
     """tvvar.train finds "llada" by name; the real training loop runs two steps on a Markov source."""
     from tvvar import train as T
-    from tvvar.data import MarkovSource
+    from tvvar.sources import MarkovSource
 
     assert T.get_objective("llada") is D.llada_objective
     src = MarkovSource(4, 1, seed=0)
@@ -615,7 +615,7 @@ def _markov_joint(src, L):
 
 def test_llada_posterior_denoiser_is_the_enumerated_conditional_marginal():
     from experiments.llada import _posterior_logits
-    from tvvar.data import MarkovSource
+    from tvvar.sources import MarkovSource
 
     src = MarkovSource(3, 1, alpha=0.5, seed=5)
     Lq, Vq = 4, 3
@@ -634,7 +634,7 @@ def test_llada_posterior_denoiser_is_the_enumerated_conditional_marginal():
 
 def test_llada_posterior_denoiser_makes_the_nelbo_exact():
     from experiments.llada import _posterior_logits, _source_nll
-    from tvvar.data import MarkovSource
+    from tvvar.sources import MarkovSource
 
     src = MarkovSource(3, 1, alpha=0.5, seed=5)
     x = jnp.asarray(np.random.default_rng(1).integers(0, 3, (5, 5)))
@@ -645,7 +645,7 @@ def test_llada_posterior_denoiser_makes_the_nelbo_exact():
 
 def test_llada_expected_loglik_matches_enumeration():
     from experiments.llada import _expected_loglik
-    from tvvar.data import MarkovSource
+    from tvvar.sources import MarkovSource
 
     src = MarkovSource(3, 1, alpha=0.5, seed=5)
     T = 3

@@ -435,7 +435,7 @@ def _heldout(m, source, key, B=64, T=16):
 
 
 def test_training_with_elbo_decreases_heldout_nll():
-    from tvvar.data import TVVARSource
+    from tvvar.sources import TVVARSource
 
     src = TVVARSource(vocab_size=8, d_model=8, xi=0.25, mixer={"num_heads": 1}, seed=3)
     m = _model(ModelConfig.pure(8, 16, "bilinear_attention", mixer={"num_heads": 2}), seed=0)

@@ -278,7 +278,7 @@ def test_cli_generates_from_a_trained_char_run(tmp_path, capsys):
     """End to end: a 2-step character-level run, then the CLI continues a text prompt (greedy: the
     same text as tvvar.generate on the loaded model)."""
     from experiments.generate import main
-    from tvvar.data import TextCorpus
+    from tvvar.sources import TextCorpus
     from tvvar.train import TrainConfig, load_run, train
 
     corpus = tmp_path / "tiny.txt"

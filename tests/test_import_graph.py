@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("tvvar.core",)),
     ("decompositions", ("tvvar.decompositions", "tvvar.testing")),
     ("model", ("tvvar.model", "tvvar.generate", "tvvar.pretrained")),
-    ("sources", ("tvvar.data", "tvvar.prompted", "tvvar.alignment")),
+    ("sources", ("tvvar.sources",)),
     ("training", ("tvvar.train",)),
     ("diffusion", ("tvvar.diffusion",)),
     ("theory", ("tvvar.theory",)),

@@ -14,7 +14,7 @@ from flax import nnx
 
 from tvvar import train
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.prompted import PromptedSource
+from tvvar.sources import PromptedSource
 from tvvar.theory.information import directed as I
 
 

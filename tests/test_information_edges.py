@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from tvvar.model import ModelConfig, TVVARModel
-from tvvar.prompted import PromptedSource
+from tvvar.sources import PromptedSource
 from tvvar.theory.information import directed as I
 
 

@@ -1,12 +1,11 @@
-"""The prompted source (tvvar.prompted): exact probabilities, sampling against them, saving, bad input."""
+"""The prompted source (tvvar.sources.prompted): exact probabilities, sampling against them, saving, bad input."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvvar.data import make_source, source_from_info
-from tvvar.prompted import PromptedSource
+from tvvar.sources import PromptedSource, make_source, source_from_info
 
 
 def test_conditionals_are_distributions_and_end_token_absorbs():

@@ -6,9 +6,9 @@ import types
 import pytest
 
 from tvvar.core import DECOMPOSITIONS
-from tvvar.data import SOURCES
 from tvvar.model import NORMS, PSI
 from tvvar.registry import Registry
+from tvvar.sources import SOURCES
 from tvvar.train import OBJECTIVES
 
 

@@ -72,7 +72,7 @@ def test_the_corpus_is_inside_the_repository():
 def test_the_gzipped_corpus_reads_as_the_plain_text(tmp_path):
     import gzip
 
-    from tvvar.data import TextCorpus
+    from tvvar.sources import TextCorpus
 
     plain = tmp_path / "tinyshakespeare.txt"
     plain.write_bytes(gzip.decompress(CORPUS.read_bytes()))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from tvvar.data import MarkovSource
 from tvvar.model import ModelConfig
 from tvvar.sharding import logical_to_spec, make_mesh, parse_mesh, sample_sharding, sharded_init
+from tvvar.sources import MarkovSource
 from tvvar.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

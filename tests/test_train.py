@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from tvvar.data import MarkovSource
 from tvvar.model import ModelConfig
+from tvvar.sources import MarkovSource
 from tvvar.train import (
     CheckpointError,
     TrainConfig,

@@ -10,10 +10,9 @@ below has to name a module above it.
 """
 
 # the built-in members of the registries register themselves on import (each module imports only modules below it)
-import tvvar.alignment  # noqa: F401  the latent-alignment source
 import tvvar.decompositions  # noqa: F401  decompositions of A_tj (Theorem 5, Eq. 78)
 import tvvar.diffusion  # noqa: F401  objective llada (Eq. 79)
-import tvvar.prompted  # noqa: F401  the prompted source (Section III)
+import tvvar.sources  # noqa: F401  the sources: synthetic, prompted (Section III), latent-alignment, text
 import tvvar.theory.information.directed  # noqa: F401  objective semantic_rd (Eq. 18)
 import tvvar.theory.transformer.elbo  # noqa: F401  objectives soft / marginal / marginal_attention / elbo
 import tvvar.theory.transformer.hopfield  # noqa: F401  Ψ layer hopfield (V-E)

@@ -1,5 +1,5 @@
 """One registration mechanism for everything tvvar builds by name: decompositions of A_tj
-(:data:`tvvar.core.DECOMPOSITIONS`), data sources (:data:`tvvar.data.SOURCES`), training objectives
+(:data:`tvvar.core.DECOMPOSITIONS`), data sources (:data:`tvvar.sources.SOURCES`), training objectives
 (:data:`tvvar.train.OBJECTIVES`), Ψ layers and norms (:data:`tvvar.model.PSI`, :data:`tvvar.model.NORMS`).
 
 A registry lives in the lowest module that needs it and never imports its members. A member registers itself

@@ -787,7 +787,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[TVVARModel, 
     """The model of a run's latest (or ``step``) checkpoint on one device, its TrainConfig and data info.
 
     ``data_info`` is the source's ``info()`` (for a corpus it holds the vocabulary;
-    ``tvvar.data.source_from_info`` turns it into a source or a :class:`tvvar.data.Vocab`).
+    ``tvvar.sources.source_from_info`` turns it into a source or a :class:`tvvar.sources.Vocab`).
     """
     run = Path(run_dir)
     if not (run / CONFIG_FILE).is_file():

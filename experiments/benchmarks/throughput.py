@@ -34,7 +34,7 @@ def _config(decomposition: str, vocab_size: int, steps: int):
 def run(quick: bool) -> list[dict]:
     import jax
 
-    from tvvar.data import make_source
+    from tvvar.sources import make_source
     from tvvar.train import _make_fns, _run_eval, _setup, get_objective
 
     if not CORPUS.exists():

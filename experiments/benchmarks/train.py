@@ -44,7 +44,7 @@ def sharded_worker(quick: bool, source: str = "synthetic-tvvar") -> dict:
     """
     import jax
 
-    from tvvar.data import make_source
+    from tvvar.sources import make_source
     from tvvar.train import _make_fns, _setup, get_objective
 
     assert jax.device_count() == 8, jax.device_count()

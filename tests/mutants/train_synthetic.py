@@ -1,4 +1,4 @@
-"""Mutants of experiments.train_synthetic: the synthetic TV-VAR source (tvvar.data.TVVARSource, its exact
+"""Mutants of experiments.train_synthetic: the synthetic TV-VAR source (tvvar.sources.TVVARSource, its exact
 entropy floor), the Eq. 44 pipeline both the source and the learner run (sphere token vectors, causal
 support, readout /Ξ), and the next-token cross-entropy objective (tvvar.train)."""
 
@@ -89,7 +89,7 @@ def _entropy_late(orig):
 
 
 MUTANTS = (
-    Mutant("entropy_in_bits", "tvvar.data:entropy_of_logits", _entropy_bits,
+    Mutant("entropy_in_bits", "tvvar.sources.base:entropy_of_logits", _entropy_bits,
            "the source's conditional entropy in bits (log2) where nats are meant"),
     Mutant("causal_mask_off_by_one", "tvvar.core:support_mask", _causal_leak,
            "causal support j ≤ i + 1: row i sees the token it predicts"),
@@ -101,6 +101,6 @@ MUTANTS = (
            "readout multiplies by the temperature Ξ instead of dividing"),
     Mutant("log_softmax_over_time", "tvvar.core:log_softmax32", _log_softmax_time,
            "log-softmax over the time axis instead of the vocabulary"),
-    Mutant("entropy_one_step_late", "tvvar.data:TVVARSource.batch", _entropy_late,
+    Mutant("entropy_one_step_late", "tvvar.sources.synthetic:TVVARSource.batch", _entropy_late,
            "each target's entropy floor taken from the previous position's logits (off by one)"),
 )

@@ -2,7 +2,7 @@
 
 A channel here is a row-stochastic matrix ``W[k, y]`` = P(Y = y | S = s_k) over a finite output alphabet —
 one-step outputs, or whole continuations enumerated (``exp`` of the sequence log-likelihoods of a model or of
-:class:`tvvar.prompted.PromptedSource`). All in nats, float64 NumPy (these are small convex programs).
+:class:`tvvar.sources.PromptedSource`). All in nats, float64 NumPy (these are small convex programs).
 
 * :func:`blahut_arimoto` — the semantic information capacity (Def. 9, Eq. 32) max_{P(S)} I(S; Y) subject to
   E[w(S, Y)] ≥ W_min, by Blahut–Arimoto on I + μ E[w] (Blahut 1972, the cost-constrained form) and bisection

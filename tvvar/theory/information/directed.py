@@ -6,7 +6,7 @@ Every quantity here is computed from one array, the per-prompt next-token law of
 
 (``u[:, t]`` is the paper's U_{n+1+t}; t = 0 is the first output token) and a prompt law ``log_prior``
 [K]. For a model it comes from :func:`model_log_conditionals` — one batched, jitted forward over all K·B
-[prompt ‖ continuation] sequences — and for :class:`tvvar.prompted.PromptedSource` from its exact
+[prompt ‖ continuation] sequences — and for :class:`tvvar.sources.PromptedSource` from its exact
 ``log_conditionals``; so the same calls serve every registered decomposition (and a model loaded from
 disk). The prompt-free law is the exact Bayes marginal over the prompt set:
 
@@ -864,7 +864,7 @@ def eq18_loss(model: Any, prompts: Array, log_prior: Array, u: Array, k: Array, 
 
 def eq18_objective(prompts: Any, log_prior: Any, lam: float = 1.0) -> Callable:
     """A :mod:`tvvar.train` objective ``(model, batch, rng) -> (loss, metrics)`` for Eq. 18 on batches of
-    :class:`tvvar.prompted.PromptedSource` (``"tokens"`` = [prompt ‖ continuation], ``"prompt"`` = k).
+    :class:`tvvar.sources.PromptedSource` (``"tokens"`` = [prompt ‖ continuation], ``"prompt"`` = k).
     λ, the prompt law and the prompts are validated here, before any tracing (see :func:`eq18_loss`)."""
     lam = check_lambda(lam)
     p = jnp.asarray(prompts)

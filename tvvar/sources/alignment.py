@@ -2,7 +2,7 @@
 
 The attention of Theorem 5 reads π_tj as the law of a latent source position J (Theorem 6, Eqs. 54–62;
 Deng, Kim, Chiu, Guo, Rush 2018, "Latent Alignment and Variational Attention"). The synthetic TV-VAR
-source of :mod:`tvvar.data` is a *soft*-attention model (Eq. 44 with soft π), so it cannot tell soft
+source of :mod:`tvvar.sources.synthetic` is a *soft*-attention model (Eq. 44 with soft π), so it cannot tell soft
 attention from a latent-position model. This source draws the data through a hard alignment:
 
     x_0 ~ ρ                                                              (``initial``, default uniform)
@@ -27,13 +27,13 @@ A target no position j ≤ i can emit (given ``emissions`` with zeros) has log P
 posterior row is the prior π[i, ·] (Bayes' rule is 0/0 on a null event; see :meth:`posterior`).
 
 Sampling (:meth:`batch`) is a pure JAX function: one ``lax.scan`` over rows, each drawing J_i and then
-x_{i+1} from row x_{J_i} of E; the split name is folded into the key as in :mod:`tvvar.data`. Besides
-``"tokens"`` and ``"entropy"`` it returns the drawn ``"alignment"`` J (int32 [B, T]).
+x_{i+1} from row x_{J_i} of E; the split name is folded into the key as for every source
+(:func:`tvvar.sources.base.split_key`). Besides ``"tokens"`` and ``"entropy"`` it returns the drawn
+``"alignment"`` J (int32 [B, T]).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -41,25 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvvar.core import check_token_ids, float32_or_better, masked_fill_value
-from tvvar.data import SPLITS, DataSource, register_source
+from tvvar.sources.base import DataSource, finite_number, is_int, register_source, split_key
 from tvvar.typing import Array, PRNGKey
 
 __all__ = ["LatentAlignmentSource", "KIND"]
 
 KIND = "latent-alignment"
-# the same salts as tvvar.data, so a split means the same thing for every synthetic source
-_SPLIT_SALT = {"train": 0x7A1, "val": 0x5EA1}
 _STOCHASTIC_TOL = 1e-9
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _finite_number(name: str, x: Any) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not math.isfinite(x):
-        raise ValueError(f"{name} must be a finite number, got {x!r}")
-    return float(x)
 
 
 def _distribution(name: str, p: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -82,12 +70,6 @@ def _distribution(name: str, p: Any, shape: tuple[int, ...]) -> np.ndarray:
     return a
 
 
-def _split_key(key: PRNGKey, split: str) -> PRNGKey:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return jax.random.fold_in(key, _SPLIT_SALT[split])
-
-
 @register_source
 class LatentAlignmentSource(DataSource):
     """Sequences generated through a hard latent alignment (see the module docstring).
@@ -104,19 +86,19 @@ class LatentAlignmentSource(DataSource):
 
     def __init__(self, vocab_size: int = 12, d_model: int = 16, *, temperature: float = 0.5, alpha: float = 0.1,
                  eps: float = 1e-3, seed: int = 1234, emissions: Any = None, initial: Any = None):
-        if not (_is_int(vocab_size) and vocab_size >= 2):
+        if not (is_int(vocab_size) and vocab_size >= 2):
             raise ValueError(f"vocab_size must be an int ≥ 2, got {vocab_size!r}")
-        if not (_is_int(d_model) and d_model >= 1):
+        if not (is_int(d_model) and d_model >= 1):
             raise ValueError(f"d_model must be an int ≥ 1, got {d_model!r}")
-        if not (_is_int(seed) and seed >= 0):
+        if not (is_int(seed) and seed >= 0):
             raise ValueError(f"seed must be an int ≥ 0, got {seed!r}")
-        tau = _finite_number("temperature", temperature)
+        tau = finite_number("temperature", temperature)
         if not tau > 0:
             raise ValueError(f"temperature must be > 0 (the alignment softmax divides by it), got {temperature!r}")
-        alpha = _finite_number("alpha", alpha)
+        alpha = finite_number("alpha", alpha)
         if emissions is None and not alpha > 0:
             raise ValueError(f"alpha (Dirichlet concentration of the emission rows) must be > 0, got {alpha!r}")
-        eps = _finite_number("eps", eps)
+        eps = finite_number("eps", eps)
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"eps (uniform mass mixed into the emissions) must lie in [0, 1], got {eps!r}")
         V, D = int(vocab_size), int(d_model)
@@ -235,11 +217,11 @@ class LatentAlignmentSource(DataSource):
     def batch(self, key: PRNGKey, batch_size: int, seq_len: int, split: str = "train") -> dict[str, Array]:
         """``tokens`` int32 [B, T + 1], ``entropy`` float32 [B, T] (exact H(x_{i+1} | x_{≤i})) and the
         drawn ``alignment`` J int32 [B, T] (J_i ≤ i)."""
-        if not (_is_int(batch_size) and batch_size >= 1):
+        if not (is_int(batch_size) and batch_size >= 1):
             raise ValueError(f"batch_size must be an int ≥ 1, got {batch_size!r}")
-        if not (_is_int(seq_len) and seq_len >= 1):
+        if not (is_int(seq_len) and seq_len >= 1):
             raise ValueError(f"seq_len must be an int ≥ 1, got {seq_len!r}")
-        key = _split_key(key, split)
+        key = split_key(key, split)
         B, T = batch_size, seq_len
         # Gumbel-max noise and the logs in float32 (DESIGN numerics); float64 under x64 for the tests
         dt = jnp.asarray(1.0).dtype

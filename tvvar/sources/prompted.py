@@ -34,7 +34,6 @@ int32 [B] (the index k drawn).
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any
 
 import jax
@@ -42,29 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvvar.core import check_token_ids
-from tvvar.data import SPLITS, DataSource, register_source
+from tvvar.sources.base import DataSource, entropy_np, finite_number, is_int, register_source, split_key
 from tvvar.typing import Array, PRNGKey
 
 __all__ = ["PromptedSource", "KIND", "PROMPT_LAWS"]
 
 KIND = "prompted"
 PROMPT_LAWS = ("random", "uniform", "markov")
-_SPLIT_SALT = {"train": 0x7A1, "val": 0x5EA1}
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _finite(name: str, x: Any) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not math.isfinite(x):
-        raise ValueError(f"{name} must be a finite number, got {x!r}")
-    return float(x)
-
-
-def _entropy_np(p: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
 
 
 @register_source
@@ -85,21 +68,21 @@ class PromptedSource(DataSource):
     def __init__(self, vocab_size: int = 5, prompt_len: int = 2, *, num_prompts: int = 8, num_topics: int = 4,
                  end_prob: float = 0.1, alpha: float = 0.2, eps: float = 0.02, prompt_law: str = "random",
                  seed: int = 0, prompts: Any = None, prompt_probs: Any = None, topics: Any = None):
-        if not (_is_int(vocab_size) and vocab_size >= 3):
+        if not (is_int(vocab_size) and vocab_size >= 3):
             raise ValueError(f"vocab_size must be an int ≥ 3 (≥ 2 content tokens and the end token), "
                              f"got {vocab_size!r}")
-        if not (_is_int(prompt_len) and prompt_len >= 1):
+        if not (is_int(prompt_len) and prompt_len >= 1):
             raise ValueError(f"prompt_len must be an int ≥ 1, got {prompt_len!r}")
-        if not (_is_int(num_topics) and num_topics >= 1):
+        if not (is_int(num_topics) and num_topics >= 1):
             raise ValueError(f"num_topics must be an int ≥ 1, got {num_topics!r}")
-        if not (_is_int(seed) and seed >= 0):
+        if not (is_int(seed) and seed >= 0):
             raise ValueError(f"seed must be an int ≥ 0, got {seed!r}")
         if prompt_law not in PROMPT_LAWS:
             raise ValueError(f"prompt_law must be one of {PROMPT_LAWS}, got {prompt_law!r}")
-        end_prob = _finite("end_prob", end_prob)
+        end_prob = finite_number("end_prob", end_prob)
         if not 0.0 <= end_prob < 1.0:
             raise ValueError(f"end_prob must lie in [0, 1), got {end_prob!r}")
-        alpha, eps = _finite("alpha", alpha), _finite("eps", eps)
+        alpha, eps = finite_number("alpha", alpha), finite_number("eps", eps)
         if not alpha > 0:
             raise ValueError(f"alpha (Dirichlet concentration) must be > 0, got {alpha!r}")
         if not 0.0 <= eps <= 1.0:
@@ -127,7 +110,7 @@ class PromptedSource(DataSource):
                 p = p * chain[all_prompts[:, j - 1], all_prompts[:, j]]
             drawn_prompts, drawn_probs = all_prompts, p / p.sum()
         else:
-            if not (_is_int(num_prompts) and 1 <= num_prompts <= nc**n):
+            if not (is_int(num_prompts) and 1 <= num_prompts <= nc**n):
                 raise ValueError(f"num_prompts must be an int in [1, (V−1)^n = {nc ** n}], got {num_prompts!r}")
             codes = rng.choice(nc**n, size=int(num_prompts), replace=False)
             drawn_prompts = np.stack([(codes // nc**(n - 1 - j)) % nc for j in range(n)], axis=1).astype(np.int64)
@@ -189,7 +172,7 @@ class PromptedSource(DataSource):
             for k in range(K):
                 same = np.all(self.prompts[:, : j + 1] == self.prompts[k, : j + 1], axis=1)
                 w = np.bincount(self.prompts[same, j + 1], weights=self.prompt_probs[same], minlength=self.vocab_size)
-                out[k, j] = _entropy_np(w / w.sum()) if w.sum() > 0 else 0.0
+                out[k, j] = entropy_np(w / w.sum()) if w.sum() > 0 else 0.0
         return out
 
     # ----------------------------------------------------------------------------------------------
@@ -231,9 +214,9 @@ class PromptedSource(DataSource):
 
     def sample(self, key: PRNGKey, batch_size: int, cont_len: int) -> tuple[Array, Array]:
         """(prompt index k int32 [B], continuation u int32 [B, T]) drawn from the source (pure JAX)."""
-        if not (_is_int(batch_size) and batch_size >= 1):
+        if not (is_int(batch_size) and batch_size >= 1):
             raise ValueError(f"batch_size must be an int ≥ 1, got {batch_size!r}")
-        if not (_is_int(cont_len) and cont_len >= 1):
+        if not (is_int(cont_len) and cont_len >= 1):
             raise ValueError(f"cont_len must be an int ≥ 1, got {cont_len!r}")
         dt = jnp.asarray(1.0).dtype
         kk, ku = jax.random.split(key)
@@ -251,16 +234,14 @@ class PromptedSource(DataSource):
         return k.astype(jnp.int32), u_TxB.T
 
     def batch(self, key: PRNGKey, batch_size: int, seq_len: int, split: str = "train") -> dict[str, Array]:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         n = self.prompt_len
-        if not (_is_int(seq_len) and seq_len + 1 > n):
+        if not (is_int(seq_len) and seq_len + 1 > n):
             raise ValueError(f"seq_len must be an int with seq_len + 1 > prompt_len = {n} (room for a continuation), "
                              f"got {seq_len!r}")
-        k, u = self.sample(jax.random.fold_in(key, _SPLIT_SALT[split]), batch_size, seq_len + 1 - n)
+        k, u = self.sample(split_key(key, split), batch_size, seq_len + 1 - n)
         tokens = jnp.concatenate([jnp.asarray(self.prompts, jnp.int32)[k], u], axis=1)
         prev = tokens[:, n - 1:-1]
-        H_cont = jnp.asarray(_entropy_np(self.transitions), jnp.float32)[jnp.asarray(self.topics)[k][:, None], prev]
+        H_cont = jnp.asarray(entropy_np(self.transitions), jnp.float32)[jnp.asarray(self.topics)[k][:, None], prev]
         H_prompt = jnp.asarray(self.prompt_entropy, jnp.float32)[k]
         return {"tokens": tokens, "entropy": jnp.concatenate([H_prompt, H_cont], axis=1), "prompt": k}
 
