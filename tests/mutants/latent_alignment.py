@@ -1,9 +1,12 @@
 """Mutants of the latent-alignment experiment's code under test: the alignment source's exact quantities (π,
 log P(x_{i+1} | x_{≤i}), the conditional law, the posterior over J, the sampler's entropy field), the soft
-source's entropy field, and the attention-prior terms the marginal objective trains on."""
+source's entropy field, and the closed-form terms of tvvar.theory.transformer.elbo the four objectives train on and
+the models are scored by (log P under the uniform and the attention prior, the ELBO's KL term)."""
 
 import dataclasses
+import inspect
 import math
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +23,28 @@ def tiny() -> Config:
 
 # The alignment source's own rows (E[−log p] = H, the posterior's calibration) need no model; each source's floor
 # row (Gibbs) holds for any normalised model, so the entropy-field mutants train the soft objective alone on one
-# source (no ordering row runs there, they need every objective).
+# source (no ordering row runs there, they need every objective). The closed-form mutants train only the objectives
+# whose rows they break: the attention prior and the ELBO alone on the alignment source (its Q-vs-posterior and
+# decoding rows), the uniform-prior objectives beside soft on both sources (their orderings).
 SIZES = {
     "source": lambda cfg: dataclasses.replace(cfg, train_alignment=False, train_soft=False),
     "alignment_floor": lambda cfg: dataclasses.replace(cfg, train_soft=False, objectives=("soft",)),
     "soft_floor": lambda cfg: dataclasses.replace(cfg, train_alignment=False, objectives=("soft",)),
+    "alignment_elbo": lambda cfg: dataclasses.replace(cfg, train_soft=False, objectives=("elbo",)),
+    "alignment_attention": lambda cfg: dataclasses.replace(cfg, train_soft=False,
+                                                           objectives=("soft", "marginal_attention")),
+    "uniform_prior": lambda cfg: dataclasses.replace(cfg, objectives=("soft", "marginal", "elbo")),
 }
+
+
+def _edited(original, old: str, new: str):
+    """``original`` recompiled from its source with the one line ``old`` replaced by ``new`` (in its module)."""
+    src = textwrap.dedent(inspect.getsource(original))
+    if src.count(old) != 1:
+        raise ValueError(f"{original.__name__}: expected the text {old!r} exactly once in its source")
+    ns: dict = {}
+    exec(compile(src.replace(old, new), inspect.getsourcefile(original), "exec"), original.__globals__, ns)
+    return ns[original.__name__]
 
 
 def _log_pi_over_queries(orig):
@@ -82,6 +101,23 @@ def _attention_prior_dropped(orig):
     return closed_form_terms
 
 
+def _prefix_inclusive(original):  # the closed-form uniform-prior log P: the prefix over blocks inclusive, not exclusive
+    return _edited(original, "before = jnp.pad(jnp.cumsum(totals[:, :-1], axis=1), [(0, 0), (1, 0), (0, 0), (0, 0)])",
+                   "before = jnp.cumsum(totals, axis=1)")
+
+
+def _log_p_shift_dropped(original):  # log P = log Σ_h Σ_j P(h, j) p_jh[U] without adding back the shift c_h[U]
+    return _edited(original, "return jax.nn.logsumexp(jnp.log(w_t) + c_t, axis=-1) - log_h",
+                   "return jax.nn.logsumexp(jnp.log(w_t), axis=-1) - log_h")
+
+
+def _kl_sign(original):
+    def closed_form_terms(model, ids, targets, priors=("uniform",)):  # ELBO = E_Q log P(U|J) + KL(Q ‖ P(J))
+        out = original(model, ids, targets, priors)
+        return tuple(t._replace(elbo=t.e_loglik + t.kl_prior, gap=t.log_p - t.e_loglik - t.kl_prior) for t in out)
+    return closed_form_terms
+
+
 MUTANTS = (
     Mutant("alignment_softmax_over_queries", "tvvar.sources.alignment:LatentAlignmentSource._log_pi",
            _log_pi_over_queries,
@@ -94,13 +130,17 @@ MUTANTS = (
            "the sampler's exact entropy field in bits (log2) where nats are meant", size="alignment_floor"),
     Mutant("soft_source_entropy_in_bits", "tvvar.sources.synthetic:TVVARSource.batch", _entropy_field_bits,
            "the soft source's exact entropy field in bits (log2) where nats are meant", size="soft_floor"),
-)
-
-# Written but not yet run through the kit (issue 29): the machine was shared by six sessions and these did not
-# finish before the deadline. Add them to MUTANTS and rewrite the kill table: python tests/mutants latent_alignment
-NOT_RUN = (
-    Mutant("conditional_emission_transposed", "tvvar.sources.alignment:LatentAlignmentSource._conditional",
-           _conditional_emission_transposed, "P(x_{i+1} = v | x_≤i) mixes columns of E instead of rows"),
     Mutant("attention_prior_dropped", "tvvar.theory.transformer.elbo:closed_form_terms", _attention_prior_dropped,
-           "closed-form terms ignore the prior argument: the attention prior is read as uniform"),
+           "closed-form terms ignore the prior argument: the attention prior is read as uniform",
+           size="alignment_attention"),
+    Mutant("conditional_emission_transposed", "tvvar.sources.alignment:LatentAlignmentSource._conditional",
+           _conditional_emission_transposed, "P(x_{i+1} = v | x_≤i) mixes columns of E instead of rows",
+           size="alignment_elbo"),
+    Mutant("prefix_sum_inclusive", "tvvar.theory.transformer.elbo:_causal_sum_at", _prefix_inclusive,
+           "closed-form log P (uniform prior): the prefix over blocks inclusive (the own block and later positions "
+           "summed in)", size="uniform_prior"),
+    Mutant("log_p_shift_dropped", "tvvar.theory.transformer.elbo:closed_form_terms", _log_p_shift_dropped,
+           "closed-form log P: the per-head shift c_h[U] = max_j log P(U | h, j) not added back after the sum"),
+    Mutant("elbo_kl_sign", "tvvar.theory.transformer.elbo:closed_form_terms", _kl_sign,
+           "closed-form ELBO adds KL(Q ‖ P(J)) instead of subtracting it", size="alignment_elbo"),
 )
