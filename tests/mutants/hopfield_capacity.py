@@ -152,6 +152,62 @@ def _noise_not_normalised(original):
     return retrieval_sweep
 
 
+def _async_gather_back(original):
+    def _async_sweeps(J, s, key, max_sweeps):
+        # each sweep's relabelled state and field mapped back by gathering at the permutation (sp[order], which
+        # applies it a second time) instead of scattering them back to their neurons (s.at[order].set(sp))
+        n = s.shape[0]
+
+        def sweep(s, h, order):
+            Jp, sp, hp = J[order][:, order], s[order], h[order]
+
+            def body(k, c):
+                sp, hp, flips = c
+                hk, sk = hp[k], sp[k]
+                new = jnp.where(hk > 0, 1.0, jnp.where(hk < 0, -1.0, sk)).astype(sp.dtype)
+                delta = new - sk
+                return sp.at[k].set(new), hp + Jp[k] * delta, flips + (delta != 0)
+
+            sp, hp, flips = jax.lax.fori_loop(0, n, body, (sp, hp, jnp.int32(0)))
+            return sp[order], hp[order], flips
+
+        def cond(c):
+            _, _, _, t, flips = c
+            return (flips > 0) & (t < max_sweeps)
+
+        def body(c):
+            s, h, key, t, _ = c
+            key, sub = jax.random.split(key)
+            s, h, flips = sweep(s, h, jax.random.permutation(sub, n))
+            return s, h, key, t + 1, flips
+
+        h = J @ s
+        s, _, _, t, flips = jax.lax.while_loop(cond, body, (s, h, key, jnp.int32(0), jnp.int32(1)))
+        return s, t, flips == 0
+
+    return _async_sweeps
+
+
+def _dense_variance_as_sd(original):
+    def dense_flip_reference(n, p, kind="poly", k=3):  # Φ(−S/σ²): the crosstalk variance used as its deviation
+        p = np.asarray(p, dtype=np.float64)
+        j = np.arange(n)
+        b = 2.0 * j - (n - 1)
+        logw = stats.binom.logpmf(j, n - 1, 0.5)
+        if kind == "poly":
+            x = b / n
+            log_m2 = np.log(np.sum(np.exp(logw) * ((x + 1 / n) ** k - (x - 1 / n) ** k) ** 2))
+            log_s = np.log(1.0 - ((n - 2) / n) ** k)
+        else:
+            log_m2 = 2 * np.log(np.e - 1 / np.e) + (n - 1) * np.log(np.cosh(2.0))
+            log_s = n + np.log(1.0 - np.exp(-2.0))
+        with np.errstate(divide="ignore"):
+            snr = np.exp(log_s - (np.log(np.maximum(p - 1, 0)) + log_m2))
+        return stats.norm.cdf(-snr)
+
+    return dense_flip_reference
+
+
 MUTANTS = (
     Mutant("gardner_integral_sign", f"{HOP}:gardner_alpha_c", _gardner_alpha_c_flipped,
            "α_c(κ) integrates Dt (t+κ)² from +κ instead of −κ (Φ(−κ) for Φ(κ))", size="gardner"),
@@ -176,4 +232,10 @@ MUTANTS = (
            "separation Δ_i takes max_j x_iᵀx_j over all j, the pattern itself included", size="theorem3"),
     Mutant("retrieval_noise_unnormalised", f"{MOD}:retrieval_sweep", _noise_not_normalised,
            "retrieval query noise is a standard Gaussian vector (norm ≈ √d), not a unit direction", size="modern"),
+    Mutant("async_sweep_gathered_back", f"{HOP}:_async_sweeps", _async_gather_back,
+           "each asynchronous sweep maps its relabelled state back with sp[order] (the permutation applied again) "
+           "instead of scattering it to its neurons", size="classical"),
+    Mutant("dense_flip_variance_as_sd", f"{HOP}:dense_flip_reference", _dense_variance_as_sd,
+           "dense Gaussian flip estimate Φ(−S/σ²): the crosstalk variance used as its standard deviation",
+           size="dense"),
 )
