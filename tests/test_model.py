@@ -121,6 +121,26 @@ def test_config_refuses_nonfinite_xi_fractional_max_len_and_unknown_options():
     with pytest.raises(TypeError, match="mixer .* must be a dict"):
         ModelConfig(5, 8, mixer=[("num_heads", 2)])
     ModelConfig(5, 8, decomposition="ssm", mixer={"num_heads": 2, "state_size": 4})  # valid options pass
+    for bad in (0.0, -2.0, float("nan"), True):
+        with pytest.raises(ValueError, match=f"embed_scale must be a finite number > 0 or None, got {bad!r}"):
+            ModelConfig(5, 8, embed_scale=bad)
+
+
+def test_embed_scale_multiplies_the_token_vectors_in_the_full_and_the_cached_forward():
+    """Gemma's √D: embed_tokens is the unscaled model's times the constant, and decode_step (the cache path) agrees
+    with the full forward row by row."""
+    cfg = ModelConfig(7, 8, num_layers=1, mixer={"num_heads": 2}, embedding="plain", psi="geglu", norm="rms_offset")
+    scaled = TVVARModel(cfg.replace(embed_scale=3.0), rngs=nnx.Rngs(0))
+    plain = TVVARModel(cfg, rngs=nnx.Rngs(0))
+    ids = jnp.array([[1, 4, 2, 6, 0]], jnp.int32)
+    np.testing.assert_allclose(np.asarray(scaled.embed_tokens(ids)), 3.0 * np.asarray(plain.embed_tokens(ids)),
+                               rtol=1e-6)
+    assert not np.allclose(np.asarray(scaled(ids)), np.asarray(plain(ids)), atol=1e-3)
+    full = np.asarray(scaled(ids))
+    cache = scaled.init_cache(1, 5)
+    for t in range(5):
+        logits, cache = scaled.decode_step(cache, ids[:, t])
+        np.testing.assert_allclose(np.asarray(logits), full[:, t], atol=1e-5)
 
 
 def test_empty_sequences_and_traced_out_of_range_ids():

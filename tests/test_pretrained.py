@@ -397,3 +397,120 @@ def test_llama3_rope_scaling_checkpoint_matches_reference(tmp_path, monkeypatch)
     save_pretrained(pre, tmp_path / "again")
     again = load_pretrained(tmp_path / "again")
     np.testing.assert_array_equal(np.asarray(again.model(jnp.asarray(ids))), np.asarray(pre.model(jnp.asarray(ids))))
+
+
+# ---- Gemma: √D-scaled token vectors, RMSNorm with (1 + w), GeGLU, head_dim ≠ D/H, tied head -------------------
+
+
+def _gemma(folder, **kw):
+    c = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, max_position_embeddings=T, hidden_activation="gelu_pytorch_tanh",
+             eos_token_id=V)  # an id no token has: the reference generates to full length, as ours does
+    c.update(kw)
+    with _ref_numpy():
+        ref = transformers.FlaxGemmaForCausalLM(transformers.GemmaConfig(**c), seed=0)
+    from flax.core import unfreeze
+
+    params = unfreeze(ref.params)
+    rng = np.random.default_rng(3)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if "norm" in "/".join(str(getattr(k, "key", k)) for k in path):  # Gemma stores w of (1 + w): around 0
+            _set(params, path, jnp.asarray(0.3 * rng.normal(size=leaf.shape), leaf.dtype))
+    ref.params = params
+    ref.save_pretrained(folder, safe_serialization=True)
+    return ref
+
+
+def _gemma_numpy_logits(folder, ids):
+    """Gemma's forward written from its equations in float64 NumPy, on the PyTorch-layout weights: u = √D·E[x];
+    per layer x += W_o attn(n₁ x), x += W_down(gelu_tanh(W_gate n₂ x) ⊙ W_up n₂ x) with n(x) = x/rms(x)·(1 + w);
+    rotary on (first half, second half) pairs (rotate_half), grouped-query heads; logits = n_f(x) Eᵀ."""
+    c = json.loads((folder / "config.json").read_text())
+    W = {k: np.asarray(v, np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    D, H, G, K = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    eps, theta = c["rms_norm_eps"], c["rope_theta"]
+
+    def norm(x, w):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * (1 + w)
+
+    def gelu_tanh(z):
+        return 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
+
+    B, n = ids.shape
+    ang = np.arange(n)[:, None] * (1.0 / theta ** (np.arange(0, K, 2) / K))[None]   # [T, K/2]
+    cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+
+    def rope(z):  # z [B, T, heads, K]
+        half = np.concatenate([-z[..., K // 2:], z[..., :K // 2]], axis=-1)
+        return z * cos[None, :, None] + half * sin[None, :, None]
+
+    E = W["model.embed_tokens.weight"]
+    x = E[ids] * np.sqrt(D)
+    causal = np.tril(np.ones((n, n), bool))
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = norm(x, W[p + "input_layernorm.weight"])
+        q = rope((h @ W[p + "self_attn.q_proj.weight"].T).reshape(B, n, H, K))
+        k = np.repeat(rope((h @ W[p + "self_attn.k_proj.weight"].T).reshape(B, n, G, K)), H // G, axis=2)
+        v = np.repeat((h @ W[p + "self_attn.v_proj.weight"].T).reshape(B, n, G, K), H // G, axis=2)
+        s = np.where(causal[None, None], np.einsum("bihk,bjhk->bhij", q, k) / np.sqrt(K), -np.inf)
+        pi = np.exp(s - s.max(-1, keepdims=True))
+        pi /= pi.sum(-1, keepdims=True)
+        x = x + np.einsum("bhij,bjhk->bihk", pi, v).reshape(B, n, H * K) @ W[p + "self_attn.o_proj.weight"].T
+        h = norm(x, W[p + "post_attention_layernorm.weight"])
+        gate = gelu_tanh(h @ W[p + "mlp.gate_proj.weight"].T)
+        x = x + (gate * (h @ W[p + "mlp.up_proj.weight"].T)) @ W[p + "mlp.down_proj.weight"].T
+    return norm(x, W["model.norm.weight"]) @ E.T
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gemma")
+    return d, _gemma(d)
+
+
+def test_gemma_matches_flax_and_a_float64_numpy_reference(gemma_dir, tmp_path):
+    d, ref = gemma_dir
+    pre = load_pretrained(d)
+    assert pre.model_type == "gemma" and pre.model.cfg.embed_scale == pytest.approx(np.sqrt(32))
+    assert pre.model.cfg.mixer["head_dim"] == 16 != 32 // 4
+    ids = _ids()
+    assert _agree(pre, ref, ids) <= 1e-4  # logits and every head's π against transformers' Flax Gemma
+    pt = tmp_path / "pt"
+    _to_pytorch_layout(d, pt, "gemma")
+    with jax.enable_x64(True):
+        ours = np.asarray(load_pretrained(pt, dtype="float64").model(jnp.asarray(ids)))
+    np.testing.assert_allclose(ours, _gemma_numpy_logits(pt, ids), rtol=0, atol=1e-10)
+
+
+def test_gemma_greedy_generation_and_save_reload(gemma_dir, tmp_path):
+    d, ref = gemma_dir
+    pre = load_pretrained(d)
+    prompt = _ids(1)[:, :8]
+    ours = np.asarray(generate(pre.model, jnp.asarray(prompt), 12, temperature=0.0))
+    with _ref_numpy():
+        theirs = np.asarray(ref.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0).sequences)
+    np.testing.assert_array_equal(ours, theirs)
+    for layout in ("pytorch", "flax"):
+        save_pretrained(pre, tmp_path / layout, layout=layout)
+        again = load_pretrained(tmp_path / layout)
+        assert again.layout == layout
+        for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(pre.model, nnx.Param)),
+                                      nnx.to_flat_state(nnx.state(again.model, nnx.Param)), strict=True):
+            assert pa == pb
+            np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+
+
+def test_gemma_refusals_name_the_field(tmp_path):
+    _gemma(tmp_path / "ok")
+    good = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for field, value, match in (("hidden_act", "gelu", "hidden_act='gelu'"),
+                                ("hidden_activation", "relu", "hidden_activation='relu'"),
+                                ("attention_bias", True, "attention_bias"),
+                                ("tie_word_embeddings", False, "tie_word_embeddings"),
+                                ("rope_scaling", {"rope_type": "yarn", "factor": 2.0}, "yarn")):
+        bad = tmp_path / field
+        shutil.copytree(tmp_path / "ok", bad)
+        (bad / "config.json").write_text(json.dumps({**good, field: value}))
+        with pytest.raises(ValueError, match=match):
+            load_pretrained(bad)

@@ -12,9 +12,10 @@ identity, so ``logits_i = ũᵀ Σ_{j∈S(i)} A[i, j] u_j / Ξ`` exactly.
 
 Pretrained architectures (tvvar.pretrained) are the same pipeline with other registered components, each
 exact, none a branch on an architecture name: norms (:func:`register_norm`: ``"rms"``, ``"layernorm"`` with
-bias), Ψ ``"gelu_mlp"`` (GPT-2: biased W₂ gelu_tanh(W₁x + b₁) + b₂) and ``"swiglu"`` (Llama:
-W_down(silu(W_gate x) ⊙ W_up x)), ``embedding="plain"`` (the table itself, no sphere normalisation; the
-readout ũ is then the plain table, tied or not), learned absolute positions (``max_len``) and
+bias, ``"rms_offset"``: x/rms(x)·(1 + w), Gemma), Ψ ``"gelu_mlp"`` (GPT-2: biased W₂ gelu_tanh(W₁x + b₁) + b₂),
+``"swiglu"`` (Llama: W_down(silu(W_gate x) ⊙ W_up x)) and ``"geglu"`` (Gemma: the tanh GELU in place of silu),
+``embedding="plain"`` (the table itself, no sphere normalisation; the readout ũ is then the plain table, tied or
+not), ``embed_scale`` (token vectors times a constant, Gemma's √D), learned absolute positions (``max_len``) and
 ``mixer_bias`` (the constant Σ_h W_o^hᵀ b_v^h + b_o of biased value/output projections, an intercept
 added after the mixer so that the mixer's A[i, j] is unchanged).
 """
@@ -132,10 +133,23 @@ class SwiGLU(nnx.Module):
         self.w_up = param(lecun_normal(rngs.params(), (d_model, d_ff), d_model, dtype), "embed", "mlp")
         self.w_down = param(lecun_normal(rngs.params(), (d_ff, d_model), d_ff, dtype), "mlp", "embed")
 
+    @staticmethod
+    def activation(z: Array) -> Array:
+        return jax.nn.silu(z)
+
     def __call__(self, x: Array) -> Array:
         c = lambda p: p[...].astype(x.dtype)  # noqa: E731
-        gate = jax.nn.silu(_flat_matmul(x, c(self.w_gate)))
+        gate = self.activation(_flat_matmul(x, c(self.w_gate)))
         return _flat_matmul(gate * _flat_matmul(x, c(self.w_up)), c(self.w_down))
+
+
+@register_psi("geglu")
+class GeGLU(SwiGLU):
+    """Gemma's MLP: W_down (gelu_tanh(W_gate x) ⊙ W_up x), no biases (HF ``gelu_pytorch_tanh``)."""
+
+    @staticmethod
+    def activation(z: Array) -> Array:
+        return jax.nn.gelu(z, approximate=True)
 
 
 #: norms by name (:mod:`tvvar.registry`): ``cls(d_model, *, dtype, eps)``; ``"none"`` is reserved (no norm)
@@ -206,6 +220,22 @@ class RMSNorm(nnx.Module):
         return (y * g).astype(x.dtype)
 
 
+@register_norm("rms_offset")
+class OffsetRMSNorm(RMSNorm):
+    """x / rms(x) · (1 + g), statistics and the gain in float32 (Gemma's RMSNorm: its weights store g, zero at
+    initialisation)."""
+
+    def __init__(self, d_model: int, *, dtype: DType = jnp.float32, eps: float = 1e-6):
+        super().__init__(d_model, dtype=dtype, eps=eps)
+        self.scale = param(jnp.zeros((d_model,), dtype), "embed")
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        g = self.scale[...].astype(y.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+        return (y * (1 + g)).astype(x.dtype)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Every field is a choice of the paper's Eq. 44 pipeline; see the module docstring.
@@ -217,7 +247,8 @@ class ModelConfig:
     max_len: if set, learned absolute position vectors added to u (None: positions only through the
     causal mask, as in Eq. 44); param_dtype / dtype: parameter and compute dtypes;
     norm_eps: the norms' ε (None: each norm's default); embedding: "sphere" (Def. 11) or "plain" (the table
-    itself); mixer_bias: a learned intercept added to every mixer output (biased value/output projections).
+    itself); mixer_bias: a learned intercept added to every mixer output (biased value/output projections);
+    embed_scale: a constant the token vectors are multiplied by in the compute dtype (Gemma's √D), or None.
     """
 
     vocab_size: int
@@ -238,6 +269,7 @@ class ModelConfig:
     norm_eps: float | None = None
     embedding: str = "sphere"
     mixer_bias: bool = False
+    embed_scale: float | None = None
 
     def __post_init__(self):
         def is_int(v):
@@ -271,6 +303,9 @@ class ModelConfig:
         if not (isinstance(self.xi, (int, float)) and not isinstance(self.xi, bool)
                 and math.isfinite(self.xi) and self.xi > 0):
             raise ValueError(f"xi (the temperature Ξ) must be a finite number > 0, got {self.xi!r}")
+        if self.embed_scale is not None and not (isinstance(self.embed_scale, (int, float)) and not isinstance(
+                self.embed_scale, bool) and math.isfinite(self.embed_scale) and self.embed_scale > 0):
+            raise ValueError(f"embed_scale must be a finite number > 0 or None, got {self.embed_scale!r}")
         check_mask_kind(self.mask)
         if self.max_len is not None and not (is_int(self.max_len) and self.max_len >= 1):
             raise ValueError(f"max_len must be an int ≥ 1 or None, got {self.max_len!r}")
@@ -370,7 +405,12 @@ class TVVARModel(nnx.Module):
             if T > self.cfg.max_len:
                 raise ValueError(f"sequence length T={T} exceeds max_len={self.cfg.max_len}")
             u = u + self.pos[...][None, :T]
-        return u.astype(jnp.dtype(self.cfg.dtype))
+        return self._scaled(u.astype(jnp.dtype(self.cfg.dtype)))
+
+    def _scaled(self, u: Array) -> Array:
+        """u · embed_scale, the constant rounded to u's dtype first (as Gemma's PyTorch code does)."""
+        s = self.cfg.embed_scale
+        return u if s is None else u * jnp.asarray(s, u.dtype)
 
     def hidden(self, ids: Array) -> Array:
         """The vector Ψ(Σ_j A[i, j] u_j) fed to the readout: [B, T, D]."""
@@ -424,7 +464,7 @@ class TVVARModel(nnx.Module):
             if not isinstance(t, jax.core.Tracer) and int(t) >= self.cfg.max_len:
                 raise ValueError(f"position t={int(t)} exceeds max_len={self.cfg.max_len}")
             x_t = x_t + jax.lax.dynamic_index_in_dim(self.pos[...], t, axis=0, keepdims=True)  # [1, D]
-        x_t = x_t.astype(jnp.dtype(self.cfg.dtype))
+        x_t = self._scaled(x_t.astype(jnp.dtype(self.cfg.dtype)))
         new_blocks = []
         for block, c in zip(self.blocks, cache["blocks"], strict=True):
             x_t, c = block.step(c, x_t)

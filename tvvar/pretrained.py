@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints (GPT-2, Llama, Mistral) as exact tvvar TV-VAR models.
+"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Gemma, Mamba-2) as exact tvvar TV-VAR models.
 
 ``load_pretrained(path)`` reads ``config.json`` and ``model.safetensors`` (or the shards named by
 ``model.safetensors.index.json``) with the ``safetensors`` package (numpy arrays, no torch) and builds a
@@ -15,6 +15,10 @@ llama       RMSNorm, rotary attention (B(Δ) = W_q R(−Δ) W_kᵀ/√K), groupe
             refused by name.
 mistral     the Llama layout; a ``sliding_window`` shorter than ``max_position_embeddings`` is refused
             (not implemented; a longer one changes nothing for T ≤ max_position_embeddings).
+gemma       the Llama layout with token vectors scaled by √D (``ModelConfig.embed_scale``, rounded to the compute
+            dtype as transformers does), RMSNorm x/rms(x)·(1 + w) (norm ``"rms_offset"``), GeGLU with the tanh
+            GELU (Ψ ``"geglu"``), head_dim ≠ D/H allowed, the head tied; A_tj keeps Theorem 5's rotary form
+            (B_h(Δ) = W_q R(−Δ) W_kᵀ/√K): the √D scale multiplies u_j, not the coefficients.
 mamba2      the state-spaces (``mamba_ssm``) layout: L × [x + mixer(RMSNorm x)], no MLP, final RMSNorm,
             tied or untied head; the mixer is :class:`tvvar.decompositions.MambaBlock` with grouped B/C, the
             x-channel conv bias, the gated RMSNorm (either order), D and Δ-bias per head, A = −exp(A_log).
@@ -64,7 +68,7 @@ from tvvar.model import ModelConfig, TVVARModel
 
 __all__ = ["Pretrained", "load_pretrained", "save_pretrained", "read_safetensors", "SUPPORTED_MODEL_TYPES"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "mamba2")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "gemma", "mamba2")
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -263,6 +267,40 @@ def _llama_config(c: dict, dtype: str) -> ModelConfig:
         psi="swiglu", psi_options={"d_ff": c["intermediate_size"]}, norm="rms",
         norm_eps=float(c.get("rms_norm_eps", 1e-6)), tied=bool(c.get("tie_word_embeddings", False)),
         max_len=None, embedding="plain", param_dtype=dtype, dtype=dtype)
+
+
+def _gemma_config(c: dict, dtype: str) -> ModelConfig:
+    """Gemma (1): the Llama layout with the token vectors scaled by √D, RMSNorm x/rms(x)·(1 + w), GeGLU with the
+    tanh GELU, head_dim free of D/H, the head always tied."""
+    known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
+             "rope_scaling", "hidden_act", "hidden_activation"}
+    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    # transformers' PyTorch Gemma applies hidden_act, its Flax Gemma hidden_activation (None: the tanh GELU); only
+    # the tanh GELU is implemented, and both fields must agree on it (a hub config with hidden_act "gelu" is the
+    # exact GELU to PyTorch: a different function)
+    act, flax_act = c.get("hidden_act", "gelu_pytorch_tanh"), c.get("hidden_activation")
+    if act != "gelu_pytorch_tanh" or flax_act not in (None, "gelu_pytorch_tanh"):
+        raise ValueError(f"config.json: model_type 'gemma' with hidden_act={act!r}, hidden_activation={flax_act!r}: "
+                         "only the tanh GELU ('gelu_pytorch_tanh') is implemented; refusing rather than loading a "
+                         "possibly different model")
+    _refuse(c, {
+        "attention_bias": lambda v: v is False,
+        "tie_word_embeddings": lambda v: v is True,
+    }, dict.fromkeys(known), "model_type 'gemma'")
+    D, H = c["hidden_size"], c["num_attention_heads"]
+    K = c.get("head_dim") or D // H
+    G = c.get("num_key_value_heads") or H
+    if H % G:
+        raise ValueError(f"config.json: num_attention_heads={H} is not divisible by num_key_value_heads={G}")
+    return ModelConfig(
+        vocab_size=c["vocab_size"], d_model=D, num_layers=c["num_hidden_layers"], decomposition="attention",
+        mixer={"num_heads": H, "num_kv_heads": G, "head_dim": K, "rotary": True,
+               "rope_theta": float(c.get("rope_theta", 10000.0)),
+               **({"rope_scaling": rope_scaling} if rope_scaling is not None else {})},
+        psi="geglu", psi_options={"d_ff": c["intermediate_size"]}, norm="rms_offset",
+        norm_eps=float(c.get("rms_norm_eps", 1e-6)), tied=True, max_len=None, embedding="plain",
+        embed_scale=math.sqrt(D), param_dtype=dtype, dtype=dtype)
 
 
 # ---- key maps: both layouts → the PyTorch layout → tvvar parameters ---------------------------------
@@ -503,9 +541,11 @@ def _mamba2_tensors(model: TVVARModel, embedding_key: str = _MAMBA2_EMBED[0]) ->
     return t
 
 
-_CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config, "mamba2": _mamba2_config}
+_CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config, "gemma": _gemma_config,
+            "mamba2": _mamba2_config}
 _PARAMS = {"gpt2": lambda c, w, has: _gpt2_params(c, w), "llama": lambda c, w, has: _llama_params(c, w),
-           "mistral": lambda c, w, has: _llama_params(c, w), "mamba2": _mamba2_params}
+           "mistral": lambda c, w, has: _llama_params(c, w), "gemma": lambda c, w, has: _llama_params(c, w),
+           "mamba2": _mamba2_params}
 
 
 def _read_config(folder: Path) -> dict:
