@@ -37,8 +37,10 @@ def test_size_power_and_bias_verdicts_fail_when_perturbed():
     assert not X.verdict_size("size", 0.02, 1000)["passed"]  # a conservative one
     assert X.verdict_power("power", 0.95, 0.9)["passed"]
     assert not X.verdict_power("power", 0.5, 0.9)["passed"]
-    assert X.verdict_rmse_falls("rmse", 0.03, 0.01)["passed"]
-    assert not X.verdict_rmse_falls("rmse", 0.01, 0.03)["passed"]
+    # √n rate between n = 1000 and 10⁴: the bound is 2 × 0.03 × √0.1 = 0.019
+    assert X.verdict_rmse_rate("rmse", 0.03, 0.009, 1000, 10_000)["passed"]
+    assert not X.verdict_rmse_rate("rmse", 0.03, 0.025, 1000, 10_000)["passed"]  # falls, but like a bias, not √n
+    assert not X.verdict_rmse_rate("rmse", 0.01, 0.03, 1000, 10_000)["passed"]
     rng = np.random.default_rng(0)
     te0 = [X.G.te_likelihood_ratio_test(rng.integers(0, 2, 500), rng.integers(0, 2, 500)).te for _ in range(300)]
     assert X.verdict_plugin_null_bias("bias", np.array(te0), 499, 2)["passed"]

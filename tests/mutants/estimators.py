@@ -31,7 +31,9 @@ def _only(*sections: str):
 #: one size per section of the run (``Config.sections``): a mutant runs only the section(s) its bug is checked in;
 #: two pairs where a bug is caught in two sections and is the only mutant that kills rows of both
 SIZES = {**{section: _only(section) for section in SECTIONS},
-         "gaussian+dv_te": _only("gaussian", "dv_te"), "categorical+bounds": _only("categorical", "categorical_bounds")}
+         "gaussian+dv_te": _only("gaussian", "dv_te"), "categorical+bounds": _only("categorical", "categorical_bounds"),
+         "gaussian+bias_variance": _only("gaussian", "bias_variance"),
+         "te_lr+bias_variance": _only("te_lr", "bias_variance")}
 
 
 # ---- Gaussian (log-det) estimators ------------------------------------------------------------------------
@@ -131,6 +133,14 @@ def _entropy_bits(orig):
 # ---- kernel TV-VAR and coefficient recovery -------------------------------------------------------------------
 
 
+def _design_present_as_lag(orig):
+    def var_design(y, p):
+        n = y.shape[0]
+        lags = jnp.concatenate([y[p - j + 1: n - j + 1] for j in range(1, p + 1)], axis=1)  # y_t where y_{t−1} is meant
+        return y[p:], jnp.concatenate([jnp.ones((n - p, 1), y.dtype), lags], axis=1)
+    return var_design
+
+
 def _weights_no_loo(orig):
     return lambda tau, h, name, loo: orig(tau, h, name, False)  # the diagonal kept: each point predicts itself
 
@@ -159,12 +169,12 @@ def _stderr_variance(orig):
 
 MUTANTS = (
     Mutant("logdet_without_2", "tvvar.theory.estimation.classical:_logdet", _logdet_half,
-           "ln det S as Σ ln diag(chol S), the factor 2 of ln det L Lᵀ forgotten", size="gaussian"),
+           "ln det S as Σ ln diag(chol S), the factor 2 of ln det L Lᵀ forgotten", size="gaussian+bias_variance"),
     Mutant("te_source_present", "tvvar.theory.estimation.classical:_te_blocks", _te_blocks_source_present,
            "source block holds y_t … y_{t−ℓ+1} (lag off by one: the present where the past is meant)",
            size="gaussian+dv_te"),
     Mutant("plugin_entropy_bits", "tvvar.theory.estimation.classical:_code_entropy", _code_entropy_bits,
-           "plug-in entropy with log2 (bits) where nats are meant", size="te_lr"),
+           "plug-in entropy with log2 (bits) where nats are meant", size="te_lr+bias_variance"),
     Mutant("plugin_te_source_present", "tvvar.theory.estimation.classical:plugin_transfer_entropy",
            _plugin_te_source_present,
            "plug-in TE's source block holds s_t … s_{t−ℓ+1} (lag off by one: the present where the past is meant)",
@@ -180,6 +190,9 @@ MUTANTS = (
            "InfoNCE without the + ln K", size="staircase"),
     Mutant("categorical_entropy_bits", "tvvar.theory.estimation.categorical:entropy", _entropy_bits,
            "exact entropies in bits where nats are meant", size="categorical+bounds"),
+    Mutant("ols_design_present_as_lag", "tvvar.theory.estimation.kernel_tvvar:var_design", _design_present_as_lag,
+           "VAR design's lag block holds y_t … y_{t−p+1} (off by one: the present regresses on itself)",
+           size="haslbeck"),
     Mutant("cv_without_leave_one_out", "tvvar.theory.estimation.kernel_tvvar:_weights", _weights_no_loo,
            "kernel CV weights keep the diagonal: leave-one-out not applied", size="haslbeck"),
     Mutant("recovery_float32", "tvvar.theory.estimation.recovery:_solve", _solve_float32,
