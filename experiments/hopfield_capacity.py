@@ -342,17 +342,17 @@ def _modern(cfg, key, out, checks, data, figs):
                      title=f"(d) modern Hopfield, β={beta}, noise {cfg.noise} (dotted: Thm 3 bound)")
         ax[0, j].legend(fontsize=8)
     figs.append(save_figure(fig, out, "modern_retrieval.png"))
-    # non-decreasing in d at fixed N and noise (each β, at the N where the smallest d is near 50 %)
+    # non-decreasing in d at fixed N and noise (β = 1, at the N where the smallest d is near 50 %): reported, not a
+    # check — no realistic bug of the sweep (about ten tried: noise, radius, β scaling, tolerance, normalisation)
+    # makes a larger d retrieve worse, so the row could not fail; the sweep itself is checked against a numpy
+    # re-simulation of its definition below, cell by cell, and the growth with d is the mathematics (Ramsauer et al.)
     beta = 1.0 if 1.0 in cfg.betas else cfg.betas[0]
     a0 = acc[(cfg.d_modern[0], beta)]
     jN = int(np.argmin(abs(a0 - 0.5)))
     series = [float(acc[(d, beta)][jN]) for d in cfg.d_modern]
-    worst = min(b - a for a, b in zip(series, series[1:], strict=False))
-    se = math.sqrt(0.25 / cfg.trials_modern)
-    checks.append(check("modern retrieval non-decreasing in d (min step, at the N where the smallest d is nearest "
-                        "50 %)", worst, 0.0, ">=", 3 * math.sqrt(2) * se,
-                        f"Ramsauer et al. 2020: capacity exponential in d (3 SE); N = {Ns[jN]}, β = {beta}, "
-                        f"d ∈ {tuple(cfg.d_modern)}"))
+    data["modern_monotone_in_d"] = {"N": int(Ns[jN]), "beta": beta, "d": list(cfg.d_modern), "accuracy": series,
+                                    "min_step": min(b - a for a, b in zip(series, series[1:], strict=False)),
+                                    "se": math.sqrt(0.25 / cfg.trials_modern)}
     # the sweep itself against a re-simulation of its definition (every d, the checked β, N ≤ RESIM_MAX_N)
     cells = [(d, j) for d in cfg.d_modern for j, N in enumerate(Ns) if N <= RESIM_MAX_N]
     lib = {d: acc[(d, beta)][[j for dd, j in cells if dd == d]] for d in cfg.d_modern}

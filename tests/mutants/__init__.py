@@ -44,16 +44,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import json
 import pkgutil
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = ["Mutant", "experiments_with_mutants", "load", "sized", "sizes_used", "patched", "run_checks",
-           "failed_rows", "observe", "write_table"]
+           "failed_rows", "observe", "write_table", "edited"]
 
 _HERE = Path(__file__).resolve().parent
 _ROOT = _HERE.parent.parent
@@ -73,6 +75,17 @@ class Mutant:
             raise ValueError(f"Mutant {self.name!r}: target must be 'module:attribute', got {self.target!r}")
         if not self.bug.strip():
             raise ValueError(f"Mutant {self.name!r}: say what the bug is")
+
+
+def edited(original: Callable, old: str, new: str) -> Callable:
+    """``original`` recompiled from its source with the text ``old`` (found exactly once) replaced by ``new``, in
+    its own module's globals: the way to write a one-line bug inside a long function without copying it."""
+    src = textwrap.dedent(inspect.getsource(original))
+    if src.count(old) != 1:
+        raise ValueError(f"{original.__name__}: expected the text {old!r} exactly once in its source")
+    ns: dict = {}
+    exec(compile(src.replace(old, new), inspect.getsourcefile(original), "exec"), original.__globals__, ns)
+    return ns[original.__name__]
 
 
 def experiments_with_mutants() -> list[str]:

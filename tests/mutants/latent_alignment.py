@@ -4,15 +4,13 @@ source's entropy field, and the closed-form terms of tvvar.theory.transformer.el
 the models are scored by (log P under the uniform and the attention prior, the ELBO's KL term)."""
 
 import dataclasses
-import inspect
 import math
-import textwrap
 
 import jax
 import jax.numpy as jnp
 
 from experiments.latent_alignment import Config
-from mutants import Mutant
+from mutants import Mutant, edited
 from tvvar.core import masked_fill_value
 
 
@@ -35,16 +33,6 @@ SIZES = {
                                                            objectives=("soft", "marginal_attention")),
     "uniform_prior": lambda cfg: dataclasses.replace(cfg, objectives=("soft", "marginal", "elbo")),
 }
-
-
-def _edited(original, old: str, new: str):
-    """``original`` recompiled from its source with the one line ``old`` replaced by ``new`` (in its module)."""
-    src = textwrap.dedent(inspect.getsource(original))
-    if src.count(old) != 1:
-        raise ValueError(f"{original.__name__}: expected the text {old!r} exactly once in its source")
-    ns: dict = {}
-    exec(compile(src.replace(old, new), inspect.getsourcefile(original), "exec"), original.__globals__, ns)
-    return ns[original.__name__]
 
 
 def _log_pi_over_queries(orig):
@@ -102,12 +90,12 @@ def _attention_prior_dropped(orig):
 
 
 def _prefix_inclusive(original):  # the closed-form uniform-prior log P: the prefix over blocks inclusive, not exclusive
-    return _edited(original, "before = jnp.pad(jnp.cumsum(totals[:, :-1], axis=1), [(0, 0), (1, 0), (0, 0), (0, 0)])",
+    return edited(original, "before = jnp.pad(jnp.cumsum(totals[:, :-1], axis=1), [(0, 0), (1, 0), (0, 0), (0, 0)])",
                    "before = jnp.cumsum(totals, axis=1)")
 
 
 def _log_p_shift_dropped(original):  # log P = log Σ_h Σ_j P(h, j) p_jh[U] without adding back the shift c_h[U]
-    return _edited(original, "return jax.nn.logsumexp(jnp.log(w_t) + c_t, axis=-1) - log_h",
+    return edited(original, "return jax.nn.logsumexp(jnp.log(w_t) + c_t, axis=-1) - log_h",
                    "return jax.nn.logsumexp(jnp.log(w_t), axis=-1) - log_h")
 
 
