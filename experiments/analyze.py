@@ -1,7 +1,7 @@
 """Analyse a checkpoint as a TV-VAR: π heatmaps, ‖A_tj‖ maps and the Theorem 6 terms of one layer.
 
     python -m experiments.analyze --model PATH (--text FILE | --prompt STR) --out DIR [--layer L] [--window W]
-                                  [--prompts FILE [--cont-len T] [--samples B]]
+                                  [--prompts FILE [--cont-len T] [--samples B]] [--html]
 
 ``PATH`` is a Hugging Face folder (config.json + safetensors; gpt2 / llama / mistral / mamba2, see
 :mod:`tvvar.pretrained`) or a tvvar run directory (``train_config.json`` + checkpoints, see
@@ -22,7 +22,8 @@ vocabulary); without one it must be space-separated token ids. Writes into DIR:
   M_T = i_T − A_T has mean 0 (Theorem 2; within 4 standard errors from its exact predictable variance) and
   I(S → U) ≤ H(S) = log K;
 * ``results.json`` — the numbers and the checks (π rows are distributions; the coefficients reproduce the
-  mixer's output, the TV-VAR law; ELBO ≤ log P with the gap ≥ 0, for an attention layer).
+  mixer's output, the TV-VAR law; ELBO ≤ log P with the gap ≥ 0, for an attention layer);
+* with ``--html``, ``view.html`` — one self-contained interactive page of results.json (:mod:`experiments.view`).
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
     import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
 
-    from tvvar.core import mix_dense
+    from tvvar.core import log_softmax32, mix_dense
     from tvvar.theory.transformer.elbo import elbo_terms
 
     out = Path(out)
@@ -228,7 +229,7 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
     W = min(opts.window, T)
     figures, checks, data = [], [], {"T": T, "layers": L, "layer": layer, "window": W}
     x = model.embed_tokens(ids_j)
-    pis, law_fast, law_coef, coef_norms = [], [], [], []
+    pis, law_fast, law_coef, coef_norms, coef_rows = [], [], [], [], []
     for li, block in enumerate(tqdm(list(model.blocks), desc="analyze: layers")):
         z = block.norm1(x) if block.norm1 is not None else x
         mixer = block.mixer
@@ -258,6 +259,7 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
         law_coef.append(h_coef)
         norms = np.asarray(jnp.sqrt(jnp.sum(jnp.square(A[0, T - W:, T - W:]), axis=(-2, -1))))
         coef_norms.append(norms)
+        coef_rows.append(np.asarray(jnp.sqrt(jnp.sum(jnp.square(A[0]), axis=(-2, -1)))))  # every row, for the view
         del A
         fig, ax = plt.subplots(figsize=(4, 3.5))
         im = ax.imshow(norms, cmap="magma")
@@ -270,6 +272,10 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
     checks.append(check_law(np.concatenate(law_fast, -1), np.concatenate(law_coef, -1)))
     data["coef_norms"] = coef_norms
     data["pi"] = pis
+    data["coef_norm_rows"] = coef_rows  # ‖A[i, j]‖_F of every (i, j), [T, T] per layer
+    # surprisal of token i + 1 from row i of the model's own output (nats), [T − 1]
+    lp = log_softmax32(model(ids_j))[0, :-1]
+    data["surprisal"] = -np.asarray(jnp.take_along_axis(lp, ids_j[0, 1:, None], axis=-1))[:, 0]
 
     from tvvar.decompositions.attention import SoftmaxBilinearAttention
 
@@ -346,7 +352,8 @@ def information_flow(model, prompts: np.ndarray, out: Path, cont_len: int = 8, s
             "directed_information_se": di_se, "flow_estimate": float(mc["flow"]),
             "flow_estimate_se": float(mc["flow_se"]), "per_step": np.asarray(mc["per_step"]),
             "mean_flow": flow.mean(0), "mean_compensator": A.mean(0), "prompt_index": np.asarray(k),
-            "continuations": np.asarray(u), "seconds": time.perf_counter() - t0}
+            "continuations": np.asarray(u), "seconds": time.perf_counter() - t0,
+            "density": np.asarray(I.information_density(lc, log_prior, u, k)), "prompts": np.asarray(prompts)}
     return {"checks": checks, "figures": figures, "data": data}
 
 
@@ -391,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cont-len", type=positive("--cont-len"), default=8, help="output tokens T of the flow (default 8)")
     p.add_argument("--samples", type=int, default=16, help="continuations B sampled for the flow (default 16, ≥ 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampled continuations (default 0)")
+    p.add_argument("--html", action="store_true",
+                   help="also write view.html: an interactive, self-contained page of the results (experiments.view)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (repeatable), so a run trained with your own decomposition loads")
     return p
@@ -444,11 +453,18 @@ def main(argv: list[str] | None = None) -> dict:
             res["checks"] += fl["checks"]
             res["figures"] += fl["figures"]
             res["data"]["information_flow"] = fl["data"]
+            fl["data"]["prompt_tokens"] = [[lm.decode(int(i)) for i in row] for row in prompts]
+            fl["data"]["continuation_tokens"] = [[lm.decode(int(i)) for i in row]
+                                                 for row in fl["data"]["continuations"]]
             config.update(prompts=str(args.prompts), cont_len=args.cont_len, samples=args.samples, seed=args.seed)
         results = {"experiment": "analyze", "config": config,
                    "seconds": round(time.perf_counter() - t0, 3), "checks": res["checks"], "figures": res["figures"],
                    "data": to_jsonable(res["data"])}
         (work / "results.json").write_text(json.dumps(results, indent=2))
+        if args.html:
+            from experiments.view import write_view
+
+            write_view(results, work)
         _move_into_place(work, out)
         work = None
     except (ValueError, TypeError, KeyError, OSError, CheckpointError) as e:
@@ -463,7 +479,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"I(S → U) ≈ {fl['directed_information']:.4f} ± {fl['directed_information_se']:.4f} nats (1 s.e.; "
               f"K = {fl['K']} prompts, B = {fl['B']} continuations of {fl['T']} tokens)")
     n_fail = sum(not c["passed"] for c in results["checks"])
-    print(f"analyze: wrote {len(results['figures'])} figures and results.json to {out}"
+    print(f"analyze: wrote {len(results['figures'])} figures, results.json{' and view.html' * args.html} to {out}"
           + (f"; {n_fail} check(s) FAILED" if n_fail else ""))
     return results
 
