@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import plotting as P
 from experiments.common import check, fail, format_check, save_figure, to_jsonable
 
 __all__ = ["analyze", "information_flow", "load_model", "tokenize", "read_prompts", "check_pi_rows", "check_law",
@@ -212,7 +213,6 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
 
     from tvvar.core import log_softmax32, mix_dense
@@ -236,19 +236,7 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
         pi = np.asarray(mixer.pi(z)) if hasattr(mixer, "pi") else None
         if pi is not None:
             pis.append(pi)
-            H = pi.shape[1]
-            nh = min(H, opts.max_heads_plotted)
-            cols = min(nh, 4)
-            rows = -(-nh // cols)
-            fig, axs = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-            for h in range(rows * cols):
-                ax = axs[h // cols][h % cols]
-                if h < nh:
-                    ax.imshow(pi[0, h], cmap="viridis", vmin=0, vmax=1)
-                    ax.set_title(f"layer {li} head {h}", fontsize=8)
-                ax.axis("off")
-            fig.suptitle("π^h[i, j] (row i: query, column j: key)")
-            figures.append(save_figure(fig, out, f"pi_layer{li}.png"))
+            figures.append(_pi_figure(pi[0], li, out, opts.max_heads_plotted, tokens))
         # coefficients on the last W positions: the window is a prefix-free slice, so run the mixer on the
         # full sequence and compare its rows T−W..T−1 with Σ_j A[i, j] u_j over j < T (A zero outside S(i))
         zw = z[:, :]
@@ -261,11 +249,7 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
         coef_norms.append(norms)
         coef_rows.append(np.asarray(jnp.sqrt(jnp.sum(jnp.square(A[0]), axis=(-2, -1)))))  # every row, for the view
         del A
-        fig, ax = plt.subplots(figsize=(4, 3.5))
-        im = ax.imshow(norms, cmap="magma")
-        ax.set_title(f"layer {li}: ‖A[i, j]‖_F, positions {T - W}..{T - 1}", fontsize=8)
-        fig.colorbar(im, ax=ax)
-        figures.append(save_figure(fig, out, f"coef_norm_layer{li}.png"))
+        figures.append(_coef_norm_figure(norms, li, T, out, tokens))
         x = block(x)
     if pis:
         checks.append(check_pi_rows(np.concatenate([p.reshape(-1, p.shape[-1]) for p in pis])[None, None]))
@@ -294,15 +278,7 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
         log_p, elbo, gap = (np.asarray(getattr(terms, k))[0, :n] for k in ("log_p", "elbo", "gap"))
         checks.append(check_elbo_bound(log_p, elbo, gap))
         data["theorem6"] = {"log_p": log_p, "elbo": elbo, "gap": gap, "seconds": time.perf_counter() - t0}
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(log_p, label="log P(U)")
-        ax.plot(elbo, label="ELBO")
-        ax.plot(gap, label="gap KL(Q‖P(J|U))")
-        ax.set_xlabel("position i")
-        ax.set_ylabel("nats")
-        ax.set_title(f"Theorem 6 terms, layer {layer}")
-        ax.legend(fontsize=8)
-        figures.append(save_figure(fig, out, f"theorem6_layer{layer}.png"))
+        figures.append(_theorem6_figure(data["theorem6"], layer, out, tokens))
     if tokens is not None:
         data["tokens"] = tokens
     return {"checks": checks, "figures": figures, "data": data}
@@ -317,7 +293,6 @@ def information_flow(model, prompts: np.ndarray, out: Path, cont_len: int = 8, s
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from tvvar.theory.information import directed as I
 
@@ -336,18 +311,8 @@ def information_flow(model, prompts: np.ndarray, out: Path, cont_len: int = 8, s
     flow, A, M, Vq = (np.asarray(d[n]) for n in ("flow", "A", "M", "V"))
     di, di_se = float(mc["rao_blackwell"]), float(mc["rao_blackwell_se"])
     checks = [check_chain_rule(flow, seq), check_martingale(M[:, -1], Vq[:, -1]), check_di_bound(di, di_se, K)]
-    t = np.arange(1, cont_len + 1)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for b in range(flow.shape[0]):
-        ax.plot(t, flow[b], color="0.8", lw=0.8)
-    ax.plot(t, flow.mean(0), label="mean flow i(S → U_{n+1:t})")
-    ax.plot(t, A.mean(0), "--", label="compensator A_t = Σ KL_τ")
-    ax.axhline(math.log(K), color="k", lw=0.8, ls=":", label="H(S) = log K")
-    ax.set_xlabel("output step t")
-    ax.set_ylabel("nats")
-    ax.set_title(f"semantic information flow, K = {K} prompts, B = {samples} samples")
-    ax.legend(fontsize=8)
-    figures = [save_figure(fig, out, "flow.png")]
+    figures = [_flow_figure(flow, A, out, K=K, estimate=di, estimate_se=di_se,
+                           estimate_name="Rao–Blackwell Monte-Carlo mean")]
     data = {"K": K, "n": int(prompts.shape[1]), "T": cont_len, "B": samples, "directed_information": di,
             "directed_information_se": di_se, "flow_estimate": float(mc["flow"]),
             "flow_estimate_se": float(mc["flow_se"]), "per_step": np.asarray(mc["per_step"]),
@@ -355,6 +320,66 @@ def information_flow(model, prompts: np.ndarray, out: Path, cont_len: int = 8, s
             "continuations": np.asarray(u), "seconds": time.perf_counter() - t0,
             "density": np.asarray(I.information_density(lc, log_prior, u, k)), "prompts": np.asarray(prompts)}
     return {"checks": checks, "figures": figures, "data": data}
+
+
+def _pi_figure(pi: np.ndarray, layer: int, out: Path, max_heads: int, tokens: list[str] | None) -> str:
+    """π^h[i, j] of one layer, one heatmap per head (at most ``max_heads``): ``pi_layer{layer}.png``."""
+    H, T = pi.shape[0], pi.shape[-1]
+    nh = min(H, max_heads)
+    cols = min(nh, 4)
+    rows = -(-nh // cols)
+    fig, axs = P.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    for h in range(rows * cols):
+        ax = axs[h // cols][h % cols]
+        if h < nh:
+            P.heatmap(ax, pi[h], range(T), tokens, "π^h[i, j]", vmin=0, vmax=1)
+            ax.set_title(f"head {h}", fontsize=8)
+        else:
+            ax.set_visible(False)
+    fig.suptitle(f"layer {layer}: attention π^h[i, j] (row i: query, column j: key)", fontsize=9)
+    return save_figure(fig, out, f"pi_layer{layer}.png")
+
+
+def _coef_norm_figure(norms: np.ndarray, layer: int, T: int, out: Path, tokens: list[str] | None) -> str:
+    """‖A[i, j]‖_F on the window of the last W positions, labelled by absolute position: ``coef_norm_layer*.png``."""
+    W = norms.shape[0]
+    fig, ax = P.subplots(figsize=(4.4, 3.8))
+    P.heatmap(ax, norms, range(T - W, T), None if tokens is None else tokens[T - W:], "‖A[i, j]‖_F", cmap="magma")
+    ax.set_title(f"layer {layer}: coefficient norms, positions {T - W}..{T - 1}", fontsize=8)
+    return save_figure(fig, out, f"coef_norm_layer{layer}.png")
+
+
+def _theorem6_figure(t6: dict, layer: int, out: Path, tokens: list[str] | None) -> str:
+    """log P(U), the ELBO and their gap per position: ``theorem6_layer{layer}.png``."""
+    n = len(t6["log_p"])
+    i = np.arange(n)
+    fig, ax = P.subplots(figsize=(6, 3.5))
+    ax.plot(i, t6["log_p"], label="log P(U)")
+    ax.plot(i, t6["elbo"], label="ELBO")
+    ax.plot(i, t6["gap"], label="gap KL(Q‖P(J|U))")
+    P.token_axis(ax, "x", i, None if tokens is None else tokens[:n], label="position i (predicting token i+1)")
+    ax.set_ylabel(P.nats("log-probability"))
+    ax.set_title(f"Theorem 6 terms, layer {layer}")
+    ax.legend(fontsize=8)
+    return save_figure(fig, out, f"theorem6_layer{layer}.png")
+
+
+def _flow_figure(flow: np.ndarray, A: np.ndarray, out: Path, *, K: int, estimate: float, estimate_se: float,
+                estimate_name: str, name: str = "flow.png") -> str:
+    """The semantic information flow of B sampled paths (``flow``, ``A``: [B, T]): the median and 10–90 % band of
+    i(S → U_{≤t}) with five highlighted paths, the compensator A_t beside it, and the reported estimate of
+    I(S → U) with its standard error in the title."""
+    B, T = flow.shape
+    t = np.arange(1, T + 1)
+    pick = P.highlighted(B, 5)
+    fig, (a0, a1) = P.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    P.flow_panels(a0, a1, t, P.quantiles(flow), P.quantiles(A), flow[pick], A[pick], H=math.log(K),
+                  comp_name="compensator A_t = Σ_τ KL_τ")
+    a0.set_title("flow i(S → U_{≤t}) of each path", fontsize=9)
+    a1.set_title("its predictable part (Doob)", fontsize=9)
+    fig.suptitle(f"I(S → U) = {estimate:.3f} ± {estimate_se:.3f} nats ({estimate_name} ± 1 s.e.; "
+                 f"K = {K} prompts, B = {B} paths)", fontsize=9)
+    return save_figure(fig, out, name)
 
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -191,14 +191,22 @@ def to_jsonable(x: Any) -> Any:
 
 
 def save_figure(fig, out: Path, name: str) -> str:
-    """Save a matplotlib figure as PNG into ``out`` and close it; returns the file name."""
+    """Save a matplotlib figure as PNG into ``out`` and close it; returns the file name. The one way figures are
+    saved: it checks the conventions of :mod:`experiments.plotting` on the drawn figure (a warning, or an error
+    under ``experiments.plotting.strict()``)."""
     import matplotlib.pyplot as plt
 
+    from experiments import plotting
+
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(out / name, dpi=plotting.DPI)
+        plotting.audit(fig, name)
+    finally:
+        plt.close(fig)
     return name
 
 

@@ -49,6 +49,7 @@ import optax
 from flax import nnx
 from scipy.optimize import minimize
 
+from experiments import plotting as P
 from experiments.common import check, cli, save_figure
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.sources import PromptedSource
@@ -477,6 +478,7 @@ def _flow_analysis(model, src: PromptedSource, cfg: Config, key) -> dict:
         "freedman_excess_printed": float(np.max(np.where(below_p, emp - printed, -np.inf))),
         "freedman_mc_tol": mc_tol,
         "paths_flow": d["flow"][idx].tolist(), "paths_A": d["A"][idx].tolist(), "paths_M": d["M"][idx].tolist(),
+        "flow_band": P.quantiles(d["flow"]).tolist(), "A_band": P.quantiles(d["A"]).tolist(),
         "heuristics": heur, "exact_mean_flow": float(np.mean(exact_flow)),
     }
 
@@ -579,34 +581,38 @@ def _model_capacity(model, src: PromptedSource, cfg: Config) -> dict:
 
 
 def _figures(out: Path, d: dict, cfg: Config) -> list[str]:
-    import matplotlib.pyplot as plt
-
     figs = []
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, ax = P.subplots(1, 4, figsize=(17, 3.8))
     t = np.arange(1, cfg.cont_len + 1)
-    for f, a, m in zip(d["paths_flow"], d["paths_A"], d["paths_M"], strict=True):
-        ax[0].plot(t, f, color="C0", alpha=0.5)
-        ax[0].plot(t, a, color="C1", alpha=0.5)
-        ax[0].plot(t, m, color="C2", alpha=0.5)
-    ax[0].plot([], [], color="C0", label="flow i_t")
-    ax[0].plot([], [], color="C1", label="A_t (predictable)")
-    ax[0].plot([], [], color="C2", label="M_t (martingale)")
-    ax[0].set(xlabel="output token t", ylabel="nats", title="information flow and its Doob parts")
-    ax[0].legend(fontsize=7)
-    ax[1].hist(d["drift_values"], bins=50)
-    ax[1].set(xlabel="drift KL(P(·|past,S) ‖ P(·|past)) (nats)", ylabel="count", title="Theorem 2 drift ≥ 0")
+    pick = P.highlighted(len(d["paths_flow"]), 5)
+    P.flow_panels(ax[0], ax[1], t, d["flow_band"], d["A_band"], np.asarray(d["paths_flow"])[pick],
+                  np.asarray(d["paths_A"])[pick], flow_name="flow i_t = i(S → U_{≤t})",
+                  comp_name="compensator A_t (predictable)")
+    M, se = np.asarray(d["M_mean"]), np.asarray(d["M_se"])
+    ax[1].errorbar(t, M, yerr=2 * se, color="C2", capsize=2, label="martingale M_t: mean ± 2 s.e.")
+    ax[1].legend(fontsize=7)
+    ax[0].set_title("information flow", fontsize=9)
+    ax[1].set_title("its Doob parts", fontsize=9)
+    ax[2].hist(d["drift_values"], bins=50)
+    ax[2].set(xlabel="drift KL(P(·|past,S) ‖ P(·|past)) (nats)", ylabel="count", title="Theorem 2 drift ≥ 0")
     emp, pr, wc = (np.asarray(d[k]) for k in ("freedman_empirical", "freedman_printed", "freedman_with_c"))
-    ax[2].plot(d["freedman_alpha"], emp[:, -1], "o-", label="empirical")
-    ax[2].plot(d["freedman_alpha"], pr[:, -1], "--", label="Eq. 30 as printed: exp(−α²/2(α+β)) (c = 1)")
-    ax[2].plot(d["freedman_alpha"], wc[:, -1], ":", label=f"exp(−α²/2(β+cα)), c = {d['freedman_c']:.2g}")
-    ax[2].axhline(0.5, color="0.7", lw=0.8)
-    ax[2].set(xlabel="α", ylabel=f"P(M ≥ α, V ≤ {d['freedman_beta'][-1]:.2g})", title="Freedman (Cor. 2)",
+    ax[3].plot(d["freedman_alpha"], emp[:, -1], "o-", label="empirical")
+    ax[3].plot(d["freedman_alpha"], pr[:, -1], "--", label="Eq. 30 as printed: exp(−α²/2(α+β)) (c = 1)")
+    ax[3].plot(d["freedman_alpha"], wc[:, -1], ":", label=f"exp(−α²/2(β+cα)), c = {d['freedman_c']:.2g}")
+    ax[3].axhline(0.5, color="0.7", lw=0.8)
+    ax[3].set(xlabel="α (nats)", ylabel=f"P(M ≥ α, V ≤ {d['freedman_beta'][-1]:.2g})", title="Freedman (Cor. 2)",
               yscale="log")
-    ax[2].legend(fontsize=7)
+    ax[3].legend(fontsize=7)
+    exact = d["source_rate"] * cfg.cont_len
+    fig.suptitle(f"I(S → U) = {d['model_di_mc']:.3f} ± {d['model_di_mc_se']:.3f} nats (Monte-Carlo mean of i_T "
+                 f"over {cfg.paths} model paths ± 1 s.e.; the source's exact I(S → U^ħ) = {exact:.3f})",
+                 fontsize=9)
     figs.append(save_figure(fig, out, "flow_doob_freedman.png"))
 
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, ax = P.subplots(1, 3, figsize=(14, 3.8))
     ax[0].plot(d["D"], d["R"], "o-")
+    for step, x, y in zip(d["step"], d["D"], d["R"], strict=True):
+        ax[0].annotate(f"step {step}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax[0].axhline(d["source_rate"], color="k", ls="--", label="(1/T) I(S→U^ħ)")
     ax[0].set(xlabel="D (nats/token)", ylabel="R (nats/token)", title="R vs D over training (Thm 1)")
     ax[0].legend(fontsize=7)
@@ -619,14 +625,16 @@ def _figures(out: Path, d: dict, cfg: Config) -> list[str]:
     ax[1].legend(fontsize=7)
     names = list(d["heuristics"])
     ax[2].bar(names, [d["heuristics"][n]["mean_abs_drift"] for n in names])
-    ax[2].set(ylabel="mean |i_heur − i_exact| at T (nats)", title="prompt-free estimators vs Bayes")
+    ax[2].set(xlabel="prompt-free estimator", ylabel="mean |i_heur − i_exact| at T (nats)",
+              title="prompt-free estimators vs Bayes")
     figs.append(save_figure(fig, out, "rate_distortion.png"))
 
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, ax = P.subplots(1, 2, figsize=(9, 3.6))
     K = len(d["model_capacity_prior"])
     ax[0].bar(np.arange(K) - 0.2, d["prompt_probs"], 0.4, label="source law")
     ax[0].bar(np.arange(K) + 0.2, d["model_capacity_prior"], 0.4, label="capacity-achieving")
     ax[0].set(xlabel="prompt k", ylabel="P(S = s_k)", title="optimal prompt law of the trained model")
+    P.integer_ticks(ax[0], "x")
     ax[0].legend(fontsize=7)
     ax[1].plot(d["rpost_W"], d["rpost_R"], "o-")
     ax[1].set(xlabel="W (expected reward)", ylabel="R_post(W) (nats)", title="directed rate–reward (Def. 7)")
