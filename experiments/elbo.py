@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments import plotting as P
 from experiments.common import as_skipped, check, cli, save_figure
 from tvvar import train as T
 from tvvar.model import ModelConfig, TVVARModel
@@ -254,8 +255,6 @@ def text_corpus(cfg: Config) -> tuple[TextCorpus | None, str | None]:
 
 def _dataset(name: str, data, cfg: Config, out: Path) -> tuple[dict, list[dict], list[str]]:
     """Train every objective on ``data``; measure, check and plot."""
-    import matplotlib.pyplot as plt
-
     V = data.vocab_size
     checks: list[dict] = []
     res: dict = {"info": data.info() if name == "synthetic" else {k: v for k, v in data.info().items() if k != "vocab"},
@@ -303,7 +302,7 @@ def _dataset(name: str, data, cfg: Config, out: Path) -> tuple[dict, list[dict],
 
     figs = []
     # (1) curves over training
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    fig, axes = P.subplots(2, 2, figsize=(10, 7), sharex=True)
     for key, ax, title in (("log_p", axes[0, 0], "log P(U) (uniform prior)"), ("elbo", axes[0, 1], "ELBO (Q = π)"),
                            ("soft_ll", axes[1, 0], "soft log-likelihood (Eq. 54)"),
                            ("gap", axes[1, 1], "gap KL(Q ‖ P(J | U))")):
@@ -311,30 +310,28 @@ def _dataset(name: str, data, cfg: Config, out: Path) -> tuple[dict, list[dict],
             c = res["runs"][obj]["curve"]
             ax.plot([p["step"] for p in c], [p[key] for p in c], marker="o", ms=3, label=LABELS[obj])
         ax.set_title(title)
-        ax.set_ylabel("nats / token")
+        ax.set_ylabel(P.nats("mean", "token"))
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("training step")
+        P.integer_ticks(ax, "x")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{name}: held-out latent-position quantities while training with each objective")
     figs.append(save_figure(fig, out, f"{name}_curves.png"))
     # (2) per-position gap heatmap + Q vs posterior for one sequence
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    fig, axes = P.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     G = np.array([res["runs"][o]["gap_per_position"] for o in cfg.objectives])
-    im = axes[0].imshow(G, aspect="auto", cmap="magma")
+    P.heatmap(axes[0], G, cols=range(G.shape[1]), cbar_label=P.nats("KL"), token_axes="x", cmap="magma",
+              xlabel="position i (predicting token i+1)", ylabel="training objective")
     axes[0].set_yticks(range(len(cfg.objectives)), [LABELS[o] for o in cfg.objectives], fontsize=7)
-    axes[0].set_xlabel("position i (predicting token i+1)")
     axes[0].set_title("mean KL(Q ‖ posterior) per position")
-    fig.colorbar(im, ax=axes[0], label="nats")
     show = "elbo" if "elbo" in models else cfg.objectives[-1]
     t = jax.device_get(_terms(models[show], ids[:1], tgt[:1]))
     f = jax.device_get(nnx.jit(E.latent_features)(models[show], ids[:1]))
     q = np.exp(np.asarray(f.log_q[0])).sum(1) * np.tril(np.ones((cfg.seq_len, cfg.seq_len)))
     post = np.exp(np.asarray(t.log_post[0])).sum(1) * np.tril(np.ones((cfg.seq_len, cfg.seq_len)))
     for ax, mat, title in ((axes[1], q, f"Q(j | i) = Σ_h π^h/H ({show})"), (axes[2], post, "posterior P(j | U_i)")):
-        ax.imshow(mat, cmap="viridis", vmin=0, vmax=1)
-        ax.set_xlabel("key position j")
-        ax.set_ylabel("query position i")
+        P.heatmap(ax, mat, range(cfg.seq_len), cbar_label="probability", vmin=0, vmax=1, aspect="equal")
         ax.set_title(title, fontsize=9)
     figs.append(save_figure(fig, out, f"{name}_gap_heatmap.png"))
     res["comparison_table"] = _table(res, cfg)
@@ -349,8 +346,6 @@ def _table(res: dict, cfg: Config) -> list[dict]:
 
 def run(config: Config, out: Path) -> dict:
     """Theorems 6–7: ELBO, exact marginal and soft attention trained and measured on a TV-VAR source and text."""
-    import matplotlib.pyplot as plt
-
     cfg = config
     unknown = set(cfg.objectives) - set(E.OBJECTIVE_KINDS)
     if unknown:
@@ -375,7 +370,7 @@ def run(config: Config, out: Path) -> dict:
         checks += planned_text_checks(cfg, note)
     # (3) perplexities side by side; (4) decoding agreement (Theorem 7)
     names = list(sources)
-    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4), squeeze=False)
+    fig, axes = P.subplots(1, len(names), figsize=(6.5 * len(names), 4), squeeze=False)
     kinds = [("soft", "soft"), ("marginal_uniform", "exact marginal, uniform"),
              ("marginal_attention", "exact marginal, attention prior"), ("elbo_bound", "exp(−ELBO) bound")]
     for ax, name in zip(axes[0], names, strict=True):
@@ -384,11 +379,12 @@ def run(config: Config, out: Path) -> dict:
         for k, (key, lab) in enumerate(kinds):
             ax.bar(x + k * w, [data[name]["runs"][o]["perplexity"][key] for o in cfg.objectives], w, label=lab)
         ax.set_xticks(x + 0.4 - w / 2, [LABELS[o] for o in cfg.objectives], fontsize=7, rotation=12)
-        ax.set_ylabel("held-out perplexity")
+        ax.set_xlabel("training objective")
+        ax.set_ylabel("held-out perplexity (per token)")
         ax.set_title(f"{name}: trained with (x) → evaluated under (colour)")
         ax.legend(fontsize=7)
     figs.append(save_figure(fig, out, "perplexity.png"))
-    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 3.8), squeeze=False)
+    fig, axes = P.subplots(1, len(names), figsize=(6.5 * len(names), 3.8), squeeze=False)
     pairs = ["elbo_vs_log_p", "elbo_vs_soft", "log_p_vs_soft", "all_three"]
     for ax, name in zip(axes[0], names, strict=True):
         x = np.arange(len(cfg.objectives))
@@ -397,6 +393,7 @@ def run(config: Config, out: Path) -> dict:
             ax.bar(x + k * w, [data[name]["runs"][o]["decoding_agreement"][p] for o in cfg.objectives], w, label=p)
         ax.set_xticks(x + 0.4 - w / 2, [LABELS[o] for o in cfg.objectives], fontsize=7, rotation=12)
         ax.set_ylim(0, 1.05)
+        ax.set_xlabel("training objective")
         ax.set_ylabel("fraction of positions")
         ax.set_title(f"{name}: greedy decoding agreement (Theorem 7)")
         ax.legend(fontsize=7)

@@ -66,6 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import plotting as P
 from experiments.common import check, cli, save_figure
 from tvvar.theory.estimation import categorical as C
 from tvvar.theory.estimation import classical as E
@@ -669,53 +670,49 @@ def _figures(data: dict, maps: dict | None, out: Path) -> list[str]:
 
 
 def _estimators_figure(data: dict, out: Path) -> str:
-    import matplotlib.pyplot as plt
-
     M, assoc = data["categorical"]["cmi_matrix"], data["categorical"]["mechanistic"]
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
-    for a_, mat, title in ((ax[0], M, r"exact $I(X_i; Y_j \mid X^{i-1}, Y^{j-1})$"),
-                           (ax[1], assoc, r"mechanistic $E\,\|A^{YX}_{ji}\, e(X_i)\|$")):
-        im = a_.imshow(mat, cmap="viridis")
-        a_.set(title=title, xlabel="j (Y time)", ylabel="i (X time)", xticks=range(mat.shape[1]),
-               yticks=range(mat.shape[0]))
-        fig.colorbar(im, ax=a_)
+    fig, ax = P.subplots(1, 3, figsize=(13, 3.8))
+    for a_, mat, title, unit in ((ax[0], M, r"exact $I(X_i; Y_j \mid X^{i-1}, Y^{j-1})$", P.nats("CMI")),
+                                 (ax[1], assoc, r"mechanistic $E\,\|A^{YX}_{ji}\, e(X_i)\|$", "norm")):
+        mat = np.asarray(mat)
+        P.heatmap(a_, mat, range(mat.shape[0]), cbar_label=unit, cols=range(mat.shape[1]), xlabel="j (Y time)",
+                  ylabel="i (X time)", aspect="equal")
+        a_.set_title(title)
     ks = sorted(data["staircase"])
     ax[2].plot(ks, ks, "k--", label="true MI")
     ax[2].plot(ks, [data["staircase"][k] for k in ks], "o-", label="InfoNCE, optimal critic")
     ax[2].axhline(math.log(64), color="r", lw=0.8, label="ln 64")
-    ax[2].set(xlabel="true MI (nats)", ylabel="nats", title="InfoNCE ceiling, K = 64")
+    ax[2].set(xlabel="true MI (nats)", ylabel="estimated MI (nats)", title="InfoNCE ceiling, K = 64")
     ax[2].legend()
     return save_figure(fig, out, "estimators.png")
 
 
 def _recovery_figure(maps: dict, out: Path) -> str:
-    import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
     # log colour scale: the diagonal A[i, i] is 10–20× the lags the fit has to find; j > i (no coefficient) is blank
-    fig, ax = plt.subplots(1, 4, figsize=(16, 3.6), constrained_layout=True)
+    fig, ax = P.subplots(1, 4, figsize=(16, 3.6))
     for col, (dec, (truth, est)) in enumerate(maps.items()):
         both = np.concatenate([np.ravel(truth), np.ravel(est)])
         norm = LogNorm(vmin=max(both[both > 0].min(), both.max() * 1e-4), vmax=both.max())
         for a_, mat, what in ((ax[2 * col], truth, "materialised ‖E A[i, j]‖"),
                               (ax[2 * col + 1], est, "fitted ‖Â[i, j]‖")):
-            im = a_.imshow(np.ma.masked_less_equal(mat, 0), cmap="viridis", norm=norm)
-            a_.set(title=f"{dec}: {what}", xlabel="j (source position)", ylabel="i (row)")
-            fig.colorbar(im, ax=a_)
+            mat = np.asarray(mat)
+            P.heatmap(a_, np.ma.masked_less_equal(mat, 0), range(mat.shape[0]), cbar_label="norm (log scale)",
+                      xlabel="j (source position)", ylabel="i (row)", norm=norm, aspect="equal")
+            a_.set_title(f"{dec}: {what}")
     return save_figure(fig, out, "recovery.png")
 
 
 def _haslbeck_figure(rows: list[dict], out: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = P.subplots(figsize=(5, 3.6))
     ns = [r["n"] for r in rows]
     ax.plot(ns, [r["kernel_mae_varying"] for r in rows], "o-", label="kernel (time-varying entries)")
     ax.plot(ns, [r["ols_mae_varying"] for r in rows], "s-", label="OLS (time-varying entries)")
     ax.plot(ns, [r["kernel_mae"] for r in rows], "o--", label="kernel (all entries)")
     lit = sorted(HASLBECK)
     ax.plot(lit, [HASLBECK[n][0] for n in lit], "kx", label="Haslbeck et al. (kernel)")
-    ax.set(xscale="log", xlabel="n", ylabel="MAE of A(t)", title="TV-VAR(1), 10 variables")
+    ax.set(xscale="log", xlabel="n (time points)", ylabel="MAE of A(t)", title="TV-VAR(1), 10 variables")
     ax.legend(fontsize=7)
     return save_figure(fig, out, "haslbeck.png")
 

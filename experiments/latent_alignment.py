@@ -42,6 +42,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments import plotting as P
 from experiments.common import check, cli, save_figure
 from tvvar import train as T
 from tvvar.model import ModelConfig, TVVARModel
@@ -383,9 +384,7 @@ def _analyse(src: LatentAlignmentSource, res: dict, cfg: Config, tr: _Trainer, p
 
 
 def _fig_orderings(data: dict, cfg: Config, out: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(SOURCES), figsize=(6.2 * len(SOURCES), 4.2), squeeze=False)
+    fig, axes = P.subplots(1, len(SOURCES), figsize=(6.2 * len(SOURCES), 4.2), squeeze=False)
     x = np.arange(len(cfg.objectives))
     for ax, name in zip(axes[0], SOURCES, strict=True):
         d = data[name]
@@ -397,7 +396,8 @@ def _fig_orderings(data: dict, cfg: Config, out: Path) -> str:
         lo = d["entropy_floor_perplexity"]
         ax.set_ylim(lo * 0.95, max(max(v) for v in ppl) * 1.03)
         ax.set_xticks(x, [LABELS[o] for o in cfg.objectives], fontsize=7, rotation=12)
-        ax.set_ylabel("held-out perplexity (own likelihood)")
+        ax.set_xlabel("training objective")
+        ax.set_ylabel("held-out perplexity (own likelihood, per token)")
         kind = "hard latent alignment" if name == "alignment" else "soft attention TV-VAR (Eq. 44)"
         ax.set_title(f"{name} source: {kind}", fontsize=10)
         ax.legend(fontsize=7)
@@ -406,9 +406,7 @@ def _fig_orderings(data: dict, cfg: Config, out: Path) -> str:
 
 
 def _fig_posterior(an: dict, cfg: Config, out: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = P.subplots(1, 2, figsize=(12, 4))
     i = np.arange(cfg.seq_len)
     ax = axes[0]
     ax.plot(i, an["kl_uniform_true"], "k--", lw=1, label="Q = uniform")
@@ -416,8 +414,8 @@ def _fig_posterior(an: dict, cfg: Config, out: Path) -> str:
     for k, o in enumerate(cfg.objectives):
         ax.plot(i, np.mean([r["kl_q_true"] for r in an["runs"][o]], 0), color=f"C{k}", label=LABELS[o])
         ax.plot(i, np.mean([r["gap_uniform"] for r in an["runs"][o]], 0), color=f"C{k}", ls="--", lw=0.8)
-    ax.set_xlabel("position i (predicting token i+1)")
-    ax.set_ylabel("nats")
+    P.token_axis(ax, "x", label="position i (predicting token i+1)")
+    ax.set_ylabel(P.nats("KL"))
     ax.set_title("KL(Q ‖ true posterior) (solid) vs own gap KL(Q ‖ model posterior) (dashed)", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[1]
@@ -430,6 +428,7 @@ def _fig_posterior(an: dict, cfg: Config, out: Path) -> str:
     ax.axhline(an["bayes_accuracy"], color="k", ls="--", lw=1, label="Bayes-optimal decoder")
     ax.axhline(1 / cfg.V, color="gray", ls=":", lw=1, label="random decoder (1/V)")
     ax.set_xticks(x + w, [LABELS[o] for o in cfg.objectives], fontsize=7, rotation=12)
+    ax.set_xlabel("training objective")
     ax.set_ylabel("held-out greedy accuracy")
     ax.set_title("Theorem 7: decoding rules vs the Bayes decoder", fontsize=9)
     ax.legend(fontsize=7)
@@ -437,9 +436,7 @@ def _fig_posterior(an: dict, cfg: Config, out: Path) -> str:
 
 
 def _fig_curves(data: dict, cfg: Config, out: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(SOURCES), figsize=(6.2 * len(SOURCES), 3.8), squeeze=False)
+    fig, axes = P.subplots(1, len(SOURCES), figsize=(6.2 * len(SOURCES), 3.8), squeeze=False)
     for ax, name in zip(axes[0], SOURCES, strict=True):
         for k, o in enumerate(cfg.objectives):
             for s, c in enumerate(data[name]["curves"][o]):

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments import plotting
 from experiments.common import check, cli, save_figure, skipped
 from tvvar.theory.space import compression as C
 from tvvar.theory.space.semantic import SemanticSpace, gromov_wasserstein
@@ -651,9 +652,7 @@ def cpc_part(key, c: Config) -> dict:
 
 
 def _cpc_figure(out: Path, r: dict) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plotting.subplots(1, 2, figsize=(12, 4.2))
     ax = axes[0]
     for k in range(r["K"]):
         (line,) = ax.plot(r["sizes"], r["trained"][k], "o-", label=f"k = {k + 1} trained")
@@ -674,6 +673,7 @@ def _cpc_figure(out: Path, r: dict) -> str:
             r["horizon_sum_K_trained"]]
     axes[1].bar(range(len(vals)), vals, color=["C0", "C1", "C2", "C3", "C4"])
     axes[1].set_xticks(range(len(vals)), labels, rotation=20, fontsize=7)
+    axes[1].set_xlabel("term of the chain")
     axes[1].set_ylabel("nats")
     axes[1].set_title(f"Eq. 42's chain, n = {r['T']}")
     return save_figure(fig, out, "cpc.png")
@@ -693,16 +693,14 @@ def _figures(out: Path, c: Config, jl, gw, t4, dd: dict, two) -> list[str]:
 
 
 def _jl_figure(out: Path, jl) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plotting.subplots(figsize=(6, 4))
     for kind, row in jl.items():
         (line,) = ax.plot(list(row), list(row.values()), "o-", label=f"{kind} (measured)")
         if kind in JL_REFERENCE:
             ax.plot(list(JL_REFERENCE[kind]), list(JL_REFERENCE[kind].values()), "x--", color=line.get_color(),
                     label=f"{kind} (reference)")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("m")
+    ax.set_xlabel("m (projected dimension)")
     ax.set_ylabel("max |⟨Px_i,Px_j⟩ − ⟨x_i,x_j⟩|")
     ax.set_title(f"JL table: M = {JL_M} points on S^{JL_N - 1}")
     ax.legend(fontsize=7)
@@ -711,9 +709,7 @@ def _jl_figure(out: Path, jl) -> str:
 
 
 def _gw_figure(out: Path, c: Config, gw) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plotting.subplots(1, 3, figsize=(14, 4))
     cv = gw["curve"]
     axes[0].plot([r["noise"] for r in cv], [r["distance2"] for r in cv], "o-", label="best of both starts")
     axes[0].plot([r["noise"] for r in cv], [r["blind_distance2"] for r in cv], "x--", label="blind (TLB) start")
@@ -722,16 +718,15 @@ def _gw_figure(out: Path, c: Config, gw) -> str:
     axes[0].set_ylabel("d_s² (Eq. 34)")
     axes[0].set_title(f"GW distance vs noise (n = {c.gw_n}, d = {c.gw_d})")
     axes[0].grid(alpha=0.3)
-    for ax, (s, P) in zip(axes[1:], gw["couplings"].items(), strict=False):
-        ax.imshow(P, cmap="viridis")
+    for ax, (s, coupling) in zip(axes[1:], gw["couplings"].items(), strict=False):
+        plotting.heatmap(ax, coupling, cbar_label="coupling mass", xlabel="point of the copy", ylabel="point i",
+                  aspect="equal")
         ax.set_title(f"coupling, σ = {s} (columns un-permuted)")
     return save_figure(fig, out, "gw_invariance_noise.png")
 
 
 def _theorem4_figure(out: Path, c: Config, t4) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plotting.subplots(figsize=(6, 4))
     for kind in c.dd_kinds:
         rr = [r for r in t4["rows"] if r["kind"] == kind]
         ax.plot([r["m"] for r in rr], [r["gw"] for r in rr], "o-", label=f"d_s² {kind}")
@@ -743,7 +738,7 @@ def _theorem4_figure(out: Path, c: Config, t4) -> str:
         ax.plot(*zip(*lem, strict=True), "r--", label="ε² of Eq. 35")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("m")
+    ax.set_xlabel("m (projected dimension)")
     ax.set_ylabel("distortion")
     ax.set_title(f"Theorem 4: n = {c.gw_n} points on S^{c.t4_dim - 1}")
     ax.legend(fontsize=7)
@@ -752,11 +747,9 @@ def _theorem4_figure(out: Path, c: Config, t4) -> str:
 
 
 def _trained_figures(out: Path, c: Config, dd: dict, two) -> list[str]:
-    import matplotlib.pyplot as plt
-
     names = []
     if dd:
-        fig, axes = plt.subplots(len(dd), 2, figsize=(11, 3.6 * len(dd)), squeeze=False)
+        fig, axes = plotting.subplots(len(dd), 2, figsize=(11, 3.6 * len(dd)), squeeze=False)
         for (name, d), (a1, a2) in zip(dd.items(), axes, strict=True):
             for kind in c.dd_kinds:
                 rr = [r for r in d["rows"] if r["kind"] == kind]
@@ -767,21 +760,20 @@ def _trained_figures(out: Path, c: Config, dd: dict, two) -> list[str]:
             a2.set_title(f"{name}: semantic distortion d_s², V = {d['V']}")
             for a in (a1, a2):
                 a.set_xscale("log", base=2)
-                a.set_xlabel("m")
+                a.set_xlabel("m (projected dimension)")
                 a.grid(alpha=0.3)
                 a.legend(fontsize=7)
-            a1.set_ylabel("nats / token")
+            a1.set_ylabel(plotting.nats("CE increase", "token"))
+            a2.set_ylabel("d_s²")
         names.append(save_figure(fig, out, "dimension_distortion.png"))
 
     if two is not None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-        axes[0].imshow(two["coupling_rotated"])
+        fig, axes = plotting.subplots(1, 2, figsize=(10, 4.5))
+        for a, key in zip(axes, ("coupling_rotated", "coupling_seeds"), strict=True):
+            plotting.heatmap(a, two[key], cbar_label="coupling mass", xlabel="token of the second space",
+                      ylabel="token of the first space", aspect="equal")
         axes[0].set_title(f"model vs rotated copy, d_s² = {two['d2_rotated']:.2e}")
-        axes[1].imshow(two["coupling_seeds"])
         axes[1].set_title(f"seed 0 vs seed 1, d_s² = {two['d2_seeds']:.3f}")
-        for a in axes:
-            a.set_xlabel("token of the second space")
-            a.set_ylabel("token of the first space")
         names.append(save_figure(fig, out, "two_models_coupling.png"))
     return names
 

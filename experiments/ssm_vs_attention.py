@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments import plotting as P
 from experiments.common import check, cli, save_figure
 from tvvar.core import SphereEmbedding, build, mix_dense
 
@@ -71,8 +72,6 @@ def _decode_gap(mixer, u: jax.Array) -> float:
 
 def run(config: Config, out: Path) -> dict:
     """Materialize ‖A_tj‖ for attention, a selective SSM and a Mamba block on one input; check the law."""
-    import matplotlib.pyplot as plt
-
     c = config
     rngs = nnx.Rngs(c.seed)
     emb = SphereEmbedding(c.vocab_size, c.d_model, rngs=rngs)
@@ -104,21 +103,19 @@ def run(config: Config, out: Path) -> dict:
 
     T = c.T
     below = np.tril(np.ones((T, T), bool))
-    fig, axes = plt.subplots(1, len(norms), figsize=(5.0 * len(norms), 4.4))
-    for ax, (label, nrm) in zip(axes, norms.items(), strict=True):
+    fig, axes = P.subplots(1, len(norms), figsize=(5.0 * len(norms), 4.4), squeeze=False)
+    for ax, (label, nrm) in zip(axes[0], norms.items(), strict=True):
         shown = np.where(below, np.log10(np.maximum(nrm, 1e-12)), np.nan)
         vmax = np.nanmax(shown)
-        im = ax.imshow(shown, cmap="viridis", vmin=max(np.nanmin(shown), vmax - 6), vmax=vmax, origin="upper")
+        P.heatmap(ax, shown, range(T), cbar_label="log10 ‖A[i, j]‖_F", xlabel="j (source position)",
+                  ylabel="i (row; predicts token i+1)", vmin=max(np.nanmin(shown), vmax - 6), vmax=vmax)
         ax.set_title(f"{label}\nlog10 ‖A[i, j]‖_F")
-        ax.set_xlabel("j (source position)")
-        ax.set_ylabel("i (row; predicts token i+1)")
-        fig.colorbar(im, ax=ax, fraction=0.046)
     figures = [save_figure(fig, out, "coefficient_norms.png")]
 
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = P.subplots(figsize=(6.0, 4.0))
     for label, nrm in norms.items():
         ax.semilogy(np.arange(T), np.maximum(nrm[T - 1], 1e-16), marker=".", label=label)
-    ax.set_xlabel("j (source position)")
+    P.token_axis(ax, "x", label="j (source position)")
     ax.set_ylabel(f"‖A[{T - 1}, j]‖_F")
     ax.set_title("last row: which past tokens the prediction mixes")
     ax.legend()

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments import plotting as P
 from experiments.common import check, cli, save_figure
 from tvvar.core import mix_dense
 from tvvar.decompositions.attention import Attention
@@ -98,24 +99,19 @@ def _train_briefly(cfg: Config) -> tuple[TVVARModel, list[float]]:
 
 
 def _figures(att: Attention, u: jax.Array, out: Path) -> list[str]:
-    import matplotlib.pyplot as plt
-
     pi = np.asarray(att.pi(u))[0]  # [H, T, T]
-    H = pi.shape[0]
-    fig, axes = plt.subplots(1, H, figsize=(3.0 * H, 3.0), squeeze=False, layout="constrained")
+    H, T = pi.shape[0], pi.shape[-1]
+    fig, axes = P.subplots(1, H, figsize=(3.4 * H, 3.2), squeeze=False)
     for h in range(H):
-        ax = axes[0, h]
-        im = ax.imshow(pi[h], cmap="viridis", vmin=0, vmax=1)
-        ax.set(title=f"π^{h}[i, j] (head {h})", xlabel="key position j", ylabel="query position i")
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+        P.heatmap(axes[0, h], pi[h], range(T), cbar_label="π^h[i, j]", vmin=0, vmax=1)
+        axes[0, h].set_title(f"π^{h}[i, j] (head {h})")
     names = [save_figure(fig, out, "theorem5_pi.png")]
 
     A = np.asarray(att.to_bilinear().coefficients(u))[0]  # [T, T, D, D]
     norms = np.linalg.norm(A, axis=(-2, -1))
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    im = ax.imshow(np.where(norms > 0, norms, np.nan), cmap="magma")
-    ax.set(title="‖A[i, j]‖_F of the trained layer", xlabel="key position j", ylabel="query position i")
-    fig.colorbar(im, ax=ax)
+    fig, ax = P.subplots(figsize=(4.4, 3.8))
+    P.heatmap(ax, np.where(norms > 0, norms, np.nan), range(T), cbar_label="‖A[i, j]‖_F", cmap="magma")
+    ax.set_title("‖A[i, j]‖_F of the trained layer")
     names.append(save_figure(fig, out, "theorem5_coefficient_norms.png"))
     return names
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import plotting as P
 from experiments.common import check, cli, save_figure
 
 TARGET = 0.05  # nats/token above the exact conditional entropy
@@ -100,9 +101,7 @@ def run(config: Config, out: Path) -> dict:
     final = val[-1]
     gap = final["loss"] - final["entropy"]
 
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax2) = P.subplots(1, 2, figsize=(11, 4))
     tr = r["history"]["train"]
     steps = np.array([x["step"] for x in tr])
     w = 10
@@ -111,8 +110,8 @@ def run(config: Config, out: Path) -> dict:
     ax.plot([x["step"] for x in val], [x["loss"] for x in val], "o-", ms=4, label="validation CE")
     ax.axhline(final["entropy"], color="k", ls="--", lw=1, label=f"exact conditional entropy {final['entropy']:.3f}")
     ax.axhline(math.log(c.V), color="gray", ls=":", lw=1, label=f"log V = {math.log(c.V):.3f}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats / token")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(P.nats("cross-entropy", "token"))
     ax.set_title("loss vs the entropy floor")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -120,8 +119,8 @@ def run(config: Config, out: Path) -> dict:
              label="validation CE − floor")
     ax2.axhline(TARGET, color="r", ls="--", lw=1, label=f"target {TARGET}")
     ax2.set_yscale("log")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("nats / token (log scale)")
+    ax2.set_xlabel("training step")
+    ax2.set_ylabel(P.nats("excess cross-entropy", "token") + ", log scale")
     ax2.set_title("excess over the floor (≈ KL(true ‖ model))")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3, which="both")

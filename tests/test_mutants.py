@@ -8,6 +8,7 @@ import mutants
 import pytest
 
 from experiments.common import load_kills
+from experiments.plotting import strict as strict_figures
 
 EXPERIMENTS = mutants.experiments_with_mutants()
 CASES = [(name, m.name) for name in EXPERIMENTS for m in mutants.load(name).MUTANTS]
@@ -59,7 +60,9 @@ def test_every_mutant_target_resolves():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_checks_pass_without_a_mutant(name, tmp_path):
-    checks = mutants.run_checks(name, mutants.load(name).tiny(), out=tmp_path)
+    """…and every figure it saves keeps the plotting conventions (experiments/plotting.py, tests/test_figures.py)."""
+    with strict_figures():
+        checks = mutants.run_checks(name, mutants.load(name).tiny(), out=tmp_path)
     assert not [c["name"] for c in checks if c["skipped"] is not None], "tiny() must run every check"
     assert not mutants.failed_rows(checks)
     table = load_kills(name)
@@ -73,7 +76,8 @@ def test_checks_pass_without_a_mutant(name, tmp_path):
                                        for s in mutants.sizes_used(n)])
 def test_checks_pass_without_a_mutant_at_each_size(name, size, tmp_path):
     """A mutant run at a narrower size kills a row only if that row passes there without it."""
-    checks = mutants.run_checks(name, mutants.sized(name, size), out=tmp_path)
+    with strict_figures():
+        checks = mutants.run_checks(name, mutants.sized(name, size), out=tmp_path)
     ran = [c for c in checks if c["skipped"] is None]
     assert ran, f"{name}: no row runs at size {size!r}"
     assert not mutants.failed_rows(checks)
