@@ -303,6 +303,35 @@ def test_rotary_is_a_relative_bilinear_form_float64(scaling):
             m.to_bilinear()
 
 
+@pytest.mark.parametrize("rotary", [False, True])
+def test_qk_biases_are_an_affine_relative_form_float64(rotary):
+    """Qwen2's q/k biases (added before the rotation): score[i, j] = ū_iᵀ B̄_h(i − j) ū_j with ū = [u; 1], exactly;
+    without rotary the bias column and corner of B̄ do not depend on Δ (constant in j: they cancel in π) and B̄ is
+    the same matrix at every Δ; with rotary they vary with Δ, so they change π (the statement of the docstring)."""
+    with jax.enable_x64(True):
+        m = Attention(16, rngs=nnx.Rngs(0), num_heads=4, num_kv_heads=2, qk_bias=True, rotary=rotary,
+                      rope_theta=50.0, dtype=jnp.float64)
+        _rand_bias(m, jnp.float64)
+        T = 9
+        u = jax.random.normal(jax.random.key(1), (2, T, 16), jnp.float64)
+        s = np.asarray(m.scores(u))
+        Bbar = np.asarray(m.affine_relative_forms(T))  # [H, Δ, D + 1, D + 1]
+        ub = np.concatenate([np.asarray(u), np.ones((2, T, 1))], axis=-1)
+        for i in range(T):
+            for j in range(i + 1):
+                want = np.einsum("bd,hde,be->bh", ub[:, i], Bbar[:, i - j], ub[:, j])
+                np.testing.assert_allclose(s[:, :, i, j], want, rtol=0, atol=1e-10)
+        column = Bbar[:, :, :, -1]  # u_iᵀ W_q R(−Δ) b_k (+ the corner): constant in j only without rotary
+        spread = float(np.max(np.abs(column - column[:, :1])))
+        if rotary:
+            assert spread > 1e-3
+        else:
+            assert spread == 0.0 and float(np.max(np.abs(Bbar - Bbar[:, :1]))) == 0.0
+        np.testing.assert_allclose(Bbar[:, :, :16, :16], np.asarray(
+            Attention(16, rngs=nnx.Rngs(0), num_heads=4, num_kv_heads=2, rotary=rotary, rope_theta=50.0,
+                      dtype=jnp.float64).relative_bilinear_forms(T)), rtol=0, atol=1e-12)
+
+
 def test_gqa_to_bilinear_exact_float64():
     with jax.enable_x64(True):
         m = Attention(12, rngs=nnx.Rngs(0), num_heads=4, num_kv_heads=2, dtype=jnp.float64)
@@ -421,20 +450,26 @@ def _gemma(folder, **kw):
     return ref
 
 
-def _gemma_numpy_logits(folder, ids):
-    """Gemma's forward written from its equations in float64 NumPy, on the PyTorch-layout weights: u = √D·E[x];
-    per layer x += W_o attn(n₁ x), x += W_down(gelu_tanh(W_gate n₂ x) ⊙ W_up n₂ x) with n(x) = x/rms(x)·(1 + w);
-    rotary on (first half, second half) pairs (rotate_half), grouped-query heads; logits = n_f(x) Eᵀ."""
+def _numpy_logits(folder, ids):
+    """The Llama-layout families' forward written from their equations in float64 NumPy, on the PyTorch-layout
+    weights: u = E[x] (Gemma: √D·E[x]); per layer x += W_o attn(n₁ x) + b, x += W_down(act(W_gate n₂ x) ⊙ W_up n₂ x)
+    with n(x) = x/rms(x)·w (Gemma: ·(1 + w), act the tanh GELU; else silu); q/k/v biases (Qwen2) added before the
+    rotation, rotary on (first half, second half) pairs (rotate_half), grouped-query heads; logits = n_f(x) Eᵀ
+    (or lm_head)."""
     c = json.loads((folder / "config.json").read_text())
+    gemma = c["model_type"] == "gemma"
     W = {k: np.asarray(v, np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
-    D, H, G, K = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
-    eps, theta = c["rms_norm_eps"], c["rope_theta"]
+    D, H = c["hidden_size"], c["num_attention_heads"]
+    G, K = c.get("num_key_value_heads") or H, c.get("head_dim") or D // H
+    eps, theta = c["rms_norm_eps"], c.get("rope_theta", 10000.0)
 
     def norm(x, w):
-        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * (1 + w)
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * ((1 + w) if gemma else w)
 
-    def gelu_tanh(z):
-        return 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
+    def act(z):
+        if gemma:
+            return 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
+        return z / (1 + np.exp(-z))
 
     B, n = ids.shape
     ang = np.arange(n)[:, None] * (1.0 / theta ** (np.arange(0, K, 2) / K))[None]   # [T, K/2]
@@ -444,23 +479,27 @@ def _gemma_numpy_logits(folder, ids):
         half = np.concatenate([-z[..., K // 2:], z[..., :K // 2]], axis=-1)
         return z * cos[None, :, None] + half * sin[None, :, None]
 
+    def proj(h, name, heads):
+        y = h @ W[name + ".weight"].T + W.get(name + ".bias", 0.0)
+        return y.reshape(B, n, heads, K)
+
     E = W["model.embed_tokens.weight"]
-    x = E[ids] * np.sqrt(D)
+    x = E[ids] * (np.sqrt(D) if gemma else 1.0)
     causal = np.tril(np.ones((n, n), bool))
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = norm(x, W[p + "input_layernorm.weight"])
-        q = rope((h @ W[p + "self_attn.q_proj.weight"].T).reshape(B, n, H, K))
-        k = np.repeat(rope((h @ W[p + "self_attn.k_proj.weight"].T).reshape(B, n, G, K)), H // G, axis=2)
-        v = np.repeat((h @ W[p + "self_attn.v_proj.weight"].T).reshape(B, n, G, K), H // G, axis=2)
+        q = rope(proj(h, p + "self_attn.q_proj", H))
+        k = np.repeat(rope(proj(h, p + "self_attn.k_proj", G)), H // G, axis=2)
+        v = np.repeat(proj(h, p + "self_attn.v_proj", G), H // G, axis=2)
         s = np.where(causal[None, None], np.einsum("bihk,bjhk->bhij", q, k) / np.sqrt(K), -np.inf)
         pi = np.exp(s - s.max(-1, keepdims=True))
         pi /= pi.sum(-1, keepdims=True)
         x = x + np.einsum("bhij,bjhk->bihk", pi, v).reshape(B, n, H * K) @ W[p + "self_attn.o_proj.weight"].T
         h = norm(x, W[p + "post_attention_layernorm.weight"])
-        gate = gelu_tanh(h @ W[p + "mlp.gate_proj.weight"].T)
+        gate = act(h @ W[p + "mlp.gate_proj.weight"].T)
         x = x + (gate * (h @ W[p + "mlp.up_proj.weight"].T)) @ W[p + "mlp.down_proj.weight"].T
-    return norm(x, W["model.norm.weight"]) @ E.T
+    return norm(x, W["model.norm.weight"]) @ W.get("lm_head.weight", E).T
 
 
 @pytest.fixture(scope="module")
@@ -480,7 +519,7 @@ def test_gemma_matches_flax_and_a_float64_numpy_reference(gemma_dir, tmp_path):
     _to_pytorch_layout(d, pt, "gemma")
     with jax.enable_x64(True):
         ours = np.asarray(load_pretrained(pt, dtype="float64").model(jnp.asarray(ids)))
-    np.testing.assert_allclose(ours, _gemma_numpy_logits(pt, ids), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ours, _numpy_logits(pt, ids), rtol=0, atol=1e-10)
 
 
 def test_gemma_greedy_generation_and_save_reload(gemma_dir, tmp_path):
@@ -509,6 +548,97 @@ def test_gemma_refusals_name_the_field(tmp_path):
                                 ("attention_bias", True, "attention_bias"),
                                 ("tie_word_embeddings", False, "tie_word_embeddings"),
                                 ("rope_scaling", {"rope_type": "yarn", "factor": 2.0}, "yarn")):
+        bad = tmp_path / field
+        shutil.copytree(tmp_path / "ok", bad)
+        (bad / "config.json").write_text(json.dumps({**good, field: value}))
+        with pytest.raises(ValueError, match=match):
+            load_pretrained(bad)
+
+
+# ---- Qwen2: q/k/v biases (no output bias) -------------------------------------------------------------------
+
+
+def _qwen2(folder, **kw):
+    """A random Qwen2 checkpoint in the PyTorch layout (transformers has no Flax Qwen2): config.json from
+    transformers' Qwen2Config and every tensor, biases and norm gains included, drawn at random."""
+    c = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=T, rope_theta=500.0)
+    c.update(kw)
+    cfg = transformers.Qwen2Config(**c)
+    D, H, G, F = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
+    K = D // H
+    rng = np.random.default_rng(5)
+    r = lambda *s, sd=0.2: (sd * rng.normal(size=s)).astype(np.float32)  # noqa: E731
+    t = {"model.embed_tokens.weight": r(V, D, sd=1.0), "model.norm.weight": 1 + r(D, sd=0.1), "lm_head.weight": r(V, D)}
+    for i in range(cfg.num_hidden_layers):
+        b = f"model.layers.{i}."
+        t.update({b + "self_attn.q_proj.weight": r(H * K, D), b + "self_attn.q_proj.bias": r(H * K, sd=0.5),
+                  b + "self_attn.k_proj.weight": r(G * K, D), b + "self_attn.k_proj.bias": r(G * K, sd=0.5),
+                  b + "self_attn.v_proj.weight": r(G * K, D), b + "self_attn.v_proj.bias": r(G * K, sd=0.5),
+                  b + "self_attn.o_proj.weight": r(D, H * K), b + "input_layernorm.weight": 1 + r(D, sd=0.1),
+                  b + "post_attention_layernorm.weight": 1 + r(D, sd=0.1), b + "mlp.gate_proj.weight": r(F, D),
+                  b + "mlp.up_proj.weight": r(F, D), b + "mlp.down_proj.weight": r(D, F)})
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(cfg.to_json_string())
+
+
+def test_qwen2_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
+    _qwen2(tmp_path / "q")
+    pre = load_pretrained(tmp_path / "q")
+    assert pre.model_type == "qwen2" and pre.model.blocks[0].mixer.qk_bias and pre.model.cfg.mixer_bias
+    ids = _ids()
+    ref = _numpy_logits(tmp_path / "q", ids)
+    assert float(np.max(np.abs(np.asarray(pre.model(jnp.asarray(ids))) - ref))) <= 1e-4
+    with jax.enable_x64(True):
+        pre64 = load_pretrained(tmp_path / "q", dtype="float64")
+        np.testing.assert_allclose(np.asarray(pre64.model(jnp.asarray(ids))), ref, rtol=0, atol=1e-10)
+        # Theorem 5 with the biases: every head's score is ū_iᵀ B̄_h(i − j) ū_j, ū = [n₁(u); 1]
+        mx = pre64.model.blocks[0].mixer
+        h = pre64.model.blocks[0].norm1(pre64.model.embed_tokens(jnp.asarray(ids)))
+        s, Bbar = np.asarray(mx.scores(h)), np.asarray(mx.affine_relative_forms(T))
+        hb = np.concatenate([np.asarray(h), np.ones((2, T, 1))], axis=-1)
+        for i, j in ((5, 0), (40, 17), (63, 63)):
+            np.testing.assert_allclose(s[:, :, i, j], np.einsum("bd,hde,be->bh", hb[:, i], Bbar[:, i - j], hb[:, j]),
+                                       rtol=0, atol=1e-10)
+    # greedy generation through the cache = the full forward's argmax at every step
+    prompt = jnp.asarray(ids[:1, :8])
+    out = np.asarray(generate(pre.model, prompt, 10, temperature=0.0))
+    for s_ in range(8, 18):
+        assert out[0, s_] == int(np.argmax(np.asarray(pre.model(jnp.asarray(out[:, :s_])))[0, -1]))
+    for layout in ("pytorch", "flax"):  # the value bias is written back as loaded: bit-exact both ways
+        save_pretrained(pre, tmp_path / layout, layout=layout)
+        again = load_pretrained(tmp_path / layout)
+        for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(pre.model, nnx.Param)),
+                                      nnx.to_flat_state(nnx.state(again.model, nnx.Param)), strict=True):
+            assert pa == pb
+            np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+    np.testing.assert_array_equal(load_file(str(tmp_path / "pytorch" / "model.safetensors"))[
+        "model.layers.1.self_attn.v_proj.bias"], load_file(str(tmp_path / "q" / "model.safetensors"))[
+        "model.layers.1.self_attn.v_proj.bias"])
+    # an intercept changed after loading (training) within the folds W_oᵀ b_v is written as that value bias (the
+    # same function); one outside them (Qwen2 has no output bias) is refused, not written as another model
+    blk = pre.model.blocks[0]
+    delta = np.random.default_rng(0).normal(size=(16,)).astype(np.float32)  # a value-bias change (G·K = 16)
+    blk.mixer_bias[...] = blk.mixer_bias[...] + jnp.asarray(
+        np.repeat(delta.reshape(2, 8), 2, axis=0).reshape(-1) @ np.asarray(blk.mixer.wo[...]).reshape(32, 32))
+    save_pretrained(pre, tmp_path / "changed")
+    changed = load_pretrained(tmp_path / "changed")
+    np.testing.assert_allclose(np.asarray(changed.model(jnp.asarray(ids))), np.asarray(pre.model(jnp.asarray(ids))),
+                               atol=1e-4)
+    blk.mixer_bias[...] = blk.mixer_bias[...] + 0.25
+    with pytest.raises(ValueError, match="layer 0: mixer_bias is not W_oᵀ b_v"):
+        save_pretrained(pre, tmp_path / "outside")
+    assert not (tmp_path / "outside").exists()
+
+
+def test_qwen2_refusals_name_the_field(tmp_path):
+    _qwen2(tmp_path / "ok")
+    good = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for field, value, match in (("use_sliding_window", True, "use_sliding_window"),
+                                ("layer_types", ["sliding_attention", "full_attention"], "layer_types"),
+                                ("hidden_act", "gelu", "hidden_act"),
+                                ("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}, "dynamic")):
         bad = tmp_path / field
         shutil.copytree(tmp_path / "ok", bad)
         (bad / "config.json").write_text(json.dumps({**good, field: value}))

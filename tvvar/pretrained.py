@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Gemma, Mamba-2) as exact tvvar TV-VAR models.
+"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Qwen2, Gemma, Mamba-2) as exact tvvar TV-VAR models.
 
 ``load_pretrained(path)`` reads ``config.json`` and ``model.safetensors`` (or the shards named by
 ``model.safetensors.index.json``) with the ``safetensors`` package (numpy arrays, no torch) and builds a
@@ -15,6 +15,12 @@ llama       RMSNorm, rotary attention (B(Δ) = W_q R(−Δ) W_kᵀ/√K), groupe
             refused by name.
 mistral     the Llama layout; a ``sliding_window`` shorter than ``max_position_embeddings`` is refused
             (not implemented; a longer one changes nothing for T ≤ max_position_embeddings).
+qwen2       the Llama layout with q/k/v biases (Qwen2 / Qwen2.5): the q/k biases, added before the rotation, make
+            the score an affine relative form ū_iᵀ B̄_h(i − j) ū_j, ū = [u; 1]
+            (:meth:`~tvvar.decompositions.attention.Attention.affine_relative_forms`; with rotary the bias terms
+            vary with i − j and change π); the value bias folds into ``mixer_bias`` = Σ_h W_o^hᵀ b_v^h and is kept
+            as loaded (``Pretrained.extras``) so that saving writes it back bit-exactly. A sliding window
+            (``use_sliding_window``, ``layer_types``) is refused.
 gemma       the Llama layout with token vectors scaled by √D (``ModelConfig.embed_scale``, rounded to the compute
             dtype as transformers does), RMSNorm x/rms(x)·(1 + w) (norm ``"rms_offset"``), GeGLU with the tanh
             GELU (Ψ ``"geglu"``), head_dim ≠ D/H allowed, the head tied; A_tj keeps Theorem 5's rotary form
@@ -55,7 +61,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +74,7 @@ from tvvar.model import ModelConfig, TVVARModel
 
 __all__ = ["Pretrained", "load_pretrained", "save_pretrained", "read_safetensors", "SUPPORTED_MODEL_TYPES"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "gemma", "mamba2")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "mamba2")
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -102,6 +108,8 @@ class Pretrained:
     tokenizer: Any
     layout: str
     embedding_key: str | None = None  # Mamba-2: the embedding's name on disk (mamba_ssm's or transformers')
+    #: checkpoint tensors the TV-VAR form folds away (Qwen2's value biases, PyTorch-layout names), as loaded
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def model_type(self) -> str:
@@ -241,19 +249,22 @@ def _gpt2_config(c: dict, dtype: str) -> ModelConfig:
         max_len=c["n_positions"], embedding="plain", mixer_bias=True, param_dtype=dtype, dtype=dtype)
 
 
-def _llama_config(c: dict, dtype: str) -> ModelConfig:
+def _llama_config(c: dict, dtype: str, *, check: bool = True, rope_scaling: dict | None = None) -> ModelConfig:
     mt = c["model_type"]
     known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
              "tie_word_embeddings", "rope_scaling"}
-    rope_scaling = check_rope_scaling(c.get("rope_scaling"))  # a type not implemented is refused by name
-    _refuse(c, {
-        "hidden_act": lambda v: v == "silu",
-        "attention_bias": lambda v: v is False,
-        "mlp_bias": lambda v: v is False,
-        # a window at least as long as every admissible sequence changes nothing; a shorter one is not implemented
-        "sliding_window": lambda v: v is None or (isinstance(v, int) and v >= c.get("max_position_embeddings", 0)),
-    }, dict.fromkeys(known), f"model_type {mt!r}")
+    if check:  # (a family built on this layout checks its own fields first and passes check=False)
+        rope_scaling = check_rope_scaling(c.get("rope_scaling"))  # a type not implemented is refused by name
+        _refuse(c, {
+            "hidden_act": lambda v: v == "silu",
+            "attention_bias": lambda v: v is False,
+            "mlp_bias": lambda v: v is False,
+            # a window at least as long as every admissible sequence changes nothing; a shorter one is not
+            # implemented
+            "sliding_window": lambda v: v is None or (isinstance(v, int) and v >= c.get("max_position_embeddings",
+                                                                                       0)),
+        }, dict.fromkeys(known), f"model_type {mt!r}")
     D, H = c["hidden_size"], c["num_attention_heads"]
     K = c.get("head_dim") or D // H
     G = c.get("num_key_value_heads") or H
@@ -267,6 +278,27 @@ def _llama_config(c: dict, dtype: str) -> ModelConfig:
         psi="swiglu", psi_options={"d_ff": c["intermediate_size"]}, norm="rms",
         norm_eps=float(c.get("rms_norm_eps", 1e-6)), tied=bool(c.get("tie_word_embeddings", False)),
         max_len=None, embedding="plain", param_dtype=dtype, dtype=dtype)
+
+
+def _qwen2_config(c: dict, dtype: str) -> ModelConfig:
+    """Qwen2 / Qwen2.5: the Llama layout with q/k/v biases (no output bias). The q/k biases are added before the
+    rotation, so they enter π through the affine relative form of
+    :meth:`tvvar.decompositions.attention.Attention.affine_relative_forms`; the value bias folds into the intercept
+    ``mixer_bias`` = Σ_h W_o^hᵀ b_v^h (exact: Σ_j π_ij = 1), so A[i, j] = Σ_h π^h[i, j] A_h keeps its form."""
+    known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
+             "tie_word_embeddings", "rope_scaling", "sliding_window", "max_window_layers"}
+    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    _refuse(c, {
+        "hidden_act": lambda v: v == "silu",
+        # a sliding window is used only with use_sliding_window (on the layers ≥ max_window_layers): not implemented
+        "use_sliding_window": lambda v: v is False,
+        "layer_types": lambda v: isinstance(v, list) and all(x == "full_attention" for x in v),
+        "add_cross_attention": lambda v: v is False,
+    }, dict.fromkeys(known), "model_type 'qwen2'")
+    base = _llama_config({**c, "model_type": "qwen2", "attention_bias": False}, dtype, check=False,
+                         rope_scaling=rope_scaling)
+    return base.replace(mixer={**base.mixer, "qk_bias": True}, mixer_bias=True)
 
 
 def _gemma_config(c: dict, dtype: str) -> ModelConfig:
@@ -390,6 +422,32 @@ def _llama_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> di
     if not cfg.tied:
         p[("readout", "embedding", "table")] = w("lm_head.weight", (cfg.vocab_size, D))
     return p
+
+
+def _qwen2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dict[tuple, np.ndarray]:
+    """The Llama tensors and the biases: q/k biases as the mixer's bq/bk; the value bias folded into the intercept
+    Σ_h W_o^hᵀ b_v^{g(h)} (computed in float64, stored in the model's dtype) and kept as it was in ``("extras",)``
+    so that :func:`save_pretrained` writes it back unchanged."""
+    p = _llama_params(cfg, w)
+    H, G, K = cfg.mixer["num_heads"], cfg.mixer["num_kv_heads"], cfg.mixer["head_dim"]
+    extras = {}
+    for i in range(cfg.num_layers):
+        b, L = f"model.layers.{i}.self_attn.", ("blocks", i)
+        p[L + ("mixer", "bq")] = w(b + "q_proj.bias", (H * K,)).reshape(H, K)
+        p[L + ("mixer", "bk")] = w(b + "k_proj.bias", (G * K,)).reshape(G, K)
+        bv = w(b + "v_proj.bias", (G * K,))
+        extras[b + "v_proj.bias"] = np.asarray(bv)
+        p[L + ("mixer_bias",)] = jnp.asarray(_fold_value_bias(np.asarray(bv), np.asarray(p[L + ("mixer", "wo")]),
+                                                              H // G).astype(np.dtype(bv.dtype)))
+    p[("extras",)] = extras
+    return p
+
+
+def _fold_value_bias(bv: np.ndarray, wo_HxKxD: np.ndarray, rep: int) -> np.ndarray:
+    """Σ_h W_o^hᵀ b_v^{g(h)} in float64: the constant a value bias adds to every mixer output (Σ_j π_ij = 1)."""
+    H, K, _ = wo_HxKxD.shape
+    bv_H = np.repeat(np.asarray(bv, np.float64).reshape(H // rep, K), rep, axis=0)
+    return np.einsum("hk,hkd->d", bv_H, np.asarray(wo_HxKxD, np.float64))
 
 
 # ---- Mamba-2 (state-spaces layout) ----------------------------------------------------------------
@@ -541,11 +599,11 @@ def _mamba2_tensors(model: TVVARModel, embedding_key: str = _MAMBA2_EMBED[0]) ->
     return t
 
 
-_CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config, "gemma": _gemma_config,
-            "mamba2": _mamba2_config}
+_CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config, "qwen2": _qwen2_config,
+            "gemma": _gemma_config, "mamba2": _mamba2_config}
 _PARAMS = {"gpt2": lambda c, w, has: _gpt2_params(c, w), "llama": lambda c, w, has: _llama_params(c, w),
-           "mistral": lambda c, w, has: _llama_params(c, w), "gemma": lambda c, w, has: _llama_params(c, w),
-           "mamba2": _mamba2_params}
+           "mistral": lambda c, w, has: _llama_params(c, w), "qwen2": lambda c, w, has: _qwen2_params(c, w),
+           "gemma": lambda c, w, has: _llama_params(c, w), "mamba2": _mamba2_params}
 
 
 def _read_config(folder: Path) -> dict:
@@ -598,6 +656,7 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrain
         return jnp.asarray(a, dtype=jdtype)  # one copy, then the map of this tensor is dropped
 
     params = _PARAMS[mt](cfg, w, readers.__contains__)
+    extras = params.pop(("extras",), {})
     if cfg.tied and "lm_head.weight" in readers:  # some exports write the tied head explicitly
         head = w("lm_head.weight", (cfg.vocab_size, cfg.d_model))
         if not np.array_equal(head, params[("embed", "table")]):
@@ -623,7 +682,7 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrain
 
         tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     emb = next((k for k in _MAMBA2_EMBED if k in readers), None) if mt == "mamba2" else None
-    return Pretrained(model=model, hf_config=c, tokenizer=tok, layout=layout, embedding_key=emb)
+    return Pretrained(model=model, hf_config=c, tokenizer=tok, layout=layout, embedding_key=emb, extras=extras)
 
 
 # ---- saving -----------------------------------------------------------------------------------------
@@ -675,6 +734,34 @@ def _llama_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
     return t
 
 
+def _qwen2_tensors(model: TVVARModel, extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The Llama tensors and the biases. The value bias is written as loaded when the model's intercept is still
+    its fold (bit-exact round trip); after the intercept or W_o changed (training), as the b_v whose fold is the
+    intercept (least squares; the same function up to rounding), or refused when no b_v folds to it."""
+    t = _llama_tensors(model)
+    a = lambda v: np.asarray(v[...])  # noqa: E731
+    for i, blk in enumerate(model.blocks):
+        b, mx = f"model.layers.{i}.self_attn.", blk.mixer
+        H, G, K = mx.num_heads, mx.num_kv_heads, mx.head_dim
+        t[b + "q_proj.bias"], t[b + "k_proj.bias"] = a(mx.bq).reshape(-1), a(mx.bk).reshape(-1)
+        c, wo = a(blk.mixer_bias), a(mx.wo)
+        bv = extras.get(b + "v_proj.bias")
+        if bv is None or not np.array_equal(_fold_value_bias(bv, wo, H // G).astype(c.dtype), c):
+            # c = Σ_g (Σ_{h ∈ g} W_o^h)ᵀ b_v^g: least squares over the G·K value-bias entries, which reach only
+            # a G·K-dimensional subspace of the D intercepts (Qwen2 has no output bias)
+            Mg = np.asarray(wo, np.float64).reshape(G, H // G, K, -1).sum(1).reshape(G * K, -1)
+            c64 = np.asarray(c, np.float64)
+            sol = np.linalg.lstsq(Mg.T, c64, rcond=None)[0]
+            miss = float(np.max(np.abs(Mg.T @ sol - c64)))
+            if miss > 1e-5 * (1.0 + float(np.max(np.abs(c64)))):
+                raise ValueError(f"layer {i}: mixer_bias is not W_oᵀ b_v for any value bias b_v (off by {miss:.3g}): "
+                                 "a Qwen2 checkpoint has no output bias, so this intercept (changed after loading?) "
+                                 "cannot be written as model_type 'qwen2'")
+            bv = sol.astype(c.dtype)
+        t[b + "v_proj.bias"] = np.asarray(bv)
+    return t
+
+
 def _to_flax_names(model_type: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for k, v in tensors.items():
@@ -692,7 +779,7 @@ def _to_flax_names(model_type: str, tensors: dict[str, np.ndarray]) -> dict[str,
         else:
             if base.endswith("embed_tokens"):
                 nk, nv = base + ".embedding", v
-            elif "norm" in base:
+            elif "norm" in base or k.endswith(".bias"):
                 nk, nv = k, v
             else:
                 nk, nv = base + ".kernel", v.T
@@ -712,15 +799,17 @@ def save_pretrained(pre: Pretrained, path: str | os.PathLike, layout: str | None
     if mt == "mamba2" and layout != "pytorch":
         raise ValueError("layout: model_type 'mamba2' is written in the PyTorch layout only, got 'flax'")
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     if mt == "gpt2":
         tensors = _gpt2_tensors(pre.model)
     elif mt == "mamba2":
         tensors = _mamba2_tensors(pre.model, pre.embedding_key or _MAMBA2_EMBED[0])
+    elif mt == "qwen2":
+        tensors = _qwen2_tensors(pre.model, pre.extras)
     else:
         tensors = _llama_tensors(pre.model)
     if layout == "flax":
         tensors = _to_flax_names(mt, tensors)
+    folder.mkdir(parents=True, exist_ok=True)  # only once every tensor is known: a refusal leaves nothing behind
     _write_safetensors(folder / WEIGHTS_NAME, tensors, {"format": "flax" if layout == "flax" else "pt"})
     (folder / "config.json").write_text(json.dumps(pre.hf_config, indent=2))
     if pre.tokenizer is not None:

@@ -421,6 +421,25 @@ class Attention(SoftmaxBilinearAttention):
             jnp.eye(self.head_dim, dtype=wq.dtype), (T, self.head_dim, self.head_dim))
         return jnp.einsum("dhk,tkl,ehl->htde", wq, R.astype(wq.dtype), wk, precision=_HI) * self.scale
 
+    def affine_relative_forms(self, T: int) -> Array:
+        """B̄_h(Δ) = W̄_q^h R(−Δ) W̄_k^hᵀ / √K for Δ = 0..T−1: [H, T, D + 1, D + 1], with W̄ = [W; bᵀ] the projection
+        and its bias (zero without ``qk_bias``), so that the score of row i and key j ≤ i is ū_iᵀ B̄_h(i − j) ū_j,
+        ū = [u; 1] — with or without biases and rotary (Theorem 5 with an affine, relative-position form).
+
+        The blocks: [:D, :D] is :meth:`relative_bilinear_forms`; the last row b_qᵀ R(−Δ) W_kᵀ u_j depends on j
+        and changes π; the last column u_iᵀ W_q R(−Δ) b_k and the corner b_qᵀ R(−Δ) b_k are constant in j — and
+        cancel in the softmax — only without rotary: with it (Qwen2's q/k biases are added before the rotation)
+        they vary with Δ = i − j and change π too."""
+        H, K = self.num_heads, self.head_dim
+        wq, wk = self.wq[...], self._per_head(self.wk[...])
+        bq = self.bq[...] if self.qk_bias else jnp.zeros((H, K), wq.dtype)
+        bk = self._per_head(self.bk[...][None])[0] if self.qk_bias else jnp.zeros((H, K), wq.dtype)
+        wq_bar = jnp.concatenate([wq, bq[None]], axis=0)                     # [D + 1, H, K]
+        wk_bar = jnp.concatenate([wk, bk[None]], axis=0)
+        R = self.rotation(-jnp.arange(T)) if self.rotary else jnp.broadcast_to(
+            jnp.eye(K, dtype=wq.dtype), (T, K, K))
+        return jnp.einsum("dhk,tkl,ehl->htde", wq_bar, R.astype(wq.dtype), wk_bar, precision=_HI) * self.scale
+
     @property
     def scale(self) -> float:
         return 1.0 / math.sqrt(self.head_dim)
