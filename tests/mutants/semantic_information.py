@@ -75,6 +75,15 @@ def _predictable_part_lagged(original):
     return doob
 
 
+def _variance_lagged(original):
+    def doob(log_cond, log_prior, u, k):
+        d = original(log_cond, log_prior, u, k)
+        V = jnp.concatenate([jnp.zeros_like(d["V"][:, :1]), d["V"][:, :-1]], axis=-1)   # Σ_{τ<t} Var(ι_τ | past)
+        return {**d, "V": V}
+
+    return doob
+
+
 def _continuation_before_prompt(original):
     def all_prompt_ids(prompts, u):
         B, T = u.shape
@@ -150,6 +159,9 @@ MUTANTS = (
            "information flow i_t summed over τ < t (exclusive cumsum, off by one)", size="ce"),
     Mutant("doob_A_lagged", "tvvar.theory.information.directed:doob", _predictable_part_lagged,
            "Doob's predictable part A_t summed up to t − 1 (off by one), so M = i − A is not centred", size="ce"),
+    Mutant("doob_variance_lagged", "tvvar.theory.information.directed:doob", _variance_lagged,
+           "predictable quadratic variation V_t summed up to t − 1 (off by one, as a 'predictable' index suggests)",
+           size="ce"),
     Mutant("continuation_before_prompt", "tvvar.theory.information.directed:_all_prompt_ids",
            _continuation_before_prompt,
            "model input built as [u ‖ s] instead of [s ‖ u] for the per-prompt conditionals", size="ce"),
