@@ -1,12 +1,15 @@
-"""Mutants of the code the semantic_space rows verify: the projections (fwht, the DCT, the Gaussian scale),
-the Dasgupta–Gupta dimension, the GW objective, solver and start, the Markov closed forms, the backward DI
-enumeration, InfoNCE, the Bayes-optimal critic and CPC's scores."""
+"""Mutants of the code the semantic_space rows verify: the projections (fwht, the DCT and its normalisation,
+the Gaussian and the sparse scales), the Dasgupta–Gupta dimension, Eq. 39's weights, the GW objective (its
+cross term, the sign of one term, the coupling's orientation), solver and start, the Markov closed forms, the
+backward DI and per-horizon enumerations, InfoNCE and its per-size ceiling, the Bayes-optimal critic, CPC's
+scores and the synthetic source's entropy floor."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -94,6 +97,54 @@ def _jl_dimension_log2(original):
     return jl_dimension
 
 
+def _gaussian_input_scale(original):
+    def random_projection(key, kind, n, m, *, dtype=jnp.float32):
+        P = original(key, kind, n, m, dtype=dtype)
+        if kind != "gaussian":
+            return P
+        k_mat = jax.random.split(key, 3)[0]
+        # the bug: G/√N (the input dimension) where Lemma 1's G/√m is meant
+        return dataclasses.replace(P, matrix_or_none=jax.random.normal(k_mat, (m, n), dtype) / math.sqrt(n))
+
+    return random_projection
+
+
+def _dct_unnormalised(original):
+    from jax.scipy import fft as jfft
+
+    def __call__(self, x):
+        x = jnp.asarray(x)
+        if self.kind != "dct":
+            return original(self, x)
+        y = x * self.signs.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+        y = jfft.dct(y, type=2, axis=-1)  # the bug: norm=None (the unnormalised DCT-II), not norm="ortho"
+        return jnp.take(y, self.rows, axis=-1) * math.sqrt(self.padded_n / self.m)
+
+    return __call__
+
+
+def _sparse_scale_times_m(original):
+    def random_projection(key, kind, n, m, *, dtype=jnp.float32):
+        P = original(key, kind, n, m, dtype=dtype)
+        if kind != "sparse":
+            return P
+        # the bug: √(3·m) where Achlioptas' √(3/m) is meant (the entries ±1, 0 drawn as they should be)
+        return dataclasses.replace(P, matrix_or_none=P.matrix_or_none * m)
+
+    return random_projection
+
+
+def _eq39_unweighted(original):
+    def eq39_distortion(space, projection):
+        out = original(space, projection)
+        s = np.asarray(space.points, np.float64)
+        ps = np.asarray(projection(jnp.asarray(space.points)), np.float64)
+        # the bug: Σ_ij (…)² without the weights μ_i μ_j (no 1/n² for the uniform measure)
+        return {**out, "eq39": float(np.sum((ps @ ps.T - s @ s.T) ** 2))}
+
+    return eq39_distortion
+
+
 # --- Gromov–Wasserstein --------------------------------------------------------------------------------------
 
 
@@ -126,6 +177,24 @@ def _tlb_unsorted(original):
         return np.mean((np.asarray(G)[:, None, :] - np.asarray(G2)[None, :, :]) ** 2, axis=-1)
 
     return tlb_cost
+
+
+def _gw_objective_second_sign(original):
+    def gw_objective(G, G2, coupling):
+        a, b = coupling.sum(axis=1), coupling.sum(axis=0)
+        cross = jnp.sum(coupling * (G @ coupling @ G2))
+        return a @ (G * G) @ a - b @ (G2 * G2) @ b - 2.0 * cross  # the bug: −bᵀ(G'∘G')b, not +
+
+    return gw_objective
+
+
+def _gw_objective_transposed(original):
+    def gw_objective(G, G2, coupling):
+        if coupling.shape[0] == coupling.shape[1]:
+            coupling = coupling.T  # the bug: π[k, i] read as π[i, k] (silent when both spaces have n points)
+        return original(G, G2, coupling)
+
+    return gw_objective
 
 
 # --- Eq. 42 and CPC ------------------------------------------------------------------------------------------
@@ -194,6 +263,41 @@ def _scores_lag_short(original):
     return scores
 
 
+def _horizon_last_dropped(original):
+    from tvvar.theory.space import cpc as K
+
+    def horizon_information(joint, encoder=None):
+        p = K._check_joint(joint)
+        n = p.ndim
+        seqs, w = K._outcomes(p)
+        S = K._encode(seqs, encoder, n)
+        zero = np.zeros(len(seqs), np.int64)
+        out = np.zeros((n - 1, n - 1))
+        for t in range(n - 1):
+            for k in range(1, n - 1 - t):  # the bug: stops one horizon early (k < n − 1 − t, not ≤)
+                out[t, k - 1] = K._label_cmi(w, S[t], np.array([s[t + k] for s in seqs]), zero)
+        return out
+
+    return horizon_information
+
+
+def _infonce_by_size_ceiling_m(original):
+    def infonce_by_size(S, sizes):
+        M = S.shape[-1]
+        # the bug: every group of n scored against the whole batch's ceiling ln M, not its own ln n
+        return original(S, sizes) + jnp.log(M) - jnp.log(jnp.asarray(sizes, jnp.float32))
+
+    return infonce_by_size
+
+
+def _entropy_weights_dropped(original):
+    def entropy_of_logits(logits):
+        z = logits.astype(jnp.float64 if logits.dtype == jnp.float64 else jnp.float32)
+        return -jnp.sum(jax.nn.log_softmax(z, axis=-1), axis=-1)  # the bug: −Σ_v log p_v, not −Σ_v p_v log p_v
+
+    return entropy_of_logits
+
+
 MUTANTS = (
     Mutant("fwht_stage_skipped", "tvvar.theory.space.compression:fwht", _fwht_stage_skipped,
            "fast Walsh–Hadamard transform stops one butterfly stage early (log₂N − 1 stages)", size="jl+theorem4"),
@@ -225,4 +329,26 @@ MUTANTS = (
            "Bayes-optimal critic uses the one-step ratio ln P − ln π at every horizon k (P, not P^k)", size="cpc"),
     Mutant("cpc_lag_short", "tvvar.theory.space.cpc:CPC.scores", _scores_lag_short,
            "CPC's k-step critic scores c_t against x_{t+k−1} (off-by-one lag)", size="cpc"),
+    Mutant("gaussian_input_scale", "tvvar.theory.space.compression:random_projection", _gaussian_input_scale,
+           "Gaussian projection scaled G/√N (the input dimension) where Lemma 1's G/√m is meant", size="jl"),
+    Mutant("dct_unnormalised", "tvvar.theory.space.compression:Projection.__call__", _dct_unnormalised,
+           "sub-DCT projection with the unnormalised DCT-II (norm=None) where the orthonormal one is meant",
+           size="jl"),
+    Mutant("sparse_scale_times_m", "tvvar.theory.space.compression:random_projection", _sparse_scale_times_m,
+           "Achlioptas projection scaled √(3·m) where √(3/m) is meant", size=None),
+    Mutant("eq39_unweighted", "tvvar.theory.space.compression:eq39_distortion", _eq39_unweighted,
+           "Eq. 39 summed over pairs without the weights μ_i μ_j (no 1/n² for the uniform measure)",
+           size="theorem4"),
+    Mutant("gw_objective_second_sign", "tvvar.theory.space.semantic:gw_objective", _gw_objective_second_sign,
+           "closed form of Eq. 34 with the sign of the second space's term flipped (−bᵀ(G'∘G')b)", size=None),
+    Mutant("horizon_last_dropped", "tvvar.theory.space.cpc:horizon_information", _horizon_last_dropped,
+           "enumerated Σ_k I(X^t; X_{t+k}) stops one horizon early (k < n − 1 − t)", size="cpc"),
+    Mutant("infonce_by_size_ceiling_m", "tvvar.theory.space.cpc:infonce_by_size", _infonce_by_size_ceiling_m,
+           "InfoNCE of each group of n candidates with the whole batch's ceiling ln M instead of ln n",
+           size="cpc"),
+    Mutant("entropy_weights_dropped", "tvvar.sources.base:entropy_of_logits", _entropy_weights_dropped,
+           "the synthetic source's exact entropy −Σ_v log p_v (the weights p_v dropped from −Σ_v p_v log p_v)",
+           size="gw+theorem4+synthetic"),
+    Mutant("gw_objective_transposed", "tvvar.theory.space.semantic:gw_objective", _gw_objective_transposed,
+           "Eq. 34 evaluated at the transposed coupling πᵀ (silent for two spaces of n points)", size="gw"),
 )
