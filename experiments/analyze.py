@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import check, fail, format_check, save_figure, to_jsonable
 
 __all__ = ["analyze", "information_flow", "load_model", "tokenize", "read_prompts", "check_pi_rows", "check_law",
@@ -328,11 +328,11 @@ def _pi_figure(pi: np.ndarray, layer: int, out: Path, max_heads: int, tokens: li
     nh = min(H, max_heads)
     cols = min(nh, 4)
     rows = -(-nh // cols)
-    fig, axs = P.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    fig, axs = plotting.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
     for h in range(rows * cols):
         ax = axs[h // cols][h % cols]
         if h < nh:
-            P.heatmap(ax, pi[h], range(T), tokens, "π^h[i, j]", vmin=0, vmax=1)
+            plotting.heatmap(ax, pi[h], range(T), tokens, "π^h[i, j]", vmin=0, vmax=1)
             ax.set_title(f"head {h}", fontsize=8)
         else:
             ax.set_visible(False)
@@ -343,8 +343,9 @@ def _pi_figure(pi: np.ndarray, layer: int, out: Path, max_heads: int, tokens: li
 def _coef_norm_figure(norms: np.ndarray, layer: int, T: int, out: Path, tokens: list[str] | None) -> str:
     """‖A[i, j]‖_F on the window of the last W positions, labelled by absolute position: ``coef_norm_layer*.png``."""
     W = norms.shape[0]
-    fig, ax = P.subplots(figsize=(4.4, 3.8))
-    P.heatmap(ax, norms, range(T - W, T), None if tokens is None else tokens[T - W:], "‖A[i, j]‖_F", cmap="magma")
+    fig, ax = plotting.subplots(figsize=(4.4, 3.8))
+    window_tokens = None if tokens is None else tokens[T - W:]
+    plotting.heatmap(ax, norms, range(T - W, T), window_tokens, "‖A[i, j]‖_F", cmap="magma")
     ax.set_title(f"layer {layer}: coefficient norms, positions {T - W}..{T - 1}", fontsize=8)
     return save_figure(fig, out, f"coef_norm_layer{layer}.png")
 
@@ -353,12 +354,12 @@ def _theorem6_figure(t6: dict, layer: int, out: Path, tokens: list[str] | None) 
     """log P(U), the ELBO and their gap per position: ``theorem6_layer{layer}.png``."""
     n = len(t6["log_p"])
     i = np.arange(n)
-    fig, ax = P.subplots(figsize=(6, 3.5))
+    fig, ax = plotting.subplots(figsize=(6, 3.5))
     ax.plot(i, t6["log_p"], label="log P(U)")
     ax.plot(i, t6["elbo"], label="ELBO")
     ax.plot(i, t6["gap"], label="gap KL(Q‖P(J|U))")
-    P.token_axis(ax, "x", i, None if tokens is None else tokens[:n], label="position i (predicting token i+1)")
-    ax.set_ylabel(P.nats("log-probability"))
+    plotting.token_axis(ax, "x", i, None if tokens is None else tokens[:n], label="position i (predicting token i+1)")
+    ax.set_ylabel(plotting.nats("log-probability"))
     ax.set_title(f"Theorem 6 terms, layer {layer}")
     ax.legend(fontsize=8)
     return save_figure(fig, out, f"theorem6_layer{layer}.png")
@@ -371,9 +372,9 @@ def _flow_figure(flow: np.ndarray, A: np.ndarray, out: Path, *, K: int, estimate
     I(S → U) with its standard error in the title."""
     B, T = flow.shape
     t = np.arange(1, T + 1)
-    pick = P.highlighted(B, 5)
-    fig, (a0, a1) = P.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    P.flow_panels(a0, a1, t, P.quantiles(flow), P.quantiles(A), flow[pick], A[pick], H=math.log(K),
+    pick = plotting.highlighted(B, 5)
+    fig, (a0, a1) = plotting.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    plotting.flow_panels(a0, a1, t, plotting.quantiles(flow), plotting.quantiles(A), flow[pick], A[pick], H=math.log(K),
                   comp_name="compensator A_t = Σ_τ KL_τ")
     a0.set_title("flow i(S → U_{≤t}) of each path", fontsize=9)
     a1.set_title("its predictable part (Doob)", fontsize=9)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import as_skipped, check, cli, save_figure
 from tvvar import train as T
 from tvvar.model import ModelConfig, TVVARModel
@@ -302,7 +302,7 @@ def _dataset(name: str, data, cfg: Config, out: Path) -> tuple[dict, list[dict],
 
     figs = []
     # (1) curves over training
-    fig, axes = P.subplots(2, 2, figsize=(10, 7), sharex=True)
+    fig, axes = plotting.subplots(2, 2, figsize=(10, 7), sharex=True)
     for key, ax, title in (("log_p", axes[0, 0], "log P(U) (uniform prior)"), ("elbo", axes[0, 1], "ELBO (Q = π)"),
                            ("soft_ll", axes[1, 0], "soft log-likelihood (Eq. 54)"),
                            ("gap", axes[1, 1], "gap KL(Q ‖ P(J | U))")):
@@ -310,18 +310,18 @@ def _dataset(name: str, data, cfg: Config, out: Path) -> tuple[dict, list[dict],
             c = res["runs"][obj]["curve"]
             ax.plot([p["step"] for p in c], [p[key] for p in c], marker="o", ms=3, label=LABELS[obj])
         ax.set_title(title)
-        ax.set_ylabel(P.nats("mean", "token"))
+        ax.set_ylabel(plotting.nats("mean", "token"))
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("training step")
-        P.integer_ticks(ax, "x")
+        plotting.integer_ticks(ax, "x")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{name}: held-out latent-position quantities while training with each objective")
     figs.append(save_figure(fig, out, f"{name}_curves.png"))
     # (2) per-position gap heatmap + Q vs posterior for one sequence
-    fig, axes = P.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    fig, axes = plotting.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     G = np.array([res["runs"][o]["gap_per_position"] for o in cfg.objectives])
-    P.heatmap(axes[0], G, cols=range(G.shape[1]), cbar_label=P.nats("KL"), token_axes="x", cmap="magma",
+    plotting.heatmap(axes[0], G, cols=range(G.shape[1]), cbar_label=plotting.nats("KL"), token_axes="x", cmap="magma",
               xlabel="position i (predicting token i+1)", ylabel="training objective")
     axes[0].set_yticks(range(len(cfg.objectives)), [LABELS[o] for o in cfg.objectives], fontsize=7)
     axes[0].set_title("mean KL(Q ‖ posterior) per position")
@@ -331,7 +331,7 @@ def _dataset(name: str, data, cfg: Config, out: Path) -> tuple[dict, list[dict],
     q = np.exp(np.asarray(f.log_q[0])).sum(1) * np.tril(np.ones((cfg.seq_len, cfg.seq_len)))
     post = np.exp(np.asarray(t.log_post[0])).sum(1) * np.tril(np.ones((cfg.seq_len, cfg.seq_len)))
     for ax, mat, title in ((axes[1], q, f"Q(j | i) = Σ_h π^h/H ({show})"), (axes[2], post, "posterior P(j | U_i)")):
-        P.heatmap(ax, mat, range(cfg.seq_len), cbar_label="probability", vmin=0, vmax=1, aspect="equal")
+        plotting.heatmap(ax, mat, range(cfg.seq_len), cbar_label="probability", vmin=0, vmax=1, aspect="equal")
         ax.set_title(title, fontsize=9)
     figs.append(save_figure(fig, out, f"{name}_gap_heatmap.png"))
     res["comparison_table"] = _table(res, cfg)
@@ -370,7 +370,7 @@ def run(config: Config, out: Path) -> dict:
         checks += planned_text_checks(cfg, note)
     # (3) perplexities side by side; (4) decoding agreement (Theorem 7)
     names = list(sources)
-    fig, axes = P.subplots(1, len(names), figsize=(6.5 * len(names), 4), squeeze=False)
+    fig, axes = plotting.subplots(1, len(names), figsize=(6.5 * len(names), 4), squeeze=False)
     kinds = [("soft", "soft"), ("marginal_uniform", "exact marginal, uniform"),
              ("marginal_attention", "exact marginal, attention prior"), ("elbo_bound", "exp(−ELBO) bound")]
     for ax, name in zip(axes[0], names, strict=True):
@@ -384,7 +384,7 @@ def run(config: Config, out: Path) -> dict:
         ax.set_title(f"{name}: trained with (x) → evaluated under (colour)")
         ax.legend(fontsize=7)
     figs.append(save_figure(fig, out, "perplexity.png"))
-    fig, axes = P.subplots(1, len(names), figsize=(6.5 * len(names), 3.8), squeeze=False)
+    fig, axes = plotting.subplots(1, len(names), figsize=(6.5 * len(names), 3.8), squeeze=False)
     pairs = ["elbo_vs_log_p", "elbo_vs_soft", "log_p_vs_soft", "all_three"]
     for ax, name in zip(axes[0], names, strict=True):
         x = np.arange(len(cfg.objectives))

@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import check, cli, save_figure
 from tvvar.theory.estimation import categorical as C
 from tvvar.theory.estimation import classical as E
@@ -671,11 +671,11 @@ def _figures(data: dict, maps: dict | None, out: Path) -> list[str]:
 
 def _estimators_figure(data: dict, out: Path) -> str:
     M, assoc = data["categorical"]["cmi_matrix"], data["categorical"]["mechanistic"]
-    fig, ax = P.subplots(1, 3, figsize=(13, 3.8))
-    for a_, mat, title, unit in ((ax[0], M, r"exact $I(X_i; Y_j \mid X^{i-1}, Y^{j-1})$", P.nats("CMI")),
+    fig, ax = plotting.subplots(1, 3, figsize=(13, 3.8))
+    for a_, mat, title, unit in ((ax[0], M, r"exact $I(X_i; Y_j \mid X^{i-1}, Y^{j-1})$", plotting.nats("CMI")),
                                  (ax[1], assoc, r"mechanistic $E\,\|A^{YX}_{ji}\, e(X_i)\|$", "norm")):
         mat = np.asarray(mat)
-        P.heatmap(a_, mat, range(mat.shape[0]), cbar_label=unit, cols=range(mat.shape[1]), xlabel="j (Y time)",
+        plotting.heatmap(a_, mat, range(mat.shape[0]), cbar_label=unit, cols=range(mat.shape[1]), xlabel="j (Y time)",
                   ylabel="i (X time)", aspect="equal")
         a_.set_title(title)
     ks = sorted(data["staircase"])
@@ -691,21 +691,21 @@ def _recovery_figure(maps: dict, out: Path) -> str:
     from matplotlib.colors import LogNorm
 
     # log colour scale: the diagonal A[i, i] is 10–20× the lags the fit has to find; j > i (no coefficient) is blank
-    fig, ax = P.subplots(1, 4, figsize=(16, 3.6))
+    fig, ax = plotting.subplots(1, 4, figsize=(16, 3.6))
     for col, (dec, (truth, est)) in enumerate(maps.items()):
         both = np.concatenate([np.ravel(truth), np.ravel(est)])
         norm = LogNorm(vmin=max(both[both > 0].min(), both.max() * 1e-4), vmax=both.max())
         for a_, mat, what in ((ax[2 * col], truth, "materialised ‖E A[i, j]‖"),
                               (ax[2 * col + 1], est, "fitted ‖Â[i, j]‖")):
             mat = np.asarray(mat)
-            P.heatmap(a_, np.ma.masked_less_equal(mat, 0), range(mat.shape[0]), cbar_label="norm (log scale)",
+            plotting.heatmap(a_, np.ma.masked_less_equal(mat, 0), range(mat.shape[0]), cbar_label="norm (log scale)",
                       xlabel="j (source position)", ylabel="i (row)", norm=norm, aspect="equal")
             a_.set_title(f"{dec}: {what}")
     return save_figure(fig, out, "recovery.png")
 
 
 def _haslbeck_figure(rows: list[dict], out: Path) -> str:
-    fig, ax = P.subplots(figsize=(5, 3.6))
+    fig, ax = plotting.subplots(figsize=(5, 3.6))
     ns = [r["n"] for r in rows]
     ax.plot(ns, [r["kernel_mae_varying"] for r in rows], "o-", label="kernel (time-varying entries)")
     ax.plot(ns, [r["ols_mae_varying"] for r in rows], "s-", label="OLS (time-varying entries)")

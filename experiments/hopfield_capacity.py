@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import check, cli, save_figure, skipped
 from tvvar.theory.transformer import hopfield as H
 
@@ -188,7 +188,7 @@ def _classical(cfg, key, out, checks, data, figs):
         checks.append(check(f"one-step flip rate vs Φ(−1/√α) (load nearest α = {near}, largest n)",
                             r["flip_rate"][i].mean(), q, "~", 4 * math.sqrt(q * (1 - q) / cnt),
                             f"Φ(−1/√α), Hertz–Krogh–Palmer 1991 (4 binomial SE); {at(i)}"))
-    fig, ax = P.subplots(1, 2, figsize=(10, 4))
+    fig, ax = plotting.subplots(1, 2, figsize=(10, 4))
     for n, r in res.items():
         ax[0].errorbar(r["alpha"], r["overlap"].mean(1), yerr=r["overlap"].std(1) / math.sqrt(cfg.trials_classical),
                        marker="o", ms=3, label=f"n={n}")
@@ -231,7 +231,7 @@ def _gardner(cfg, key, out, checks, data, figs):
                        "alpha_c_reference": {str(k): float(H.gardner_alpha_c(k)) for k in cfg.kappas},
                        "median_bound_gap": float(np.median(np.where(np.isfinite(up), up - np.maximum(lo, 0), np.nan))),
                        "seconds": secs}
-    fig, ax = P.subplots(1, 2, figsize=(10, 4))
+    fig, ax = plotting.subplots(1, 2, figsize=(10, 4))
     kg = np.linspace(0, 3, 200)
     ax[0].plot(H.gardner_alpha_c(kg), kg, "k-", label="Gardner α_c(κ)")
     ax[0].plot(a, np.median(lo, 1), "o", label=f"median κ_max, n={n}")
@@ -258,7 +258,7 @@ def _dense(cfg, key, out, checks, data, figs):
         chunk = max(1, min(16, (1 << 22) // int(loads.max() * 16 * n)))
         res[name] = H.dense_sweep(jax.random.fold_in(key, j), n, loads, cfg.trials_dense, kind, max(k, 2), chunk=chunk)
     secs = time.perf_counter() - t0
-    fig, ax = P.subplots(figsize=(6, 4))
+    fig, ax = plotting.subplots(figsize=(6, 4))
     out_data = {}
     for (kind, k), (name, r) in zip(kinds, res.items(), strict=True):
         st = r["stable"].mean(1)
@@ -319,7 +319,7 @@ def _modern(cfg, key, out, checks, data, figs):
                                   noise=cfg.noise, K=cfg.K)
             acc[(d, beta)] = r["accuracy"]
     secs = time.perf_counter() - t0
-    fig, ax = P.subplots(1, len(cfg.betas), figsize=(5 * len(cfg.betas), 4), squeeze=False)
+    fig, ax = plotting.subplots(1, len(cfg.betas), figsize=(5 * len(cfg.betas), 4), squeeze=False)
     cg, bounds = {}, {}
     for j, beta in enumerate(cfg.betas):
         for d in cfg.d_modern:
@@ -449,7 +449,7 @@ def _trained_attention(cfg, key, out, checks, data, figs):
     checks.append(check("trained attention retrieval accuracy vs best Hopfield β", acc_attn, acc_hop[best_beta], "~",
                         0.1, "Ramsauer et al. 2020: attention is the Hopfield update (10 points tolerance); "
                         f"d = {d}, N = {N}, noise {cfg.noise}"))
-    fig, ax = P.subplots(1, 2, figsize=(10, 4))
+    fig, ax = plotting.subplots(1, 2, figsize=(10, 4))
     ax[0].semilogy(losses)
     ax[0].set(xlabel="training step", ylabel="loss |h − x_i|²/M²", title="(e) training one attention layer")
     ax[1].semilogx(betas, [acc_hop[b] for b in betas], "o-", label="Hopfield one-step update")

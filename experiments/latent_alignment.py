@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import check, cli, save_figure
 from tvvar import train as T
 from tvvar.model import ModelConfig, TVVARModel
@@ -384,7 +384,7 @@ def _analyse(src: LatentAlignmentSource, res: dict, cfg: Config, tr: _Trainer, p
 
 
 def _fig_orderings(data: dict, cfg: Config, out: Path) -> str:
-    fig, axes = P.subplots(1, len(SOURCES), figsize=(6.2 * len(SOURCES), 4.2), squeeze=False)
+    fig, axes = plotting.subplots(1, len(SOURCES), figsize=(6.2 * len(SOURCES), 4.2), squeeze=False)
     x = np.arange(len(cfg.objectives))
     for ax, name in zip(axes[0], SOURCES, strict=True):
         d = data[name]
@@ -406,7 +406,7 @@ def _fig_orderings(data: dict, cfg: Config, out: Path) -> str:
 
 
 def _fig_posterior(an: dict, cfg: Config, out: Path) -> str:
-    fig, axes = P.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plotting.subplots(1, 2, figsize=(12, 4))
     i = np.arange(cfg.seq_len)
     ax = axes[0]
     ax.plot(i, an["kl_uniform_true"], "k--", lw=1, label="Q = uniform")
@@ -414,8 +414,8 @@ def _fig_posterior(an: dict, cfg: Config, out: Path) -> str:
     for k, o in enumerate(cfg.objectives):
         ax.plot(i, np.mean([r["kl_q_true"] for r in an["runs"][o]], 0), color=f"C{k}", label=LABELS[o])
         ax.plot(i, np.mean([r["gap_uniform"] for r in an["runs"][o]], 0), color=f"C{k}", ls="--", lw=0.8)
-    P.token_axis(ax, "x", label="position i (predicting token i+1)")
-    ax.set_ylabel(P.nats("KL"))
+    plotting.token_axis(ax, "x", label="position i (predicting token i+1)")
+    ax.set_ylabel(plotting.nats("KL"))
     ax.set_title("KL(Q ‖ true posterior) (solid) vs own gap KL(Q ‖ model posterior) (dashed)", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[1]
@@ -436,7 +436,7 @@ def _fig_posterior(an: dict, cfg: Config, out: Path) -> str:
 
 
 def _fig_curves(data: dict, cfg: Config, out: Path) -> str:
-    fig, axes = P.subplots(1, len(SOURCES), figsize=(6.2 * len(SOURCES), 3.8), squeeze=False)
+    fig, axes = plotting.subplots(1, len(SOURCES), figsize=(6.2 * len(SOURCES), 3.8), squeeze=False)
     for ax, name in zip(axes[0], SOURCES, strict=True):
         for k, o in enumerate(cfg.objectives):
             for s, c in enumerate(data[name]["curves"][o]):

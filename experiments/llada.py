@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import check, cli, save_figure
 from tvvar import diffusion as D
 from tvvar.generate import generate as ar_generate
@@ -204,7 +204,7 @@ def run(cfg: Config, out: Path) -> dict:
                                           stratified=strat)
                     vals.append(e.nats_per_token)
                 var[name].append(float(np.var(vals, ddof=1)))
-        fig, ax = P.subplots(figsize=(6, 4))
+        fig, ax = plotting.subplots(figsize=(6, 4))
         for name, v in var.items():
             ax.loglog(cfg.var_sizes, v, "o-", label=name)
         ref_exact = D.nelbo_exact(logits_fn, xv, mask_id=V, prompt_length=1).nats_per_token
@@ -230,7 +230,7 @@ def run(cfg: Config, out: Path) -> dict:
         g_ar = np.asarray(ar_generate(ar, pj, T, key=jax.random.key(cfg.seed + 19), temperature=1.0))
         ar_quality = -float(np.mean(_source_nll(src, g_ar))) / T
     if cfg.llada or cfg.ar:
-        fig, ax = P.subplots(figsize=(6, 4))
+        fig, ax = plotting.subplots(figsize=(6, 4))
         for remasking, q in quality.items():
             if q:
                 ax.plot(cfg.gen_steps, q, "o-", label=f"LLaDA, {remasking} remasking")
@@ -238,7 +238,7 @@ def run(cfg: Config, out: Path) -> dict:
             ax.axhline(ar_quality, color="C2", ls="--", label="AR ancestral sampling")
         ax.axhline(-H, color="k", ls=":", label="source samples (−H)")
         ax.set_xlabel(f"sampling steps (gen_length = {T:d})")
-        P.integer_ticks(ax, "x")
+        plotting.integer_ticks(ax, "x")
         ax.set_ylabel("source log-likelihood per generated token (nats)")
         ax.set_title("Sample quality vs sampling steps (temperature 1)")
         ax.legend(fontsize=8)

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import check, cli, save_figure, skipped
 from tvvar.theory.transformer import rademacher as rd
 
@@ -264,7 +264,7 @@ def _part_linear(cfg: Config, out: Path, checks: list, figures: list) -> dict:
                 "paper_middle_term_over_M": [float(x) for x in g("paper_logit_term")]}
 
     # ---- figures ----
-    fig, ax = P.subplots(figsize=(7, 4.5))
+    fig, ax = plotting.subplots(figsize=(7, 4.5))
     ax.fill_between(Ms, g("true_risk_q05"), g("true_risk_q95"), color="k", alpha=0.15, lw=0)
     ax.plot(Ms, g("true_risk"), "k-o", ms=3, label="true risk (5–95% band)")
     ax.plot(Ms, g("empirical"), "C0-o", ms=3, label="empirical risk L̂ on S")
@@ -277,7 +277,7 @@ def _part_linear(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     ax.legend(fontsize=8)
     figures.append(save_figure(fig, out, "rademacher_linear_risk_vs_M.png"))
 
-    fig, axs = P.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axs = plotting.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, idx in zip(axs, (0, len(cfg.Ms) - 1), strict=True):
         ax.plot(dl, dl, "k:", label="δ (allowed)")
         ax.plot(dl, [rd.violation_tolerance(d, cfg.R) for d in dl], "k--", lw=0.8, label="δ + 3√(δ(1−δ)/R)")
@@ -289,7 +289,7 @@ def _part_linear(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     axs[0].legend(fontsize=8)
     figures.append(save_figure(fig, out, "rademacher_linear_violation_vs_delta.png"))
 
-    fig, ax = P.subplots(figsize=(7, 4.5))
+    fig, ax = plotting.subplots(figsize=(7, 4.5))
     ax.plot(Ms, g("paper_logit_term"), "C3-s", ms=3, label="paper: (2√2/M) Σ|z^ħ|")
     ax.plot(Ms, g("paper_confidence_term"), "C3:", label="paper: 3√(log(2/δ)/2M)")
     ax.plot(Ms, g("rigorous_complexity_term"), "C2-^", ms=3, label="rigorous: 4 R̂^vec_S")
@@ -414,7 +414,7 @@ def _part_tvvar(cfg: Config, out: Path, checks: list, figures: list) -> dict:
     def g(k):
         return np.array([r[k] for r in rows])
 
-    fig, ax = P.subplots(figsize=(7, 4.5))
+    fig, ax = plotting.subplots(figsize=(7, 4.5))
     ax.axhline(true_risk, color="k", lw=1.5, label="true risk (exact)")
     ax.axhline(floor, color="gray", ls="--", lw=1, label="H(U_t | context) (exact)")
     ax.errorbar(Ms, g("empirical"), yerr=g("empirical_sd"), fmt="C0-o", ms=3, label="empirical risk L̂ (held-out S)")

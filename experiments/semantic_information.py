@@ -51,7 +51,7 @@ import optax
 from flax import nnx
 from scipy.optimize import minimize
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import check, cli, save_figure
 from tvvar.model import ModelConfig, TVVARModel
 from tvvar.sources import PromptedSource
@@ -501,7 +501,7 @@ def _flow_analysis(model, src: PromptedSource, cfg: Config, key) -> dict:
         "freedman_excess_printed": float(np.max(np.where(below_p, emp - printed, -np.inf))),
         "freedman_mc_tol": mc_tol,
         "paths_flow": d["flow"][idx].tolist(), "paths_A": d["A"][idx].tolist(), "paths_M": d["M"][idx].tolist(),
-        "flow_band": P.quantiles(d["flow"]).tolist(), "A_band": P.quantiles(d["A"]).tolist(),
+        "flow_band": plotting.quantiles(d["flow"]).tolist(), "A_band": plotting.quantiles(d["A"]).tolist(),
         "heuristics": heur, "exact_mean_flow": float(np.mean(exact_flow)),
     }
 
@@ -605,10 +605,10 @@ def _model_capacity(model, src: PromptedSource, cfg: Config) -> dict:
 
 def _figures(out: Path, d: dict, cfg: Config) -> list[str]:
     figs = []
-    fig, ax = P.subplots(1, 4, figsize=(17, 3.8))
+    fig, ax = plotting.subplots(1, 4, figsize=(17, 3.8))
     t = np.arange(1, cfg.cont_len + 1)
-    pick = P.highlighted(len(d["paths_flow"]), 5)
-    P.flow_panels(ax[0], ax[1], t, d["flow_band"], d["A_band"], np.asarray(d["paths_flow"])[pick],
+    pick = plotting.highlighted(len(d["paths_flow"]), 5)
+    plotting.flow_panels(ax[0], ax[1], t, d["flow_band"], d["A_band"], np.asarray(d["paths_flow"])[pick],
                   np.asarray(d["paths_A"])[pick], flow_name="flow i_t = i(S → U_{≤t})",
                   comp_name="compensator A_t (predictable)")
     M, se = np.asarray(d["M_mean"]), np.asarray(d["M_se"])
@@ -632,7 +632,7 @@ def _figures(out: Path, d: dict, cfg: Config) -> list[str]:
                  fontsize=9)
     figs.append(save_figure(fig, out, "flow_doob_freedman.png"))
 
-    fig, ax = P.subplots(1, 3, figsize=(14, 3.8))
+    fig, ax = plotting.subplots(1, 3, figsize=(14, 3.8))
     ax[0].plot(d["D"], d["R"], "o-")
     for step, x, y in zip(d["step"], d["D"], d["R"], strict=True):
         ax[0].annotate(f"step {step}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -652,12 +652,12 @@ def _figures(out: Path, d: dict, cfg: Config) -> list[str]:
               title="prompt-free estimators vs Bayes")
     figs.append(save_figure(fig, out, "rate_distortion.png"))
 
-    fig, ax = P.subplots(1, 2, figsize=(9, 3.6))
+    fig, ax = plotting.subplots(1, 2, figsize=(9, 3.6))
     K = len(d["model_capacity_prior"])
     ax[0].bar(np.arange(K) - 0.2, d["prompt_probs"], 0.4, label="source law")
     ax[0].bar(np.arange(K) + 0.2, d["model_capacity_prior"], 0.4, label="capacity-achieving")
     ax[0].set(xlabel="prompt k", ylabel="P(S = s_k)", title="optimal prompt law of the trained model")
-    P.integer_ticks(ax[0], "x")
+    plotting.integer_ticks(ax[0], "x")
     ax[0].legend(fontsize=7)
     ax[1].plot(d["rpost_W"], d["rpost_R"], "o-")
     ax[1].set(xlabel="W (expected reward)", ylabel="R_post(W) (nats)", title="directed rate–reward (Def. 7)")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import check, cli, save_figure
 from tvvar.core import SphereEmbedding, build, mix_dense
 
@@ -103,19 +103,19 @@ def run(config: Config, out: Path) -> dict:
 
     T = c.T
     below = np.tril(np.ones((T, T), bool))
-    fig, axes = P.subplots(1, len(norms), figsize=(5.0 * len(norms), 4.4), squeeze=False)
+    fig, axes = plotting.subplots(1, len(norms), figsize=(5.0 * len(norms), 4.4), squeeze=False)
     for ax, (label, nrm) in zip(axes[0], norms.items(), strict=True):
         shown = np.where(below, np.log10(np.maximum(nrm, 1e-12)), np.nan)
         vmax = np.nanmax(shown)
-        P.heatmap(ax, shown, range(T), cbar_label="log10 ‖A[i, j]‖_F", xlabel="j (source position)",
+        plotting.heatmap(ax, shown, range(T), cbar_label="log10 ‖A[i, j]‖_F", xlabel="j (source position)",
                   ylabel="i (row; predicts token i+1)", vmin=max(np.nanmin(shown), vmax - 6), vmax=vmax)
         ax.set_title(f"{label}\nlog10 ‖A[i, j]‖_F")
     figures = [save_figure(fig, out, "coefficient_norms.png")]
 
-    fig, ax = P.subplots(figsize=(6.0, 4.0))
+    fig, ax = plotting.subplots(figsize=(6.0, 4.0))
     for label, nrm in norms.items():
         ax.semilogy(np.arange(T), np.maximum(nrm[T - 1], 1e-16), marker=".", label=label)
-    P.token_axis(ax, "x", label="j (source position)")
+    plotting.token_axis(ax, "x", label="j (source position)")
     ax.set_ylabel(f"‖A[{T - 1}, j]‖_F")
     ax.set_title("last row: which past tokens the prediction mixes")
     ax.legend()

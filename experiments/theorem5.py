@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import check, cli, save_figure
 from tvvar.core import mix_dense
 from tvvar.decompositions.attention import Attention
@@ -101,16 +101,16 @@ def _train_briefly(cfg: Config) -> tuple[TVVARModel, list[float]]:
 def _figures(att: Attention, u: jax.Array, out: Path) -> list[str]:
     pi = np.asarray(att.pi(u))[0]  # [H, T, T]
     H, T = pi.shape[0], pi.shape[-1]
-    fig, axes = P.subplots(1, H, figsize=(3.4 * H, 3.2), squeeze=False)
+    fig, axes = plotting.subplots(1, H, figsize=(3.4 * H, 3.2), squeeze=False)
     for h in range(H):
-        P.heatmap(axes[0, h], pi[h], range(T), cbar_label="π^h[i, j]", vmin=0, vmax=1)
+        plotting.heatmap(axes[0, h], pi[h], range(T), cbar_label="π^h[i, j]", vmin=0, vmax=1)
         axes[0, h].set_title(f"π^{h}[i, j] (head {h})")
     names = [save_figure(fig, out, "theorem5_pi.png")]
 
     A = np.asarray(att.to_bilinear().coefficients(u))[0]  # [T, T, D, D]
     norms = np.linalg.norm(A, axis=(-2, -1))
-    fig, ax = P.subplots(figsize=(4.4, 3.8))
-    P.heatmap(ax, np.where(norms > 0, norms, np.nan), range(T), cbar_label="‖A[i, j]‖_F", cmap="magma")
+    fig, ax = plotting.subplots(figsize=(4.4, 3.8))
+    plotting.heatmap(ax, np.where(norms > 0, norms, np.nan), range(T), cbar_label="‖A[i, j]‖_F", cmap="magma")
     ax.set_title("‖A[i, j]‖_F of the trained layer")
     names.append(save_figure(fig, out, "theorem5_coefficient_norms.png"))
     return names

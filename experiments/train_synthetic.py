@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import plotting as P
+from experiments import plotting
 from experiments.common import check, cli, save_figure
 
 TARGET = 0.05  # nats/token above the exact conditional entropy
@@ -101,7 +101,7 @@ def run(config: Config, out: Path) -> dict:
     final = val[-1]
     gap = final["loss"] - final["entropy"]
 
-    fig, (ax, ax2) = P.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax2) = plotting.subplots(1, 2, figsize=(11, 4))
     tr = r["history"]["train"]
     steps = np.array([x["step"] for x in tr])
     w = 10
@@ -111,7 +111,7 @@ def run(config: Config, out: Path) -> dict:
     ax.axhline(final["entropy"], color="k", ls="--", lw=1, label=f"exact conditional entropy {final['entropy']:.3f}")
     ax.axhline(math.log(c.V), color="gray", ls=":", lw=1, label=f"log V = {math.log(c.V):.3f}")
     ax.set_xlabel("training step")
-    ax.set_ylabel(P.nats("cross-entropy", "token"))
+    ax.set_ylabel(plotting.nats("cross-entropy", "token"))
     ax.set_title("loss vs the entropy floor")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -120,7 +120,7 @@ def run(config: Config, out: Path) -> dict:
     ax2.axhline(TARGET, color="r", ls="--", lw=1, label=f"target {TARGET}")
     ax2.set_yscale("log")
     ax2.set_xlabel("training step")
-    ax2.set_ylabel(P.nats("excess cross-entropy", "token") + ", log scale")
+    ax2.set_ylabel(plotting.nats("excess cross-entropy", "token") + ", log scale")
     ax2.set_title("excess over the floor (≈ KL(true ‖ model))")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3, which="both")
