@@ -54,7 +54,8 @@ def _llama(folder, model_type="llama", **kw):
         if model_type == "llama":
             ref = transformers.FlaxLlamaForCausalLM(transformers.LlamaConfig(**c), seed=0)
         else:
-            ref = transformers.FlaxMistralForCausalLM(transformers.MistralConfig(sliding_window=T, **c), seed=0)
+            ref = transformers.FlaxMistralForCausalLM(transformers.MistralConfig(**{"sliding_window": T, **c}),
+                                                      seed=0)
     from flax.core import unfreeze
 
     params = unfreeze(ref.params)
@@ -172,6 +173,33 @@ def test_mistral_layout_loads(tmp_path):
     pre = load_pretrained(tmp_path)
     assert pre.model_type == "mistral"
     _agree(pre, ref, _ids())
+
+
+def test_mistral_sliding_window_matches_flax_and_is_banded(tmp_path):
+    """sliding_window w = 10 < T = 64: logits and every head's π equal transformers' Flax Mistral — which keeps
+    w + 1 keys (jnp.triu(causal, -w)) where its PyTorch Mistral keeps w (kv > q − w), so the reference is built with
+    w − 1 and the checkpoint says w, as a hub checkpoint does — π is exactly 0 outside the band, and greedy
+    generation through the KV cache equals the full forward's argmax beyond the window."""
+    w = 10
+    ref = _llama(tmp_path / "m", model_type="mistral", sliding_window=w - 1)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**cfg, "sliding_window": w}))
+    pre = load_pretrained(tmp_path / "m")
+    assert pre.model.blocks[0].mixer.window == w
+    ids = _ids()
+    assert _agree(pre, ref, ids) <= 1e-4
+    pi = np.asarray(pre.model.blocks[1].mixer.pi(pre.model.embed_tokens(jnp.asarray(ids))))
+    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    assert np.all(pi[:, :, (j > i) | (j <= i - w)] == 0)
+    out = np.asarray(generate(pre.model, jnp.asarray(ids[:1, :12]), 8, temperature=0.0))
+    for s in range(12, 20):
+        assert out[0, s] == int(np.argmax(np.asarray(pre.model(jnp.asarray(out[:, :s])))[0, -1]))
+    with pytest.raises(ValueError, match="sliding_window"):  # Llama has no window: the field is refused there
+        bad = tmp_path / "llama"
+        _llama(bad)
+        c = json.loads((bad / "config.json").read_text())
+        (bad / "config.json").write_text(json.dumps({**c, "sliding_window": 8}))
+        load_pretrained(bad)
 
 
 def test_sharded_bf16_and_tokenizer(gpt2_dir, tmp_path):

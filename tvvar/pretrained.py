@@ -13,8 +13,9 @@ llama       RMSNorm, rotary attention (B(Δ) = W_q R(−Δ) W_kᵀ/√K), groupe
             ``rope_scaling`` of type ``llama3`` (Llama 3.1/3.2) or ``linear`` rescales the rotary frequencies
             (:func:`tvvar.decompositions.attention.rope_inv_freq`); ``dynamic``, ``yarn``, ``longrope`` are
             refused by name.
-mistral     the Llama layout; a ``sliding_window`` shorter than ``max_position_embeddings`` is refused
-            (not implemented; a longer one changes nothing for T ≤ max_position_embeddings).
+mistral     the Llama layout with ``sliding_window`` w: attention with a banded support S(i) = {i − w + 1, …, i}
+            (transformers' PyTorch convention; its Flax Mistral keeps w + 1 keys), applied at every length —
+            ``Attention(window=w)``, whose blockwise path skips the key blocks outside every row's band.
 qwen2       the Llama layout with q/k/v biases (Qwen2 / Qwen2.5): the q/k biases, added before the rotation, make
             the score an affine relative form ū_iᵀ B̄_h(i − j) ū_j, ū = [u; 1]
             (:meth:`~tvvar.decompositions.attention.Attention.affine_relative_forms`; with rotary the bias terms
@@ -254,17 +255,19 @@ def _llama_config(c: dict, dtype: str, *, check: bool = True, rope_scaling: dict
     known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
              "tie_word_embeddings", "rope_scaling"}
+    window = None
     if check:  # (a family built on this layout checks its own fields first and passes check=False)
         rope_scaling = check_rope_scaling(c.get("rope_scaling"))  # a type not implemented is refused by name
         _refuse(c, {
             "hidden_act": lambda v: v == "silu",
             "attention_bias": lambda v: v is False,
             "mlp_bias": lambda v: v is False,
-            # a window at least as long as every admissible sequence changes nothing; a shorter one is not
-            # implemented
-            "sliding_window": lambda v: v is None or (isinstance(v, int) and v >= c.get("max_position_embeddings",
-                                                                                       0)),
+            # Mistral's sliding window (S(i) = {i − w + 1, …, i}, transformers' PyTorch convention): implemented,
+            # applied at every length; Llama has none
+            "sliding_window": lambda v: v is None or (mt == "mistral" and isinstance(v, int)
+                                                      and not isinstance(v, bool) and v >= 1),
         }, dict.fromkeys(known), f"model_type {mt!r}")
+    window = c.get("sliding_window") if mt == "mistral" else None
     D, H = c["hidden_size"], c["num_attention_heads"]
     K = c.get("head_dim") or D // H
     G = c.get("num_key_value_heads") or H
@@ -274,7 +277,8 @@ def _llama_config(c: dict, dtype: str, *, check: bool = True, rope_scaling: dict
         vocab_size=c["vocab_size"], d_model=D, num_layers=c["num_hidden_layers"], decomposition="attention",
         mixer={"num_heads": H, "num_kv_heads": G, "head_dim": K, "rotary": True,
                "rope_theta": float(c.get("rope_theta", 10000.0)),
-               **({"rope_scaling": rope_scaling} if rope_scaling is not None else {})},
+               **({"rope_scaling": rope_scaling} if rope_scaling is not None else {}),
+               **({"window": window} if window is not None else {})},
         psi="swiglu", psi_options={"d_ff": c["intermediate_size"]}, norm="rms",
         norm_eps=float(c.get("rms_norm_eps", 1e-6)), tied=bool(c.get("tie_word_embeddings", False)),
         max_len=None, embedding="plain", param_dtype=dtype, dtype=dtype)

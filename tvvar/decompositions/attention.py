@@ -148,6 +148,15 @@ class SoftmaxBilinearAttention(Mixer):
     """
 
     num_heads: int
+    #: a sliding window of this many keys (S(i) = {i − window + 1, …, i}, causal only), or None
+    window: int | None = None
+
+    def support(self, T: int) -> Array:
+        """Boolean [T, T]: True where j ∈ S(i) — the causal (or bidirectional) support, banded by ``window``."""
+        allowed = super().support(T)
+        if self.window is not None:
+            allowed = allowed & (jnp.arange(T)[None, :] > jnp.arange(T)[:, None] - self.window)
+        return allowed
 
     def scores(self, u: Array) -> Array:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -184,6 +193,8 @@ class SoftmaxBilinearAttention(Mixer):
         L = s_BxHxL.shape[-1]
         s = s_BxHxL.astype(float32_or_better(dtype))
         allowed_L = jnp.arange(L) <= index
+        if self.window is not None:
+            allowed_L = allowed_L & (jnp.arange(L) > index - self.window)
         s = jnp.where(allowed_L, s, masked_fill_value(s.dtype))
         p = jax.nn.softmax(s, axis=-1)
         return jnp.where(allowed_L, p, 0).astype(dtype)
@@ -328,6 +339,10 @@ class Attention(SoftmaxBilinearAttention):
     input runs the einsum path for ``"xla"``/``"cudnn"``. ``"auto"`` (default) is ``"blockwise"`` on CPU for
     T ≥ ``BLOCKWISE_MIN_LENGTH`` and ``"einsum"`` otherwise. ``coefficients`` and ``pi`` are the same
     whatever the implementation.
+
+    ``window``: sliding-window attention (Mistral), S(i) = {i − window + 1, …, i} — a TV-VAR with a banded
+    support; π and A[i, j] are exactly 0 outside the band, ``support(T)`` says so (the decomposition kit checks
+    it), and the blockwise path never visits the key blocks left of every row's window.
     """
 
     def __init__(
@@ -348,9 +363,15 @@ class Attention(SoftmaxBilinearAttention):
         rotary: bool = False,
         rope_theta: float = 10000.0,
         rope_scaling: dict | None = None,
+        window: int | None = None,
     ):
         if num_heads < 1:
             raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"window (a sliding window, in keys) must be an int ≥ 1 or None, got {window!r}")
+        if window is not None and mask != "causal":
+            raise ValueError(f"window (a sliding window) needs mask='causal', got mask={mask!r}")
+        self.window = window
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if not (isinstance(num_kv_heads, int) and num_kv_heads >= 1 and num_heads % num_kv_heads == 0):
             raise ValueError(f"num_kv_heads must be an int ≥ 1 dividing num_heads={num_heads}, got {num_kv_heads!r}")
@@ -495,7 +516,7 @@ class Attention(SoftmaxBilinearAttention):
                              "use 'blockwise', 'einsum' or 'xla'")
         if impl == "blockwise":
             o_BxTxHxK = blockwise_attention(q, k, v, scale=self.scale, causal=self.mask == "causal",
-                                            block_size=self.block_size)
+                                            block_size=self.block_size, window=self.window)
         elif impl == "einsum" or u.dtype == jnp.float64:
             s_BxHxTxT = jnp.einsum("bihk,bjhk->bhij", q, k, precision=_HI) * self.scale
             pi = self._pi(s_BxHxTxT, u.dtype)
@@ -504,8 +525,8 @@ class Attention(SoftmaxBilinearAttention):
             if self.value_dim != self.head_dim:
                 raise ValueError("implementation='xla'/'cudnn' needs value_dim == head_dim")
             o_BxTxHxK = jax.nn.dot_product_attention(
-                q, k, v, scale=self.scale, is_causal=self.mask == "causal", implementation=impl
-            )
+                q, k, v, scale=self.scale, is_causal=self.mask == "causal", implementation=impl,
+                local_window_size=None if self.window is None else (self.window - 1, 0))
         return jnp.einsum("bihk,hke->bie", o_BxTxHxK, self.wo[...].astype(u.dtype), precision=_HI)
 
     def head_outputs(self, pi: Array, u: Array) -> Array:

@@ -48,15 +48,23 @@ def check_block_size(block_size: int) -> int:
 
 
 def blockwise_attention(q: Array, k: Array, v: Array, *, scale: float, causal: bool = True,
-                        block_size: int = 256) -> Array:
+                        block_size: int = 256, window: int | None = None) -> Array:
     """Softmax attention by [block_size, block_size] tiles with an online softmax.
 
     q, k: [B, T, H, K]; v: [B, T, H, K_v] → o: [B, T, H, K_v], equal (to rounding) to
     ``softmax(q kᵀ · scale, masked to S(i)) v`` per head — the einsum path of
     :class:`tvvar.decompositions.attention.Attention` — with gradients by a custom VJP that recomputes the
     tiles instead of storing them.
+
+    ``window`` (causal only): a sliding window of ``window`` keys, S(i) = {i − window + 1, …, i}; key blocks
+    entirely outside every row's window are never visited, forward or backward, so the cost grows as T·window
+    rather than T² when T ≫ window.
     """
     check_block_size(block_size)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"window must be an int ≥ 1 or None, got {window!r}")
+    if window is not None and not causal:
+        raise ValueError("window (a sliding window) needs causal=True")
     if q.ndim != 4 or k.shape != q.shape:
         raise ValueError(f"q and k must both have shape [B, T, H, K], got {q.shape} and {k.shape}")
     if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
@@ -71,23 +79,37 @@ def blockwise_attention(q: Array, k: Array, v: Array, *, scale: float, causal: b
         x = jnp.swapaxes(x, 1, 2).astype(acc_dtype)
         return jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else x
 
-    o = _flash(blocks(q), blocks(k), blocks(v), float(scale), bool(causal), b, T)
+    o = _flash(blocks(q), blocks(k), blocks(v), float(scale), bool(causal), b, T, int(window or 0))
     return jnp.swapaxes(o[:, :, :T], 1, 2).astype(q.dtype)
 
 
-def _tile_mask(i: Array, j: Array, b: int, T: int, causal: bool) -> Array:
-    """[b, b] True where key j·b + c is admissible for query i·b + r (in range, and c ≤ r when causal)."""
+def _tile_mask(i: Array, j: Array, b: int, T: int, causal: bool, window: int = 0) -> Array:
+    """[b, b] True where key j·b + c is admissible for query i·b + r (in range, c ≤ r when causal, and
+    c > r − window with a sliding window)."""
     rows = i * b + jnp.arange(b)[:, None]
     cols = j * b + jnp.arange(b)[None, :]
     ok = cols < T
+    if window:
+        ok = ok & (cols > rows - window)
     return ok & (cols <= rows) if causal else ok
+
+
+def _first_key_block(i: Array, b: int, window: int) -> Array:
+    """The first key block any row of query block i sees: 0, or with a window the block of key i·b − window + 1."""
+    return jnp.maximum(0, (i * b - window + 1) // b) if window else 0
+
+
+def _query_block_end(j: Array, b: int, n: int, window: int) -> Array:
+    """One past the last query block that sees key block j: n, or with a window one past the block of row
+    (j + 1)·b + window − 2 (the last row whose window reaches the block)."""
+    return jnp.minimum(n, ((j + 1) * b + window - 2) // b + 1) if window else n
 
 
 def _slice(x: Array, j: Array, b: int) -> Array:
     return jax.lax.dynamic_slice_in_dim(x, j * b, b, axis=2)
 
 
-def _forward(q, k, v, scale, causal, b, T):
+def _forward(q, k, v, scale, causal, b, T, window=0):
     """o [B, H, n·b, K_v] and the row log-sum-exp L [B, H, n·b] (both in the accumulation dtype)."""
     Bsz, H, Tp, _ = q.shape
     Kv = v.shape[-1]
@@ -100,7 +122,7 @@ def _forward(q, k, v, scale, causal, b, T):
         def key_block(j, carry):
             m, ell, acc = carry
             k_j, v_j = _slice(k, j, b), _slice(v, j, b)
-            allowed = _tile_mask(i, j, b, T, causal)
+            allowed = _tile_mask(i, j, b, T, causal, window)
             s = jnp.einsum("bhrk,bhck->bhrc", q_i, k_j, precision=_HI) * scale
             s = jnp.where(allowed, s, neg)
             m_new = jnp.maximum(m, s.max(-1))
@@ -112,8 +134,12 @@ def _forward(q, k, v, scale, causal, b, T):
 
         init = (jnp.full((Bsz, H, b), neg, q.dtype), jnp.zeros((Bsz, H, b), q.dtype),
                 jnp.zeros((Bsz, H, b, Kv), q.dtype))
-        # causal: key blocks j > i are entirely outside S(i) and are never visited
-        m, ell, acc = jax.lax.fori_loop(0, i + 1 if causal else n, key_block, init)
+        # causal: key blocks j > i are entirely outside S(i) and are never visited; nor, with a window, the blocks
+        # left of every row's window
+        m, ell, acc = jax.lax.fori_loop(_first_key_block(i, b, window), i + 1 if causal else n, key_block, init)
+        # a padding row (beyond T) can have no admissible key at all (with a window): give it o = 0 and a finite
+        # log-sum-exp, never 0/0, so that the backward pass's Σ dO·O stays finite
+        ell = jnp.where(ell > 0, ell, 1)
         return acc / ell[..., None], m + jnp.log(ell)
 
     o, lse = jax.lax.map(query_block, jnp.arange(n))  # [n, B, H, b, Kv], [n, B, H, b]
@@ -122,17 +148,17 @@ def _forward(q, k, v, scale, causal, b, T):
     return o, lse
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _flash(q, k, v, scale, causal, b, T):
-    return _forward(q, k, v, scale, causal, b, T)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _flash(q, k, v, scale, causal, b, T, window):
+    return _forward(q, k, v, scale, causal, b, T, window)[0]
 
 
-def _flash_fwd(q, k, v, scale, causal, b, T):
-    o, lse = _forward(q, k, v, scale, causal, b, T)
+def _flash_fwd(q, k, v, scale, causal, b, T, window):
+    o, lse = _forward(q, k, v, scale, causal, b, T, window)
     return o, (q, k, v, o, lse)
 
 
-def _flash_bwd(scale, causal, b, T, res, do):
+def _flash_bwd(scale, causal, b, T, window, res, do):
     q, k, v, o, lse = res
     Tp = q.shape[2]
     n = Tp // b
@@ -147,7 +173,7 @@ def _flash_bwd(scale, causal, b, T, res, do):
             q_i, do_i = _slice(q, i, b), _slice(do, i, b)
             lse_i = jax.lax.dynamic_slice_in_dim(lse, i * b, b, axis=2)
             D_i = jax.lax.dynamic_slice_in_dim(D, i * b, b, axis=2)
-            allowed = _tile_mask(i, j, b, T, causal)
+            allowed = _tile_mask(i, j, b, T, causal, window)
             s = jnp.einsum("bhrk,bhck->bhrc", q_i, k_j, precision=_HI) * scale
             p = jnp.where(allowed, jnp.exp(s - lse_i[..., None]), 0)
             dv_j = dv_j + jnp.einsum("bhrc,bhrk->bhck", p, do_i, precision=_HI)
@@ -158,8 +184,8 @@ def _flash_bwd(scale, causal, b, T, res, do):
             dk_j = dk_j + jnp.einsum("bhrc,bhrk->bhck", ds, q_i, precision=_HI) * scale
             return dq, dk_j, dv_j
 
-        # causal: only query blocks i ≥ j see key block j
-        dq, dk_j, dv_j = jax.lax.fori_loop(j if causal else 0, n, query_block,
+        # causal: only query blocks i ≥ j see key block j (and, with a window, only those up to its end)
+        dq, dk_j, dv_j = jax.lax.fori_loop(j if causal else 0, _query_block_end(j, b, n, window), query_block,
                                            (dq, jnp.zeros_like(k_j), jnp.zeros_like(v_j)))
         return dq, (dk_j, dv_j)
 
