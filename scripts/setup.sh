@@ -12,7 +12,7 @@ fi
 # Installed only when missing, as root, with apt-get; never fatal: without them that test skips and says why.
 if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+    { timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq chromium chromium-driver; } \
       >/dev/null 2>&1 || echo "setup: could not install chromium + chromium-driver; tests/test_view.py's browser test will skip" >&2
   else
     echo "setup: chromium + chromium-driver not installed (not root or no apt-get); tests/test_view.py's browser test will skip" >&2
