@@ -482,8 +482,9 @@ def _numpy_logits(folder, ids):
     """The Llama-layout families' forward written from their equations in float64 NumPy, on the PyTorch-layout
     weights: u = E[x] (Gemma: √D·E[x]); per layer x += W_o attn(n₁ x) + b, x += W_down(act(W_gate n₂ x) ⊙ W_up n₂ x)
     with n(x) = x/rms(x)·w (Gemma: ·(1 + w), act the tanh GELU; else silu); q/k/v biases (Qwen2) added before the
-    rotation, rotary on (first half, second half) pairs (rotate_half), grouped-query heads; logits = n_f(x) Eᵀ
-    (or lm_head)."""
+    rotation, rotary on (first half, second half) pairs (rotate_half), grouped-query heads; Phi-3's fused
+    projections split on their outputs ([q | k | v], [gate | up]) and a sliding window t − w < j ≤ t (Mistral,
+    Phi-3); logits = n_f(x) Eᵀ (or lm_head)."""
     c = json.loads((folder / "config.json").read_text())
     gemma = c["model_type"] == "gemma"
     W = {k: np.asarray(v, np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
@@ -514,19 +515,29 @@ def _numpy_logits(folder, ids):
     E = W["model.embed_tokens.weight"]
     x = E[ids] * (np.sqrt(D) if gemma else 1.0)
     causal = np.tril(np.ones((n, n), bool))
+    if c.get("sliding_window") and c["model_type"] in ("mistral", "phi3"):
+        causal &= np.arange(n)[None, :] > np.arange(n)[:, None] - c["sliding_window"]
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = norm(x, W[p + "input_layernorm.weight"])
-        q = rope(proj(h, p + "self_attn.q_proj", H))
-        k = np.repeat(rope(proj(h, p + "self_attn.k_proj", G)), H // G, axis=2)
-        v = np.repeat(proj(h, p + "self_attn.v_proj", G), H // G, axis=2)
+        if p + "self_attn.qkv_proj.weight" in W:  # Phi-3: one projection, its output split [q | k | v]
+            qkv = h @ W[p + "self_attn.qkv_proj.weight"].T
+            q, k, v = np.split(qkv, [H * K, (H + G) * K], axis=-1)
+            q, k, v = rope(q.reshape(B, n, H, K)), rope(k.reshape(B, n, G, K)), v.reshape(B, n, G, K)
+        else:
+            q, k = rope(proj(h, p + "self_attn.q_proj", H)), rope(proj(h, p + "self_attn.k_proj", G))
+            v = proj(h, p + "self_attn.v_proj", G)
+        k, v = np.repeat(k, H // G, axis=2), np.repeat(v, H // G, axis=2)
         s = np.where(causal[None, None], np.einsum("bihk,bjhk->bhij", q, k) / np.sqrt(K), -np.inf)
         pi = np.exp(s - s.max(-1, keepdims=True))
         pi /= pi.sum(-1, keepdims=True)
         x = x + np.einsum("bhij,bjhk->bihk", pi, v).reshape(B, n, H * K) @ W[p + "self_attn.o_proj.weight"].T
         h = norm(x, W[p + "post_attention_layernorm.weight"])
-        gate = act(h @ W[p + "mlp.gate_proj.weight"].T)
-        x = x + (gate * (h @ W[p + "mlp.up_proj.weight"].T)) @ W[p + "mlp.down_proj.weight"].T
+        if p + "mlp.gate_up_proj.weight" in W:  # Phi-3: [gate | up] = chunk(2) of one projection
+            gate, up = np.split(h @ W[p + "mlp.gate_up_proj.weight"].T, 2, axis=-1)
+        else:
+            gate, up = h @ W[p + "mlp.gate_proj.weight"].T, h @ W[p + "mlp.up_proj.weight"].T
+        x = x + (act(gate) * up) @ W[p + "mlp.down_proj.weight"].T
     return norm(x, W["model.norm.weight"]) @ W.get("lm_head.weight", E).T
 
 
@@ -667,6 +678,68 @@ def test_qwen2_refusals_name_the_field(tmp_path):
                                 ("layer_types", ["sliding_attention", "full_attention"], "layer_types"),
                                 ("hidden_act", "gelu", "hidden_act"),
                                 ("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}, "dynamic")):
+        bad = tmp_path / field
+        shutil.copytree(tmp_path / "ok", bad)
+        (bad / "config.json").write_text(json.dumps({**good, field: value}))
+        with pytest.raises(ValueError, match=match):
+            load_pretrained(bad)
+
+
+# ---- Phi-3: fused qkv_proj and gate_up_proj, a sliding window --------------------------------------------------
+
+
+def _phi3(folder, **kw):
+    """A random Phi-3 checkpoint in the PyTorch layout (transformers has no Flax Phi-3), window 16 < T."""
+    c = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=T, sliding_window=16, pad_token_id=0, bos_token_id=1,
+             eos_token_id=2)
+    c.update(kw)
+    cfg = transformers.Phi3Config(**c)
+    D, H, G, F = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
+    K = D // H
+    rng = np.random.default_rng(6)
+    r = lambda *s, sd=0.2: (sd * rng.normal(size=s)).astype(np.float32)  # noqa: E731
+    t = {"model.embed_tokens.weight": r(V, D, sd=1.0), "model.norm.weight": 1 + r(D, sd=0.1), "lm_head.weight": r(V, D)}
+    for i in range(cfg.num_hidden_layers):
+        b = f"model.layers.{i}."
+        t.update({b + "self_attn.qkv_proj.weight": r((H + 2 * G) * K, D), b + "self_attn.o_proj.weight": r(D, H * K),
+                  b + "input_layernorm.weight": 1 + r(D, sd=0.1),
+                  b + "post_attention_layernorm.weight": 1 + r(D, sd=0.1),
+                  b + "mlp.gate_up_proj.weight": r(2 * F, D), b + "mlp.down_proj.weight": r(D, F)})
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(cfg.to_json_string())
+
+
+def test_phi3_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
+    _phi3(tmp_path / "p")
+    pre = load_pretrained(tmp_path / "p")
+    assert pre.model_type == "phi3" and pre.model.blocks[0].mixer.window == 16
+    ids = _ids()
+    ref = _numpy_logits(tmp_path / "p", ids)
+    assert float(np.max(np.abs(np.asarray(pre.model(jnp.asarray(ids))) - ref))) <= 1e-4
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(np.asarray(load_pretrained(tmp_path / "p", dtype="float64").model(jnp.asarray(ids))),
+                                   ref, rtol=0, atol=1e-10)
+    for layout in ("pytorch", "flax"):  # fused back as Phi-3 stores them: bit-exact both ways
+        save_pretrained(pre, tmp_path / layout, layout=layout)
+        again = load_pretrained(tmp_path / layout)
+        for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(pre.model, nnx.Param)),
+                                      nnx.to_flat_state(nnx.state(again.model, nnx.Param)), strict=True):
+            assert pa == pb
+            np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+    saved, src = load_file(str(tmp_path / "pytorch" / "model.safetensors")), load_file(str(tmp_path / "p" /
+                                                                                           "model.safetensors"))
+    assert sorted(saved) == sorted(src) and all(np.array_equal(saved[k], src[k]) for k in src)
+
+
+def test_phi3_refusals_name_the_field(tmp_path):
+    _phi3(tmp_path / "ok")
+    good = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for field, value, match in (("partial_rotary_factor", 0.75, "partial_rotary_factor"),
+                                ("rope_scaling", {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]},
+                                 "longrope"),
+                                ("hidden_act", "gelu", "hidden_act")):
         bad = tmp_path / field
         shutil.copytree(tmp_path / "ok", bad)
         (bad / "config.json").write_text(json.dumps({**good, field: value}))

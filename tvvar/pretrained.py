@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Qwen2, Gemma, Mamba-2) as exact tvvar TV-VAR models.
+"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Qwen2, Phi-3, Gemma, Mamba-2) as exact tvvar TV-VAR models.
 
 ``load_pretrained(path)`` reads ``config.json`` and ``model.safetensors`` (or the shards named by
 ``model.safetensors.index.json``) with the ``safetensors`` package (numpy arrays, no torch) and builds a
@@ -22,6 +22,9 @@ qwen2       the Llama layout with q/k/v biases (Qwen2 / Qwen2.5): the q/k biases
             vary with i − j and change π); the value bias folds into ``mixer_bias`` = Σ_h W_o^hᵀ b_v^h and is kept
             as loaded (``Pretrained.extras``) so that saving writes it back bit-exactly. A sliding window
             (``use_sliding_window``, ``layer_types``) is refused.
+phi3        the Llama function with fused ``qkv_proj`` ([W_q; W_k; W_v] by rows) and ``gate_up_proj`` ([W_gate;
+            W_up]) on disk, and a ``sliding_window`` as Mistral's; a ``partial_rotary_factor`` other than 1 and
+            ``rope_scaling`` of type ``longrope`` (the 128k checkpoints) are refused by field.
 gemma       the Llama layout with token vectors scaled by √D (``ModelConfig.embed_scale``, rounded to the compute
             dtype as transformers does), RMSNorm x/rms(x)·(1 + w) (norm ``"rms_offset"``), GeGLU with the tanh
             GELU (Ψ ``"geglu"``), head_dim ≠ D/H allowed, the head tied; A_tj keeps Theorem 5's rotary form
@@ -75,7 +78,7 @@ from tvvar.model import ModelConfig, TVVARModel
 
 __all__ = ["Pretrained", "load_pretrained", "save_pretrained", "read_safetensors", "SUPPORTED_MODEL_TYPES"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "mamba2")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "phi3", "gemma", "mamba2")
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -250,12 +253,12 @@ def _gpt2_config(c: dict, dtype: str) -> ModelConfig:
         max_len=c["n_positions"], embedding="plain", mixer_bias=True, param_dtype=dtype, dtype=dtype)
 
 
-def _llama_config(c: dict, dtype: str, *, check: bool = True, rope_scaling: dict | None = None) -> ModelConfig:
+def _llama_config(c: dict, dtype: str, *, check: bool = True, rope_scaling: dict | None = None,
+                  window: int | None = None) -> ModelConfig:
     mt = c["model_type"]
     known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
              "tie_word_embeddings", "rope_scaling"}
-    window = None
     if check:  # (a family built on this layout checks its own fields first and passes check=False)
         rope_scaling = check_rope_scaling(c.get("rope_scaling"))  # a type not implemented is refused by name
         _refuse(c, {
@@ -267,7 +270,7 @@ def _llama_config(c: dict, dtype: str, *, check: bool = True, rope_scaling: dict
             "sliding_window": lambda v: v is None or (mt == "mistral" and isinstance(v, int)
                                                       and not isinstance(v, bool) and v >= 1),
         }, dict.fromkeys(known), f"model_type {mt!r}")
-    window = c.get("sliding_window") if mt == "mistral" else None
+        window = c.get("sliding_window") if mt == "mistral" else None
     D, H = c["hidden_size"], c["num_attention_heads"]
     K = c.get("head_dim") or D // H
     G = c.get("num_key_value_heads") or H
@@ -303,6 +306,26 @@ def _qwen2_config(c: dict, dtype: str) -> ModelConfig:
     base = _llama_config({**c, "model_type": "qwen2", "attention_bias": False}, dtype, check=False,
                          rope_scaling=rope_scaling)
     return base.replace(mixer={**base.mixer, "qk_bias": True}, mixer_bias=True)
+
+
+def _phi3_config(c: dict, dtype: str) -> ModelConfig:
+    """Phi-3: the Llama function with fused projections on disk (``qkv_proj`` = [W_q; W_k; W_v], ``gate_up_proj`` =
+    [W_gate; W_up]) and Mistral's sliding window (``sliding_window``, transformers' convention). Refused by field:
+    a partial rotary factor other than 1, ``rope_scaling`` of type ``longrope`` (the 128k checkpoints)."""
+    known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
+             "tie_word_embeddings", "rope_scaling", "original_max_position_embeddings", "resid_pdrop", "embd_pdrop",
+             "sliding_window"}
+    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    _refuse(c, {
+        "hidden_act": lambda v: v == "silu",
+        "attention_bias": lambda v: v is False,
+        "partial_rotary_factor": lambda v: v == 1.0,
+        "sliding_window": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+        "add_cross_attention": lambda v: v is False,
+    }, dict.fromkeys(known), "model_type 'phi3'")
+    return _llama_config({**c, "model_type": "phi3"}, dtype, check=False, rope_scaling=rope_scaling,
+                         window=c.get("sliding_window"))
 
 
 def _gemma_config(c: dict, dtype: str) -> ModelConfig:
@@ -445,6 +468,38 @@ def _qwen2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> di
                                                               H // G).astype(np.dtype(bv.dtype)))
     p[("extras",)] = extras
     return p
+
+
+def _phi3_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dict[tuple, np.ndarray]:
+    """The Llama tensors read out of Phi-3's fused ones: rows [0, H·K) of ``qkv_proj`` are W_q, the next G·K W_k,
+    the last G·K W_v; the first F rows of ``gate_up_proj`` are W_gate, the last F W_up (transformers' chunk(2))."""
+    D, H, G, K = cfg.d_model, cfg.mixer["num_heads"], cfg.mixer["num_kv_heads"], cfg.mixer["head_dim"]
+    F = cfg.psi_options["d_ff"]
+    parts = {"self_attn.q_proj": ("self_attn.qkv_proj", 0, H * K, (H + 2 * G) * K),
+             "self_attn.k_proj": ("self_attn.qkv_proj", H * K, (H + G) * K, (H + 2 * G) * K),
+             "self_attn.v_proj": ("self_attn.qkv_proj", (H + G) * K, (H + 2 * G) * K, (H + 2 * G) * K),
+             "mlp.gate_proj": ("mlp.gate_up_proj", 0, F, 2 * F), "mlp.up_proj": ("mlp.gate_up_proj", F, 2 * F, 2 * F)}
+    fused: dict[str, np.ndarray] = {}
+
+    def w_split(key: str, shape: tuple) -> np.ndarray:  # key: model.layers.{i}.{name}.weight
+        layer, name = _layer_and_name(key)
+        if name not in parts:
+            return w(key, shape)
+        src, lo, hi, rows = parts[name]
+        full = f"{layer}{src}.weight"
+        if full not in fused:
+            fused[full] = w(full, (rows, D))
+        return fused[full][lo:hi]
+
+    return _llama_params(cfg, w_split)
+
+
+def _layer_and_name(key: str) -> tuple[str, str]:
+    """("model.layers.{i}.", "self_attn.q_proj") of "model.layers.{i}.self_attn.q_proj.weight"; ("", key) otherwise."""
+    parts = key.removesuffix(".weight").split(".")
+    if len(parts) > 3 and parts[:2] == ["model", "layers"]:
+        return ".".join(parts[:3]) + ".", ".".join(parts[3:])
+    return "", key
 
 
 def _fold_value_bias(bv: np.ndarray, wo_HxKxD: np.ndarray, rep: int) -> np.ndarray:
@@ -604,9 +659,10 @@ def _mamba2_tensors(model: TVVARModel, embedding_key: str = _MAMBA2_EMBED[0]) ->
 
 
 _CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config, "qwen2": _qwen2_config,
-            "gemma": _gemma_config, "mamba2": _mamba2_config}
+            "phi3": _phi3_config, "gemma": _gemma_config, "mamba2": _mamba2_config}
 _PARAMS = {"gpt2": lambda c, w, has: _gpt2_params(c, w), "llama": lambda c, w, has: _llama_params(c, w),
            "mistral": lambda c, w, has: _llama_params(c, w), "qwen2": lambda c, w, has: _qwen2_params(c, w),
+           "phi3": lambda c, w, has: _phi3_params(c, w),
            "gemma": lambda c, w, has: _llama_params(c, w), "mamba2": _mamba2_params}
 
 
@@ -766,6 +822,18 @@ def _qwen2_tensors(model: TVVARModel, extras: dict[str, np.ndarray]) -> dict[str
     return t
 
 
+def _phi3_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
+    """The Llama tensors fused back as Phi-3 stores them (qkv_proj, gate_up_proj)."""
+    t = _llama_tensors(model)
+    for i in range(model.cfg.num_layers):
+        b = f"model.layers.{i}."
+        t[b + "self_attn.qkv_proj.weight"] = np.concatenate(
+            [t.pop(b + f"self_attn.{n}_proj.weight") for n in "qkv"], axis=0)
+        t[b + "mlp.gate_up_proj.weight"] = np.concatenate(
+            [t.pop(b + "mlp.gate_proj.weight"), t.pop(b + "mlp.up_proj.weight")], axis=0)
+    return t
+
+
 def _to_flax_names(model_type: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for k, v in tensors.items():
@@ -809,6 +877,8 @@ def save_pretrained(pre: Pretrained, path: str | os.PathLike, layout: str | None
         tensors = _mamba2_tensors(pre.model, pre.embedding_key or _MAMBA2_EMBED[0])
     elif mt == "qwen2":
         tensors = _qwen2_tensors(pre.model, pre.extras)
+    elif mt == "phi3":
+        tensors = _phi3_tensors(pre.model)
     else:
         tensors = _llama_tensors(pre.model)
     if layout == "flax":
