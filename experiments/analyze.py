@@ -231,7 +231,7 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
     x = model.embed_tokens(ids_j)
     pis, law_fast, law_coef, coef_norms, coef_rows = [], [], [], [], []
     for li, block in enumerate(tqdm(list(model.blocks), desc="analyze: layers")):
-        z = block.norm1(x) if block.norm1 is not None else x
+        z = block.mixer_input(x)
         mixer = block.mixer
         pi = np.asarray(mixer.pi(z)) if hasattr(mixer, "pi") else None
         if pi is not None:

@@ -486,7 +486,7 @@ def _numpy_logits(folder, ids):
     projections split on their outputs ([q | k | v], [gate | up]) and a sliding window t − w < j ≤ t (Mistral,
     Phi-3); logits = n_f(x) Eᵀ (or lm_head)."""
     c = json.loads((folder / "config.json").read_text())
-    gemma = c["model_type"] == "gemma"
+    gemma, olmo2 = c["model_type"] == "gemma", c["model_type"] == "olmo2"
     W = {k: np.asarray(v, np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
     D, H = c["hidden_size"], c["num_attention_heads"]
     G, K = c.get("num_key_value_heads") or H, c.get("head_dim") or D // H
@@ -517,13 +517,21 @@ def _numpy_logits(folder, ids):
     causal = np.tril(np.ones((n, n), bool))
     if c.get("sliding_window") and c["model_type"] in ("mistral", "phi3"):
         causal &= np.arange(n)[None, :] > np.arange(n)[:, None] - c["sliding_window"]
+    def wnorm(z, g):  # OLMo 2's QK-norm: RMSNorm over the whole projection width, before the heads split
+        return z / np.sqrt(np.mean(z * z, axis=-1, keepdims=True) + eps) * g
+
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        h = norm(x, W[p + "input_layernorm.weight"])
+        h = x if olmo2 else norm(x, W[p + "input_layernorm.weight"])
         if p + "self_attn.qkv_proj.weight" in W:  # Phi-3: one projection, its output split [q | k | v]
             qkv = h @ W[p + "self_attn.qkv_proj.weight"].T
             q, k, v = np.split(qkv, [H * K, (H + G) * K], axis=-1)
             q, k, v = rope(q.reshape(B, n, H, K)), rope(k.reshape(B, n, G, K)), v.reshape(B, n, G, K)
+        elif olmo2:
+            q = wnorm(h @ W[p + "self_attn.q_proj.weight"].T, W[p + "self_attn.q_norm.weight"])
+            k = wnorm(h @ W[p + "self_attn.k_proj.weight"].T, W[p + "self_attn.k_norm.weight"])
+            q, k = rope(q.reshape(B, n, H, K)), rope(k.reshape(B, n, G, K))
+            v = proj(h, p + "self_attn.v_proj", G)
         else:
             q, k = rope(proj(h, p + "self_attn.q_proj", H)), rope(proj(h, p + "self_attn.k_proj", G))
             v = proj(h, p + "self_attn.v_proj", G)
@@ -531,7 +539,13 @@ def _numpy_logits(folder, ids):
         s = np.where(causal[None, None], np.einsum("bihk,bjhk->bhij", q, k) / np.sqrt(K), -np.inf)
         pi = np.exp(s - s.max(-1, keepdims=True))
         pi /= pi.sum(-1, keepdims=True)
-        x = x + np.einsum("bhij,bjhk->bihk", pi, v).reshape(B, n, H * K) @ W[p + "self_attn.o_proj.weight"].T
+        attn = np.einsum("bhij,bjhk->bihk", pi, v).reshape(B, n, H * K) @ W[p + "self_attn.o_proj.weight"].T
+        if olmo2:  # post-norms: x + norm(attn(x)), then x + norm(mlp(x))
+            x = x + norm(attn, W[p + "post_attention_layernorm.weight"])
+            gate, up = x @ W[p + "mlp.gate_proj.weight"].T, x @ W[p + "mlp.up_proj.weight"].T
+            x = x + norm((act(gate) * up) @ W[p + "mlp.down_proj.weight"].T, W[p + "post_feedforward_layernorm.weight"])
+            continue
+        x = x + attn
         h = norm(x, W[p + "post_attention_layernorm.weight"])
         if p + "mlp.gate_up_proj.weight" in W:  # Phi-3: [gate | up] = chunk(2) of one projection
             gate, up = np.split(h @ W[p + "mlp.gate_up_proj.weight"].T, 2, axis=-1)
@@ -745,3 +759,62 @@ def test_phi3_refusals_name_the_field(tmp_path):
         (bad / "config.json").write_text(json.dumps({**good, field: value}))
         with pytest.raises(ValueError, match=match):
             load_pretrained(bad)
+
+
+# ---- OLMo 2: QK-norm over the whole projection width, post-sublayer norms --------------------------------------
+
+
+def _olmo2(folder, **kw):
+    """A random OLMo 2 checkpoint in the PyTorch layout (transformers has no Flax OLMo 2)."""
+    c = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=T, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    c.update(kw)
+    cfg = transformers.Olmo2Config(**c)
+    D, H, G, F = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
+    K = D // H
+    rng = np.random.default_rng(7)
+    r = lambda *s, sd=0.2: (sd * rng.normal(size=s)).astype(np.float32)  # noqa: E731
+    t = {"model.embed_tokens.weight": r(V, D, sd=1.0), "model.norm.weight": 1 + r(D, sd=0.1), "lm_head.weight": r(V, D)}
+    for i in range(cfg.num_hidden_layers):
+        b = f"model.layers.{i}."
+        t.update({b + "self_attn.q_proj.weight": r(H * K, D), b + "self_attn.k_proj.weight": r(G * K, D),
+                  b + "self_attn.v_proj.weight": r(G * K, D), b + "self_attn.o_proj.weight": r(D, H * K),
+                  b + "self_attn.q_norm.weight": 1 + r(H * K, sd=0.3),
+                  b + "self_attn.k_norm.weight": 1 + r(G * K, sd=0.3),
+                  b + "post_attention_layernorm.weight": 1 + r(D, sd=0.1),
+                  b + "post_feedforward_layernorm.weight": 1 + r(D, sd=0.1),
+                  b + "mlp.gate_proj.weight": r(F, D), b + "mlp.up_proj.weight": r(F, D),
+                  b + "mlp.down_proj.weight": r(D, F)})
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(cfg.to_json_string())
+
+
+def test_olmo2_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
+    _olmo2(tmp_path / "o")
+    pre = load_pretrained(tmp_path / "o")
+    blk = pre.model.blocks[0]
+    assert pre.model_type == "olmo2" and blk.mixer.qk_norm and blk.post_norm
+    ids = _ids()
+    ref = _numpy_logits(tmp_path / "o", ids)
+    assert float(np.max(np.abs(np.asarray(pre.model(jnp.asarray(ids))) - ref))) <= 1e-4
+    with jax.enable_x64(True):
+        pre64 = load_pretrained(tmp_path / "o", dtype="float64")
+        np.testing.assert_allclose(np.asarray(pre64.model(jnp.asarray(ids))), ref, rtol=0, atol=1e-10)
+        # a TV-VAR whose π is no bilinear form: A = Σ_h π^h A_h reproduces the mixer; the forms are refused
+        from tvvar.core import mix_dense
+
+        mx = pre64.model.blocks[1].mixer
+        u = jax.random.normal(jax.random.key(0), (1, 12, 32), jnp.float64)
+        np.testing.assert_allclose(np.asarray(mix_dense(mx.coefficients(u), u)), np.asarray(mx(u)), rtol=0,
+                                   atol=1e-10)
+        for form in (lambda: mx.relative_bilinear_forms(4), lambda: mx.affine_relative_forms(4), mx.to_bilinear):
+            with pytest.raises(ValueError, match="qk_norm"):
+                form()
+    out = np.asarray(generate(pre.model, jnp.asarray(ids[:1, :8]), 8, temperature=0.0))  # the cached path
+    for s in range(8, 16):
+        assert out[0, s] == int(np.argmax(np.asarray(pre.model(jnp.asarray(out[:, :s])))[0, -1]))
+    save_pretrained(pre, tmp_path / "again")
+    saved, src = load_file(str(tmp_path / "again" / "model.safetensors")), load_file(str(tmp_path / "o" /
+                                                                                         "model.safetensors"))
+    assert sorted(saved) == sorted(src) and all(np.array_equal(saved[k], src[k]) for k in src)

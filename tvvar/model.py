@@ -248,7 +248,8 @@ class ModelConfig:
     causal mask, as in Eq. 44); param_dtype / dtype: parameter and compute dtypes;
     norm_eps: the norms' ε (None: each norm's default); embedding: "sphere" (Def. 11) or "plain" (the table
     itself); mixer_bias: a learned intercept added to every mixer output (biased value/output projections);
-    embed_scale: a constant the token vectors are multiplied by in the compute dtype (Gemma's √D), or None.
+    embed_scale: a constant the token vectors are multiplied by in the compute dtype (Gemma's √D), or None;
+    norm_position: "pre" (x + f(norm x), the default) or "post" (x + norm(f(x)), OLMo 2's sublayer norms).
     """
 
     vocab_size: int
@@ -270,6 +271,7 @@ class ModelConfig:
     embedding: str = "sphere"
     mixer_bias: bool = False
     embed_scale: float | None = None
+    norm_position: str = "pre"
 
     def __post_init__(self):
         def is_int(v):
@@ -306,6 +308,8 @@ class ModelConfig:
         if self.embed_scale is not None and not (isinstance(self.embed_scale, (int, float)) and not isinstance(
                 self.embed_scale, bool) and math.isfinite(self.embed_scale) and self.embed_scale > 0):
             raise ValueError(f"embed_scale must be a finite number > 0 or None, got {self.embed_scale!r}")
+        if self.norm_position not in ("pre", "post"):
+            raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
         check_mask_kind(self.mask)
         if self.max_len is not None and not (is_int(self.max_len) and self.max_len >= 1):
             raise ValueError(f"max_len must be an int ≥ 1 or None, got {self.max_len!r}")
@@ -332,11 +336,13 @@ def make_norm(cfg: ModelConfig) -> nnx.Module | None:
 
 
 class Block(nnx.Module):
-    """One layer: x ← x + mixer(norm(x)) (+ b); x ← x + Ψ(norm(x)) (without residual/norm when disabled)."""
+    """One layer: x ← x + mixer(norm(x)) (+ b); x ← x + Ψ(norm(x)) (without residual/norm when disabled); with
+    ``norm_position="post"``: x ← x + norm(mixer(x) + b); x ← x + norm(Ψ(x)) (OLMo 2)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         pdt = jnp.dtype(cfg.param_dtype)
         self.residual = cfg.residual
+        self.post_norm = cfg.norm_position == "post"
         self.norm1 = make_norm(cfg)
         self.norm2 = make_norm(cfg) if cfg.psi != "identity" else None
         self.mixer = build(cfg.decomposition, cfg.d_model, rngs=rngs, mask=cfg.mask, dtype=pdt, **cfg.mixer)
@@ -344,8 +350,16 @@ class Block(nnx.Module):
         self.psi = PSI[cfg.psi](cfg.d_model, rngs=rngs, dtype=pdt, **cfg.psi_options)
 
     def _sub(self, f, norm, x):
-        y = f(norm(x) if norm is not None else x)
+        if norm is None:
+            y = f(x)
+        else:
+            y = norm(f(x)) if self.post_norm else f(norm(x))
         return x + y if self.residual else y
+
+    def mixer_input(self, x: Array) -> Array:
+        """The u the mixer reads from the layer's input x (its A_tj act on these): norm1(x) with pre-norms, x
+        itself with post-norms or no norm."""
+        return self.norm1(x) if self.norm1 is not None and not self.post_norm else x
 
     def _mix(self, x: Array) -> Array:
         y = self.mixer(x)
@@ -361,9 +375,11 @@ class Block(nnx.Module):
     def step(self, cache: Any, x_t: Array) -> tuple[Array, Any]:
         """One position of :meth:`__call__` (decoding protocol): x_t [B, D] → [B, D]; norms and Ψ are
         position-wise, so only the mixer carries state (``cache``, from ``mixer.init_cache``)."""
-        h_t, cache = self.mixer.step(cache, self.norm1(x_t) if self.norm1 is not None else x_t)
+        h_t, cache = self.mixer.step(cache, self.mixer_input(x_t))
         if self.mixer_bias is not None:
             h_t = h_t + _lead(self.mixer_bias[...].astype(h_t.dtype), h_t.ndim)
+        if self.post_norm and self.norm1 is not None:
+            h_t = self.norm1(h_t)
         x_t = x_t + h_t if self.residual else h_t
         if isinstance(self.psi, Identity):
             return x_t, cache

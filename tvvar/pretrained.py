@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Qwen2, Phi-3, Gemma, Mamba-2) as exact tvvar TV-VAR models.
+"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Qwen2, Phi-3, OLMo 2, Gemma, Mamba-2) as exact tvvar TV-VAR
+models.
 
 ``load_pretrained(path)`` reads ``config.json`` and ``model.safetensors`` (or the shards named by
 ``model.safetensors.index.json``) with the ``safetensors`` package (numpy arrays, no torch) and builds a
@@ -25,6 +26,9 @@ qwen2       the Llama layout with q/k/v biases (Qwen2 / Qwen2.5): the q/k biases
 phi3        the Llama function with fused ``qkv_proj`` ([W_q; W_k; W_v] by rows) and ``gate_up_proj`` ([W_gate;
             W_up]) on disk, and a ``sliding_window`` as Mistral's; a ``partial_rotary_factor`` other than 1 and
             ``rope_scaling`` of type ``longrope`` (the 128k checkpoints) are refused by field.
+olmo2       the Llama projections and MLP with QK-norm (RMSNorm over the whole query width H·K and key width
+            G·K, before the rotation: ``Attention(qk_norm=True)``) and post-sublayer norms x + norm(f(x))
+            (``ModelConfig.norm_position="post"``); π is then no bilinear form, A[t, j] = Σ_h π^h[t, j] A_h holds.
 gemma       the Llama layout with token vectors scaled by √D (``ModelConfig.embed_scale``, rounded to the compute
             dtype as transformers does), RMSNorm x/rms(x)·(1 + w) (norm ``"rms_offset"``), GeGLU with the tanh
             GELU (Ψ ``"geglu"``), head_dim ≠ D/H allowed, the head tied; A_tj keeps Theorem 5's rotary form
@@ -78,7 +82,7 @@ from tvvar.model import ModelConfig, TVVARModel
 
 __all__ = ["Pretrained", "load_pretrained", "save_pretrained", "read_safetensors", "SUPPORTED_MODEL_TYPES"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "phi3", "gemma", "mamba2")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "phi3", "olmo2", "gemma", "mamba2")
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -328,6 +332,23 @@ def _phi3_config(c: dict, dtype: str) -> ModelConfig:
                          window=c.get("sliding_window"))
 
 
+def _olmo2_config(c: dict, dtype: str) -> ModelConfig:
+    """OLMo 2: the Llama projections and MLP with QK-norm (RMSNorm over the whole query and key widths, before the
+    rotation) and sublayer post-norms, x + norm(f(x)) (``ModelConfig.norm_position="post"``)."""
+    known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "rms_norm_eps", "rope_theta", "max_position_embeddings", "tie_word_embeddings",
+             "rope_scaling"}
+    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    _refuse(c, {
+        "hidden_act": lambda v: v == "silu",
+        "attention_bias": lambda v: v is False,
+        "add_cross_attention": lambda v: v is False,
+    }, dict.fromkeys(known), "model_type 'olmo2'")
+    base = _llama_config({**c, "model_type": "olmo2"}, dtype, check=False, rope_scaling=rope_scaling)
+    return base.replace(mixer={**base.mixer, "qk_norm": True, "qk_norm_eps": float(c.get("rms_norm_eps", 1e-6))},
+                        norm_position="post")
+
+
 def _gemma_config(c: dict, dtype: str) -> ModelConfig:
     """Gemma (1): the Llama layout with the token vectors scaled by √D, RMSNorm x/rms(x)·(1 + w), GeGLU with the
     tanh GELU, head_dim free of D/H, the head always tied."""
@@ -492,6 +513,24 @@ def _phi3_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dic
         return fused[full][lo:hi]
 
     return _llama_params(cfg, w_split)
+
+
+def _olmo2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dict[tuple, np.ndarray]:
+    """The Llama projections and MLP; norm1 / norm2 are OLMo 2's post-attention / post-feedforward norms (it has
+    no input norms), and the mixer's q_norm / k_norm its QK-norm gains."""
+    H, G, K = cfg.mixer["num_heads"], cfg.mixer["num_kv_heads"], cfg.mixer["head_dim"]
+    names = {"input_layernorm": "post_attention_layernorm", "post_attention_layernorm": "post_feedforward_layernorm"}
+
+    def w_renamed(key: str, shape: tuple) -> np.ndarray:
+        layer, name = _layer_and_name(key)
+        return w(f"{layer}{names[name]}.weight", shape) if name in names else w(key, shape)
+
+    p = _llama_params(cfg, w_renamed)
+    for i in range(cfg.num_layers):
+        b, L = f"model.layers.{i}.self_attn.", ("blocks", i, "mixer")
+        p[L + ("q_norm",)] = w(b + "q_norm.weight", (H * K,)).reshape(H, K)
+        p[L + ("k_norm",)] = w(b + "k_norm.weight", (G * K,)).reshape(G, K)
+    return p
 
 
 def _layer_and_name(key: str) -> tuple[str, str]:
@@ -659,10 +698,11 @@ def _mamba2_tensors(model: TVVARModel, embedding_key: str = _MAMBA2_EMBED[0]) ->
 
 
 _CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config, "qwen2": _qwen2_config,
-            "phi3": _phi3_config, "gemma": _gemma_config, "mamba2": _mamba2_config}
+            "phi3": _phi3_config, "olmo2": _olmo2_config, "gemma": _gemma_config,
+            "mamba2": _mamba2_config}
 _PARAMS = {"gpt2": lambda c, w, has: _gpt2_params(c, w), "llama": lambda c, w, has: _llama_params(c, w),
            "mistral": lambda c, w, has: _llama_params(c, w), "qwen2": lambda c, w, has: _qwen2_params(c, w),
-           "phi3": lambda c, w, has: _phi3_params(c, w),
+           "phi3": lambda c, w, has: _phi3_params(c, w), "olmo2": lambda c, w, has: _olmo2_params(c, w),
            "gemma": lambda c, w, has: _llama_params(c, w), "mamba2": _mamba2_params}
 
 
@@ -834,6 +874,18 @@ def _phi3_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
     return t
 
 
+def _olmo2_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
+    """The Llama tensors under OLMo 2's names: the post-norms, and the QK-norm gains flattened to H·K / G·K."""
+    t = _llama_tensors(model)
+    for i, blk in enumerate(model.blocks):
+        b = f"model.layers.{i}."
+        t[b + "post_feedforward_layernorm.weight"] = t.pop(b + "post_attention_layernorm.weight")
+        t[b + "post_attention_layernorm.weight"] = t.pop(b + "input_layernorm.weight")
+        t[b + "self_attn.q_norm.weight"] = np.asarray(blk.mixer.q_norm[...]).reshape(-1)
+        t[b + "self_attn.k_norm.weight"] = np.asarray(blk.mixer.k_norm[...]).reshape(-1)
+    return t
+
+
 def _to_flax_names(model_type: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for k, v in tensors.items():
@@ -879,6 +931,8 @@ def save_pretrained(pre: Pretrained, path: str | os.PathLike, layout: str | None
         tensors = _qwen2_tensors(pre.model, pre.extras)
     elif mt == "phi3":
         tensors = _phi3_tensors(pre.model)
+    elif mt == "olmo2":
+        tensors = _olmo2_tensors(pre.model)
     else:
         tensors = _llama_tensors(pre.model)
     if layout == "flax":

@@ -364,6 +364,8 @@ class Attention(SoftmaxBilinearAttention):
         rope_theta: float = 10000.0,
         rope_scaling: dict | None = None,
         window: int | None = None,
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
     ):
         if num_heads < 1:
             raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
@@ -405,6 +407,15 @@ class Attention(SoftmaxBilinearAttention):
         # output biases are the constant Σ_h W_o^hᵀ b_v^h + b_o, which the model adds after the mixer)
         self.bq = param(jnp.zeros((H, K), dtype), "heads", "kv") if qk_bias else None
         self.bk = param(jnp.zeros((G, K), dtype), "heads", "kv") if qk_bias else None
+        # QK-norm (OLMo 2): RMSNorm over the whole query width H·K and key width G·K, gains per channel, before the
+        # rotation; π is then no bilinear form (the scores read q/‖q‖), but A[i, j] = Σ_h π^h[i, j] A_h holds
+        if not isinstance(qk_norm, bool):
+            raise TypeError(f"qk_norm must be a bool, got {qk_norm!r}")
+        if not (isinstance(qk_norm_eps, (int, float)) and math.isfinite(qk_norm_eps) and qk_norm_eps > 0):
+            raise ValueError(f"qk_norm_eps must be a finite number > 0, got {qk_norm_eps!r}")
+        self.qk_norm, self.qk_norm_eps = qk_norm, float(qk_norm_eps)
+        self.q_norm = param(jnp.ones((H, K), dtype), "heads", "kv") if qk_norm else None
+        self.k_norm = param(jnp.ones((G, K), dtype), "heads", "kv") if qk_norm else None
 
     def _per_head(self, w: Array) -> Array:
         """Key/value weights [D, G, ·] (grouped-query attention) repeated to one per query head [D, H, ·];
@@ -437,6 +448,7 @@ class Attention(SoftmaxBilinearAttention):
         if self.qk_bias:
             raise ValueError("relative_bilinear_forms needs qk_bias=False: a query bias adds the j-dependent "
                              "term b_qᵀ W_kᵀ u_j, which is not a bilinear form")
+        self._refuse_qk_norm("relative_bilinear_forms")
         wq, wk = self.wq[...], self._per_head(self.wk[...])
         R = self.rotation(-jnp.arange(T)) if self.rotary else jnp.broadcast_to(
             jnp.eye(self.head_dim, dtype=wq.dtype), (T, self.head_dim, self.head_dim))
@@ -451,6 +463,7 @@ class Attention(SoftmaxBilinearAttention):
         and changes π; the last column u_iᵀ W_q R(−Δ) b_k and the corner b_qᵀ R(−Δ) b_k are constant in j — and
         cancel in the softmax — only without rotary: with it (Qwen2's q/k biases are added before the rotation)
         they vary with Δ = i − j and change π too."""
+        self._refuse_qk_norm("affine_relative_forms")
         H, K = self.num_heads, self.head_dim
         wq, wk = self.wq[...], self._per_head(self.wk[...])
         bq = self.bq[...] if self.qk_bias else jnp.zeros((H, K), wq.dtype)
@@ -465,7 +478,13 @@ class Attention(SoftmaxBilinearAttention):
     def scale(self) -> float:
         return 1.0 / math.sqrt(self.head_dim)
 
+    def _refuse_qk_norm(self, what: str) -> None:
+        if self.qk_norm:
+            raise ValueError(f"{what}: with qk_norm=True the scores read q/‖q‖ and k/‖k‖, which is no bilinear form; "
+                             "pi() and coefficients() are exact (A[i, j] = Σ_h π^h[i, j] A_h still holds)")
+
     def _check_position_free(self, what: str) -> None:
+        self._refuse_qk_norm(what)
         if self.rotary or self.qk_bias:
             field = "rotary" if self.rotary else "qk_bias"
             raise ValueError(f"{what} needs a position-free bilinear form, but {field}=True; use "
@@ -489,12 +508,21 @@ class Attention(SoftmaxBilinearAttention):
         if self.qk_bias:
             q_BxTxHxK = q_BxTxHxK + w(self.bq)[None, None]
             k_BxTxGxK = k_BxTxGxK + w(self.bk)[None, None]
+        if self.qk_norm:
+            q_BxTxHxK, k_BxTxGxK = self._width_norm(q_BxTxHxK, self.q_norm), self._width_norm(k_BxTxGxK, self.k_norm)
         if self.rotary:
             q_BxTxHxK, k_BxTxGxK = self._rope(q_BxTxHxK, positions), self._rope(k_BxTxGxK, positions)
         rep = self.num_heads // self.num_kv_heads
         if rep > 1:
             k_BxTxGxK, v_BxTxGxK = jnp.repeat(k_BxTxGxK, rep, axis=2), jnp.repeat(v_BxTxGxK, rep, axis=2)
         return q_BxTxHxK, k_BxTxGxK, v_BxTxGxK
+
+    def _width_norm(self, x_BxTxHxK: Array, gain: nnx.Param) -> Array:
+        """RMSNorm of each position's whole projection (all heads together), statistics and gain in float32."""
+        x32 = x_BxTxHxK.astype(jnp.promote_types(x_BxTxHxK.dtype, jnp.float32))
+        ms = jnp.mean(jnp.square(x32), axis=(-2, -1), keepdims=True)
+        return (x32 * jax.lax.rsqrt(ms + self.qk_norm_eps) * gain[...].astype(x32.dtype)[None, None]).astype(
+            x_BxTxHxK.dtype)
 
     def _qkv(self, u: Array) -> tuple[Array, Array, Array]:
         return self._project(u, jnp.arange(u.shape[1]))

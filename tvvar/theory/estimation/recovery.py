@@ -167,7 +167,7 @@ def mixer_trajectories(model, ids, layer: int = 0) -> tuple[Array, Array, Array]
     for b in blocks[:layer]:
         x = b(x)
     blk = blocks[layer]
-    u = blk.norm1(x) if blk.norm1 is not None else x
+    u = blk.mixer_input(x)
     return u, blk.mixer(u), blk.mixer.coefficients(u)
 
 

@@ -147,7 +147,7 @@ def _last_mixer_input(model, ids: Array):
     for block in model.blocks[:-1]:
         x = block(x)
     last = model.blocks[-1]
-    z = last.norm1(x) if last.norm1 is not None else x
+    z = last.mixer_input(x)
     return mixer, last, x, z
 
 
