@@ -124,6 +124,12 @@ def test_config_refuses_nonfinite_xi_fractional_max_len_and_unknown_options():
     for bad in (0.0, -2.0, float("nan"), True):
         with pytest.raises(ValueError, match=f"embed_scale must be a finite number > 0 or None, got {bad!r}"):
             ModelConfig(5, 8, embed_scale=bad)
+    with pytest.raises(ValueError, match="norm_position must be 'pre' or 'post', got 'middle'"):
+        ModelConfig(5, 8, norm_position="middle")
+    with pytest.raises(ValueError, match="parallel_residual needs residual=True, norm_position='pre'"):
+        ModelConfig(5, 8, parallel_residual=True, norm_position="post")
+    with pytest.raises(ValueError, match=r"rotary_dim must be an even int in \[2, head_dim=4\] or None, got 3"):
+        TVVARModel(ModelConfig(5, 8, mixer={"num_heads": 2, "rotary": True, "rotary_dim": 3}), rngs=nnx.Rngs(0))
 
 
 def test_embed_scale_multiplies_the_token_vectors_in_the_full_and_the_cached_forward():

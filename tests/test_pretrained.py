@@ -818,3 +818,120 @@ def test_olmo2_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
     saved, src = load_file(str(tmp_path / "again" / "model.safetensors")), load_file(str(tmp_path / "o" /
                                                                                          "model.safetensors"))
     assert sorted(saved) == sorted(src) and all(np.array_equal(saved[k], src[k]) for k in src)
+
+
+# ---- GPT-NeoX / Pythia: parallel residual, partial rotary, fused per-head qkv, LayerNorm and GELU with biases ----
+
+
+def _neox(folder, **kw):
+    """A random GPT-NeoX checkpoint in the PyTorch layout (transformers has no Flax GPT-NeoX), with the causal-mask
+    and rotary buffers older exports carry."""
+    c = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=T, rotary_pct=0.5, rotary_emb_base=100, hidden_act="gelu")
+    c.update(kw)
+    cfg = transformers.GPTNeoXConfig(**c)
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    rng = np.random.default_rng(8)
+    r = lambda *s, sd=0.2: (sd * rng.normal(size=s)).astype(np.float32)  # noqa: E731
+    g = "gpt_neox."
+    t = {g + "embed_in.weight": r(V, D, sd=1.0), g + "final_layer_norm.weight": 1 + r(D, sd=0.1),
+         g + "final_layer_norm.bias": r(D, sd=0.1), "embed_out.weight": r(V, D)}
+    for i in range(cfg.num_hidden_layers):
+        b = f"{g}layers.{i}."
+        t.update({b + "attention.query_key_value.weight": r(3 * D, D), b + "attention.query_key_value.bias": r(3 * D),
+                  b + "attention.dense.weight": r(D, D), b + "attention.dense.bias": r(D),
+                  b + "input_layernorm.weight": 1 + r(D, sd=0.1), b + "input_layernorm.bias": r(D, sd=0.1),
+                  b + "post_attention_layernorm.weight": 1 + r(D, sd=0.1),
+                  b + "post_attention_layernorm.bias": r(D, sd=0.1),
+                  b + "mlp.dense_h_to_4h.weight": r(F, D), b + "mlp.dense_h_to_4h.bias": r(F),
+                  b + "mlp.dense_4h_to_h.weight": r(D, F), b + "mlp.dense_4h_to_h.bias": r(D),
+                  b + "attention.bias": np.tril(np.ones((1, 1, T, T), bool)).astype(np.float32),
+                  b + "attention.rotary_emb.inv_freq": r(4)})
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(cfg.to_json_string())
+
+
+def _neox_numpy_logits(folder, ids):
+    """GPT-NeoX's forward from its equations in float64 NumPy: x + attn(LN₁ x) + mlp(LN₂ x) per layer; the fused
+    projection's output viewed as [H, 3K] per head and split [q | k | v]; rotary on the first r = rotary_pct·K
+    channels (rotate_half within them), the rest unrotated; exact (erf) GELU; logits = LN_f(x) W_outᵀ."""
+    from scipy.special import erf
+
+    c = json.loads((folder / "config.json").read_text())
+    W = {k: np.asarray(v, np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    D, H = c["hidden_size"], c["num_attention_heads"]
+    K = D // H
+    r = int(K * c["rotary_pct"])
+    eps = c["layer_norm_eps"]
+
+    def ln(x, p):
+        mu = x.mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * W[p + ".weight"] + W[p + ".bias"]
+
+    B, n = ids.shape
+    ang = np.arange(n)[:, None] * (1.0 / c["rotary_emb_base"] ** (np.arange(0, r, 2) / r))[None]
+    cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+
+    def rope(z):
+        zr, zp = z[..., :r], z[..., r:]
+        half = np.concatenate([-zr[..., r // 2:], zr[..., :r // 2]], axis=-1)
+        return np.concatenate([zr * cos[None, :, None] + half * sin[None, :, None], zp], axis=-1)
+
+    g = "gpt_neox."
+    x = W[g + "embed_in.weight"][ids]
+    causal = np.tril(np.ones((n, n), bool))
+    for i in range(c["num_hidden_layers"]):
+        p = f"{g}layers.{i}."
+        h = ln(x, p + "input_layernorm")
+        qkv = (h @ W[p + "attention.query_key_value.weight"].T + W[p + "attention.query_key_value.bias"])
+        q, k, v = np.split(qkv.reshape(B, n, H, 3 * K), 3, axis=-1)
+        q, k = rope(q), rope(k)
+        s = np.where(causal[None, None], np.einsum("bihk,bjhk->bhij", q, k) / np.sqrt(K), -np.inf)
+        pi = np.exp(s - s.max(-1, keepdims=True))
+        pi /= pi.sum(-1, keepdims=True)
+        attn = np.einsum("bhij,bjhk->bihk", pi, v).reshape(B, n, D) @ W[p + "attention.dense.weight"].T
+        attn = attn + W[p + "attention.dense.bias"]
+        m = ln(x, p + "post_attention_layernorm") @ W[p + "mlp.dense_h_to_4h.weight"].T
+        m = m + W[p + "mlp.dense_h_to_4h.bias"]
+        m = 0.5 * m * (1 + erf(m / np.sqrt(2)))
+        x = x + attn + m @ W[p + "mlp.dense_4h_to_h.weight"].T + W[p + "mlp.dense_4h_to_h.bias"]
+    return ln(x, g + "final_layer_norm") @ W["embed_out.weight"].T
+
+
+def test_gpt_neox_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
+    _neox(tmp_path / "n")
+    pre = load_pretrained(tmp_path / "n")
+    blk = pre.model.blocks[0]
+    assert pre.model_type == "gpt_neox" and blk.parallel and blk.mixer.rotary_dim == 4 and not blk.psi.approximate
+    ids = _ids()
+    ref = _neox_numpy_logits(tmp_path / "n", ids)
+    assert float(np.max(np.abs(np.asarray(pre.model(jnp.asarray(ids))) - ref))) <= 1e-4
+    with jax.enable_x64(True):
+        pre64 = load_pretrained(tmp_path / "n", dtype="float64")
+        np.testing.assert_allclose(np.asarray(pre64.model(jnp.asarray(ids))), ref, rtol=0, atol=1e-10)
+        # partial rotary keeps Theorem 5's relative form: R(i)ᵀR(j) = R(j − i) with the unrotated channels fixed
+        mx = pre64.model.blocks[0].mixer
+        R = np.asarray(mx.rotation(jnp.arange(6)))
+        np.testing.assert_allclose(R[2].T @ R[5], R[3], atol=1e-12)
+        np.testing.assert_array_equal(R[5][4:, 4:], np.eye(4))
+    out = np.asarray(generate(pre.model, jnp.asarray(ids[:1, :8]), 8, temperature=0.0))  # the cached path
+    for s in range(8, 16):
+        assert out[0, s] == int(np.argmax(np.asarray(pre.model(jnp.asarray(out[:, :s])))[0, -1]))
+    for layout in ("pytorch", "flax"):  # the v bias is written as 0 with the output bias = the intercept
+        save_pretrained(pre, tmp_path / layout, layout=layout)
+        again = load_pretrained(tmp_path / layout)
+        for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(pre.model, nnx.Param)),
+                                      nnx.to_flat_state(nnx.state(again.model, nnx.Param)), strict=True):
+            assert pa == pb
+            np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+    for field, value, match in (("tie_word_embeddings", True, "tie_word_embeddings"),
+                                ("hidden_act", "relu", "hidden_act"), ("rotary_pct", 0.1, "rotary_pct")):
+        bad = tmp_path / field
+        shutil.copytree(tmp_path / "n", bad)
+        cfg = json.loads((bad / "config.json").read_text())
+        if field == "rotary_pct":
+            cfg.pop("partial_rotary_factor", None)
+        (bad / "config.json").write_text(json.dumps({**cfg, field: value}))
+        with pytest.raises(ValueError, match=match):
+            load_pretrained(bad)

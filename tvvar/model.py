@@ -108,9 +108,14 @@ def _lead(v: Array, ndim: int) -> Array:
 
 @register_psi("gelu_mlp")
 class GeluMLP(nnx.Module):
-    """GPT-2's MLP: W₂ gelu_tanh(W₁ x + b₁) + b₂ (the tanh approximation, HF ``gelu_new``)."""
+    """GPT-2's MLP: W₂ gelu_tanh(W₁ x + b₁) + b₂ (the tanh approximation, HF ``gelu_new``); with
+    ``approximate=False`` the exact (erf) GELU (HF ``gelu``, GPT-NeoX / Pythia)."""
 
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: DType = jnp.float32, d_ff: int | None = None):
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, dtype: DType = jnp.float32, d_ff: int | None = None,
+                 approximate: bool = True):
+        if not isinstance(approximate, bool):
+            raise TypeError(f"approximate must be a bool, got {approximate!r}")
+        self.approximate = approximate
         d_ff = d_ff or 4 * d_model
         self.w1 = param(lecun_normal(rngs.params(), (d_model, d_ff), d_model, dtype), "embed", "mlp")
         self.b1 = param(jnp.zeros((d_ff,), dtype), "mlp")
@@ -119,7 +124,7 @@ class GeluMLP(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         c = lambda p: p[...].astype(x.dtype)  # noqa: E731
-        h = jax.nn.gelu(_flat_matmul(x, c(self.w1)) + _lead(c(self.b1), x.ndim), approximate=True)
+        h = jax.nn.gelu(_flat_matmul(x, c(self.w1)) + _lead(c(self.b1), x.ndim), approximate=self.approximate)
         return _flat_matmul(h, c(self.w2)) + _lead(c(self.b2), x.ndim)
 
 
@@ -249,7 +254,8 @@ class ModelConfig:
     norm_eps: the norms' ε (None: each norm's default); embedding: "sphere" (Def. 11) or "plain" (the table
     itself); mixer_bias: a learned intercept added to every mixer output (biased value/output projections);
     embed_scale: a constant the token vectors are multiplied by in the compute dtype (Gemma's √D), or None;
-    norm_position: "pre" (x + f(norm x), the default) or "post" (x + norm(f(x)), OLMo 2's sublayer norms).
+    norm_position: "pre" (x + f(norm x), the default) or "post" (x + norm(f(x)), OLMo 2's sublayer norms);
+    parallel_residual: x ← x + mixer(norm₁ x) + Ψ(norm₂ x), both read the layer's input (GPT-NeoX / Pythia).
     """
 
     vocab_size: int
@@ -272,6 +278,7 @@ class ModelConfig:
     mixer_bias: bool = False
     embed_scale: float | None = None
     norm_position: str = "pre"
+    parallel_residual: bool = False
 
     def __post_init__(self):
         def is_int(v):
@@ -299,7 +306,7 @@ class ModelConfig:
             raise ValueError(f"norm_eps must be a finite number > 0 or None, got {self.norm_eps!r}")
         if self.embedding not in _EMBEDDINGS:
             raise ValueError(f"embedding must be one of {tuple(_EMBEDDINGS)}, got {self.embedding!r}")
-        for name in ("residual", "tied", "mixer_bias"):
+        for name in ("residual", "tied", "mixer_bias", "parallel_residual"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not (isinstance(self.xi, (int, float)) and not isinstance(self.xi, bool)
@@ -310,6 +317,8 @@ class ModelConfig:
             raise ValueError(f"embed_scale must be a finite number > 0 or None, got {self.embed_scale!r}")
         if self.norm_position not in ("pre", "post"):
             raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        if self.parallel_residual and not (self.residual and self.norm_position == "pre" and self.psi != "identity"):
+            raise ValueError("parallel_residual needs residual=True, norm_position='pre' and a Ψ other than 'identity'")
         check_mask_kind(self.mask)
         if self.max_len is not None and not (is_int(self.max_len) and self.max_len >= 1):
             raise ValueError(f"max_len must be an int ≥ 1 or None, got {self.max_len!r}")
@@ -343,6 +352,7 @@ class Block(nnx.Module):
         pdt = jnp.dtype(cfg.param_dtype)
         self.residual = cfg.residual
         self.post_norm = cfg.norm_position == "post"
+        self.parallel = cfg.parallel_residual
         self.norm1 = make_norm(cfg)
         self.norm2 = make_norm(cfg) if cfg.psi != "identity" else None
         self.mixer = build(cfg.decomposition, cfg.d_model, rngs=rngs, mask=cfg.mask, dtype=pdt, **cfg.mixer)
@@ -366,6 +376,8 @@ class Block(nnx.Module):
         return y + _lead(self.mixer_bias[...].astype(y.dtype), y.ndim) if self.mixer_bias is not None else y
 
     def __call__(self, x: Array) -> Array:
+        if self.parallel:  # both sublayers read the layer's input: x + mixer(norm₁ x) + Ψ(norm₂ x)
+            return self._sub(self._mix, self.norm1, x) + self.psi(self.norm2(x) if self.norm2 is not None else x)
         x = self._sub(self._mix, self.norm1, x)
         if isinstance(self.psi, Identity):
             return x
@@ -380,6 +392,8 @@ class Block(nnx.Module):
             h_t = h_t + _lead(self.mixer_bias[...].astype(h_t.dtype), h_t.ndim)
         if self.post_norm and self.norm1 is not None:
             h_t = self.norm1(h_t)
+        if self.parallel:
+            return x_t + h_t + self.psi(self.norm2(x_t) if self.norm2 is not None else x_t), cache
         x_t = x_t + h_t if self.residual else h_t
         if isinstance(self.psi, Identity):
             return x_t, cache

@@ -26,6 +26,10 @@ qwen2       the Llama layout with q/k/v biases (Qwen2 / Qwen2.5): the q/k biases
 phi3        the Llama function with fused ``qkv_proj`` ([W_q; W_k; W_v] by rows) and ``gate_up_proj`` ([W_gate;
             W_up]) on disk, and a ``sliding_window`` as Mistral's; a ``partial_rotary_factor`` other than 1 and
             ``rope_scaling`` of type ``longrope`` (the 128k checkpoints) are refused by field.
+gpt_neox    GPT-NeoX / Pythia: LayerNorm with biases, parallel residual x + attn(n₁ x) + mlp(n₂ x)
+            (``ModelConfig.parallel_residual``), partial rotary (``Attention(rotary_dim=rotary_pct·K)``), fused
+            per-head [q | k | v] with biases (q/k biases in π, the v and output biases folded into the intercept),
+            exact or tanh GELU MLP with biases, untied ``embed_out``.
 olmo2       the Llama projections and MLP with QK-norm (RMSNorm over the whole query width H·K and key width
             G·K, before the rotation: ``Attention(qk_norm=True)``) and post-sublayer norms x + norm(f(x))
             (``ModelConfig.norm_position="post"``); π is then no bilinear form, A[t, j] = Σ_h π^h[t, j] A_h holds.
@@ -82,7 +86,7 @@ from tvvar.model import ModelConfig, TVVARModel
 
 __all__ = ["Pretrained", "load_pretrained", "save_pretrained", "read_safetensors", "SUPPORTED_MODEL_TYPES"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "phi3", "olmo2", "gemma", "mamba2")
+SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "phi3", "olmo2", "gemma", "mamba2")
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -332,6 +336,42 @@ def _phi3_config(c: dict, dtype: str) -> ModelConfig:
                          window=c.get("sliding_window"))
 
 
+def _gpt_neox_config(c: dict, dtype: str) -> ModelConfig:
+    """GPT-NeoX / Pythia: LayerNorm with biases, parallel residual (x + attn(n₁ x) + mlp(n₂ x)), partial rotary
+    (the first rotary_pct·K channels of each head), fused per-head [q | k | v] projections with biases, a GELU
+    MLP with biases, untied ``embed_out``."""
+    known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "rotary_pct", "partial_rotary_factor", "rotary_emb_base", "rope_theta", "max_position_embeddings",
+             "layer_norm_eps", "use_parallel_residual", "tie_word_embeddings", "rope_scaling", "hidden_dropout",
+             "classifier_dropout", "attention_bias"}
+    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    _refuse(c, {
+        "hidden_act": lambda v: v in ("gelu", "gelu_new", "gelu_pytorch_tanh"),
+        "attention_bias": lambda v: v is True,
+        "tie_word_embeddings": lambda v: v is False,
+        "add_cross_attention": lambda v: v is False,
+    }, dict.fromkeys(known), "model_type 'gpt_neox'")
+    D, H = c["hidden_size"], c["num_attention_heads"]
+    if D % H:
+        raise ValueError(f"config.json: hidden_size={D} is not divisible by num_attention_heads={H}")
+    K = D // H
+    pct = float(c.get("partial_rotary_factor", c.get("rotary_pct", 0.25)))
+    rotary_dim = int(K * pct)
+    if rotary_dim < 2 or rotary_dim % 2:
+        raise ValueError(f"config.json: rotary_pct={pct} gives {rotary_dim} rotary channels of head_dim {K}; an even "
+                         "number ≥ 2 is implemented")
+    return ModelConfig(
+        vocab_size=c["vocab_size"], d_model=D, num_layers=c["num_hidden_layers"], decomposition="attention",
+        mixer={"num_heads": H, "head_dim": K, "rotary": True, "rotary_dim": rotary_dim, "qk_bias": True,
+               "rope_theta": float(c.get("rope_theta", c.get("rotary_emb_base", 10000))),
+               **({"rope_scaling": rope_scaling} if rope_scaling is not None else {})},
+        psi="gelu_mlp", psi_options={"d_ff": c["intermediate_size"],
+                                     "approximate": c.get("hidden_act", "gelu") != "gelu"},
+        norm="layernorm", norm_eps=float(c.get("layer_norm_eps", 1e-5)), tied=False, max_len=None,
+        embedding="plain", mixer_bias=True, parallel_residual=bool(c.get("use_parallel_residual", True)),
+        param_dtype=dtype, dtype=dtype)
+
+
 def _olmo2_config(c: dict, dtype: str) -> ModelConfig:
     """OLMo 2: the Llama projections and MLP with QK-norm (RMSNorm over the whole query and key widths, before the
     rotation) and sublayer post-norms, x + norm(f(x)) (``ModelConfig.norm_position="post"``)."""
@@ -386,6 +426,7 @@ def _gemma_config(c: dict, dtype: str) -> ModelConfig:
 # ---- key maps: both layouts → the PyTorch layout → tvvar parameters ---------------------------------
 
 _GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
+_NEOX_BUFFERS = (".attention.bias", ".attention.masked_bias", ".attention.rotary_emb.inv_freq")
 
 
 def _to_pytorch_names(model_type: str, readers: dict) -> tuple[dict[str, Callable[[], np.ndarray]], dict, str]:
@@ -400,6 +441,8 @@ def _to_pytorch_names(model_type: str, readers: dict) -> tuple[dict[str, Callabl
             k = k.removeprefix("transformer.")
             if k.endswith(_GPT2_BUFFERS):
                 continue  # the PyTorch causal-mask buffers, not parameters
+        if model_type == "gpt_neox" and k.endswith(_NEOX_BUFFERS):
+            continue  # causal-mask and rotary-frequency buffers older exports wrote
         transpose = False
         if k.endswith(".kernel"):
             k = k[: -len(".kernel")] + ".weight"
@@ -513,6 +556,36 @@ def _phi3_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dic
         return fused[full][lo:hi]
 
     return _llama_params(cfg, w_split)
+
+
+def _gpt_neox_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dict[tuple, np.ndarray]:
+    """query_key_value rows are per head [q_h | k_h | v_h] (transformers' view(H, 3K)); the value and output
+    biases fold into the intercept W_oᵀ b_v + b_o (exact: Σ_j π_ij = 1), as GPT-2's."""
+    D, H, K, F = cfg.d_model, cfg.mixer["num_heads"], cfg.mixer["head_dim"], cfg.psi_options["d_ff"]
+    g = "gpt_neox."
+    p: dict[tuple, np.ndarray] = {("embed", "table"): w(g + "embed_in.weight", (cfg.vocab_size, D)),
+                                  ("final_norm", "scale"): w(g + "final_layer_norm.weight", (D,)),
+                                  ("final_norm", "bias"): w(g + "final_layer_norm.bias", (D,)),
+                                  ("readout", "embedding", "table"): w("embed_out.weight", (cfg.vocab_size, D))}
+    for i in range(cfg.num_layers):
+        b, L = f"{g}layers.{i}.", ("blocks", i)
+        qkv = w(b + "attention.query_key_value.weight", (3 * D, D)).reshape(H, 3, K, D)
+        qkv_b = w(b + "attention.query_key_value.bias", (3 * D,)).reshape(H, 3, K)
+        wo = w(b + "attention.dense.weight", (D, D)).T.reshape(H, K, D)
+        p[L + ("mixer", "wq")], p[L + ("mixer", "wk")], p[L + ("mixer", "wv")] = (
+            qkv[:, s].transpose(2, 0, 1) for s in range(3))
+        p[L + ("mixer", "wo")] = wo
+        p[L + ("mixer", "bq")], p[L + ("mixer", "bk")] = qkv_b[:, 0], qkv_b[:, 1]
+        bo = w(b + "attention.dense.bias", (D,))
+        const = _fold_value_bias(np.asarray(qkv_b[:, 2]).reshape(-1), np.asarray(wo), 1) + np.asarray(bo, np.float64)
+        p[L + ("mixer_bias",)] = jnp.asarray(const.astype(np.dtype(bo.dtype)))
+        for n, hf in (("norm1", "input_layernorm"), ("norm2", "post_attention_layernorm")):
+            p[L + (n, "scale")], p[L + (n, "bias")] = w(b + hf + ".weight", (D,)), w(b + hf + ".bias", (D,))
+        p[L + ("psi", "w1")] = w(b + "mlp.dense_h_to_4h.weight", (F, D)).T
+        p[L + ("psi", "b1")] = w(b + "mlp.dense_h_to_4h.bias", (F,))
+        p[L + ("psi", "w2")] = w(b + "mlp.dense_4h_to_h.weight", (D, F)).T
+        p[L + ("psi", "b2")] = w(b + "mlp.dense_4h_to_h.bias", (D,))
+    return p
 
 
 def _olmo2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dict[tuple, np.ndarray]:
@@ -698,11 +771,12 @@ def _mamba2_tensors(model: TVVARModel, embedding_key: str = _MAMBA2_EMBED[0]) ->
 
 
 _CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config, "qwen2": _qwen2_config,
-            "phi3": _phi3_config, "olmo2": _olmo2_config, "gemma": _gemma_config,
+            "phi3": _phi3_config, "olmo2": _olmo2_config, "gemma": _gemma_config, "gpt_neox": _gpt_neox_config,
             "mamba2": _mamba2_config}
 _PARAMS = {"gpt2": lambda c, w, has: _gpt2_params(c, w), "llama": lambda c, w, has: _llama_params(c, w),
            "mistral": lambda c, w, has: _llama_params(c, w), "qwen2": lambda c, w, has: _qwen2_params(c, w),
            "phi3": lambda c, w, has: _phi3_params(c, w), "olmo2": lambda c, w, has: _olmo2_params(c, w),
+           "gpt_neox": lambda c, w, has: _gpt_neox_params(c, w),
            "gemma": lambda c, w, has: _llama_params(c, w), "mamba2": _mamba2_params}
 
 
@@ -874,6 +948,30 @@ def _phi3_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
     return t
 
 
+def _gpt_neox_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
+    """GPT-NeoX's names and layouts; the intercept is written as the output bias with b_v = 0 (the same function;
+    reloading gives the same parameters bit for bit, not the source file's bytes), as for GPT-2."""
+    a = lambda v: np.asarray(v[...])  # noqa: E731
+    g = "gpt_neox."
+    t = {g + "embed_in.weight": a(model.embed.table), g + "final_layer_norm.weight": a(model.final_norm.scale),
+         g + "final_layer_norm.bias": a(model.final_norm.bias), "embed_out.weight": a(model.readout.embedding.table)}
+    for i, blk in enumerate(model.blocks):
+        b, mx = f"{g}layers.{i}.", blk.mixer
+        H, K = mx.num_heads, mx.head_dim
+        D = H * K
+        qkv = np.stack([a(mx.wq), a(mx.wk), a(mx.wv)], axis=1)            # [D_in, 3, H, K]
+        t[b + "attention.query_key_value.weight"] = qkv.transpose(2, 1, 3, 0).reshape(3 * D, -1)
+        bias = np.stack([a(mx.bq), a(mx.bk), np.zeros_like(a(mx.bq))], axis=1)   # [H, 3, K]
+        t[b + "attention.query_key_value.bias"] = bias.reshape(-1)
+        t[b + "attention.dense.weight"] = a(mx.wo).reshape(D, -1).T
+        t[b + "attention.dense.bias"] = a(blk.mixer_bias)
+        for n, hf in (("norm1", "input_layernorm"), ("norm2", "post_attention_layernorm")):
+            t[b + hf + ".weight"], t[b + hf + ".bias"] = a(getattr(blk, n).scale), a(getattr(blk, n).bias)
+        t[b + "mlp.dense_h_to_4h.weight"], t[b + "mlp.dense_h_to_4h.bias"] = a(blk.psi.w1).T, a(blk.psi.b1)
+        t[b + "mlp.dense_4h_to_h.weight"], t[b + "mlp.dense_4h_to_h.bias"] = a(blk.psi.w2).T, a(blk.psi.b2)
+    return t
+
+
 def _olmo2_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
     """The Llama tensors under OLMo 2's names: the post-norms, and the QK-norm gains flattened to H·K / G·K."""
     t = _llama_tensors(model)
@@ -901,7 +999,7 @@ def _to_flax_names(model_type: str, tensors: dict[str, np.ndarray]) -> dict[str,
                 nk, nv = k, v
             nk = "transformer." + nk if not nk.startswith("lm_head") else nk
         else:
-            if base.endswith("embed_tokens"):
+            if base.endswith(("embed_tokens", "embed_in")):
                 nk, nv = base + ".embedding", v
             elif "norm" in base or k.endswith(".bias"):
                 nk, nv = k, v
@@ -933,6 +1031,8 @@ def save_pretrained(pre: Pretrained, path: str | os.PathLike, layout: str | None
         tensors = _phi3_tensors(pre.model)
     elif mt == "olmo2":
         tensors = _olmo2_tensors(pre.model)
+    elif mt == "gpt_neox":
+        tensors = _gpt_neox_tensors(pre.model)
     else:
         tensors = _llama_tensors(pre.model)
     if layout == "flax":

@@ -366,6 +366,7 @@ class Attention(SoftmaxBilinearAttention):
         window: int | None = None,
         qk_norm: bool = False,
         qk_norm_eps: float = 1e-6,
+        rotary_dim: int | None = None,
     ):
         if num_heads < 1:
             raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
@@ -390,8 +391,14 @@ class Attention(SoftmaxBilinearAttention):
         self.num_heads, self.head_dim = num_heads, head_dim
         self.value_dim = value_dim or head_dim
         self.implementation = implementation
-        if rotary and head_dim % 2:
+        # partial rotary (GPT-NeoX / Pythia): only the first rotary_dim channels of each head rotate, the rest pass
+        rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        if not (isinstance(rotary_dim, int) and not isinstance(rotary_dim, bool) and 2 <= rotary_dim <= head_dim
+                and rotary_dim % 2 == 0):
+            raise ValueError(f"rotary_dim must be an even int in [2, head_dim={head_dim}] or None, got {rotary_dim!r}")
+        if rotary and head_dim % 2 and rotary_dim == head_dim:
             raise ValueError(f"rotary=True needs an even head_dim, got {head_dim}")
+        self.rotary_dim = rotary_dim
         self.num_kv_heads, self.qk_bias, self.rotary, self.rope_theta = num_kv_heads, qk_bias, rotary, float(rope_theta)
         self.rope_scaling = check_rope_scaling(rope_scaling)
         if self.rope_scaling is not None and not rotary:
@@ -424,15 +431,18 @@ class Attention(SoftmaxBilinearAttention):
         return w if rep == 1 else jnp.repeat(w, rep, axis=1)
 
     def _rope(self, x_BxTxHxK: Array, positions: Array) -> Array:
-        """Rotary embedding R(p) x at positions p [T] (pairs (k, k + K/2) rotated by p θ^{-2k/K})."""
-        K = self.head_dim
+        """Rotary embedding R(p) x at positions p [T]: the first ``rotary_dim`` = r channels rotate in pairs
+        (k, k + r/2) by p θ^{-2k/r}; the others pass unchanged (partial rotary, GPT-NeoX)."""
+        K, r = self.head_dim, self.rotary_dim
         ft = float32_or_better(x_BxTxHxK.dtype)
-        inv_freq = rope_inv_freq(K, self.rope_theta, self.rope_scaling, ft)
-        ang = positions.astype(ft)[:, None] * inv_freq[None, :]  # [T, K/2]
+        inv_freq = rope_inv_freq(r, self.rope_theta, self.rope_scaling, ft)
+        ang = positions.astype(ft)[:, None] * inv_freq[None, :]  # [T, r/2]
         ang = jnp.concatenate([ang, ang], axis=-1)[None, :, None, :]
         cos, sin = jnp.cos(ang).astype(x_BxTxHxK.dtype), jnp.sin(ang).astype(x_BxTxHxK.dtype)
-        half = jnp.concatenate([-x_BxTxHxK[..., K // 2:], x_BxTxHxK[..., : K // 2]], axis=-1)
-        return x_BxTxHxK * cos + half * sin
+        x_rot, x_pass = x_BxTxHxK[..., :r], x_BxTxHxK[..., r:]
+        half = jnp.concatenate([-x_rot[..., r // 2:], x_rot[..., : r // 2]], axis=-1)
+        out = x_rot * cos + half * sin
+        return out if r == K else jnp.concatenate([out, x_pass], axis=-1)
 
     def rotation(self, positions: Array) -> Array:
         """The rotary matrices R(p) [len(p), K, K] with rope(x, p) = R(p) x; R(i)ᵀ R(j) = R(j − i)."""
