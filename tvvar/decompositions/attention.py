@@ -392,13 +392,14 @@ class Attention(SoftmaxBilinearAttention):
         self.value_dim = value_dim or head_dim
         self.implementation = implementation
         # partial rotary (GPT-NeoX / Pythia): only the first rotary_dim channels of each head rotate, the rest pass
-        rotary_dim = head_dim if rotary_dim is None else rotary_dim
-        if not (isinstance(rotary_dim, int) and not isinstance(rotary_dim, bool) and 2 <= rotary_dim <= head_dim
-                and rotary_dim % 2 == 0):
+        if rotary_dim is not None and not (isinstance(rotary_dim, int) and not isinstance(rotary_dim, bool)
+                                           and 2 <= rotary_dim <= head_dim and rotary_dim % 2 == 0):
             raise ValueError(f"rotary_dim must be an even int in [2, head_dim={head_dim}] or None, got {rotary_dim!r}")
-        if rotary and head_dim % 2 and rotary_dim == head_dim:
+        if rotary_dim is not None and not rotary:
+            raise ValueError("rotary_dim needs rotary=True (it says how many channels of a head rotate)")
+        if rotary and rotary_dim is None and head_dim % 2:
             raise ValueError(f"rotary=True needs an even head_dim, got {head_dim}")
-        self.rotary_dim = rotary_dim
+        self.rotary_dim = head_dim if rotary_dim is None else rotary_dim
         self.num_kv_heads, self.qk_bias, self.rotary, self.rope_theta = num_kv_heads, qk_bias, rotary, float(rope_theta)
         self.rope_scaling = check_rope_scaling(rope_scaling)
         if self.rope_scaling is not None and not rotary:
