@@ -93,8 +93,9 @@ def _rms(a, w, eps, groups=1):
     return g.reshape(a.shape) * w
 
 
-def reference_logits(c, t, ids):
-    """float64 Mamba-2 language model on one sequence ``ids`` [T] → logits [T, V], sequential recurrence."""
+def reference_logits(c, t, ids, norm_groups=None, mixer_eps=1e-5):
+    """float64 Mamba-2 language model on one sequence ``ids`` [T] → logits [T, V], sequential recurrence; the gated
+    norm per group (mamba_ssm) or over ``norm_groups`` groups (transformers: 1, all channels) with ``mixer_eps``."""
     f = _fields(c)
     t = {k: np.asarray(v, np.float64) for k, v in t.items()}
     E, H, P, N, G, K = f["E"], f["H"], f["headdim"], f["d_state"], f["ngroups"], f["d_conv"]
@@ -127,10 +128,11 @@ def reference_logits(c, t, ids):
                 y[s, h] = state[h] @ Cm[s, g] + t[b + "D"][h] * xs[s, h]
         y = y.reshape(L, E)
         if f["rmsnorm"]:
+            Gn = G if norm_groups is None else norm_groups
             if f["norm_before_gate"]:
-                y = _rms(y, t[b + "norm.weight"], 1e-5, G) * _silu(z)
+                y = _rms(y, t[b + "norm.weight"], mixer_eps, Gn) * _silu(z)
             else:
-                y = _rms(y * _silu(z), t[b + "norm.weight"], 1e-5, G)
+                y = _rms(y * _silu(z), t[b + "norm.weight"], mixer_eps, Gn)
         else:
             y = y * _silu(z)
         x = x + y @ t[b + "out_proj.weight"].T
@@ -290,3 +292,33 @@ def test_bad_shapes_and_missing_tensors_name_the_key(tmp_path):
     extra = {**t, "backbone.layers.0.mixer.out_proj.bias": np.zeros(16, np.float32)}
     with pytest.raises(ValueError, match="does not use"):
         load_pretrained(_write(tmp_path / "extra", c, extra))
+
+
+def test_transformers_mamba2_config_names_load_with_its_gated_norm_over_all_channels(tmp_path):
+    """transformers' Mamba2Config (hidden_size, n_groups = 2, state_size, …): its gated RMSNorm normalises over all
+    E channels with layer_norm_epsilon, not per group as mamba_ssm — the logits equal the float64 reference with
+    that norm (1e-10 in float64) and differ from the per-group one; a num_heads that is not E / head_dim is refused."""
+    c = _config(tie_embeddings=False, pad_vocab_size_multiple=1, norm_epsilon=1e-3)
+    t = _tensors(c, seed=4, embedding_key="backbone.embeddings.weight")
+    f = _fields(c)
+    hf = {"model_type": "mamba2", "hidden_size": 16, "num_hidden_layers": 2, "vocab_size": 61, "state_size": 8,
+          "conv_kernel": 4, "expand": 2, "head_dim": 8, "num_heads": f["H"], "n_groups": 2, "use_bias": False,
+          "use_conv_bias": True, "hidden_act": "silu", "layer_norm_epsilon": 1e-3, "rms_norm": True,
+          "residual_in_fp32": True, "time_step_limit": [0.0, float("inf")], "time_step_rank": 2, "chunk_size": 256,
+          "tie_word_embeddings": False}
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(hf))
+    ids = _ids(61, B=1, L=12)
+    want = reference_logits(c, t, ids[0], norm_groups=1, mixer_eps=1e-3)
+    with jax.enable_x64(True):
+        got = np.asarray(load_pretrained(folder, dtype="float64").model(jnp.asarray(ids)))[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    assert np.max(np.abs(got - reference_logits(c, t, ids[0], mixer_eps=1e-3))) > 1e-4  # per group: another model
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file(t, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    (bad / "config.json").write_text(json.dumps({**hf, "num_heads": f["H"] + 1}))
+    with pytest.raises(ValueError, match="num_heads"):
+        load_pretrained(bad)

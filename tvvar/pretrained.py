@@ -52,8 +52,9 @@ Mamba-2 (``model_type: "mamba2"``, or a mamba_ssm config without ``model_type`` 
 A_log, D, dt_bias, norm, out_proj}`` (in_proj rows [z, x, B, C, Δ]), ``backbone.norm_f``, ``lm_head``; PyTorch
 layout only. Refused by name: an MLP (``d_intermediate`` > 0), hybrid attention layers (``attn_layer_idx``),
 LayerNorm blocks (``rms_norm: false``), ``D_has_hdim``, projection biases (``bias``), a ``dt_limit`` other
-than (0, ∞), ``d_ssm`` < expand·d_model, and transformers' ``Mamba2Config`` field names (its gated RMSNorm
-normalises over all channels, not per group; not implemented).
+than (0, ∞), ``d_ssm`` < expand·d_model. transformers' ``Mamba2Config`` names (``hidden_size``, ``n_groups``,
+``state_size``, …, ``model_type: "mamba2"``) load too, with its gated RMSNorm over all E channels (not per group)
+and ``layer_norm_epsilon`` (``MambaBlock(norm_groups=1)``), no vocabulary padding and an untied head by default.
 
 Both layouts on disk load. *PyTorch* (what hub users have): GPT-2 ``h.0.attn.c_attn.weight`` with Conv1D's
 (in, out) layout, optionally under ``transformer.``; Llama ``model.layers.0.self_attn.q_proj.weight`` as
@@ -635,9 +636,56 @@ _MAMBA2_HARMLESS = {"conv_init", "A_init_range", "dt_min", "dt_max", "dt_init_fl
                     "use_mem_eff_path", "process_group", "sequence_parallel", "device", "dtype", "layer_idx"}
 
 
+#: transformers' Mamba2Config field → mamba_ssm's name (the same quantity)
+_HF_MAMBA2_NAMES = {"hidden_size": "d_model", "num_hidden_layers": "n_layer", "state_size": "d_state",
+                    "head_dim": "headdim", "n_groups": "ngroups", "conv_kernel": "d_conv", "use_bias": "bias",
+                    "use_conv_bias": "conv_bias", "tie_word_embeddings": "tie_embeddings", "rms_norm": "rms_norm",
+                    "layer_norm_epsilon": "norm_epsilon", "time_step_limit": "dt_limit"}
+#: transformers' Mamba2Config fields that choose initialisation or kernels, not the function
+_HF_MAMBA2_HARMLESS = {"time_step_rank", "time_step_min", "time_step_max", "time_step_floor", "chunk_size",
+                       "rescale_prenorm_residual", "residual_in_fp32", "initializer_range", "use_cache"}
+
+
+def _from_transformers_mamba2(c: dict) -> dict:
+    """transformers' ``Mamba2Config`` (``model_type: "mamba2"`` with ``hidden_size``, ``n_groups``, …) in mamba_ssm's
+    names. Its mixer differs from mamba_ssm's in one place: the gated RMSNorm (x ⊙ silu(z) normalised, then the
+    gain) runs over all E channels, not per group, and with ``layer_norm_epsilon`` — ``norm_groups`` = 1 and
+    ``mixer_norm_eps`` say so. No vocabulary padding; ``num_heads`` must be expand·hidden_size / head_dim."""
+    ours = sorted(set(c) & ({*_MAMBA2_TOP, *_MAMBA2_SSM} - {"vocab_size", "expand", "rms_norm", "residual_in_fp32"}))
+    if ours:
+        theirs = sorted(set(c) & {*_HF_MAMBA2_NAMES, "num_heads"})
+        raise ValueError(f"config.json mixes transformers' Mamba2Config names {theirs} with mamba_ssm's {ours}: "
+                         "one convention per file (the two differ in the gated norm)")
+    out: dict[str, Any] = {"model_type": "mamba2", "pad_vocab_size_multiple": 1, "norm_before_gate": False,
+                           "norm_groups": 1}
+    for name, value in c.items():
+        if name == "hidden_act":
+            if value != "silu":
+                raise ValueError(f"config.json field 'hidden_act' = {value!r} is not supported for model_type "
+                                 "'mamba2' (transformers' names): only silu")
+        elif name == "num_heads":
+            continue  # checked below against expand·hidden_size / head_dim
+        elif name == "time_step_limit":
+            out["dt_limit"] = [float(v) for v in value]
+        elif name in _HF_MAMBA2_NAMES:
+            out[_HF_MAMBA2_NAMES[name]] = value
+        elif name not in _HF_MAMBA2_HARMLESS:
+            out[name] = value  # checked by _mamba2_fields like any other field
+    out.setdefault("tie_embeddings", False)  # transformers' default (mamba_ssm ties by default)
+    out["mixer_norm_eps"] = float(out.get("norm_epsilon", 1e-5))
+    E, P = out.get("expand", 2) * out.get("d_model", 0), out.get("headdim", 64)
+    if "num_heads" in c and c["num_heads"] * P != E:
+        raise ValueError(f"config.json: num_heads = {c['num_heads']} · head_dim = {P} ≠ expand · hidden_size = {E}; "
+                         "the mixer's channels must be exactly its heads (no MLP channels)")
+    return out
+
+
 def _mamba2_fields(c: dict) -> dict:
-    """The Mamba-2 options of ``c`` (flat, or under ``ssm_cfg`` as mamba_ssm writes them) with defaults; a
-    field that would change the function and is not implemented raises, naming it."""
+    """The Mamba-2 options of ``c`` (flat, or under ``ssm_cfg`` as mamba_ssm writes them, or transformers'
+    ``Mamba2Config`` names) with defaults; a field that would change the function and is not implemented raises,
+    naming it."""
+    if "hidden_size" in c or "num_hidden_layers" in c:
+        c = _from_transformers_mamba2(c)
     ssm = c.get("ssm_cfg") or {}
     if not isinstance(ssm, dict):
         raise ValueError(f"config.json field 'ssm_cfg' must be an object, got {ssm!r}")
@@ -660,6 +708,8 @@ def _mamba2_fields(c: dict) -> dict:
         "conv_bias": lambda v: isinstance(v, bool),
         "sequence_parallel": lambda v: v in (False, None),
         "process_group": lambda v: v is None,
+        "norm_groups": lambda v: v == 1,
+        "mixer_norm_eps": lambda v: isinstance(v, float) and v > 0,
     }
     defaults = {**_MAMBA2_TOP, **_MAMBA2_SSM}
     for name, value in merged.items():
@@ -670,7 +720,9 @@ def _mamba2_fields(c: dict) -> dict:
         elif name not in _HARMLESS and name not in defaults and name not in _MAMBA2_HARMLESS:
             raise ValueError(f"config.json field {name!r} = {value!r} is not implemented for {what}; "
                              "refusing rather than loading a possibly different model")
-    f = {**defaults, **merged}
+    f = {**defaults, "norm_groups": None, "mixer_norm_eps": 1e-5, **merged}
+    if f["norm_groups"] is None:
+        f["norm_groups"] = f["ngroups"]  # mamba_ssm's gated norm is per group
     for name in ("d_model", "n_layer", "vocab_size"):
         if f[name] is None:
             raise ValueError(f"config.json lacks field {name!r} needed by {what}")
@@ -697,7 +749,8 @@ def _mamba2_config(c: dict, dtype: str) -> ModelConfig:
     H = f["expand"] * D // P
     mixer = {"num_heads": H, "head_dim": P, "state_size": f["d_state"], "d_conv": f["d_conv"],
              "ngroups": f["ngroups"], "conv_x_bias": f["conv_bias"], "norm": "rms" if f["rmsnorm"] else None,
-             "norm_before_gate": f["norm_before_gate"], "norm_eps": 1e-5, "norm_groups": f["ngroups"],
+             "norm_before_gate": f["norm_before_gate"], "norm_eps": f["mixer_norm_eps"],
+             "norm_groups": f["norm_groups"],
              "skip": True, "gate": True}
     return ModelConfig(
         vocab_size=_mamba2_vocab(f), d_model=D, num_layers=f["n_layer"], decomposition="mamba", mixer=mixer,
