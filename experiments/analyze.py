@@ -10,7 +10,8 @@ vocabulary); without one it must be space-separated token ids. Writes into DIR:
 
 * ``pi_layer{l}.png`` — π^h[i, j] (Theorem 5) of every head of every layer;
 * ``coef_norm_layer{l}.png`` — ‖A[i, j]‖_F, the coefficient matrices of the layer's mixer (Eq. 53) restricted
-  to the last ``window`` positions (the full [T, T, D, D] tensor is O(T²D²));
+  to the last ``window`` positions; for attention computed from π and the value maps' Gram matrix, never
+  materialising the [T, T, D, D] tensor (O(T²D²)), which other mixers still build;
 * ``theorem6_layer{l}.png`` — per position: log P, the ELBO and the posterior gap KL(Q ‖ P(J | U)) of the
   latent-position model of layer ``l`` (Theorem 6, by enumeration of every (h, j); the readout after layer
   l is the model's own final norm and head — for l < L − 1 a "logit lens" reading of that layer);
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -216,6 +218,7 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
     from tqdm.auto import tqdm
 
     from tvvar.core import log_softmax32, mix_dense
+    from tvvar.decompositions.attention import SoftmaxBilinearAttention
     from tvvar.theory.transformer.elbo import elbo_terms
 
     out = Path(out)
@@ -237,18 +240,20 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
         if pi is not None:
             pis.append(pi)
             figures.append(_pi_figure(pi[0], li, out, opts.max_heads_plotted, tokens))
-        # coefficients on the last W positions: the window is a prefix-free slice, so run the mixer on the
-        # full sequence and compare its rows T−W..T−1 with Σ_j A[i, j] u_j over j < T (A zero outside S(i))
-        zw = z[:, :]
-        A = mixer.coefficients(zw)  # [1, T, T, D, D]
-        h_coef = np.asarray(mix_dense(A, zw))[:, T - W:]
-        h_fast = np.asarray(mixer(zw))[:, T - W:]
+        # the law on the last W rows: the mixer's fast path against Σ_j A[i, j] u_j, and ‖A[i, j]‖_F of every (i, j)
+        h_fast = np.asarray(mixer(z))[:, T - W:]
+        if isinstance(mixer, SoftmaxBilinearAttention):
+            h_coef, rows = _attention_law_and_norms(mixer, z)
+        else:  # the explicit coefficients: O(T²D²) memory, affordable for the SSM sizes this is used at
+            A = mixer.coefficients(z)  # [1, T, T, D, D]
+            h_coef = np.asarray(mix_dense(A, z))
+            rows = np.asarray(jnp.sqrt(jnp.sum(jnp.square(A[0]), axis=(-2, -1))))
+            del A
         law_fast.append(h_fast)
-        law_coef.append(h_coef)
-        norms = np.asarray(jnp.sqrt(jnp.sum(jnp.square(A[0, T - W:, T - W:]), axis=(-2, -1))))
+        law_coef.append(h_coef[:, T - W:])
+        coef_rows.append(rows)  # every row, for the view
+        norms = rows[T - W:, T - W:]
         coef_norms.append(norms)
-        coef_rows.append(np.asarray(jnp.sqrt(jnp.sum(jnp.square(A[0]), axis=(-2, -1)))))  # every row, for the view
-        del A
         figures.append(_coef_norm_figure(norms, li, T, out, tokens))
         x = block(x)
     if pis:
@@ -338,6 +343,19 @@ def _pi_figure(pi: np.ndarray, layer: int, out: Path, max_heads: int, tokens: li
             ax.set_visible(False)
     fig.suptitle(f"layer {layer}: attention π^h[i, j] (row i: query, column j: key)", fontsize=9)
     return save_figure(fig, out, f"pi_layer{layer}.png")
+
+
+def _attention_law_and_norms(mixer, z: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Theorem 5's form without the [T, T, D, D] tensor: Σ_j A[i, j] u_j = Σ_h A_h Σ_j π^h[i, j] u_j
+    (``head_outputs``), and ‖A[i, j]‖²_F = Σ_{h,h'} π^h[i, j] π^{h'}[i, j] ⟨A_h, A_{h'}⟩_F with the H × H Gram matrix
+    of the value maps — O(H·T² + H·D²) memory, so a 124M-class model at T = 2048 fits where the tensor (T²D² ≈
+    10¹² numbers) does not. Both exact, and tested against the explicit tensor."""
+    pi = mixer.pi(z)  # [B, H, T, T]
+    h = np.asarray(mixer.head_outputs(pi, z).sum(1))
+    Ah = mixer.value_maps().astype(pi.dtype)  # [H, D_out, D]
+    G = jnp.einsum("hde,gde->hg", Ah, Ah, precision=jax.lax.Precision.HIGHEST)
+    sq = jnp.einsum("hij,hg,gij->ij", pi[0], G, pi[0], precision=jax.lax.Precision.HIGHEST)
+    return h, np.asarray(jnp.sqrt(jnp.maximum(sq, 0)))
 
 
 def _coef_norm_figure(norms: np.ndarray, layer: int, T: int, out: Path, tokens: list[str] | None) -> str:

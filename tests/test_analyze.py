@@ -268,3 +268,28 @@ def test_cli_exits_1_when_a_check_fails(gpt2_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(X, "check_pi_rows", lambda pi, tol=1e-5: X.check("π rows sum to 1 (Theorem 5)", 1.0, 0.0,
                                                                           "<=", tol, "Eq. 47"))
     assert X.cli() == 1
+
+
+def test_attention_norms_and_law_without_the_coefficient_tensor_float64(tmp_path):
+    """analyze's attention path (π, head outputs and the value maps' Gram matrix, no [T, T, D, D] tensor) equals
+    the explicit coefficients: ‖A[i, j]‖_F of every (i, j) and Σ_j A[i, j] u_j, to 1e-10 in float64."""
+    from flax import nnx
+
+    from tvvar.core import mix_dense
+    from tvvar.model import ModelConfig, TVVARModel
+
+    with jax.enable_x64(True):
+        cfg = ModelConfig(11, 12, num_layers=1, mixer={"num_heads": 3, "num_kv_heads": 1, "head_dim": 4,
+                                                       "rotary": True, "qk_bias": True},
+                          param_dtype="float64", dtype="float64")
+        model = TVVARModel(cfg, rngs=nnx.Rngs(0))
+        ids = np.arange(1, 10, dtype=np.int32)[None]
+        mixer = model.blocks[0].mixer
+        z = model.blocks[0].mixer_input(model.embed_tokens(jnp.asarray(ids)))
+        h, rows = X._attention_law_and_norms(mixer, z)
+        A = mixer.coefficients(z)
+        np.testing.assert_allclose(rows, np.sqrt(np.sum(np.asarray(A[0]) ** 2, axis=(-2, -1))), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(h, np.asarray(mix_dense(A, z)), rtol=0, atol=1e-10)
+        res = X.analyze(model, ids, tmp_path, X.Options(window=5))
+        np.testing.assert_allclose(res["data"]["coef_norm_rows"][0], rows, rtol=0, atol=1e-12)
+        assert all(c["passed"] for c in res["checks"]), res["checks"]
