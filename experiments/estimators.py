@@ -255,6 +255,7 @@ def verdict_rmse_rate(name: str, rmse_small_n: float, rmse_large_n: float, n_sma
     RMSE(n_large) ≤ slack · RMSE(n_small) · √(n_small / n_large). An estimator whose bias does not vanish (a factor,
     a base, a lag wrong) keeps an RMSE near its bias at every n and fails; merely falling is not enough."""
     rate = math.sqrt(n_small / n_large)
+    # killed by logdet_without_2 (Gaussian TE, Geweke) and plugin_entropy_bits (plug-in TE): tests/mutants/estimators.py
     return check(name, rmse_large_n, RMSE_RATE_SLACK * rmse_small_n * rate, "<=", 0.0,
                  f"√n consistency: {RMSE_RATE_SLACK:g} × RMSE(n = {n_small}) × √({n_small}/{n_large})")
 

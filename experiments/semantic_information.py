@@ -168,7 +168,8 @@ def verdict_freedman_supermartingale(d: dict) -> dict:
     # The tail bound itself (reported: freedman_* in the data and the figure) is loose at these sizes — no path
     # reaches the α where it falls below 0.5 — so no bug of M, V or c could make it fail. The supermartingale it is
     # proved from is nearly tight at small λ (E e^{λX} and e^{g(λ)Var X} agree to second order), so a predictable
-    # variation V that misses a term, an increment bound c too small or an M that is not centred breaks it.
+    # variation V that misses a term, an increment bound c too small or an M that is not centred breaks it — killed by
+    # doob_variance_lagged and doob_A_lagged (tests/mutants/semantic_information.py).
     return check("Freedman's supermartingale under the model's own law, every path enumerated: "
                  "max over λ, t of E exp(λM_t − g_c(λ)V_t) (float64)",
                  d["freedman_supermartingale_max"], 1.0, "<=", 1e-10,

@@ -162,10 +162,7 @@ def test_save_reload_bit_exact(which, layout, gpt2_dir, llama_dir, tmp_path):
     save_pretrained(pre, tmp_path / "out", layout=layout)
     again = load_pretrained(tmp_path / "out")
     assert again.layout == layout
-    a, b = nnx.state(pre.model, nnx.Param), nnx.state(again.model, nnx.Param)
-    for (pa, va), (pb, vb) in zip(nnx.to_flat_state(a), nnx.to_flat_state(b), strict=True):
-        assert pa == pb
-        np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+    _assert_same_params(pre.model, again.model)
 
 
 def test_mistral_layout_loads(tmp_path):
@@ -291,6 +288,39 @@ def test_bad_input_errors(gpt2_dir, llama_dir, tmp_path):
 
 
 # ---- the attention components themselves -----------------------------------------------------------
+
+
+def _assert_same_params(a, b):
+    """Every parameter of model ``a`` equals ``b``'s, bit for bit, under the same path."""
+    flat_a, flat_b = (nnx.to_flat_state(nnx.state(m, nnx.Param)) for m in (a, b))
+    for (pa, va), (pb, vb) in zip(flat_a, flat_b, strict=True):
+        assert pa == pb
+        np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+
+
+def _normal(seed):
+    """r(*shape, sd=0.2): float32 normal draws of one generator, for the random checkpoints below."""
+    rng = np.random.default_rng(seed)
+    return lambda *s, sd=0.2: (sd * rng.normal(size=s)).astype(np.float32)
+
+
+def _write_checkpoint(folder, cfg, tensors):
+    """A PyTorch-layout checkpoint folder: model.safetensors and config.json from a transformers config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(cfg.to_json_string())
+
+
+def _assert_refused(tmp_path, cases):
+    """Each (field, value, match): the checkpoint in tmp_path / "ok" with that config field changed is refused with
+    a ValueError matching ``match``."""
+    good = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for field, value, match in cases:
+        bad = tmp_path / field
+        shutil.copytree(tmp_path / "ok", bad)
+        (bad / "config.json").write_text(json.dumps({**good, field: value}))
+        with pytest.raises(ValueError, match=match):
+            load_pretrained(bad)
 
 
 def _rand_bias(m, dtype):
@@ -587,25 +617,16 @@ def test_gemma_greedy_generation_and_save_reload(gemma_dir, tmp_path):
         save_pretrained(pre, tmp_path / layout, layout=layout)
         again = load_pretrained(tmp_path / layout)
         assert again.layout == layout
-        for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(pre.model, nnx.Param)),
-                                      nnx.to_flat_state(nnx.state(again.model, nnx.Param)), strict=True):
-            assert pa == pb
-            np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+        _assert_same_params(pre.model, again.model)
 
 
 def test_gemma_refusals_name_the_field(tmp_path):
     _gemma(tmp_path / "ok")
-    good = json.loads((tmp_path / "ok" / "config.json").read_text())
-    for field, value, match in (("hidden_act", "gelu", "hidden_act='gelu'"),
-                                ("hidden_activation", "relu", "hidden_activation='relu'"),
-                                ("attention_bias", True, "attention_bias"),
-                                ("tie_word_embeddings", False, "tie_word_embeddings"),
-                                ("rope_scaling", {"rope_type": "yarn", "factor": 2.0}, "yarn")):
-        bad = tmp_path / field
-        shutil.copytree(tmp_path / "ok", bad)
-        (bad / "config.json").write_text(json.dumps({**good, field: value}))
-        with pytest.raises(ValueError, match=match):
-            load_pretrained(bad)
+    _assert_refused(tmp_path, (("hidden_act", "gelu", "hidden_act='gelu'"),
+                               ("hidden_activation", "relu", "hidden_activation='relu'"),
+                               ("attention_bias", True, "attention_bias"),
+                               ("tie_word_embeddings", False, "tie_word_embeddings"),
+                               ("rope_scaling", {"rope_type": "yarn", "factor": 2.0}, "yarn")))
 
 
 # ---- Qwen2: q/k/v biases (no output bias) -------------------------------------------------------------------
@@ -620,8 +641,7 @@ def _qwen2(folder, **kw):
     cfg = transformers.Qwen2Config(**c)
     D, H, G, F = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
     K = D // H
-    rng = np.random.default_rng(5)
-    r = lambda *s, sd=0.2: (sd * rng.normal(size=s)).astype(np.float32)  # noqa: E731
+    r = _normal(5)
     t = {"model.embed_tokens.weight": r(V, D, sd=1.0), "model.norm.weight": 1 + r(D, sd=0.1), "lm_head.weight": r(V, D)}
     for i in range(cfg.num_hidden_layers):
         b = f"model.layers.{i}."
@@ -631,9 +651,7 @@ def _qwen2(folder, **kw):
                   b + "self_attn.o_proj.weight": r(D, H * K), b + "input_layernorm.weight": 1 + r(D, sd=0.1),
                   b + "post_attention_layernorm.weight": 1 + r(D, sd=0.1), b + "mlp.gate_proj.weight": r(F, D),
                   b + "mlp.up_proj.weight": r(F, D), b + "mlp.down_proj.weight": r(D, F)})
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(cfg.to_json_string())
+    _write_checkpoint(folder, cfg, t)
 
 
 def test_qwen2_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
@@ -662,10 +680,7 @@ def test_qwen2_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
     for layout in ("pytorch", "flax"):  # the value bias is written back as loaded: bit-exact both ways
         save_pretrained(pre, tmp_path / layout, layout=layout)
         again = load_pretrained(tmp_path / layout)
-        for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(pre.model, nnx.Param)),
-                                      nnx.to_flat_state(nnx.state(again.model, nnx.Param)), strict=True):
-            assert pa == pb
-            np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+        _assert_same_params(pre.model, again.model)
     np.testing.assert_array_equal(load_file(str(tmp_path / "pytorch" / "model.safetensors"))[
         "model.layers.1.self_attn.v_proj.bias"], load_file(str(tmp_path / "q" / "model.safetensors"))[
         "model.layers.1.self_attn.v_proj.bias"])
@@ -687,16 +702,10 @@ def test_qwen2_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
 
 def test_qwen2_refusals_name_the_field(tmp_path):
     _qwen2(tmp_path / "ok")
-    good = json.loads((tmp_path / "ok" / "config.json").read_text())
-    for field, value, match in (("use_sliding_window", True, "use_sliding_window"),
-                                ("layer_types", ["sliding_attention", "full_attention"], "layer_types"),
-                                ("hidden_act", "gelu", "hidden_act"),
-                                ("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}, "dynamic")):
-        bad = tmp_path / field
-        shutil.copytree(tmp_path / "ok", bad)
-        (bad / "config.json").write_text(json.dumps({**good, field: value}))
-        with pytest.raises(ValueError, match=match):
-            load_pretrained(bad)
+    _assert_refused(tmp_path, (("use_sliding_window", True, "use_sliding_window"),
+                               ("layer_types", ["sliding_attention", "full_attention"], "layer_types"),
+                               ("hidden_act", "gelu", "hidden_act"),
+                               ("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}, "dynamic")))
 
 
 # ---- Phi-3: fused qkv_proj and gate_up_proj, a sliding window --------------------------------------------------
@@ -711,8 +720,7 @@ def _phi3(folder, **kw):
     cfg = transformers.Phi3Config(**c)
     D, H, G, F = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
     K = D // H
-    rng = np.random.default_rng(6)
-    r = lambda *s, sd=0.2: (sd * rng.normal(size=s)).astype(np.float32)  # noqa: E731
+    r = _normal(6)
     t = {"model.embed_tokens.weight": r(V, D, sd=1.0), "model.norm.weight": 1 + r(D, sd=0.1), "lm_head.weight": r(V, D)}
     for i in range(cfg.num_hidden_layers):
         b = f"model.layers.{i}."
@@ -720,9 +728,7 @@ def _phi3(folder, **kw):
                   b + "input_layernorm.weight": 1 + r(D, sd=0.1),
                   b + "post_attention_layernorm.weight": 1 + r(D, sd=0.1),
                   b + "mlp.gate_up_proj.weight": r(2 * F, D), b + "mlp.down_proj.weight": r(D, F)})
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(cfg.to_json_string())
+    _write_checkpoint(folder, cfg, t)
 
 
 def test_phi3_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
@@ -738,10 +744,7 @@ def test_phi3_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
     for layout in ("pytorch", "flax"):  # fused back as Phi-3 stores them: bit-exact both ways
         save_pretrained(pre, tmp_path / layout, layout=layout)
         again = load_pretrained(tmp_path / layout)
-        for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(pre.model, nnx.Param)),
-                                      nnx.to_flat_state(nnx.state(again.model, nnx.Param)), strict=True):
-            assert pa == pb
-            np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+        _assert_same_params(pre.model, again.model)
     saved, src = load_file(str(tmp_path / "pytorch" / "model.safetensors")), load_file(str(tmp_path / "p" /
                                                                                            "model.safetensors"))
     assert sorted(saved) == sorted(src) and all(np.array_equal(saved[k], src[k]) for k in src)
@@ -749,16 +752,10 @@ def test_phi3_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
 
 def test_phi3_refusals_name_the_field(tmp_path):
     _phi3(tmp_path / "ok")
-    good = json.loads((tmp_path / "ok" / "config.json").read_text())
-    for field, value, match in (("partial_rotary_factor", 0.75, "partial_rotary_factor"),
-                                ("rope_scaling", {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]},
-                                 "longrope"),
-                                ("hidden_act", "gelu", "hidden_act")):
-        bad = tmp_path / field
-        shutil.copytree(tmp_path / "ok", bad)
-        (bad / "config.json").write_text(json.dumps({**good, field: value}))
-        with pytest.raises(ValueError, match=match):
-            load_pretrained(bad)
+    _assert_refused(tmp_path, (("partial_rotary_factor", 0.75, "partial_rotary_factor"),
+                               ("rope_scaling", {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]},
+                                "longrope"),
+                               ("hidden_act", "gelu", "hidden_act")))
 
 
 # ---- OLMo 2: QK-norm over the whole projection width, post-sublayer norms --------------------------------------
@@ -772,8 +769,7 @@ def _olmo2(folder, **kw):
     cfg = transformers.Olmo2Config(**c)
     D, H, G, F = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
     K = D // H
-    rng = np.random.default_rng(7)
-    r = lambda *s, sd=0.2: (sd * rng.normal(size=s)).astype(np.float32)  # noqa: E731
+    r = _normal(7)
     t = {"model.embed_tokens.weight": r(V, D, sd=1.0), "model.norm.weight": 1 + r(D, sd=0.1), "lm_head.weight": r(V, D)}
     for i in range(cfg.num_hidden_layers):
         b = f"model.layers.{i}."
@@ -785,9 +781,7 @@ def _olmo2(folder, **kw):
                   b + "post_feedforward_layernorm.weight": 1 + r(D, sd=0.1),
                   b + "mlp.gate_proj.weight": r(F, D), b + "mlp.up_proj.weight": r(F, D),
                   b + "mlp.down_proj.weight": r(D, F)})
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(cfg.to_json_string())
+    _write_checkpoint(folder, cfg, t)
 
 
 def test_olmo2_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
@@ -831,8 +825,7 @@ def _neox(folder, **kw):
     c.update(kw)
     cfg = transformers.GPTNeoXConfig(**c)
     D, F = cfg.hidden_size, cfg.intermediate_size
-    rng = np.random.default_rng(8)
-    r = lambda *s, sd=0.2: (sd * rng.normal(size=s)).astype(np.float32)  # noqa: E731
+    r = _normal(8)
     g = "gpt_neox."
     t = {g + "embed_in.weight": r(V, D, sd=1.0), g + "final_layer_norm.weight": 1 + r(D, sd=0.1),
          g + "final_layer_norm.bias": r(D, sd=0.1), "embed_out.weight": r(V, D)}
@@ -847,9 +840,7 @@ def _neox(folder, **kw):
                   b + "mlp.dense_4h_to_h.weight": r(D, F), b + "mlp.dense_4h_to_h.bias": r(D),
                   b + "attention.bias": np.tril(np.ones((1, 1, T, T), bool)).astype(np.float32),
                   b + "attention.rotary_emb.inv_freq": r(4)})
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(cfg.to_json_string())
+    _write_checkpoint(folder, cfg, t)
 
 
 def _neox_numpy_logits(folder, ids):
@@ -921,10 +912,7 @@ def test_gpt_neox_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
     for layout in ("pytorch", "flax"):  # the v bias is written as 0 with the output bias = the intercept
         save_pretrained(pre, tmp_path / layout, layout=layout)
         again = load_pretrained(tmp_path / layout)
-        for (pa, va), (pb, vb) in zip(nnx.to_flat_state(nnx.state(pre.model, nnx.Param)),
-                                      nnx.to_flat_state(nnx.state(again.model, nnx.Param)), strict=True):
-            assert pa == pb
-            np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+        _assert_same_params(pre.model, again.model)
     for field, value, match in (("tie_word_embeddings", True, "tie_word_embeddings"),
                                 ("hidden_act", "relu", "hidden_act"), ("rotary_pct", 0.1, "rotary_pct")):
         bad = tmp_path / field

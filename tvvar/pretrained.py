@@ -409,19 +409,8 @@ def _gemma_config(c: dict, dtype: str) -> ModelConfig:
         "attention_bias": lambda v: v is False,
         "tie_word_embeddings": lambda v: v is True,
     }, dict.fromkeys(known), "model_type 'gemma'")
-    D, H = c["hidden_size"], c["num_attention_heads"]
-    K = c.get("head_dim") or D // H
-    G = c.get("num_key_value_heads") or H
-    if H % G:
-        raise ValueError(f"config.json: num_attention_heads={H} is not divisible by num_key_value_heads={G}")
-    return ModelConfig(
-        vocab_size=c["vocab_size"], d_model=D, num_layers=c["num_hidden_layers"], decomposition="attention",
-        mixer={"num_heads": H, "num_kv_heads": G, "head_dim": K, "rotary": True,
-               "rope_theta": float(c.get("rope_theta", 10000.0)),
-               **({"rope_scaling": rope_scaling} if rope_scaling is not None else {})},
-        psi="geglu", psi_options={"d_ff": c["intermediate_size"]}, norm="rms_offset",
-        norm_eps=float(c.get("rms_norm_eps", 1e-6)), tied=True, max_len=None, embedding="plain",
-        embed_scale=math.sqrt(D), param_dtype=dtype, dtype=dtype)
+    base = _llama_config({**c, "model_type": "gemma"}, dtype, check=False, rope_scaling=rope_scaling)
+    return base.replace(psi="geglu", norm="rms_offset", tied=True, embed_scale=math.sqrt(base.d_model))
 
 
 # ---- key maps: both layouts → the PyTorch layout → tvvar parameters ---------------------------------

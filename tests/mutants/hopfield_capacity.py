@@ -13,7 +13,7 @@ import numpy as np
 from scipy import stats
 
 from experiments.hopfield_capacity import SECTIONS, Config
-from mutants import Mutant
+from mutants import Mutant, edited
 
 HOP = "tvvar.theory.transformer.hopfield"
 MOD = "tvvar.theory.transformer.hopfield_modern"
@@ -153,39 +153,10 @@ def _noise_not_normalised(original):
 
 
 def _async_gather_back(original):
-    def _async_sweeps(J, s, key, max_sweeps):
-        # each sweep's relabelled state and field mapped back by gathering at the permutation (sp[order], which
-        # applies it a second time) instead of scattering them back to their neurons (s.at[order].set(sp))
-        n = s.shape[0]
-
-        def sweep(s, h, order):
-            Jp, sp, hp = J[order][:, order], s[order], h[order]
-
-            def body(k, c):
-                sp, hp, flips = c
-                hk, sk = hp[k], sp[k]
-                new = jnp.where(hk > 0, 1.0, jnp.where(hk < 0, -1.0, sk)).astype(sp.dtype)
-                delta = new - sk
-                return sp.at[k].set(new), hp + Jp[k] * delta, flips + (delta != 0)
-
-            sp, hp, flips = jax.lax.fori_loop(0, n, body, (sp, hp, jnp.int32(0)))
-            return sp[order], hp[order], flips
-
-        def cond(c):
-            _, _, _, t, flips = c
-            return (flips > 0) & (t < max_sweeps)
-
-        def body(c):
-            s, h, key, t, _ = c
-            key, sub = jax.random.split(key)
-            s, h, flips = sweep(s, h, jax.random.permutation(sub, n))
-            return s, h, key, t + 1, flips
-
-        h = J @ s
-        s, _, _, t, flips = jax.lax.while_loop(cond, body, (s, h, key, jnp.int32(0), jnp.int32(1)))
-        return s, t, flips == 0
-
-    return _async_sweeps
+    # each sweep's relabelled state and field mapped back by gathering at the permutation (sp[order], which applies
+    # it a second time) instead of scattering them back to their neurons (s.at[order].set(sp))
+    return edited(original, "return s.at[order].set(sp), h.at[order].set(hp), flips",
+                  "return sp[order], hp[order], flips")
 
 
 def _dense_variance_as_sd(original):
