@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.semantic_space import SECTIONS, Config
-from mutants import Mutant
+from mutants import Mutant, edited
 
 
 def tiny() -> Config:
@@ -60,17 +60,8 @@ def _fwht_stage_skipped(original):
 
 
 def _dct_wrong_axis(original):
-    from jax.scipy import fft as jfft
-
-    def __call__(self, x):
-        x = jnp.asarray(x)
-        if self.kind != "dct":
-            return original(self, x)
-        y = x * self.signs.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
-        y = jfft.dct(y, type=2, norm="ortho", axis=0)  # the bug: over the points, not the coordinates
-        return jnp.take(y, self.rows, axis=-1) * math.sqrt(self.padded_n / self.m)
-
-    return __call__
+    # the bug: the DCT over the points (axis 0), not the coordinates
+    return edited(original, 'jfft.dct(y, type=2, norm="ortho", axis=-1)', 'jfft.dct(y, type=2, norm="ortho", axis=0)')
 
 
 def _sparse_thirds(original):
@@ -110,17 +101,8 @@ def _gaussian_input_scale(original):
 
 
 def _dct_unnormalised(original):
-    from jax.scipy import fft as jfft
-
-    def __call__(self, x):
-        x = jnp.asarray(x)
-        if self.kind != "dct":
-            return original(self, x)
-        y = x * self.signs.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
-        y = jfft.dct(y, type=2, axis=-1)  # the bug: norm=None (the unnormalised DCT-II), not norm="ortho"
-        return jnp.take(y, self.rows, axis=-1) * math.sqrt(self.padded_n / self.m)
-
-    return __call__
+    # the bug: norm=None (the unnormalised DCT-II), not norm="ortho"
+    return edited(original, 'jfft.dct(y, type=2, norm="ortho", axis=-1)', "jfft.dct(y, type=2, axis=-1)")
 
 
 def _sparse_scale_times_m(original):
