@@ -17,6 +17,7 @@ Registered families (state transition A_t, discretized as Ā = exp(Δ A), B̄ = 
 | "ssm_lti"       | diagonal, time-invariant (Δ, B, C fixed) | S4D / linear VAR |
 | "ssm_dense"     | general dense N × N, time-varying     | Eq. 78 as written|
 | "mamba"         | Mamba-2 block: in-proj, short conv, SiLU, SSM, gate, out-proj | Mamba |
+| "mamba1"        | Mamba-1 block: diagonal [E, N] A, Δ/B/C from the convolved x  | Mamba-1 |
 
 Head layout (``ssm``, ``ssm_diagonal``, ``ssm_lti``, ``mamba``): x_t = W_x u_t split into H heads of
 P channels; per head, state [P, N]; y = W_o (SSM(x) + D ⊙ x). Then, with Δ folded into the input,
@@ -59,7 +60,8 @@ from tvvar.decompositions.ssm_kernels import (
 )
 from tvvar.typing import Array, DType, MaskKind
 
-__all__ = ["SelectiveSSM", "ScalarSSM", "DiagonalSSM", "LTISSM", "DenseSSM", "MambaBlock", "inverse_softplus"]
+__all__ = ["SelectiveSSM", "ScalarSSM", "DiagonalSSM", "LTISSM", "DenseSSM", "MambaBlock", "Mamba1Block",
+           "inverse_softplus"]
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -700,6 +702,266 @@ class MambaBlock(ScalarSSM):
         A = self._linear(u, L, s, gamma)
         if aff is not None:
             r = self._intercept(L, aff, gamma, None)  # [B, T, D_out]
+            uu = u.astype(A.dtype)
+            n2 = jnp.sum(jnp.square(uu), axis=-1)  # [B, T]
+            inv = jnp.where(n2 > 0, 1.0 / jnp.where(n2 > 0, n2, 1.0), 0.0)
+            fold = r[..., :, None] * uu[..., None, :] * inv[..., None, None]  # [B, T, D_out, D_in]
+            A = A + jnp.eye(T, dtype=A.dtype)[None, :, :, None, None] * fold[:, :, None]
+        return A.astype(u.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# The Mamba-1 block: in-projection, short causal conv + SiLU, diagonal selective SSM whose Δ, B, C are
+# read from the convolved x (not from u), SiLU gate, out-projection
+# --------------------------------------------------------------------------------------------------
+
+
+@register("mamba1")
+class Mamba1Block(Mixer):
+    """The Mamba-1 block (Gu & Dao 2023; ``mamba_ssm.modules.mamba_simple.Mamba``, transformers' ``MambaMixer``)
+    as a TV-VAR decomposition. E = expand·D channels, N states per channel, R = ``dt_rank``:
+
+        [x̃, z] = [W_x u, W_z u] (in_proj, E each);  x̃ = conv_K(x̃) + b (depthwise, causal);  x = SiLU(x̃);
+        [Δ̃, B, C] = x_proj(x) (R, N, N: read from the convolved x, not from u);  Δ = softplus(W_Δ Δ̃ + b_Δ) [E];
+        h_t[e, n] = exp(Δ_t[e] A[e, n]) h_{t−1}[e, n] + Δ_t[e] B_t[n] x_t[e],   A = −exp(A_log) [E, N];
+        y_t[e] = Σ_n C_t[n] h_t[e, n] + D[e] x_t[e];   out_t = W_o (y_t ⊙ SiLU(z_t)).
+
+    Unlike :class:`MambaBlock` (Mamba-2: one scalar decay per head, Δ from u) the transition is *diagonal per
+    channel and state*, A_t = diag_{e,n}(exp(Δ_t[e] A[e, n])), i.e. :class:`DiagonalSSM` with one head per channel
+    (P = 1), and Δ, B, C depend on u only through the gated, convolved x.
+
+    **The TV-VAR coefficients.** SiLU(a) = σ(a)·a, so with the gates s_j = σ(x̃_j), g_i = SiLU(z_i) and the
+    selective Δ, B, C held fixed (they are computed from u, causally, and are the data-dependent part of A_tj, as
+    attention's π is) the block is linear in u up to the conv bias. Per channel e the SSM mixes positions by
+
+        L^e[i, j] = Σ_n C_i[n] (Π_{k=j+1..i} exp(Δ_k[e] A[e, n])) Δ_j[e] B_j[n] + D[e] δ_ij     (j ≤ i)
+
+    (:meth:`mixing_matrix`), the diagonal SSM's coefficient of Eq. 78, and the conv composes into it as a banded
+    Toeplitz factor (w[k] weighs x̃_{j−k}):
+
+        A_lin[i, m] = Σ_e g_i[e] Σ_j L^e[i, j] s_j[e] w[j − m][e] · W_o[e, :]ᵀ W_x[:, e]ᵀ      (m ≤ j ≤ i)
+
+    (:meth:`linear_coefficients`). The conv bias b (``conv_bias=True``, every Mamba-1 checkpoint) makes the map
+    affine: mixer(u)_i = Σ_m A_lin[i, m] u_m + r_i(u), r_i = W_oᵀ(g_i ⊙ Σ_j L[i, j] (s_j ⊙ b)) (:meth:`intercept`),
+    carried, as in :class:`MambaBlock`, as the rank-one data-dependent coefficient A[i, i] += r_i u_iᵀ/‖u_i‖² (exact
+    for u_i ≠ 0) so that ``mixer(u) == mix_dense(coefficients(u), u)``.
+
+    Options: ``expand`` (2), ``state_size`` N (16), ``d_conv`` K (4), ``dt_rank`` R (default ⌈D/16⌉, mamba_ssm's
+    "auto"), ``conv_bias`` (True), ``d_out``, ``chunk_size`` (of the chunked scan in ``__call__``), ``A_init``
+    ([E, N] or a scalar, < 0; default S4D-real −(n+1) as Mamba-1 initialises it), ``dt_min``/``dt_max`` (the
+    log-uniform initial Δ). The fast path is the diagonal chunked SSD (:func:`ssd_chunked` with H = E heads of
+    P = 1); ``initial_state`` of :meth:`scan` / :meth:`chunked` and the decoding cache are
+    ``{"ssm": [B, E, 1, N], "conv": [B, K−1, E]}``. Causal mask only.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        mask: MaskKind = "causal",
+        rngs: nnx.Rngs,
+        dtype: DType = jnp.float32,
+        expand: int = 2,
+        state_size: int = 16,
+        d_conv: int = 4,
+        dt_rank: int | None = None,
+        conv_bias: bool = True,
+        d_out: int | None = None,
+        chunk_size: int = 64,
+        A_init: Any = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+    ):
+        _check_mask(mask, type(self).__name__)
+        D = _positive_int("d_model", d_model)
+        E = _positive_int("expand", expand) * D
+        N, K = _positive_int("state_size", state_size), _positive_int("d_conv", d_conv)
+        R = _positive_int("dt_rank", dt_rank if dt_rank is not None else math.ceil(D / 16))
+        self.chunk_size = _positive_int("chunk_size", chunk_size)
+        if not (0 < dt_min <= dt_max):
+            raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min ≤ dt_max, got {dt_min}, {dt_max}")
+        if not isinstance(conv_bias, bool):
+            raise ValueError(f"conv_bias must be a bool, got {conv_bias!r}")
+        self.d_in, self.d_out, self.mask = D, _positive_int("d_out", d_out or D), mask
+        self.inner, self.state_size, self.d_conv, self.dt_rank, self.conv_bias = E, N, K, R, conv_bias
+        keys = iter(jax.random.split(rngs.params(), 10))
+        self.W_x = param(lecun_normal(next(keys), (D, E), D, dtype), "embed", "heads")
+        self.W_z = param(lecun_normal(next(keys), (D, E), D, dtype), "embed", "heads")
+        self.conv_w = param(lecun_normal(next(keys), (K, E), K, dtype), None, "heads")  # w[k] weighs x̃_{t−k}
+        if conv_bias:  # PyTorch Conv1d's default: U(−1/√K, 1/√K)
+            bound = 1.0 / math.sqrt(K)
+            self.conv_b = param(jax.random.uniform(next(keys), (E,), dtype, -bound, bound), "heads")
+        self.W_dtl = param(lecun_normal(next(keys), (E, R), E, dtype), "heads", None)  # x_proj, Δ̃ rows
+        self.W_B = param(lecun_normal(next(keys), (E, N), E, dtype), "heads", "state")  # x_proj, B rows
+        self.W_C = param(lecun_normal(next(keys), (E, N), E, dtype), "heads", "state")  # x_proj, C rows
+        self.W_dt = param(lecun_normal(next(keys), (R, E), R, dtype), None, "heads")  # dt_proj (transposed)
+        lo, hi = math.log(dt_min), math.log(dt_max)
+        dt = jnp.exp(jax.random.uniform(next(keys), (E,), jnp.float32, lo, hi)).astype(dtype)
+        self.b_dt = param(inverse_softplus(dt), "heads")
+        if A_init is not None:
+            A = jnp.asarray(_check_decay_rates(A_init, (E, N), "[E, N] per channel and state"), dtype)
+        else:
+            A = -jnp.broadcast_to(jnp.arange(1, N + 1, dtype=dtype), (E, N))  # S4D-real, Mamba-1's init
+        self.A_log = param(jnp.log(-A), "heads", "state")
+        self.D = param(jnp.ones((E,), dtype), "heads")
+        self.W_o = param(lecun_normal(next(keys), (E, self.d_out), E, dtype), "heads", "embed")
+
+    # -- pieces of the map ----------------------------------------------------------------------
+
+    def decay_rates(self) -> Array:
+        """Continuous-time A = −exp(A_log): [E, N], all < 0."""
+        return -jnp.exp(self.A_log[...])
+
+    def _pre_conv(self, u: Array) -> Array:
+        """x̃ = W_x u before the convolution: [B, T, E], in float32 or better."""
+        adt = acc_dtype(u.dtype)
+        return jnp.einsum("btd,de->bte", u.astype(adt), self.W_x[...].astype(adt), precision=_HI)
+
+    def _post_conv(self, xc: Array, u: Array):
+        """From the convolved x̃ [B,T,E]: (x = SiLU(x̃ + b), σ-gate s, Δ [B,T,E], B, C [B,T,N], g = SiLU(W_z u))."""
+        adt = xc.dtype
+        w = lambda p: p[...].astype(adt)  # noqa: E731
+        if self.conv_bias:
+            xc = xc + w(self.conv_b)[None, None]
+        s = jax.nn.sigmoid(xc)
+        x = s * xc
+        dlow = jnp.einsum("bte,er->btr", x, w(self.W_dtl), precision=_HI)
+        Bm = jnp.einsum("bte,en->btn", x, w(self.W_B), precision=_HI)
+        Cm = jnp.einsum("bte,en->btn", x, w(self.W_C), precision=_HI)
+        dt = jax.nn.softplus(jnp.einsum("btr,re->bte", dlow, w(self.W_dt), precision=_HI) + w(self.b_dt)[None, None])
+        g = jax.nn.silu(jnp.einsum("btd,de->bte", u.astype(adt), w(self.W_z), precision=_HI))
+        return x, s, dt, Bm, Cm, g
+
+    def _out(self, y: Array, x: Array, g: Array, dtype: DType) -> Array:
+        """W_o ((y + D ⊙ x) ⊙ g): [B, T, D_out]."""
+        y = (y + self.D[...].astype(y.dtype)[None, None] * x) * g
+        return jnp.einsum("bte,eo->bto", y, self.W_o[...].astype(y.dtype), precision=_HI).astype(dtype)
+
+    def state_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        return {"ssm": (batch_size, self.inner, 1, self.state_size), "conv": (batch_size, self.d_conv - 1, self.inner)}
+
+    def _check_cache(self, state: Any, batch_size: int, name: str) -> None:
+        shapes = self.state_shapes(batch_size)
+        if not isinstance(state, dict) or set(state) != set(shapes):
+            raise ValueError(f"{name} must be a dict with keys {sorted(shapes)} (the mamba1 block's state), "
+                             f"got {type(state).__name__}"
+                             + (f" with keys {sorted(state)}" if isinstance(state, dict) else ""))
+        for k, shp in shapes.items():
+            _check_state(state[k], shp, f"{name}[{k!r}]")
+
+    # -- the algorithms --------------------------------------------------------------------------
+
+    def _run(self, u: Array, initial_state: dict | None, algo) -> tuple[Array, dict]:
+        check_u(u, self.d_in)
+        if initial_state is not None:
+            self._check_cache(initial_state, u.shape[0], "initial_state")
+        pre = self._pre_conv(u)
+        buf = None if initial_state is None else initial_state["conv"].astype(pre.dtype)
+        xc, conv_state = causal_conv(pre, self.conv_w[...].astype(pre.dtype), buf)
+        x, _, dt, Bm, Cm, g = self._post_conv(xc, u)
+        la = dt[..., None] * self.decay_rates().astype(dt.dtype)[None, None]  # [B, T, E, N], ≤ 0
+        y, ssm_state = algo((x * dt)[..., None], la, Bm, Cm, None if initial_state is None else initial_state["ssm"])
+        return self._out(y[..., 0], x, g, u.dtype), {"ssm": ssm_state, "conv": conv_state}
+
+    @_jitted()
+    def scan(self, u: Array, initial_state: dict | None = None) -> tuple[Array, dict]:
+        """Sequential ``lax.scan`` reference: u [B, T, D] → (h [B, T, D_out], final state)."""
+        return self._run(u, initial_state, ssd_scan)
+
+    @_jitted("chunk_size")
+    def chunked(self, u: Array, chunk_size: int | None = None,
+                initial_state: dict | None = None) -> tuple[Array, dict]:
+        """Chunked diagonal SSD (T need not divide by ``chunk_size``): → (h [B, T, D_out], final state)."""
+        Q = self.chunk_size if chunk_size is None else _positive_int("chunk_size", chunk_size)
+        return self._run(u, initial_state, lambda *a: ssd_chunked(*a[:4], Q, a[4]))
+
+    def __call__(self, u: Array) -> Array:
+        return self.chunked(u)[0]
+
+    def init_cache(self, batch_size: int, max_len: int | None = None, dtype: DType = jnp.float32) -> dict:
+        """``{"ssm": zeros [B, E, 1, N], "conv": zeros [B, K−1, E]}``; ``max_len`` is unused."""
+        shapes = self.state_shapes(_positive_int("batch_size", batch_size))
+        return {k: jnp.zeros(s, acc_dtype(dtype)) for k, s in shapes.items()}
+
+    @_jitted()
+    def step(self, cache: dict, u_t: Array) -> tuple[Array, dict]:
+        """One token: u_t [B, D] → (h_t [B, D_out], cache); equals row t of ``self(u)``."""
+        if getattr(u_t, "ndim", None) != 2:
+            raise ValueError(f"u_t must have shape [B, D={self.d_in}], got {getattr(u_t, 'shape', None)}")
+        self._check_cache(cache, u_t.shape[0], "cache")
+        u = u_t[:, None]
+        check_u(u, self.d_in, name="u_t[:, None]")
+        pre = self._pre_conv(u)[:, 0]
+        xc, conv_state = conv_step(pre, self.conv_w[...].astype(pre.dtype), cache["conv"])
+        x, _, dt, Bm, Cm, g = self._post_conv(xc[:, None], u)
+        la = dt[..., None] * self.decay_rates().astype(dt.dtype)[None, None]
+        y_t, ssm_state = ssd_step(cache["ssm"].astype(x.dtype), (x * dt)[:, 0, :, None], la[:, 0], Bm[:, 0], Cm[:, 0])
+        return self._out(y_t[:, None, :, 0], x, g, u_t.dtype)[:, 0], {"ssm": ssm_state, "conv": conv_state}
+
+    # -- the TV-VAR coefficients -----------------------------------------------------------------
+
+    def _factors(self, u: Array):
+        """(L [B, E, i, j], σ-gate s [B, T, E], the affine part s ⊙ b or None, g [B, T, E])."""
+        pre = self._pre_conv(u)
+        xc = causal_conv(pre, self.conv_w[...].astype(pre.dtype))[0]
+        _, s, dt, Bm, Cm, g = self._post_conv(xc, u)
+        T = u.shape[1]
+        la = dt[..., None] * self.decay_rates().astype(dt.dtype)[None, None]  # [B, T, E, N]
+        cum = jnp.cumsum(la, axis=1)
+        causal = (jnp.arange(T)[:, None] >= jnp.arange(T)[None, :])[None, :, :, None, None]
+        decay = jnp.exp(jnp.where(causal, cum[:, :, None] - cum[:, None, :], -jnp.inf))  # [B, i, j, E, N]
+        L = jnp.einsum("bin,bjn,bijen->beij", Cm, Bm, decay, precision=_HI)
+        L = L * jnp.moveaxis(dt, 1, 2)[:, :, None, :]  # Δ_j[e]
+        L = L + self.D[...].astype(L.dtype)[None, :, None, None] * jnp.eye(T, dtype=L.dtype)[None, None]
+        aff = s * self.conv_b[...].astype(s.dtype)[None, None] if self.conv_bias else None
+        return L, s, aff, g
+
+    @_jitted()
+    def mixing_matrix(self, u: Array) -> Array:
+        """L^e[i, j] (skip term included): [B, E, T, T], one per channel (see the class docstring)."""
+        check_u(u, self.d_in)
+        return self._factors(u)[0]
+
+    def _linear(self, u: Array, L: Array, s: Array, g: Array) -> Array:
+        T, K = u.shape[1], self.d_conv
+        adt = L.dtype
+        lag = jnp.arange(T)[:, None] - jnp.arange(T)[None, :]  # j − m
+        w = self.conv_w[...].astype(adt)
+        toeplitz = jnp.where(((lag >= 0) & (lag < K))[..., None], w[jnp.clip(lag, 0, K - 1)], 0)  # [j, m, E]
+        V = s[:, :, None] * toeplitz[None]  # [B, j, m, E]: x_j = Σ_m V[j, m] ⊙ (W_x u_m) (+ s_j ⊙ b)
+        Gm = jnp.einsum("beij,bjme->bime", L, V, precision=_HI) * g[:, :, None]
+        return jnp.einsum("bime,de,eo->bimod", Gm, self.W_x[...].astype(adt), self.W_o[...].astype(adt),
+                          precision=_HI)
+
+    def _intercept(self, L: Array, aff: Array | None, g: Array, shape) -> Array:
+        if aff is None:
+            return jnp.zeros(shape, L.dtype)
+        y = jnp.einsum("beij,bje->bie", L, aff, precision=_HI) * g
+        return jnp.einsum("bie,eo->bio", y, self.W_o[...].astype(L.dtype), precision=_HI)
+
+    @_jitted()
+    def linear_coefficients(self, u: Array) -> Array:
+        """A_lin[b, i, m]: the part of the map linear in u given the gates: [B, T, T, D_out, D_in]."""
+        check_u(u, self.d_in)
+        L, s, _, g = self._factors(u)
+        return self._linear(u, L, s, g).astype(u.dtype)
+
+    @_jitted()
+    def intercept(self, u: Array) -> Array:
+        """r_i(u) [B, T, D_out]: the affine remainder of the conv bias (zeros without one)."""
+        check_u(u, self.d_in)
+        L, _, aff, g = self._factors(u)
+        return self._intercept(L, aff, g, u.shape[:2] + (self.d_out,)).astype(u.dtype)
+
+    @_jitted()
+    def coefficients(self, u: Array) -> Array:
+        """A[b, i, m] = A_lin[b, i, m] + δ_im r_i u_iᵀ/‖u_i‖² (see the class docstring): [B, T, T, D_out, D_in]."""
+        check_u(u, self.d_in)
+        T = u.shape[1]
+        L, s, aff, g = self._factors(u)
+        A = self._linear(u, L, s, g)
+        if aff is not None:
+            r = self._intercept(L, aff, g, None)  # [B, T, D_out]
             uu = u.astype(A.dtype)
             n2 = jnp.sum(jnp.square(uu), axis=-1)  # [B, T]
             inv = jnp.where(n2 > 0, 1.0 / jnp.where(n2 > 0, n2, 1.0), 0.0)
