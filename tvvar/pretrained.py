@@ -1,5 +1,5 @@
-"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Qwen2, Phi-3, OLMo 2, Gemma, Mamba-2) as exact tvvar TV-VAR
-models.
+"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Qwen2, Phi-3, OLMo 2, Gemma, GPT-NeoX, Mamba-1, Mamba-2) as
+exact tvvar TV-VAR models.
 
 ``load_pretrained(path)`` reads ``config.json`` and ``model.safetensors`` (or the shards named by
 ``model.safetensors.index.json``) with the ``safetensors`` package (numpy arrays, no torch) and builds a
@@ -40,6 +40,11 @@ gemma       the Llama layout with token vectors scaled by √D (``ModelConfig.em
 mamba2      the state-spaces (``mamba_ssm``) layout: L × [x + mixer(RMSNorm x)], no MLP, final RMSNorm,
             tied or untied head; the mixer is :class:`tvvar.decompositions.MambaBlock` with grouped B/C, the
             x-channel conv bias, the gated RMSNorm (either order), D and Δ-bias per head, A = −exp(A_log).
+mamba       Mamba-1, the state-spaces (``mamba_ssm``) layout or transformers' ``MambaForCausalLM``: L × [x +
+            mixer(RMSNorm x)], final RMSNorm, tied or untied head; the mixer is
+            :class:`tvvar.decompositions.ssm.Mamba1Block`: in_proj → (x, z), depthwise causal conv with bias, SiLU,
+            x_proj(x) → (Δ̃ of rank R, B, C), Δ = softplus(dt_proj Δ̃), a diagonal SSM with A = −exp(A_log) of
+            shape [E, N] (per channel and state), D, gate SiLU(z), out_proj.
 ==========  ==========================================================================================
 
 Mamba-2 (``model_type: "mamba2"``, or a mamba_ssm config without ``model_type`` whose ``ssm_cfg.layer`` is
@@ -55,6 +60,21 @@ LayerNorm blocks (``rms_norm: false``), ``D_has_hdim``, projection biases (``bia
 than (0, ∞), ``d_ssm`` < expand·d_model. transformers' ``Mamba2Config`` names (``hidden_size``, ``n_groups``,
 ``state_size``, …, ``model_type: "mamba2"``) load too, with its gated RMSNorm over all E channels (not per group)
 and ``layer_norm_epsilon`` (``MambaBlock(norm_groups=1)``), no vocabulary padding and an untied head by default.
+
+Mamba-1 (``model_type: "mamba"``, or a mamba_ssm config without ``model_type`` whose ``ssm_cfg`` names no layer or
+"Mamba1"): mamba_ssm's ``MambaConfig`` fields as for Mamba-2 (``pad_vocab_size_multiple`` pads the table) and
+``Mamba``'s (``d_state``, ``d_conv``, ``expand``, ``dt_rank`` — "auto" = ⌈d_model/16⌉ —, ``conv_bias``, ``bias``;
+``dt_min`` / ``dt_max`` / ``dt_init`` / ``dt_scale`` / ``dt_init_floor`` only initialise), flat or under ``ssm_cfg``;
+or transformers' ``MambaConfig`` (``hidden_size``, ``state_size``, ``num_hidden_layers``, ``expand``,
+``conv_kernel``, ``use_bias``, ``use_conv_bias``, ``hidden_act``, ``time_step_rank``, ``layer_norm_epsilon``,
+``tie_word_embeddings``; the ``time_step_*`` initialisation fields are ignored), with no vocabulary padding (the
+``pad_vocab_size_multiple``, ``d_model``, ``n_layer``, ``intermediate_size``, ``rms_norm``, ``ssm_cfg: {}`` that
+converted hub configs carry must agree and are otherwise ignored, as transformers ignores them). Keys:
+``backbone.embedding`` (mamba_ssm) or ``backbone.embeddings`` (transformers), ``backbone.layers.{i}.norm``,
+``backbone.layers.{i}.mixer.{in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj}`` (in_proj rows [x, z], x_proj
+rows [Δ̃, B, C]), ``backbone.norm_f``, ``lm_head``; PyTorch layout only. Refused by name: in/out projection biases
+(``bias`` / ``use_bias``), ``hidden_act`` other than silu, an MLP, attention layers, LayerNorm blocks, a non-empty
+``ssm_cfg`` beside transformers' names.
 
 Both layouts on disk load. *PyTorch* (what hub users have): GPT-2 ``h.0.attn.c_attn.weight`` with Conv1D's
 (in, out) layout, optionally under ``transformer.``; Llama ``model.layers.0.self_attn.q_proj.weight`` as
@@ -87,7 +107,8 @@ from tvvar.model import ModelConfig, TVVARModel
 
 __all__ = ["Pretrained", "load_pretrained", "save_pretrained", "read_safetensors", "SUPPORTED_MODEL_TYPES"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "phi3", "olmo2", "gemma", "mamba2")
+SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "phi3", "olmo2", "gemma", "mamba2",
+                         "mamba")
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -120,7 +141,7 @@ class Pretrained:
     hf_config: dict[str, Any]
     tokenizer: Any
     layout: str
-    embedding_key: str | None = None  # Mamba-2: the embedding's name on disk (mamba_ssm's or transformers')
+    embedding_key: str | None = None  # Mamba-1/2: the embedding's name on disk (mamba_ssm's or transformers')
     #: checkpoint tensors the TV-VAR form folds away (Qwen2's value biases, PyTorch-layout names), as loaded
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -130,10 +151,14 @@ class Pretrained:
 
 
 def _model_type(c: dict) -> Any:
-    """``model_type``, or "mamba2" for a mamba_ssm config (which has none) whose ssm_cfg.layer is Mamba2."""
+    """``model_type``; for a mamba_ssm config (which has none): "mamba2" when its ssm_cfg.layer is Mamba2, "mamba"
+    when it has ``d_model`` and its ssm_cfg names no layer or Mamba1 (mamba_ssm's default layer)."""
     mt = c.get("model_type")
-    if mt is None and isinstance(c.get("ssm_cfg"), dict) and c["ssm_cfg"].get("layer") == "Mamba2":
+    ssm = c.get("ssm_cfg", {})
+    if mt is None and isinstance(ssm, dict) and ssm.get("layer") == "Mamba2":
         return "mamba2"
+    if mt is None and isinstance(ssm, dict) and "d_model" in c and ssm.get("layer", "Mamba1") == "Mamba1":
+        return "mamba"
     return mt
 
 
@@ -812,14 +837,171 @@ def _mamba2_tensors(model: TVVARModel, embedding_key: str = _MAMBA2_EMBED[0]) ->
     return t
 
 
+# ---- Mamba-1 (state-spaces / mamba_ssm layout and transformers' MambaForCausalLM) -----------------------
+
+# mamba_ssm.modules.mamba_simple.Mamba defaults (the top-level MambaConfig fields are Mamba-2's, _MAMBA2_TOP)
+_MAMBA1_SSM = {"layer": "Mamba1", "d_state": 16, "d_conv": 4, "expand": 2, "dt_rank": "auto", "conv_bias": True,
+               "bias": False}
+# initialisation, kernel and placement choices of mamba_ssm's Mamba that do not change the function computed
+_MAMBA1_HARMLESS = {"dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor", "use_fast_path", "layer_idx",
+                    "device", "dtype"}
+#: transformers' MambaConfig field → mamba_ssm's name (the same quantity)
+_HF_MAMBA1_NAMES = {"hidden_size": "d_model", "num_hidden_layers": "n_layer", "state_size": "d_state",
+                    "conv_kernel": "d_conv", "use_bias": "bias", "use_conv_bias": "conv_bias",
+                    "time_step_rank": "dt_rank", "layer_norm_epsilon": "norm_epsilon",
+                    "tie_word_embeddings": "tie_embeddings", "expand": "expand", "vocab_size": "vocab_size"}
+#: transformers' MambaConfig fields that choose initialisation, kernels or residual precision, not the function
+_HF_MAMBA1_HARMLESS = {"time_step_scale", "time_step_min", "time_step_max", "time_step_init_scheme",
+                       "time_step_floor", "initializer_range", "residual_in_fp32", "rescale_prenorm_residual",
+                       "use_mambapy", "fused_add_norm", "pad_vocab_size_multiple"}
+
+
+def _from_transformers_mamba(c: dict) -> dict:
+    """transformers' ``MambaConfig`` (``hidden_size``, ``state_size``, …) in mamba_ssm's names. transformers does not
+    pad the vocabulary (``pad_vocab_size_multiple``, which converted hub configs carry, is ignored, as transformers
+    ignores it) and ties the head by default. The mamba_ssm fields those converted configs also carry (``d_model``,
+    ``n_layer``, ``intermediate_size`` / ``d_inner``, ``rms_norm``, ``ssm_cfg``) are accepted when they agree."""
+    out: dict[str, Any] = {"pad_vocab_size_multiple": 1}
+    what = "model_type 'mamba' (transformers' names)"
+    for name, value in c.items():
+        if name in _HF_MAMBA1_NAMES:
+            out[_HF_MAMBA1_NAMES[name]] = value
+        elif name == "hidden_act":
+            if value != "silu":
+                raise ValueError(f"config.json field 'hidden_act' = {value!r} is not supported for {what}: "
+                                 "only silu (the conv activation and the gate)")
+        elif name not in _HF_MAMBA1_HARMLESS and name not in ("d_model", "n_layer", "intermediate_size", "d_inner",
+                                                             "ssm_cfg", "rms_norm"):
+            out[name] = value  # checked by _mamba_fields like any other field (model_type, ids, … or refused)
+    E = out.get("expand", 2) * out.get("d_model", 768)
+    agree = {"d_model": out.get("d_model", 768), "n_layer": out.get("n_layer", 32), "intermediate_size": E,
+             "d_inner": E, "rms_norm": True}
+    for name, want in agree.items():
+        if name in c and c[name] != want:
+            raise ValueError(f"config.json field {name!r} = {c[name]!r} disagrees with the transformers fields "
+                             f"(which imply {want!r}) for {what}")
+    if c.get("ssm_cfg") not in (None, {}):
+        raise ValueError(f"config.json field 'ssm_cfg' = {c['ssm_cfg']!r} is not supported for {what}: transformers "
+                         "ignores it, so a non-empty one may describe a different model than the one it loads")
+    defaults = {"vocab_size": 50280, "d_model": 768, "d_state": 16, "n_layer": 32, "norm_epsilon": 1e-5}
+    for name, value in defaults.items():
+        out.setdefault(name, value)  # transformers' MambaConfig defaults
+    return out
+
+
+def _mamba_fields(c: dict) -> dict:
+    """The Mamba-1 options of ``c`` (mamba_ssm's ``MambaConfig`` with the Mamba fields flat or under ``ssm_cfg``,
+    or transformers' ``MambaConfig`` names) with defaults; a field that would change the function and is not
+    implemented raises, naming it."""
+    if "hidden_size" in c or "num_hidden_layers" in c:
+        c = _from_transformers_mamba(c)
+    ssm = c.get("ssm_cfg") or {}
+    if not isinstance(ssm, dict):
+        raise ValueError(f"config.json field 'ssm_cfg' must be an object, got {ssm!r}")
+    both = sorted(set(ssm) & set(c))
+    if both:
+        raise ValueError(f"config.json sets {both} both at the top level and in 'ssm_cfg'")
+    merged = {**c, **ssm}
+    what = "model_type 'mamba'"
+    checks: dict[str, Callable[[Any], bool]] = {
+        "layer": lambda v: v == "Mamba1",
+        "d_intermediate": lambda v: v in (0, None),  # no MLP between the mixers
+        "attn_layer_idx": lambda v: not v,  # hybrid attention layers are not implemented
+        "attn_cfg": lambda v: not v,
+        "rms_norm": lambda v: v is True,  # LayerNorm blocks are not implemented
+        "bias": lambda v: v is False,  # in_proj / out_proj biases (use_bias) are not implemented
+        "conv_bias": lambda v: isinstance(v, bool),
+        "dt_rank": lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+        "d_state": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "d_conv": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "expand": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "norm_epsilon": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+    }
+    defaults = {**_MAMBA2_TOP, **_MAMBA1_SSM}
+    for name, value in merged.items():
+        if name in checks:
+            if not checks[name](value):
+                raise ValueError(f"config.json field {name!r} = {value!r} is not supported for {what} "
+                                 "(tvvar would compute a different model)")
+        elif name not in _HARMLESS and name not in defaults and name not in _MAMBA1_HARMLESS:
+            raise ValueError(f"config.json field {name!r} = {value!r} is not implemented for {what}; "
+                             "refusing rather than loading a possibly different model")
+    f = {**defaults, **merged}
+    for name in ("d_model", "n_layer", "vocab_size"):
+        if f[name] is None:
+            raise ValueError(f"config.json lacks field {name!r} needed by {what}")
+    if f["dt_rank"] == "auto":
+        f["dt_rank"] = math.ceil(f["d_model"] / 16)
+    return f
+
+
+def _mamba_config(c: dict, dtype: str) -> ModelConfig:
+    f = _mamba_fields(c)
+    mixer = {"expand": f["expand"], "state_size": f["d_state"], "d_conv": f["d_conv"], "dt_rank": f["dt_rank"],
+             "conv_bias": f["conv_bias"]}
+    return ModelConfig(
+        vocab_size=_mamba2_vocab(f), d_model=f["d_model"], num_layers=f["n_layer"], decomposition="mamba1",
+        mixer=mixer, psi="identity", norm="rms", norm_eps=float(f["norm_epsilon"]), tied=bool(f["tie_embeddings"]),
+        max_len=None, embedding="plain", param_dtype=dtype, dtype=dtype)
+
+
+def _mamba_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray],
+                  has: Callable[[str], bool]) -> dict[tuple, np.ndarray]:
+    D, m = cfg.d_model, cfg.mixer
+    E, N, K, R = m["expand"] * D, m["state_size"], m["d_conv"], m["dt_rank"]
+    emb = next((k for k in _MAMBA2_EMBED if has(k)), _MAMBA2_EMBED[0])
+    p: dict[tuple, np.ndarray] = {("embed", "table"): w(emb, (cfg.vocab_size, D)),
+                                  ("final_norm", "scale"): w("backbone.norm_f.weight", (D,))}
+    for i in range(cfg.num_layers):
+        b, L = f"backbone.layers.{i}.", ("blocks", i)
+        mx = L + ("mixer",)
+        p[L + ("norm1", "scale")] = w(b + "norm.weight", (D,))
+        W = w(b + "mixer.in_proj.weight", (2 * E, D)).T  # columns [x, z]
+        p[mx + ("W_x",)], p[mx + ("W_z",)] = W[:, :E], W[:, E:]
+        # torch Conv1d with padding K−1, truncated: out_t = Σ_k w[c, 0, k] x_{t−(K−1)+k}; tvvar's w[k] weighs x_{t−k}
+        p[mx + ("conv_w",)] = w(b + "mixer.conv1d.weight", (E, 1, K))[:, 0, ::-1].T
+        if m["conv_bias"]:
+            p[mx + ("conv_b",)] = w(b + "mixer.conv1d.bias", (E,))
+        X = w(b + "mixer.x_proj.weight", (R + 2 * N, E)).T  # columns [Δ̃, B, C]
+        p[mx + ("W_dtl",)], p[mx + ("W_B",)], p[mx + ("W_C",)] = X[:, :R], X[:, R:R + N], X[:, R + N:]
+        p[mx + ("W_dt",)] = w(b + "mixer.dt_proj.weight", (E, R)).T
+        p[mx + ("b_dt",)] = w(b + "mixer.dt_proj.bias", (E,))
+        p[mx + ("A_log",)] = w(b + "mixer.A_log", (E, N))
+        p[mx + ("D",)] = w(b + "mixer.D", (E,))
+        p[mx + ("W_o",)] = w(b + "mixer.out_proj.weight", (D, E)).T
+    if not cfg.tied:
+        p[("readout", "embedding", "table")] = w("lm_head.weight", (cfg.vocab_size, D))
+    return p
+
+
+def _mamba_tensors(model: TVVARModel, embedding_key: str = _MAMBA2_EMBED[0]) -> dict[str, np.ndarray]:
+    cfg = model.cfg
+    a = lambda v: np.asarray(v[...])  # noqa: E731
+    t = {embedding_key: a(model.embed.table), "backbone.norm_f.weight": a(model.final_norm.scale)}
+    for i, blk in enumerate(model.blocks):
+        b, mx = f"backbone.layers.{i}.", blk.mixer
+        t[b + "norm.weight"] = a(blk.norm1.scale)
+        t[b + "mixer.in_proj.weight"] = np.concatenate([a(mx.W_x), a(mx.W_z)], axis=1).T
+        t[b + "mixer.conv1d.weight"] = np.ascontiguousarray(a(mx.conv_w)[::-1].T[:, None, :])
+        if mx.conv_bias:
+            t[b + "mixer.conv1d.bias"] = a(mx.conv_b)
+        t[b + "mixer.x_proj.weight"] = np.concatenate([a(mx.W_dtl), a(mx.W_B), a(mx.W_C)], axis=1).T
+        t[b + "mixer.dt_proj.weight"], t[b + "mixer.dt_proj.bias"] = a(mx.W_dt).T, a(mx.b_dt)
+        t[b + "mixer.A_log"], t[b + "mixer.D"] = a(mx.A_log), a(mx.D)
+        t[b + "mixer.out_proj.weight"] = a(mx.W_o).T
+    if not cfg.tied:
+        t["lm_head.weight"] = a(model.readout.embedding.table)
+    return t
+
+
 _CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config, "qwen2": _qwen2_config,
             "phi3": _phi3_config, "olmo2": _olmo2_config, "gemma": _gemma_config, "gpt_neox": _gpt_neox_config,
-            "mamba2": _mamba2_config}
+            "mamba2": _mamba2_config, "mamba": _mamba_config}
 _PARAMS = {"gpt2": lambda c, w, has: _gpt2_params(c, w), "llama": lambda c, w, has: _llama_params(c, w),
            "mistral": lambda c, w, has: _llama_params(c, w), "qwen2": lambda c, w, has: _qwen2_params(c, w),
            "phi3": lambda c, w, has: _phi3_params(c, w), "olmo2": lambda c, w, has: _olmo2_params(c, w),
            "gpt_neox": lambda c, w, has: _gpt_neox_params(c, w),
-           "gemma": lambda c, w, has: _llama_params(c, w), "mamba2": _mamba2_params}
+           "gemma": lambda c, w, has: _llama_params(c, w), "mamba2": _mamba2_params, "mamba": _mamba_params}
 
 
 def _read_config(folder: Path) -> dict:
@@ -854,8 +1036,8 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrain
     cfg = _CONFIGS[mt](c, dtype)
     raw, where = _weight_readers(folder)
     readers, origin, layout = _to_pytorch_names(mt, raw)
-    if mt == "mamba2" and layout != "pytorch":
-        raise ValueError(f"checkpoint in {str(folder)!r}: model_type 'mamba2' loads from the PyTorch layout only "
+    if mt in ("mamba", "mamba2") and layout != "pytorch":
+        raise ValueError(f"checkpoint in {str(folder)!r}: model_type {mt!r} loads from the PyTorch layout only "
                          "(mamba_ssm / transformers names), found Flax names (kernel / embedding / scale)")
     used: set[str] = set()
     jdtype = jnp.dtype(dtype)
@@ -897,7 +1079,7 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrain
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    emb = next((k for k in _MAMBA2_EMBED if k in readers), None) if mt == "mamba2" else None
+    emb = next((k for k in _MAMBA2_EMBED if k in readers), None) if mt in ("mamba", "mamba2") else None
     return Pretrained(model=model, hf_config=c, tokenizer=tok, layout=layout, embedding_key=emb, extras=extras)
 
 
@@ -1060,13 +1242,15 @@ def save_pretrained(pre: Pretrained, path: str | os.PathLike, layout: str | None
     if layout not in ("pytorch", "flax"):
         raise ValueError(f"layout must be 'pytorch' or 'flax', got {layout!r}")
     mt = pre.model_type
-    if mt == "mamba2" and layout != "pytorch":
-        raise ValueError("layout: model_type 'mamba2' is written in the PyTorch layout only, got 'flax'")
+    if mt in ("mamba", "mamba2") and layout != "pytorch":
+        raise ValueError(f"layout: model_type {mt!r} is written in the PyTorch layout only, got 'flax'")
     folder = Path(path)
     if mt == "gpt2":
         tensors = _gpt2_tensors(pre.model)
     elif mt == "mamba2":
         tensors = _mamba2_tensors(pre.model, pre.embedding_key or _MAMBA2_EMBED[0])
+    elif mt == "mamba":
+        tensors = _mamba_tensors(pre.model, pre.embedding_key or _MAMBA2_EMBED[0])
     elif mt == "qwen2":
         tensors = _qwen2_tensors(pre.model, pre.extras)
     elif mt == "phi3":
