@@ -521,3 +521,69 @@ def test_vocab_scores_method_errors():
             E.vocab_scores(m, ids, method="fast")
         with pytest.raises(ValueError, match="needs a row-independent model"):
             E.vocab_scores(m, ids, method="closed_form")
+
+
+# --------------------------------------------------------------------------------------------------
+# chunked enumeration: the same numbers with a bounded working set
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,mask,window", [("transformer_bias", "causal", None),
+                                              ("transformer", "bidirectional", None), ("transformer", "causal", 3),
+                                              ("pure_h3", "causal", None)])
+def test_chunked_enumeration_equals_enumeration_values_and_gradients_float64(name, mask, window):
+    """chunked_terms (tiles of b rows × b positions, T = 7 not a multiple of b) == elbo_terms(method='enumerate'):
+    every PositionTerms field for every prior and an arbitrary Q, and the gradients of a weighted sum, 1e-10."""
+    with jax.enable_x64(True):
+        cfg, _ = _configs64()[name]
+        mixer = {**cfg.mixer, **({"window": window} if window else {})}
+        cfg = dataclasses.replace(cfg, mask=mask, mixer=mixer)
+        m = _model(cfg, seed=5)
+        ids, tg = _ids(2, 7, cfg.vocab_size, 6)
+        support = m.blocks[-1].mixer.support(7)
+        q = _random_q(7, support, 2, m.blocks[-1].mixer.num_heads)
+        gd, st = nnx.split(m)
+        cases = [(p, False) for p in _PRIORS] + [("uniform", True)]
+
+        # q is an argument: explicit arrays are validated on concrete values only, not on closed-over tracers
+        def terms(st, ids, tg, q, block):
+            mm = nnx.merge(gd, st)
+            if block is None:
+                return [E.elbo_terms(mm, ids, tg, prior=p, q=q if given else None, method="enumerate")
+                        for p, given in cases]
+            return [E.chunked_terms(mm, ids, tg, prior=p, q=q if given else None, block=block) for p, given in cases]
+
+        def loss(st, ids, tg, q, block):
+            w = np.linspace(0.3, 1.7, len(cases) * 6).reshape(len(cases), 6)
+            return sum(jnp.sum(w[a, k] * t[k]) for a, t in enumerate(terms(st, ids, tg, q, block)) for k in range(6))
+
+        ref = jax.jit(terms, static_argnums=4)(st, ids, tg, q, None)
+        for block in (3, 50):  # tiles with a padded last one; one tile bigger than T
+            got = jax.jit(terms, static_argnums=4)(st, ids, tg, q, block)
+            for (prior, given), a, b in zip(cases, ref, got, strict=True):
+                for field, x, y in zip(E.PositionTerms._fields, a, b, strict=True):
+                    np.testing.assert_allclose(y, x, atol=1e-10, rtol=0, err_msg=f"b={block} {prior} q={given} {field}")
+        g_ref, g_got = (jax.tree.leaves(nnx.to_pure_dict(jax.jit(jax.grad(loss), static_argnums=4)(st, ids, tg, q, bl)))
+                        for bl in (None, 3))
+        for x, y in zip(g_ref, g_got, strict=True):
+            np.testing.assert_allclose(y, x, atol=1e-10, rtol=1e-10)
+        assert max(np.abs(np.asarray(x)).max() for x in g_got) > 1e-3
+        # eager (as analyze calls it) with the block from a memory budget
+        eager = E.chunked_terms(m, ids, tg, memory_budget=3 * 2 * 2 * 8 * (3 * 5 + 16 * 6) * 9)
+        np.testing.assert_allclose(eager.log_p, ref[0].log_p, atol=1e-10, rtol=0)
+
+
+def test_enumeration_block_from_the_memory_budget():
+    # GPT-2 124M shapes: 12 heads, V 50257, D 768, float32: one (i, j) pair is 12·4·(3·50257 + 16·768) bytes
+    per_pair = 12 * 4 * (3 * 50257 + 16 * 768)
+    assert E.enumeration_block(1, 12, 50257, 768, 128) == int(np.sqrt(E.DEFAULT_MEMORY_BUDGET // per_pair)) == 11
+    assert E.enumeration_block(1, 12, 50257, 768, 128, memory_budget=1) == 1
+    assert E.enumeration_block(1, 12, 50257, 768, 5, memory_budget=1 << 40) == 5
+    want64 = int(np.sqrt(E.DEFAULT_MEMORY_BUDGET // (2 * per_pair)))
+    assert E.enumeration_block(1, 12, 50257, 768, 128, jnp.float64) == want64
+    with pytest.raises(ValueError, match="memory_budget"):
+        E.enumeration_block(1, 12, 50257, 768, 128, memory_budget=0)
+    m = _model(ModelConfig(5, d_model=6, num_layers=1, mixer={"num_heads": 2}))
+    ids, tg = _ids(1, 4, 5, 0)
+    with pytest.raises(ValueError, match="block must be an int"):
+        E.chunked_terms(m, ids, tg, block=0)

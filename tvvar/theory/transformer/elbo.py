@@ -57,6 +57,7 @@ trains A and the embeddings only; the ELBO reaches B through Q = π.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -84,6 +85,9 @@ __all__ = [
     "terms_from_features",
     "closed_form_terms",
     "row_independent",
+    "chunked_terms",
+    "enumeration_block",
+    "DEFAULT_MEMORY_BUDGET",
     "METHODS",
     "make_objective",
     "register_objectives",
@@ -167,6 +171,33 @@ def row_independent(model) -> bool:
     return (not last.residual) and isinstance(last.psi, Identity) and model.final_norm is None
 
 
+def _after_mixer_logits(model, last, bias: Array | None, ld, m: Array, x_res: Array) -> Array:
+    """f_i(m) before the softmax: the logits [..., V] of the mixer output ``m`` [..., D] at a row whose residual
+    stream is ``x_res`` (broadcast against m; ignored without a residual) — the intercept, the residual, the last
+    Ψ, the final norm and the readout, in the likelihood dtype ``ld``."""
+    from tvvar.model import Identity
+
+    if bias is not None:
+        m = m + bias.reshape((1,) * (m.ndim - 1) + (-1,))
+    y = x_res + m if last.residual else m
+    if not isinstance(last.psi, Identity):
+        y = last._sub(last.psi, last.norm2, y)
+    if model.final_norm is not None:
+        y = model.final_norm(y)
+    return model.readout(y.astype(ld)).astype(ld)
+
+
+def _log_q(mixer, z: Array) -> tuple[Array, Array]:
+    """(log Q [B, T, H, T] = log π − log H, ``finfo.min`` outside S(i); the support [T, T])."""
+    H = mixer.num_heads
+    ld = _f32(z.dtype)
+    log_pi = _log_pi(mixer, z)  # [B, H, T, T]
+    fill = masked_fill_value(ld)
+    allowed = mixer.support(z.shape[1])
+    log_q = jnp.where(allowed[None, None], log_pi - jnp.log(jnp.asarray(H, ld)), fill)
+    return jnp.einsum("bhij->bihj", log_q), allowed
+
+
 def latent_features(model, ids: Array) -> LatentFeatures:
     """Q, P(U | J) and P_soft for every row of ``ids`` [B, T] under ``model`` (see the module docstring).
 
@@ -176,19 +207,12 @@ def latent_features(model, ids: Array) -> LatentFeatures:
     output under J = (h, j) is H A_h z_j + b, and E_Q[H A_h z_j + b] = mixer(z) + b is the block's own
     (Σ_{h,j} Q = 1), so P_soft stays the model's softmax.
     """
-    from tvvar.model import Identity
-
     check_token_ids(ids, model.cfg.vocab_size, name="ids", ndim=2)
 
     mixer, last, x, z = _last_mixer_input(model, ids)
     H = mixer.num_heads
     ld = _f32(z.dtype)
-
-    log_pi = _log_pi(mixer, z)  # [B, H, T, T]
-    fill = masked_fill_value(ld)
-    allowed = mixer.support(z.shape[1])
-    log_q = jnp.where(allowed[None, None], log_pi - jnp.log(jnp.asarray(H, ld)), fill)
-    log_q = jnp.einsum("bhij->bihj", log_q)
+    log_q, allowed = _log_q(mixer, z)
 
     A = mixer.value_maps().astype(z.dtype)  # [H, D_out, D]
     # H·A_h z_j: the mixer output if all of row i's attention sat on (h, j)
@@ -198,14 +222,7 @@ def latent_features(model, ids: Array) -> LatentFeatures:
     bias = _mixer_bias(last, z.dtype)
 
     def after_mixer(m: Array, x_res: Array) -> Array:
-        if bias is not None:
-            m = m + bias.reshape((1,) * (m.ndim - 1) + (-1,))
-        y = x_res + m if last.residual else m
-        if not isinstance(last.psi, Identity):
-            y = last._sub(last.psi, last.norm2, y)
-        if model.final_norm is not None:
-            y = model.final_norm(y)
-        return jax.nn.log_softmax(model.readout(y.astype(ld)).astype(ld), axis=-1)
+        return jax.nn.log_softmax(_after_mixer_logits(model, last, bias, ld, m, x_res), axis=-1)
 
     soft_logp = after_mixer(m_soft_BxTxD, x)
     if not row_independent(model):
@@ -434,16 +451,110 @@ def elbo_terms(
 def terms_from_features(f: LatentFeatures, targets: Array, prior: Any = "uniform",
                         q: Array | None = None) -> PositionTerms:
     """:class:`PositionTerms` from precomputed :class:`LatentFeatures` (priors/Q already validated)."""
-    H = f.log_q.shape[2]
-    ld = f.log_q.dtype
-    lp = log_prior(prior, f.support, H, log_q=f.log_q, dtype=ld)
-    log_q = f.log_q
+    return _terms_from_log_lik(f.log_q, _gather(f.cond_logp, targets), f.soft_logp, f.support, targets, prior, q)
+
+
+def _terms_from_log_lik(log_q: Array, log_lik: Array, soft_logp: Array, support: Array, targets: Array,
+                        prior: Any, q: Array | None) -> PositionTerms:
+    """:class:`PositionTerms` from log Q, log P(U_i | h, j) [B, T, H, T] and P_soft [B, T, V]."""
+    H = log_q.shape[2]
+    ld = log_q.dtype
+    lp = log_prior(prior, support, H, log_q=log_q, dtype=ld)
     if q is not None:
-        inside = f.support[None, :, None, :]
+        inside = support[None, :, None, :]
         log_q = jnp.where(inside & (q > 0), jnp.log(jnp.where(q > 0, q, 1)).astype(ld), masked_fill_value(ld))
-    log_lik = _gather(f.cond_logp, targets)
-    soft = jnp.take_along_axis(f.soft_logp, targets[..., None], axis=-1)[..., 0]
-    return position_terms(log_lik, log_q, lp, f.support, soft)
+    soft = jnp.take_along_axis(soft_logp, targets[..., None], axis=-1)[..., 0]
+    return position_terms(log_lik, log_q, lp, support, soft)
+
+
+# --------------------------------------------------------------------------------------------------
+# Enumeration in tiles: the same numbers with a bounded working set
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of one tile's working set in chunked_terms (1 GiB)
+
+
+def enumeration_block(batch: int, num_heads: int, vocab_size: int, d_model: int, T: int, dtype=jnp.float32,
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """The tile side b of :func:`chunked_terms` for a working set of about ``memory_budget`` bytes: a tile holds
+    the logits of b query rows × H heads × b source positions, [B, b, H, b, V], about three such arrays live at
+    once (logits, shifted, exp) plus the Ψ activations, so b = ⌊√(budget / (B·H·itemsize·(3V + 16D)))⌋, at least
+    1 and at most T."""
+    if not (isinstance(memory_budget, (int, float)) and memory_budget > 0):
+        raise ValueError(f"memory_budget must be a number of bytes > 0, got {memory_budget!r}")
+    itemsize = jnp.dtype(_f32(jnp.dtype(dtype))).itemsize
+    per_pair = batch * num_heads * itemsize * (3 * vocab_size + 16 * d_model)
+    return int(max(1, min(T, math.isqrt(int(memory_budget // per_pair)))))
+
+
+def chunked_terms(model, ids: Array, targets: Array, prior: Any = "uniform", q: Array | None = None, *,
+                  block: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> PositionTerms:
+    """``elbo_terms(..., method="enumerate")`` without the [B, T, H, T, V] conditional: the same
+    :class:`PositionTerms` (equal at 1e-10 in float64, values and gradients; tested), any model and any Q.
+
+    Only log P(U_i | h, j) at the observed token is needed downstream ([B, T, H, T]); it is computed in square
+    tiles of ``block`` query rows × ``block`` source positions (``lax.map``, each tile rematerialised under
+    differentiation): per tile the mixer outputs H A_h z_j + b of its columns go through f_i of its rows (the
+    residual, Ψ, the final norm and the readout), a log-sum-exp over V and a gather at U_i — peak memory
+    O(B·block²·H·V) instead of O(B·T²·H·V), and tiles wholly outside the support (above the diagonal when
+    causal, outside a window's band) are skipped, which halves the work when causal. ``block`` defaults to
+    :func:`enumeration_block` of ``memory_budget`` bytes; T need not be a multiple (the last tile is padded).
+    Everything of size [B, T, H, T] (log Q, the prior, the posterior) is still formed whole."""
+    check_token_ids(ids, model.cfg.vocab_size, name="ids", ndim=2)
+    if getattr(targets, "shape", None) != getattr(ids, "shape", None):
+        raise ValueError(f"targets must have the shape of ids {getattr(ids, 'shape', None)}, "
+                         f"got {getattr(targets, 'shape', None)}")
+    check_token_ids(targets, model.cfg.vocab_size, name="targets")
+    mixer = _last_attention(model)
+    Bsz, T = ids.shape
+    H = mixer.num_heads
+    with jax.ensure_compile_time_eval():
+        support_np = np.asarray(mixer.support(T))
+    prior = _checked_prior(prior, jnp.asarray(support_np), H)
+    qj = None if q is None else validate_prior(q, jnp.asarray(support_np), H)
+
+    mixer, last, x, z = _last_mixer_input(model, ids)
+    ld = _f32(z.dtype)
+    log_q, allowed = _log_q(mixer, z)
+    bias = _mixer_bias(last, z.dtype)
+    soft_logp = jax.nn.log_softmax(_after_mixer_logits(model, last, bias, ld, mixer(z), x), axis=-1)
+    A = mixer.value_maps().astype(z.dtype)  # [H, D_out, D]
+    m = H * jnp.einsum("hed,bjd->bhje", A, z, precision=jax.lax.Precision.HIGHEST)  # [B, H, J, D_out]
+
+    if block is None:
+        block = enumeration_block(Bsz, H, model.cfg.vocab_size, m.shape[-1], T, ld, memory_budget)
+    if not (isinstance(block, (int, np.integer)) and not isinstance(block, bool) and block >= 1):
+        raise ValueError(f"block must be an int ≥ 1, got {block!r}")
+    b = int(min(block, T))
+    nb = -(-T // b)
+    pad = nb * b - T
+    m_p = jnp.pad(m, [(0, 0), (0, 0), (0, pad), (0, 0)])
+    x_p = jnp.pad(x, [(0, 0), (0, pad), (0, 0)])
+    tg_p = jnp.pad(targets, [(0, 0), (0, pad)])
+    sup_p = np.pad(support_np, [(0, pad), (0, pad)])
+    tiles = [(r, c) for r in range(nb) for c in range(nb) if sup_p[r * b:(r + 1) * b, c * b:(c + 1) * b].any()]
+    rows, cols = (jnp.asarray(a, jnp.int32) for a in zip(*tiles, strict=True))
+    row_dependent = not row_independent(model)
+
+    @jax.checkpoint
+    def tile(rc):
+        r, c = rc
+        m_t = jax.lax.dynamic_slice_in_dim(m_p, c * b, b, axis=2)  # [B, H, b, D]
+        tg = jax.lax.dynamic_slice_in_dim(tg_p, r * b, b, axis=1)  # [B, b]
+        if row_dependent:
+            x_t = jax.lax.dynamic_slice_in_dim(x_p, r * b, b, axis=1)  # [B, b, D]
+            logits = _after_mixer_logits(model, last, bias, ld, m_t[:, None], x_t[:, :, None, None, :])
+        else:  # [B, 1, H, b, V]: the same conditional for every row
+            logits = _after_mixer_logits(model, last, bias, ld, m_t, jnp.zeros((), z.dtype))[:, None]
+        # log_softmax(logits) at U_i, as jax.nn.log_softmax computes it
+        shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))  # [B, 1|b, H, b]
+        return jnp.take_along_axis(shifted, tg[:, :, None, None, None], axis=-1)[..., 0] - lse  # [B, b, H, b]
+
+    out = jax.lax.map(tile, (rows, cols))  # [n_tiles, B, b, H, b]
+    full = jnp.zeros((nb, nb) + out.shape[1:], ld).at[rows, cols].set(out)  # tiles never computed stay 0
+    log_lik = jnp.transpose(full, (2, 0, 3, 4, 1, 5)).reshape(Bsz, nb * b, H, nb * b)[:, :T, :, :T]
+    return _terms_from_log_lik(log_q, log_lik, soft_logp, allowed, targets, prior, qj)
 
 
 # --------------------------------------------------------------------------------------------------
