@@ -14,7 +14,10 @@ vocabulary); without one it must be space-separated token ids. Writes into DIR:
   materialising the [T, T, D, D] tensor (O(T²D²)), which other mixers still build;
 * ``theorem6_layer{l}.png`` — per position: log P, the ELBO and the posterior gap KL(Q ‖ P(J | U)) of the
   latent-position model of layer ``l`` (Theorem 6, by enumeration of every (h, j); the readout after layer
-  l is the model's own final norm and head — for l < L − 1 a "logit lens" reading of that layer);
+  l is the model's own final norm and head — for l < L − 1 a "logit lens" reading of that layer); the
+  enumeration runs in tiles of b query rows × b source positions
+  (:func:`tvvar.theory.transformer.elbo.chunked_terms`), b chosen so a tile's [b, H, b, V] logits fit
+  ``--memory-budget`` GiB (default 1), never the [T, H, T, V] array;
 * with ``--prompts FILE`` (one prompt per line, K ≥ 2 distinct prompts of the same length n), ``flow.png`` —
   the semantic information flow i(S → U_{n+1:t}) (Def. 8) of B continuations sampled from the model under a
   uniform prompt law, its Doob compensator A_t = Σ KL_τ and the Monte-Carlo directed information
@@ -208,6 +211,7 @@ class Options:
     layer: int = -1
     window: int = 16
     max_heads_plotted: int = 16
+    memory_budget: int | None = None  # bytes of one tile of the Theorem 6 enumeration (None: elbo's 1 GiB default)
 
 
 def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens: list[str] | None = None) -> dict:
@@ -217,9 +221,9 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
     matplotlib.use("Agg")
     from tqdm.auto import tqdm
 
-    from tvvar.core import log_softmax32, mix_dense
+    from tvvar.core import float32_or_better, log_softmax32, mix_dense
     from tvvar.decompositions.attention import SoftmaxBilinearAttention
-    from tvvar.theory.transformer.elbo import elbo_terms
+    from tvvar.theory.transformer.elbo import DEFAULT_MEMORY_BUDGET, chunked_terms, enumeration_block
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,11 +282,16 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
         t0 = time.perf_counter()
         trunc = _Truncated(model, layer)
         targets = jnp.concatenate([ids_j[:, 1:], ids_j[:, -1:]], axis=1)
-        terms = elbo_terms(trunc, ids_j[:, :], targets, method="enumerate")
+        # the enumeration in tiles of b rows × b positions: [b, H, b, V] logits at a time, never [T, H, T, V]
+        budget = DEFAULT_MEMORY_BUDGET if opts.memory_budget is None else opts.memory_budget
+        block = enumeration_block(1, model.blocks[layer].mixer.num_heads, model.cfg.vocab_size, model.cfg.d_model, T,
+                                  float32_or_better(model.cfg.dtype), budget)
+        terms = chunked_terms(trunc, ids_j, targets, block=block)
         n = T - 1  # the last row has no next token
         log_p, elbo, gap = (np.asarray(getattr(terms, k))[0, :n] for k in ("log_p", "elbo", "gap"))
         checks.append(check_elbo_bound(log_p, elbo, gap))
-        data["theorem6"] = {"log_p": log_p, "elbo": elbo, "gap": gap, "seconds": time.perf_counter() - t0}
+        data["theorem6"] = {"log_p": log_p, "elbo": elbo, "gap": gap, "seconds": time.perf_counter() - t0,
+                            "block": block}
         figures.append(_theorem6_figure(data["theorem6"], layer, out, tokens))
     if tokens is not None:
         data["tokens"] = tokens
@@ -402,6 +411,7 @@ def _flow_figure(flow: np.ndarray, A: np.ndarray, out: Path, *, K: int, estimate
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_BUDGET_GIB = 1.0  # --memory-budget: tvvar.theory.transformer.elbo.DEFAULT_MEMORY_BUDGET
 
 
 class _Parser(argparse.ArgumentParser):
@@ -424,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
             return n
         return parse
 
+    def budget(v: str) -> float:
+        try:
+            g = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--memory-budget must be a number of GiB > 0, got {v!r}") from None
+        if not (math.isfinite(g) and g > 0):
+            raise argparse.ArgumentTypeError(f"--memory-budget must be a number of GiB > 0, got {v}")
+        return g
+
     p = _Parser(prog="python -m experiments.analyze", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True, help="Hugging Face checkpoint folder or tvvar run directory")
     g = p.add_mutually_exclusive_group()
@@ -435,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=positive("--window"), default=16, help="positions of the ‖A_ij‖ maps (default 16)")
     p.add_argument("--max-tokens", type=positive("--max-tokens"), default=64,
                    help="truncate the input to this many tokens (default 64)")
+    p.add_argument("--memory-budget", type=budget, default=DEFAULT_BUDGET_GIB, metavar="GIB",
+                   help="working set of one tile of the Theorem 6 enumeration, in GiB (default "
+                        f"{DEFAULT_BUDGET_GIB:g}; tiles of b rows × b positions, [b, H, b, V] logits each)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="parameter and compute dtype of a Hugging Face checkpoint (default float32)")
     p.add_argument("--prompts", type=Path,
@@ -488,10 +510,11 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"the input must encode to at least 2 tokens, got {ids.shape[1]}")
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        res = analyze(lm.model, ids, work, Options(layer=args.layer, window=args.window),
+        res = analyze(lm.model, ids, work, Options(layer=args.layer, window=args.window,
+                                                   memory_budget=int(args.memory_budget * 2**30)),
                       tokens=[lm.decode(int(i)) for i in ids[0]])
         config = {"model": str(args.model), "model_type": lm.kind, "layer": args.layer, "window": args.window,
-                  "T": ids.shape[1], "dtype": args.dtype}
+                  "T": ids.shape[1], "dtype": args.dtype, "memory_budget_gib": args.memory_budget}
         if prompts is not None:
             fl = information_flow(lm.model, prompts, work, args.cont_len, args.samples, args.seed)
             res["checks"] += fl["checks"]

@@ -219,6 +219,8 @@ def test_every_mistake_is_one_error_line_and_leaves_no_output(gpt2_folder, tmp_p
         ([*base, *good, "--layer", "2"], "--layer must be in [−2, 1]"),
         ([*base, *good, "--window", "0"], "--window must be an integer ≥ 1"),
         ([*base, *good, "--dtype", "float16x"], "--dtype"),
+        ([*base, *good, "--memory-budget", "0"], "--memory-budget must be a number of GiB > 0"),
+        ([*base, *good, "--memory-budget", "lots"], "--memory-budget must be a number of GiB > 0"),
         ([*base, *good, "--import", "no_such_module_tvvar"], "--import no_such_module_tvvar"),
         ([*base], "--prompt STR, --text FILE or --prompts FILE"),
     ]
@@ -293,3 +295,26 @@ def test_attention_norms_and_law_without_the_coefficient_tensor_float64(tmp_path
         res = X.analyze(model, ids, tmp_path, X.Options(window=5))
         np.testing.assert_allclose(res["data"]["coef_norm_rows"][0], rows, rtol=0, atol=1e-12)
         assert all(c["passed"] for c in res["checks"]), res["checks"]
+
+
+def test_theorem6_in_tiles_equals_the_whole_enumeration(gpt2_folder, tmp_path):
+    """analyze's Theorem 6 terms come from tiles of b rows × b positions (the block from --memory-budget): the
+    same log P, ELBO and gap as the enumeration of the whole [T, H, T, V] conditional; T = 13 is not a multiple
+    of the b = 3 that a budget of 3²·H·4·(3V + 16D) bytes gives."""
+    pre = load_pretrained(gpt2_folder)
+    ids = np.arange(3, 16, dtype=np.int32)[None]
+    ids_j = jnp.asarray(ids)
+    targets = jnp.concatenate([ids_j[:, 1:], ids_j[:, -1:]], axis=1)
+    whole = elbo_terms(X._Truncated(pre.model, 1), ids_j, targets, method="enumerate")
+    budget = 9 * 4 * 4 * (3 * 50 + 16 * 32)
+    res = X.analyze(pre.model, ids, tmp_path, X.Options(window=4, memory_budget=budget))
+    t6 = res["data"]["theorem6"]
+    assert t6["block"] == 3
+    for k in ("log_p", "elbo", "gap"):
+        np.testing.assert_allclose(t6[k], np.asarray(getattr(whole, k))[0, :12], rtol=0, atol=1e-5, err_msg=k)
+    assert all(c["passed"] for c in res["checks"]), res["checks"]
+    out = tmp_path / "cli"
+    r = X.main(["--model", str(gpt2_folder), "--prompt", " ".join(map(str, ids[0])), "--out", str(out),
+                "--memory-budget", str(budget / 2**30)])
+    assert r["config"]["memory_budget_gib"] == budget / 2**30 and r["data"]["theorem6"]["block"] == 3
+    np.testing.assert_allclose(r["data"]["theorem6"]["log_p"], t6["log_p"], rtol=0, atol=1e-6)
