@@ -10,8 +10,9 @@ vocabulary); without one it must be space-separated token ids. Writes into DIR:
 
 * ``pi_layer{l}.png`` — π^h[i, j] (Theorem 5) of every head of every layer;
 * ``coef_norm_layer{l}.png`` — ‖A[i, j]‖_F, the coefficient matrices of the layer's mixer (Eq. 53) restricted
-  to the last ``window`` positions; for attention computed from π and the value maps' Gram matrix, never
-  materialising the [T, T, D, D] tensor (O(T²D²)), which other mixers still build;
+  to the last ``window`` positions; for attention computed from π and the value maps' Gram matrix, for the
+  selective SSMs and the Mamba-2 block from their mixing matrices L and Gram matrices of their maps, never
+  materialising the [T, T, D, D] tensor (O(T²D²)), which other mixers (dense, ssm_dense, mamba1) still build;
 * ``theorem6_layer{l}.png`` — per position: log P, the ELBO and the posterior gap KL(Q ‖ P(J | U)) of the
   latent-position model of layer ``l`` (Theorem 6, by enumeration of every (h, j); the readout after layer
   l is the model's own final norm and head — for l < L − 1 a "logit lens" reading of that layer); the
@@ -246,9 +247,10 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
             figures.append(_pi_figure(pi[0], li, out, opts.max_heads_plotted, tokens))
         # the law on the last W rows: the mixer's fast path against Σ_j A[i, j] u_j, and ‖A[i, j]‖_F of every (i, j)
         h_fast = np.asarray(mixer(z))[:, T - W:]
-        if isinstance(mixer, SoftmaxBilinearAttention):
-            h_coef, rows = _attention_law_and_norms(mixer, z)
-        else:  # the explicit coefficients: O(T²D²) memory, affordable for the SSM sizes this is used at
+        factored = _factored_law_and_norms(mixer)
+        if factored is not None:  # from the mixer's factors, never the [T, T, D, D] tensor
+            h_coef, rows = factored(mixer, z)
+        else:  # the explicit coefficients: O(T²D²) memory (DenseTVVAR, DenseSSM, Mamba1Block, a user's mixer)
             A = mixer.coefficients(z)  # [1, T, T, D, D]
             h_coef = np.asarray(mix_dense(A, z))
             rows = np.asarray(jnp.sqrt(jnp.sum(jnp.square(A[0]), axis=(-2, -1))))
@@ -269,8 +271,6 @@ def analyze(model, ids: np.ndarray, out: Path, opts: Options = Options(), tokens
     # surprisal of token i + 1 from row i of the model's own output (nats), [T − 1]
     lp = log_softmax32(model(ids_j))[0, :-1]
     data["surprisal"] = -np.asarray(jnp.take_along_axis(lp, ids_j[0, 1:, None], axis=-1))[:, 0]
-
-    from tvvar.decompositions.attention import SoftmaxBilinearAttention
 
     if not isinstance(model.blocks[layer].mixer, SoftmaxBilinearAttention):
         # Theorem 6's latent positions are attention's (h, j); an SSM or other mixer has no such model
@@ -365,6 +365,82 @@ def _attention_law_and_norms(mixer, z: jax.Array) -> tuple[np.ndarray, np.ndarra
     G = jnp.einsum("hde,gde->hg", Ah, Ah, precision=jax.lax.Precision.HIGHEST)
     sq = jnp.einsum("hij,hg,gij->ij", pi[0], G, pi[0], precision=jax.lax.Precision.HIGHEST)
     return h, np.asarray(jnp.sqrt(jnp.maximum(sq, 0)))
+
+
+def _factored_law_and_norms(mixer) -> Callable | None:
+    """The function that gives (Σ_j A[i, j] u_j, ‖A[i, j]‖_F) of ``mixer`` from its factors, or None where only the
+    explicit tensor is known: attention (Theorem 5), the selective SSMs (``ssm``, ``ssm_diagonal``, ``ssm_lti``) and
+    the Mamba-2 block (``mamba``) — each only where the class keeps the library's ``coefficients`` (a subclass that
+    overrides it gets the explicit tensor, whose definition it changed)."""
+    from tvvar.decompositions.attention import SoftmaxBilinearAttention
+    from tvvar.decompositions.ssm import MambaBlock, SelectiveSSM
+
+    if isinstance(mixer, SoftmaxBilinearAttention):
+        return _attention_law_and_norms
+    if isinstance(mixer, MambaBlock):
+        return _mamba_law_and_norms if type(mixer).coefficients is MambaBlock.coefficients else None
+    if isinstance(mixer, SelectiveSSM):
+        return _ssm_law_and_norms if type(mixer).coefficients is SelectiveSSM.coefficients else None
+    return None
+
+
+def _ssm_law_and_norms(mixer, z: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 78 for the selective SSMs, A[i, j] = Σ_h L^h[i, j] M_h with M_h = (W_x^h W_o^h)ᵀ (``mixing_matrix``,
+    ``value_maps``) — attention's form with L in place of π: Σ_j A[i, j] u_j = Σ_h Σ_j L^h[i, j] M_h u_j and
+    ‖A[i, j]‖²_F = Σ_{h,h'} L^h[i, j] L^{h'}[i, j] ⟨M_h, M_{h'}⟩_F. O(H·T² + H·T·D) memory; exact (tested)."""
+    hi = jax.lax.Precision.HIGHEST
+    L = mixer.mixing_matrix(z)  # [B, H, T, T]
+    M = mixer.value_maps().astype(L.dtype)  # [H, D_out, D]
+    h = jnp.einsum("bhij,bhje->bie", L, jnp.einsum("hed,bjd->bhje", M, z.astype(L.dtype), precision=hi), precision=hi)
+    G = jnp.einsum("hed,ged->hg", M, M, precision=hi)
+    sq = jnp.einsum("hij,hg,gij->ij", L[0], G, L[0], precision=hi)
+    return np.asarray(h), np.asarray(jnp.sqrt(jnp.maximum(sq, 0)))
+
+
+def _mamba_law_and_norms(mixer, z: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The Mamba-2 block (``MambaBlock``'s decomposition, its class docstring): with k = (h, p) one of the E inner
+    channels, A_lin[i, m] = Σ_k c_k[i, m] W_o[k]ᵀ W_x[:, k]ᵀ, where c_k[i, m] = γ_i[k] Σ_{l<K} L^h[i, m + l]
+    σ_{m+l}[k] w_l[k] (the SSM, the σ-gate and the short convolution's taps w_l; K = 1, w = 1 without one), so
+
+        ‖A_lin[i, m]‖²_F = Σ_{k,k'} c_k c_k' (W_o W_oᵀ)[k, k'] (W_xᵀ W_x)[k, k']      (two E × E Gram matrices)
+
+    and on the diagonal the conv-bias fold A[i, i] = A_lin[i, i] + r_i u_iᵀ/‖u_i‖² adds 2 r_iᵀ A_lin[i, i] u_i/‖u_i‖²
+    + ‖r_i‖²/‖u_i‖². The law: Σ_m A[i, m] u_m = Σ_k W_o[k] Σ_m c_k[i, m] (W_x[:, k]·u_m) + r_i. O(T²·E + E²) memory
+    instead of O(T²·D²); exact (tested against ``coefficients``)."""
+    hi = jax.lax.Precision.HIGHEST
+    L, s, aff, gamma = mixer._factors(z)  # [B, H, T, T], [B, T, H, P], …, [B, T, H, P] or None
+    adt = L.dtype
+    Bsz, T = z.shape[:2]
+    H, P = mixer.num_heads, mixer.head_dim
+    if mixer.d_conv:
+        K = mixer.d_conv
+        w = mixer.conv_w[...][:, : H * P].reshape(K, H, P).astype(adt)
+        Lp = jnp.pad(L, [(0, 0), (0, 0), (0, 0), (0, K - 1)])
+        sp = jnp.pad(s, [(0, 0), (0, K - 1), (0, 0), (0, 0)])
+        c = sum(jnp.einsum("bhim,bmhp->bimhp", Lp[..., k:k + T], sp[:, k:k + T] * w[k][None, None], precision=hi)
+                for k in range(K))
+    else:
+        c = jnp.einsum("bhim,bmhp->bimhp", L, s, precision=hi)
+    if gamma is not None:
+        c = c * gamma[:, :, None]
+    c = c.reshape(Bsz, T, T, H * P)  # [B, i, m, k]
+    Wx = mixer.W_x[...].astype(adt).reshape(-1, H * P)  # [D, E]
+    Wo = mixer.W_o[...].astype(adt).reshape(H * P, -1)  # [E, D_out]
+    xw = jnp.einsum("bmd,dk->bmk", z.astype(adt), Wx, precision=hi)  # W_x[:, k]·u_m
+    h = jnp.einsum("bimk,bmk,ke->bie", c, xw, Wo, precision=hi)
+    K2 = jnp.einsum("ke,le->kl", Wo, Wo, precision=hi) * jnp.einsum("dk,dl->kl", Wx, Wx, precision=hi)
+    sq = jnp.einsum("imk,kl,iml->im", c[0], K2, c[0], precision=hi)
+    if aff is not None:
+        r = mixer._intercept(L, aff, gamma, None)  # [B, T, D_out]
+        uu = z.astype(adt)
+        n2 = jnp.sum(jnp.square(uu), axis=-1)  # [B, T]
+        inv = jnp.where(n2 > 0, 1.0 / jnp.where(n2 > 0, n2, 1.0), 0.0)
+        h = h + jnp.where(n2[..., None] > 0, r, 0)
+        diag = jnp.einsum("bik,bik,ke->bie", jnp.diagonal(c, axis1=1, axis2=2).swapaxes(1, 2), xw, Wo,
+                          precision=hi)  # A_lin[i, i] u_i
+        extra = 2 * inv[0] * jnp.sum(r[0] * diag[0], -1) + jnp.square(inv[0]) * jnp.sum(jnp.square(r[0]), -1) * n2[0]
+        sq = sq + jnp.diag(extra)
+    return np.asarray(h), np.asarray(jnp.sqrt(jnp.maximum(sq, 0)))
 
 
 def _coef_norm_figure(norms: np.ndarray, layer: int, T: int, out: Path, tokens: list[str] | None) -> str:

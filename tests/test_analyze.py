@@ -318,3 +318,51 @@ def test_theorem6_in_tiles_equals_the_whole_enumeration(gpt2_folder, tmp_path):
                 "--memory-budget", str(budget / 2**30)])
     assert r["config"]["memory_budget_gib"] == budget / 2**30 and r["data"]["theorem6"]["block"] == 3
     np.testing.assert_allclose(r["data"]["theorem6"]["log_p"], t6["log_p"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("ssm", {"num_heads": 3, "head_dim": 4, "state_size": 5}),
+    ("ssm_diagonal", {"num_heads": 2, "head_dim": 3, "state_size": 4}),
+    ("ssm_lti", {"num_heads": 2, "head_dim": 3, "state_size": 4}),
+    # the exact Mamba-2 block: groups, the x-channel conv bias (its rank-one fold on the diagonal), the gated RMSNorm
+    ("mamba", {"num_heads": 4, "head_dim": 3, "state_size": 4, "ngroups": 2, "conv_x_bias": True, "norm": "rms"}),
+    ("mamba", {"num_heads": 2, "head_dim": 4, "state_size": 3, "d_conv": 0, "gate": False}),
+])
+def test_ssm_norms_and_law_without_the_coefficient_tensor_float64(name, options):
+    """analyze's SSM paths (the mixing matrix L and Gram matrices of the maps, no [T, T, D, D] tensor) equal the
+    explicit coefficients: ‖A[i, j]‖_F of every (i, j) and Σ_j A[i, j] u_j, to 1e-10 in float64 (T = 9 > the conv
+    kernel, random conv biases so the Mamba-2 fold is not zero)."""
+    from flax import nnx
+
+    from tvvar.core import build, mix_dense
+
+    with jax.enable_x64(True):
+        mixer = build(name, 6, rngs=nnx.Rngs(3), dtype=jnp.float64, **options)
+        rng = np.random.default_rng(0)
+        for p in ("conv_b", "conv_bx", "norm_w", "D"):
+            if hasattr(mixer, p):
+                getattr(mixer, p).value = jnp.asarray(rng.normal(size=getattr(mixer, p).value.shape))
+        assert X._factored_law_and_norms(mixer) is not None
+        z = jnp.asarray(rng.normal(size=(1, 9, 6)))
+        h, rows = X._factored_law_and_norms(mixer)(mixer, z)
+        A = np.asarray(mixer.coefficients(z))
+        want = np.sqrt(np.sum(A[0] ** 2, axis=(-2, -1)))
+        assert want[0, 0] > 0.1 and want[8, 0] > 0 and np.all(want[np.triu_indices(9, 1)] == 0)
+        np.testing.assert_allclose(rows, want, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(h, np.asarray(mix_dense(A, z)), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(h, np.asarray(mixer(z)), rtol=0, atol=1e-10)
+
+
+def test_mixers_without_factors_keep_the_explicit_tensor():
+    from flax import nnx
+
+    from tvvar.core import build
+    from tvvar.decompositions.ssm import DiagonalSSM
+
+    class Mine(DiagonalSSM):  # a subclass that redefines the coefficients gets the explicit tensor it defines
+        def coefficients(self, u):
+            return super().coefficients(u)
+
+    for mixer in (build("dense", 4, rngs=nnx.Rngs(0), max_len=8), build("ssm_dense", 4, rngs=nnx.Rngs(0)),
+                  Mine(4, rngs=nnx.Rngs(0), num_heads=2)):
+        assert X._factored_law_and_norms(mixer) is None
