@@ -44,7 +44,10 @@ O(B·T·H·T·V) with a residual stream, the last Ψ applied to B·T·H·T vecto
 identity — small T only), and, when the conditional does not depend on the query row and the readout
 is linear (:func:`row_independent`, e.g. the pure TV-VAR), :func:`closed_form_terms`: every sum over
 J becomes a product over j of size [T, T]·[T, V] or less, about 1.2× the forward pass at T = 256
-(``experiments.benchmark --only elbo``), equal to enumeration at 1e-10 in float64 (tested). All likelihood
+(``experiments.benchmark --only elbo``), equal to enumeration at 1e-10 in float64 (tested). Where the closed
+form does not apply and T·H·T·V numbers do not fit, :func:`chunked_terms` is the same enumeration in tiles of b
+query rows × b source positions (b from a memory budget, :func:`enumeration_block`): O(B·b²·H·V) memory, the
+same O(B·T²·H·D·V) work (halved when causal), equal at 1e-10 in float64 (tested). All likelihood
 terms run in float32 (float64 under x64), masked entries are ``finfo.min``, and 0·log 0 = 0.
 
 Training objectives (:func:`make_objective`; importing this module registers them with
