@@ -10,6 +10,7 @@
 | "ssm_lti"            | LTISSM               | Eq. 78 (time-invariant: S4D, linear VAR) |
 | "ssm_dense"          | DenseSSM             | Eq. 78 (general dense time-varying A_t) |
 | "mamba"              | MambaBlock           | Eq. 78 inside a Mamba-2 block (conv, gates) |
+| "mamba1"             | Mamba1Block          | Eq. 78 inside a Mamba-1 block (per-channel A ∈ ℝ^{E×N}) |
 
 A new decomposition is one file with one ``@register("name")`` class; import it here to make it
 built-in, or import it yourself before calling ``tvvar.core.build``.
@@ -17,7 +18,7 @@ built-in, or import it yourself before calling ``tvvar.core.build``.
 
 from tvvar.decompositions.attention import Attention, BilinearAttention, SoftmaxBilinearAttention
 from tvvar.decompositions.dense import DenseTVVAR
-from tvvar.decompositions.ssm import LTISSM, DenseSSM, DiagonalSSM, MambaBlock, ScalarSSM
+from tvvar.decompositions.ssm import LTISSM, DenseSSM, DiagonalSSM, Mamba1Block, MambaBlock, ScalarSSM
 
 __all__ = ["Attention", "BilinearAttention", "SoftmaxBilinearAttention", "DenseTVVAR"]
-__all__ += ["ScalarSSM", "DiagonalSSM", "LTISSM", "DenseSSM", "MambaBlock"]
+__all__ += ["ScalarSSM", "DiagonalSSM", "LTISSM", "DenseSSM", "MambaBlock", "Mamba1Block"]
