@@ -254,8 +254,12 @@ class ModelConfig:
     norm_eps: the norms' ε (None: each norm's default); embedding: "sphere" (Def. 11) or "plain" (the table
     itself); mixer_bias: a learned intercept added to every mixer output (biased value/output projections);
     embed_scale: a constant the token vectors are multiplied by in the compute dtype (Gemma's √D), or None;
-    norm_position: "pre" (x + f(norm x), the default) or "post" (x + norm(f(x)), OLMo 2's sublayer norms);
-    parallel_residual: x ← x + mixer(norm₁ x) + Ψ(norm₂ x), both read the layer's input (GPT-NeoX / Pythia).
+    norm_position: "pre" (x + f(norm x), the default) or "post" (x + norm(f(x)), OLMo 2's sublayer norms) or
+    "sandwich" (x + norm_out(f(norm_in x)), Gemma 2: four norms a layer);
+    parallel_residual: x ← x + mixer(norm₁ x) + Ψ(norm₂ x), both read the layer's input (GPT-NeoX / Pythia);
+    layer_mixer: None, or one dict per layer of mixer options overriding ``mixer`` in that layer (Gemma 2's sliding
+    window on alternate layers: ``{"window": w}`` or ``{}``);
+    logit_softcap: None, or c > 0: the logits are soft-capped, z ↦ c·tanh(z/c) (Gemma 2's final_logit_softcapping).
     """
 
     vocab_size: int
@@ -279,6 +283,8 @@ class ModelConfig:
     embed_scale: float | None = None
     norm_position: str = "pre"
     parallel_residual: bool = False
+    layer_mixer: tuple[dict[str, Any], ...] | None = None
+    logit_softcap: float | None = None
 
     def __post_init__(self):
         def is_int(v):
@@ -315,8 +321,20 @@ class ModelConfig:
         if self.embed_scale is not None and not (isinstance(self.embed_scale, (int, float)) and not isinstance(
                 self.embed_scale, bool) and math.isfinite(self.embed_scale) and self.embed_scale > 0):
             raise ValueError(f"embed_scale must be a finite number > 0 or None, got {self.embed_scale!r}")
-        if self.norm_position not in ("pre", "post"):
-            raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        if self.norm_position not in ("pre", "post", "sandwich"):
+            raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r} (or 'sandwich': "
+                             "Gemma 2's pre- and post-sublayer norms)")
+        if self.layer_mixer is not None:
+            if not (isinstance(self.layer_mixer, (tuple, list)) and len(self.layer_mixer) == self.num_layers
+                    and all(isinstance(o, dict) for o in self.layer_mixer)):
+                raise ValueError(f"layer_mixer must be None or one dict of mixer options per layer "
+                                 f"(num_layers={self.num_layers}), got {self.layer_mixer!r}")
+            for i, o in enumerate(self.layer_mixer):
+                check_options({**self.mixer, **o}, constructor_options(get(self.decomposition)),
+                              what=f"decomposition {self.decomposition!r} (layer {i})", name="layer_mixer")
+        if self.logit_softcap is not None and not (isinstance(self.logit_softcap, (int, float)) and not isinstance(
+                self.logit_softcap, bool) and math.isfinite(self.logit_softcap) and self.logit_softcap > 0):
+            raise ValueError(f"logit_softcap must be a finite number > 0 or None, got {self.logit_softcap!r}")
         if self.parallel_residual and not (self.residual and self.norm_position == "pre" and self.psi != "identity"):
             raise ValueError("parallel_residual needs residual=True, norm_position='pre' and a Ψ other than 'identity'")
         check_mask_kind(self.mask)
@@ -335,6 +353,10 @@ class ModelConfig:
     def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
+    def mixer_options(self, layer: int) -> dict[str, Any]:
+        """The mixer options of layer ``layer``: ``mixer`` updated by ``layer_mixer[layer]`` when set."""
+        return dict(self.mixer) if self.layer_mixer is None else {**self.mixer, **self.layer_mixer[layer]}
+
 
 def make_norm(cfg: ModelConfig) -> nnx.Module | None:
     """The norm ``cfg.norm`` (None for "none") with ``cfg.norm_eps`` if set."""
@@ -346,24 +368,32 @@ def make_norm(cfg: ModelConfig) -> nnx.Module | None:
 
 class Block(nnx.Module):
     """One layer: x ← x + mixer(norm(x)) (+ b); x ← x + Ψ(norm(x)) (without residual/norm when disabled); with
-    ``norm_position="post"``: x ← x + norm(mixer(x) + b); x ← x + norm(Ψ(x)) (OLMo 2)."""
+    ``norm_position="post"``: x ← x + norm(mixer(x) + b); x ← x + norm(Ψ(x)) (OLMo 2); ``"sandwich"``:
+    x ← x + norm1_out(mixer(norm1 x) + b); x ← x + norm2_out(Ψ(norm2 x)) (Gemma 2). ``mixer_options`` (default
+    ``cfg.mixer``) are this layer's mixer options (:meth:`ModelConfig.mixer_options`)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, mixer_options: dict[str, Any] | None = None):
         pdt = jnp.dtype(cfg.param_dtype)
         self.residual = cfg.residual
         self.post_norm = cfg.norm_position == "post"
         self.parallel = cfg.parallel_residual
         self.norm1 = make_norm(cfg)
         self.norm2 = make_norm(cfg) if cfg.psi != "identity" else None
-        self.mixer = build(cfg.decomposition, cfg.d_model, rngs=rngs, mask=cfg.mask, dtype=pdt, **cfg.mixer)
+        sandwich = cfg.norm_position == "sandwich"
+        self.norm1_out = make_norm(cfg) if sandwich else None
+        self.norm2_out = make_norm(cfg) if sandwich and cfg.psi != "identity" else None
+        options = cfg.mixer if mixer_options is None else mixer_options
+        self.mixer = build(cfg.decomposition, cfg.d_model, rngs=rngs, mask=cfg.mask, dtype=pdt, **options)
         self.mixer_bias = param(jnp.zeros((cfg.d_model,), pdt), "embed") if cfg.mixer_bias else None
         self.psi = PSI[cfg.psi](cfg.d_model, rngs=rngs, dtype=pdt, **cfg.psi_options)
 
-    def _sub(self, f, norm, x):
+    def _sub(self, f, norm, x, norm_out=None):
         if norm is None:
             y = f(x)
         else:
             y = norm(f(x)) if self.post_norm else f(norm(x))
+        if norm_out is not None:
+            y = norm_out(y)
         return x + y if self.residual else y
 
     def mixer_input(self, x: Array) -> Array:
@@ -378,10 +408,10 @@ class Block(nnx.Module):
     def __call__(self, x: Array) -> Array:
         if self.parallel:  # both sublayers read the layer's input: x + mixer(norm₁ x) + Ψ(norm₂ x)
             return self._sub(self._mix, self.norm1, x) + self.psi(self.norm2(x) if self.norm2 is not None else x)
-        x = self._sub(self._mix, self.norm1, x)
+        x = self._sub(self._mix, self.norm1, x, self.norm1_out)
         if isinstance(self.psi, Identity):
             return x
-        return self._sub(self.psi, self.norm2, x)
+        return self._sub(self.psi, self.norm2, x, self.norm2_out)
 
 
     def step(self, cache: Any, x_t: Array) -> tuple[Array, Any]:
@@ -392,12 +422,14 @@ class Block(nnx.Module):
             h_t = h_t + _lead(self.mixer_bias[...].astype(h_t.dtype), h_t.ndim)
         if self.post_norm and self.norm1 is not None:
             h_t = self.norm1(h_t)
+        if self.norm1_out is not None:
+            h_t = self.norm1_out(h_t)
         if self.parallel:
             return x_t + h_t + self.psi(self.norm2(x_t) if self.norm2 is not None else x_t), cache
         x_t = x_t + h_t if self.residual else h_t
         if isinstance(self.psi, Identity):
             return x_t, cache
-        return self._sub(self.psi, self.norm2, x_t), cache
+        return self._sub(self.psi, self.norm2, x_t, self.norm2_out), cache
 
 
 class TVVARModel(nnx.Module):
@@ -418,7 +450,8 @@ class TVVARModel(nnx.Module):
             if cfg.max_len is not None
             else None
         )
-        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.blocks = nnx.List([Block(cfg, rngs=rngs, mixer_options=cfg.mixer_options(i))
+                                for i in range(cfg.num_layers)])
         self.final_norm = make_norm(cfg)
         head = self.embed if cfg.tied else (
             None if cfg.embedding == "sphere" else _EMBEDDINGS[cfg.embedding](cfg.vocab_size, cfg.d_model,
@@ -449,9 +482,14 @@ class TVVARModel(nnx.Module):
             x = block(x)
         return self.final_norm(x) if self.final_norm is not None else x
 
+    def _capped(self, logits: Array) -> Array:
+        """logits ↦ c·tanh(logits/c) with c = ``cfg.logit_softcap`` (Gemma 2), the logits themselves without it."""
+        c = self.cfg.logit_softcap
+        return logits if c is None else c * jnp.tanh(logits / c)
+
     def __call__(self, ids: Array) -> Array:
         h = self.hidden(ids)
-        return self.readout(h.astype(jnp.promote_types(h.dtype, jnp.float32)))
+        return self._capped(self.readout(h.astype(jnp.promote_types(h.dtype, jnp.float32))))
 
     # ---- decoding protocol (tvvar.generate) ----------------------------------------------------
 
@@ -500,5 +538,5 @@ class TVVARModel(nnx.Module):
             x_t, c = block.step(c, x_t)
             new_blocks.append(c)
         h_t = self.final_norm(x_t) if self.final_norm is not None else x_t
-        logits = self.readout(h_t.astype(jnp.promote_types(h_t.dtype, jnp.float32)))
+        logits = self._capped(self.readout(h_t.astype(jnp.promote_types(h_t.dtype, jnp.float32))))
         return logits, {"index": t + 1, "blocks": new_blocks}

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Qwen2, Phi-3, OLMo 2, Gemma, GPT-NeoX, Mamba-1, Mamba-2) as
+"""Hugging Face checkpoints (GPT-2, Llama, Mistral, Qwen2, Phi-3, OLMo 2, Gemma, Gemma 2, GPT-NeoX, Mamba-1, Mamba-2) as
 exact tvvar TV-VAR models.
 
 ``load_pretrained(path)`` reads ``config.json`` and ``model.safetensors`` (or the shards named by
@@ -37,6 +37,18 @@ gemma       the Llama layout with token vectors scaled by √D (``ModelConfig.em
             dtype as transformers does), RMSNorm x/rms(x)·(1 + w) (norm ``"rms_offset"``), GeGLU with the tanh
             GELU (Ψ ``"geglu"``), head_dim ≠ D/H allowed, the head tied; A_tj keeps Theorem 5's rotary form
             (B_h(Δ) = W_q R(−Δ) W_kᵀ/√K): the √D scale multiplies u_j, not the coefficients.
+gemma2      Gemma's layout (√D, RMSNorm (1 + w), GeGLU with the tanh GELU — ``hidden_activation`` —, head_dim free,
+            tied head) with four norms a layer, x + n_post(attn(n_in x)), then x + n_post'(mlp(n_pre x))
+            (``ModelConfig.norm_position="sandwich"``); scores q·k · query_pre_attn_scalar^(−1/2)
+            (``Attention(score_scale=…)``) soft-capped s ↦ c·tanh(s/c), c = ``attn_logit_softcapping``
+            (``Attention(logit_softcap=c)``, before the mask); a sliding window of ``sliding_window`` keys
+            (Mistral's S(i)) on the layers whose ``layer_types`` entry is "sliding_attention" — without
+            ``layer_types``, the even layers i = 0, 2, … as Gemma2Config fills it — full attention on the others
+            (``ModelConfig.layer_mixer``); final logits soft-capped by ``final_logit_softcapping``
+            (``ModelConfig.logit_softcap``); either cap null is off. A_tj = Σ_h π^h_tj A_h holds, π^h the softmax of
+            capped relative bilinear scores, banded on the local layers: a TV-VAR whose π is no bilinear form (the
+            form methods refuse). Absent fields take Gemma2Config's defaults (query_pre_attn_scalar 256,
+            sliding_window 4096, caps 50 / 30, head_dim 256, 4 key/value heads).
 mamba2      the state-spaces (``mamba_ssm``) layout: L × [x + mixer(RMSNorm x)], no MLP, final RMSNorm,
             tied or untied head; the mixer is :class:`tvvar.decompositions.MambaBlock` with grouped B/C, the
             x-channel conv bias, the gated RMSNorm (either order), D and Δ-bias per head, A = −exp(A_log).
@@ -107,8 +119,8 @@ from tvvar.model import ModelConfig, TVVARModel
 
 __all__ = ["Pretrained", "load_pretrained", "save_pretrained", "read_safetensors", "SUPPORTED_MODEL_TYPES"]
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "phi3", "olmo2", "gemma", "mamba2",
-                         "mamba")
+SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "phi3", "olmo2", "gemma", "gemma2",
+                         "mamba2", "mamba")
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -438,6 +450,59 @@ def _gemma_config(c: dict, dtype: str) -> ModelConfig:
     return base.replace(psi="geglu", norm="rms_offset", tied=True, embed_scale=math.sqrt(base.d_model))
 
 
+#: transformers 4.57's Gemma2Config defaults of the fields that change the function (applied when a field is absent)
+_GEMMA2_DEFAULTS = {"num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+                    "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+                    "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "tie_word_embeddings": True}
+_GEMMA2_LAYER_TYPES = ("sliding_attention", "full_attention")
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _gemma2_config(c: dict, dtype: str) -> ModelConfig:
+    """Gemma 2: Gemma's layout with sandwich norms (input / post-attention / pre-feedforward / post-feedforward, all
+    x/rms(x)·(1 + w)), scores scaled by query_pre_attn_scalar^(−1/2) and soft-capped (attn_logit_softcapping),
+    a sliding window on the layers ``layer_types`` marks "sliding_attention" (by default the even ones), and soft-capped
+    final logits (final_logit_softcapping). Absent fields take Gemma2Config's defaults."""
+    c = {**_GEMMA2_DEFAULTS, **c}
+    L = c["num_hidden_layers"]
+    known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
+             "rope_scaling", "cache_implementation",
+             # transformers' Gemma 2 reads hidden_activation only; hub configs also carry hidden_act, unused
+             "hidden_act"}
+    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    _refuse(c, {
+        "hidden_activation": lambda v: v == "gelu_pytorch_tanh",
+        "attention_bias": lambda v: v is False,
+        "tie_word_embeddings": lambda v: v is True,
+        "query_pre_attn_scalar": _positive,
+        "attn_logit_softcapping": lambda v: v is None or _positive(v),
+        "final_logit_softcapping": lambda v: v is None or _positive(v),
+        "sliding_window": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+        "layer_types": lambda v: v is None or (isinstance(v, list) and len(v) == L
+                                               and all(t in _GEMMA2_LAYER_TYPES for t in v)),
+        # an older duplicate of sliding_window that transformers ignores: accepted only when it agrees
+        "sliding_window_size": lambda v: v == c["sliding_window"],
+        "add_cross_attention": lambda v: v is False,
+    }, dict.fromkeys(known), "model_type 'gemma2'")
+    layer_types = c.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(L)]
+    if c["sliding_window"] is None and "sliding_attention" in layer_types:
+        raise ValueError("config.json field 'sliding_window' = None is not supported for model_type 'gemma2' with "
+                         "sliding_attention layers (layer_types)")
+    base = _llama_config({**c, "model_type": "gemma2"}, dtype, check=False, rope_scaling=rope_scaling)
+    attn_cap = c["attn_logit_softcapping"]
+    mixer = {**base.mixer, "score_scale": float(c["query_pre_attn_scalar"]) ** -0.5,
+             **({"logit_softcap": float(attn_cap)} if attn_cap is not None else {})}
+    layer_mixer = tuple({"window": c["sliding_window"]} if t == "sliding_attention" else {} for t in layer_types)
+    final_cap = c["final_logit_softcapping"]
+    return base.replace(psi="geglu", norm="rms_offset", tied=True, embed_scale=math.sqrt(base.d_model), mixer=mixer,
+                        norm_position="sandwich", layer_mixer=layer_mixer,
+                        logit_softcap=None if final_cap is None else float(final_cap))
+
+
 # ---- key maps: both layouts → the PyTorch layout → tvvar parameters ---------------------------------
 
 _GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
@@ -618,6 +683,24 @@ def _olmo2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> di
         b, L = f"model.layers.{i}.self_attn.", ("blocks", i, "mixer")
         p[L + ("q_norm",)] = w(b + "q_norm.weight", (H * K,)).reshape(H, K)
         p[L + ("k_norm",)] = w(b + "k_norm.weight", (G * K,)).reshape(G, K)
+    return p
+
+
+def _gemma2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dict[tuple, np.ndarray]:
+    """The Llama tensors with Gemma 2's four norms: norm1 / norm1_out are its input / post-attention norms, norm2 /
+    norm2_out its pre-feedforward / post-feedforward norms."""
+    D = cfg.d_model
+
+    def w_renamed(key: str, shape: tuple) -> np.ndarray:
+        layer, name = _layer_and_name(key)
+        return w(f"{layer}pre_feedforward_layernorm.weight", shape) if name == "post_attention_layernorm" else w(
+            key, shape)
+
+    p = _llama_params(cfg, w_renamed)
+    for i in range(cfg.num_layers):
+        b, L = f"model.layers.{i}.", ("blocks", i)
+        p[L + ("norm1_out", "scale")] = w(b + "post_attention_layernorm.weight", (D,))
+        p[L + ("norm2_out", "scale")] = w(b + "post_feedforward_layernorm.weight", (D,))
     return p
 
 
@@ -995,13 +1078,15 @@ def _mamba_tensors(model: TVVARModel, embedding_key: str = _MAMBA2_EMBED[0]) -> 
 
 
 _CONFIGS = {"gpt2": _gpt2_config, "llama": _llama_config, "mistral": _llama_config, "qwen2": _qwen2_config,
-            "phi3": _phi3_config, "olmo2": _olmo2_config, "gemma": _gemma_config, "gpt_neox": _gpt_neox_config,
+            "phi3": _phi3_config, "olmo2": _olmo2_config, "gemma": _gemma_config, "gemma2": _gemma2_config,
+            "gpt_neox": _gpt_neox_config,
             "mamba2": _mamba2_config, "mamba": _mamba_config}
 _PARAMS = {"gpt2": lambda c, w, has: _gpt2_params(c, w), "llama": lambda c, w, has: _llama_params(c, w),
            "mistral": lambda c, w, has: _llama_params(c, w), "qwen2": lambda c, w, has: _qwen2_params(c, w),
            "phi3": lambda c, w, has: _phi3_params(c, w), "olmo2": lambda c, w, has: _olmo2_params(c, w),
            "gpt_neox": lambda c, w, has: _gpt_neox_params(c, w),
-           "gemma": lambda c, w, has: _llama_params(c, w), "mamba2": _mamba2_params, "mamba": _mamba_params}
+           "gemma": lambda c, w, has: _llama_params(c, w), "gemma2": lambda c, w, has: _gemma2_params(c, w),
+           "mamba2": _mamba2_params, "mamba": _mamba_params}
 
 
 def _read_config(folder: Path) -> dict:
@@ -1208,6 +1293,17 @@ def _olmo2_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
     return t
 
 
+def _gemma2_tensors(model: TVVARModel) -> dict[str, np.ndarray]:
+    """The Llama tensors under Gemma 2's names: input / post-attention / pre-feedforward / post-feedforward norms."""
+    t = _llama_tensors(model)
+    for i, blk in enumerate(model.blocks):
+        b = f"model.layers.{i}."
+        t[b + "pre_feedforward_layernorm.weight"] = t.pop(b + "post_attention_layernorm.weight")
+        t[b + "post_attention_layernorm.weight"] = np.asarray(blk.norm1_out.scale[...])
+        t[b + "post_feedforward_layernorm.weight"] = np.asarray(blk.norm2_out.scale[...])
+    return t
+
+
 def _to_flax_names(model_type: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for k, v in tensors.items():
@@ -1257,6 +1353,8 @@ def save_pretrained(pre: Pretrained, path: str | os.PathLike, layout: str | None
         tensors = _phi3_tensors(pre.model)
     elif mt == "olmo2":
         tensors = _olmo2_tensors(pre.model)
+    elif mt == "gemma2":
+        tensors = _gemma2_tensors(pre.model)
     elif mt == "gpt_neox":
         tensors = _gpt_neox_tensors(pre.model)
     else:

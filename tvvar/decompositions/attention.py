@@ -343,6 +343,12 @@ class Attention(SoftmaxBilinearAttention):
     ``window``: sliding-window attention (Mistral), S(i) = {i − window + 1, …, i} — a TV-VAR with a banded
     support; π and A[i, j] are exactly 0 outside the band, ``support(T)`` says so (the decomposition kit checks
     it), and the blockwise path never visits the key blocks left of every row's window.
+
+    ``score_scale`` (Gemma 2's query_pre_attn_scalar^(-1/2)) replaces the score scale 1/√K; ``logit_softcap`` = c
+    soft-caps the scores, s ↦ c·tanh(s/c), before the mask and the softmax (Gemma 2): π is then no bilinear form —
+    the form methods (``bilinear_forms``, ``relative_bilinear_forms``, ``affine_relative_forms``, ``to_bilinear``)
+    refuse — but A[i, j] = Σ_h π^h[i, j] A_h still holds, with ``scores`` the capped scores. A soft-capped layer
+    runs the einsum path (``"auto"`` chooses it; ``"blockwise"``/``"xla"``/``"cudnn"`` are refused).
     """
 
     def __init__(
@@ -367,6 +373,8 @@ class Attention(SoftmaxBilinearAttention):
         qk_norm: bool = False,
         qk_norm_eps: float = 1e-6,
         rotary_dim: int | None = None,
+        score_scale: float | None = None,
+        logit_softcap: float | None = None,
     ):
         if num_heads < 1:
             raise ValueError(f"num_heads must be ≥ 1, got {num_heads}")
@@ -400,6 +408,17 @@ class Attention(SoftmaxBilinearAttention):
         if rotary and rotary_dim is None and head_dim % 2:
             raise ValueError(f"rotary=True needs an even head_dim, got {head_dim}")
         self.rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        # Gemma 2: scores q·k · score_scale (query_pre_attn_scalar^(-1/2)) in place of 1/√K, and soft-capped,
+        # s ↦ c·tanh(s/c) with c = logit_softcap, before the mask and the softmax
+        for name, v in (("score_scale", score_scale), ("logit_softcap", logit_softcap)):
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                      and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0 or None, got {v!r}")
+        if logit_softcap is not None and implementation in ("blockwise", "xla", "cudnn"):
+            raise ValueError(f"logit_softcap needs implementation 'einsum' or 'auto' (the {implementation!r} path has "
+                             "no soft-capping)")
+        self.score_scale = None if score_scale is None else float(score_scale)
+        self.logit_softcap = None if logit_softcap is None else float(logit_softcap)
         self.num_kv_heads, self.qk_bias, self.rotary, self.rope_theta = num_kv_heads, qk_bias, rotary, float(rope_theta)
         self.rope_scaling = check_rope_scaling(rope_scaling)
         if self.rope_scaling is not None and not rotary:
@@ -460,6 +479,7 @@ class Attention(SoftmaxBilinearAttention):
             raise ValueError("relative_bilinear_forms needs qk_bias=False: a query bias adds the j-dependent "
                              "term b_qᵀ W_kᵀ u_j, which is not a bilinear form")
         self._refuse_qk_norm("relative_bilinear_forms")
+        self._refuse_softcap("relative_bilinear_forms")
         wq, wk = self.wq[...], self._per_head(self.wk[...])
         R = self.rotation(-jnp.arange(T)) if self.rotary else jnp.broadcast_to(
             jnp.eye(self.head_dim, dtype=wq.dtype), (T, self.head_dim, self.head_dim))
@@ -475,6 +495,7 @@ class Attention(SoftmaxBilinearAttention):
         cancel in the softmax — only without rotary: with it (Qwen2's q/k biases are added before the rotation)
         they vary with Δ = i − j and change π too."""
         self._refuse_qk_norm("affine_relative_forms")
+        self._refuse_softcap("affine_relative_forms")
         H, K = self.num_heads, self.head_dim
         wq, wk = self.wq[...], self._per_head(self.wk[...])
         bq = self.bq[...] if self.qk_bias else jnp.zeros((H, K), wq.dtype)
@@ -487,7 +508,20 @@ class Attention(SoftmaxBilinearAttention):
 
     @property
     def scale(self) -> float:
-        return 1.0 / math.sqrt(self.head_dim)
+        """The score scale: ``score_scale`` if set (Gemma 2's query_pre_attn_scalar^(-1/2)), else 1/√K."""
+        return 1.0 / math.sqrt(self.head_dim) if self.score_scale is None else self.score_scale
+
+    def _softcap(self, s: Array) -> Array:
+        """Scores s ↦ c·tanh(s/c) (``logit_softcap`` = c, Gemma 2), in float32 or better; s itself without a cap."""
+        if self.logit_softcap is None:
+            return s
+        c = self.logit_softcap
+        return c * jnp.tanh(s.astype(float32_or_better(s.dtype)) / c)
+
+    def _refuse_softcap(self, what: str) -> None:
+        if self.logit_softcap is not None:
+            raise ValueError(f"{what}: with logit_softcap the score is c·tanh(u_iᵀ B u_j / c), which is no bilinear "
+                             "form; pi() and coefficients() are exact (A[i, j] = Σ_h π^h[i, j] A_h still holds)")
 
     def _refuse_qk_norm(self, what: str) -> None:
         if self.qk_norm:
@@ -496,6 +530,7 @@ class Attention(SoftmaxBilinearAttention):
 
     def _check_position_free(self, what: str) -> None:
         self._refuse_qk_norm(what)
+        self._refuse_softcap(what)
         if self.rotary or self.qk_bias:
             field = "rotary" if self.rotary else "qk_bias"
             raise ValueError(f"{what} needs a position-free bilinear form, but {field}=True; use "
@@ -540,7 +575,7 @@ class Attention(SoftmaxBilinearAttention):
 
     def scores(self, u: Array) -> Array:
         q, k, _ = self._qkv(u)
-        return jnp.einsum("bihk,bjhk->bhij", q, k, precision=_HI) * self.scale
+        return self._softcap(jnp.einsum("bihk,bjhk->bhij", q, k, precision=_HI) * self.scale)
 
     def __call__(self, u: Array) -> Array:
         check_u(u, self.d_in)
@@ -548,6 +583,8 @@ class Attention(SoftmaxBilinearAttention):
         # jax.nn.dot_product_attention computes its scores in float32 whatever the input dtype, so float64
         # runs take the einsum path: the same map, exact in float64
         impl = self.implementation
+        if impl == "auto" and self.logit_softcap is not None:
+            impl = "einsum"  # the soft-capped scores are formed in full (blockwise attention has no cap)
         if impl == "auto":
             impl = "blockwise" if jax.default_backend() == "cpu" and u.shape[1] >= BLOCKWISE_MIN_LENGTH else "einsum"
         if impl == "cudnn" and jax.default_backend() != "gpu":
@@ -557,7 +594,7 @@ class Attention(SoftmaxBilinearAttention):
             o_BxTxHxK = blockwise_attention(q, k, v, scale=self.scale, causal=self.mask == "causal",
                                             block_size=self.block_size, window=self.window)
         elif impl == "einsum" or u.dtype == jnp.float64:
-            s_BxHxTxT = jnp.einsum("bihk,bjhk->bhij", q, k, precision=_HI) * self.scale
+            s_BxHxTxT = self._softcap(jnp.einsum("bihk,bjhk->bhij", q, k, precision=_HI) * self.scale)
             pi = self._pi(s_BxHxTxT, u.dtype)
             o_BxTxHxK = jnp.einsum("bhij,bjhk->bihk", pi, v, precision=_HI)
         else:
@@ -599,7 +636,7 @@ class Attention(SoftmaxBilinearAttention):
             cache["k"], k_BxHxK[:, None].astype(cache["k"].dtype), t, axis=1)
         v_BxLxHxKv = jax.lax.dynamic_update_slice_in_dim(
             cache["v"], v_BxHxKv[:, None].astype(cache["v"].dtype), t, axis=1)
-        s_BxHxL = jnp.einsum("bhk,bjhk->bhj", q_BxHxK, k_BxLxHxK.astype(dt), precision=_HI) * self.scale
+        s_BxHxL = self._softcap(jnp.einsum("bhk,bjhk->bhj", q_BxHxK, k_BxLxHxK.astype(dt), precision=_HI) * self.scale)
         pi_BxHxL = self._step_pi(s_BxHxL, t, dt)
         o_BxHxKv = jnp.einsum("bhj,bjhk->bhk", pi_BxHxL, v_BxLxHxKv.astype(dt), precision=_HI)
         h_BxDo = jnp.einsum("bhk,hke->be", o_BxHxKv, w(self.wo), precision=_HI)
