@@ -56,6 +56,14 @@ def _configs64():
         "pure_h2_bias": (ModelConfig.pure(5, 6, "attention", mixer={"num_heads": 2}, mixer_bias=True, **F64), True),
         "transformer_bias": (ModelConfig(5, d_model=6, num_layers=2, mixer={"num_heads": 2}, mixer_bias=True,
                                          **F64), False),
+        # the families' block layouts: a norm after the mixer (OLMo 2), sandwich norms and soft-capped logits
+        # (Gemma 2), attention and Ψ side by side (GPT-NeoX): P_soft must stay the network's own likelihood
+        "post_norm": (ModelConfig(5, d_model=6, num_layers=2, mixer={"num_heads": 2}, norm="rms",
+                                  norm_position="post", **F64), False),
+        "sandwich_softcap": (ModelConfig(5, d_model=6, num_layers=2, mixer={"num_heads": 2}, norm="rms",
+                                         norm_position="sandwich", logit_softcap=2.0, **F64), False),
+        "parallel": (ModelConfig(5, d_model=6, num_layers=2, mixer={"num_heads": 2}, mixer_bias=True,
+                                 parallel_residual=True, **F64), False),
     }
 
 

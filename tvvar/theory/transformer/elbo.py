@@ -166,28 +166,39 @@ def _mixer_bias(block, dtype) -> Array | None:
 
 def row_independent(model) -> bool:
     """True when P(U | J) does not depend on the query row and the readout after the mixer is linear:
-    no residual around the last mixer, Ψ = id, no final norm (the pure TV-VAR of Eq. 44 on top of any
-    earlier layers). Then the closed forms of :func:`closed_form_terms` apply."""
+    no residual around the last mixer, Ψ = id, no norm after the mixer (post or sandwich norms), no final norm
+    and no logit soft-cap (the pure TV-VAR of Eq. 44 on top of any earlier layers). Then the closed forms of
+    :func:`closed_form_terms` apply."""
     from tvvar.model import Identity
 
     last = model.blocks[-1]
-    return (not last.residual) and isinstance(last.psi, Identity) and model.final_norm is None
+    return ((not last.residual) and isinstance(last.psi, Identity) and model.final_norm is None
+            and not (last.post_norm and last.norm1 is not None) and getattr(last, "norm1_out", None) is None
+            and getattr(model.cfg, "logit_softcap", None) is None)
 
 
 def _after_mixer_logits(model, last, bias: Array | None, ld, m: Array, x_res: Array) -> Array:
     """f_i(m) before the softmax: the logits [..., V] of the mixer output ``m`` [..., D] at a row whose residual
-    stream is ``x_res`` (broadcast against m; ignored without a residual) — the intercept, the residual, the last
-    Ψ, the final norm and the readout, in the likelihood dtype ``ld``."""
+    stream is ``x_res`` (broadcast against m; ignored without a residual) — the intercept, a norm after the mixer
+    (post-norm, or a sandwich's norm1_out), the residual, the last Ψ (beside the mixer, on x_res, in a parallel
+    block), the final norm, the readout and the logit soft-cap: the rest of ``Block.__call__`` and
+    ``TVVARModel.__call__`` with the mixer's output replaced by ``m``, in the likelihood dtype ``ld``."""
     from tvvar.model import Identity
 
     if bias is not None:
         m = m + bias.reshape((1,) * (m.ndim - 1) + (-1,))
+    if last.post_norm and last.norm1 is not None:
+        m = last.norm1(m)
+    if getattr(last, "norm1_out", None) is not None:
+        m = last.norm1_out(m)
     y = x_res + m if last.residual else m
-    if not isinstance(last.psi, Identity):
-        y = last._sub(last.psi, last.norm2, y)
+    if last.parallel:  # x + mixer(norm₁ x) + Ψ(norm₂ x): Ψ reads the layer's input, not the mixer's output
+        y = y + last.psi(last.norm2(x_res) if last.norm2 is not None else x_res)
+    elif not isinstance(last.psi, Identity):
+        y = last._sub(last.psi, last.norm2, y, getattr(last, "norm2_out", None))
     if model.final_norm is not None:
         y = model.final_norm(y)
-    return model.readout(y.astype(ld)).astype(ld)
+    return model._capped(model.readout(y.astype(ld)).astype(ld))
 
 
 def _log_q(mixer, z: Array) -> tuple[Array, Array]:
