@@ -30,7 +30,12 @@ From these:
   (:func:`directed_information_mc`);
 * the prompt-free estimators the interpretability literature uses instead of the Bayes marginal — drop the
   prompt, a null prompt, a truncated context window — as log-conditionals of the same shape
-  (:func:`heuristic_log_marginals`), so their drift from the exact flow is one subtraction.
+  (:func:`heuristic_log_marginals`), so their drift from the exact flow is one subtraction;
+* at model scale (V in the tens of thousands), the density and flow from the sampled tokens' log-likelihoods
+  alone, [B, K, T]: :func:`model_token_logliks` runs the K·B forwards in chunks of bounded memory, split
+  across the processes of ``jax.distributed``, and :func:`token_information_density` / :func:`token_flow` /
+  :func:`model_information_density` read them (the measures that need whole next-token rows — drift, Doob,
+  I(S → U), Eq. 18 — still take ``log_cond``).
 
 Logs are natural (nats); :data:`NATS_PER_BIT` converts. Probabilities that are exactly 0 (the source's
 absorbing end token) contribute 0 to every expectation (0 · log 0 = 0), never NaN. Three edge cases are
@@ -100,6 +105,13 @@ __all__ = [
     "doob",
     "model_log_conditionals",
     "model_conditional_fn",
+    "model_token_logliks",
+    "token_information_density",
+    "token_flow",
+    "token_sequence_flow",
+    "model_information_density",
+    "model_flow",
+    "CHUNK_ELEMENTS",
     "sample_model",
     "all_continuations",
     "directed_information",
@@ -540,6 +552,148 @@ def model_log_conditionals(model: Any, prompts: Any, u: Any) -> Array:
 def model_conditional_fn(model: Any, prompts: Any) -> Callable[[Array], Array]:
     """``u -> model_log_conditionals(model, prompts, u)``, the form :func:`directed_information` takes."""
     return lambda u: model_log_conditionals(model, prompts, u)
+
+
+# --------------------------------------------------------------------------------------------------
+# model scale: only the sampled tokens' log-likelihoods, in chunks, split across processes
+# --------------------------------------------------------------------------------------------------
+
+#: default working-set budget of one chunk, in elements of its [chunk, length, V] logits (2^26: 256 MiB float32)
+CHUNK_ELEMENTS = 1 << 26
+
+
+@partial(nnx.jit, static_argnames=("n", "mask_id"))
+def _chunk_token_logliks(model, ids: Array, *, n: int, mask_id: int | None) -> Array:
+    """log P(u_t | s, u_{<t}) of one chunk of [s ‖ u] pairs ids [c, n + T]: [c, T] (the [c, T, V] rows are
+    an intermediate of this one compiled call, never an output)."""
+    cont = ids[:, n:]
+    if mask_id is None:
+        z = model(ids[:, :-1])[:, n - 1:]
+        z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
+        return jnp.take_along_axis(z, cont[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(z, axis=-1)
+    lc = _lr_rows(model, ids[:, :n], cont, mask_id)
+    return jnp.take_along_axis(lc, cont[..., None], axis=-1)[..., 0]
+
+
+def _chunk_size(chunk: int | None, N: int, length: int, V: int) -> int:
+    """The pairs per chunk: ``chunk`` (≥ 1), or the most that keep [chunk, length, V] within
+    :data:`CHUNK_ELEMENTS`; then evened out over the same number of chunks (least padding)."""
+    if chunk is None:
+        chunk = max(1, CHUNK_ELEMENTS // max(1, length * V))
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer (pairs per forward) or None, got {chunk!r}")
+    chunk = min(int(chunk), N)
+    return math.ceil(N / math.ceil(N / chunk))
+
+
+def model_token_logliks(model: Any, prompts: Any, u: Any, *, chunk: int | None = None,
+                        processes: bool = True) -> Array:
+    """log Q(u_{b,t} | u_{b,<t}, s_k; Φ) of the sampled tokens only, for every continuation b and prompt k:
+    [B, K, T] — :func:`model_log_conditionals` gathered at ``u`` (``_token_logliks``), without its [B, K, T, V]
+    array (6.6 GB at V 50257, K 16, B 64, T 32 in float32).
+
+    The K·B [s_k ‖ u_b] pairs (b major) are run ``chunk`` pairs per compiled forward (one compiled shape; the
+    last chunk is padded), so the peak working set is O(chunk · (n + T) · V) — O(chunk · T · (n + T) · V) for a
+    masked-diffusion model, whose pair is T masked sequences — whatever K·B is. ``chunk=None`` picks the largest
+    chunk whose logits fit :data:`CHUNK_ELEMENTS`. Under ``jax.distributed`` (``jax.process_count() > 1``) and
+    ``processes=True``, process p computes the p-th contiguous share of the chunks and the shares are gathered
+    (``multihost_utils.process_allgather``), so every process returns the whole array; every process must then
+    call it with the same arguments. Its values are what :func:`information_density`, :func:`flow`,
+    :func:`sequence_flow` and :func:`prompt_posterior` read (:func:`token_information_density`,
+    :func:`token_flow`, :func:`token_sequence_flow`); :func:`drift`, :func:`doob`, the directed information and
+    Eq. 18 need whole rows (the Bayes marginal law of every next token), which this does not keep."""
+    V, max_len = _model_meta(model)
+    u = jnp.asarray(u)
+    check_token_ids(u, V, name="continuation", ndim=2)
+    diffusion = _is_diffusion(model)
+    p = check_prompts(prompts, V, max_len, u.shape[1], causal=not diffusion).astype(jnp.int32)
+    B, T = u.shape
+    K, n = p.shape
+    ids = np.asarray(_all_prompt_ids(p, u.astype(jnp.int32)))                    # [B·K, n + T], b major
+    N = B * K
+    c = _chunk_size(chunk, N, (n + T) * (T if diffusion else 1), V)
+    P, pid = (jax.process_count(), jax.process_index()) if processes else (1, 0)
+    per = math.ceil(math.ceil(N / c) / P)                                     # chunks per process
+    pad = per * P * c - N
+    ids = np.concatenate([ids, np.broadcast_to(ids[:1], (pad, n + T))]) if pad else ids
+    mask_id = V if diffusion else None
+    mine = [_chunk_token_logliks(model, jnp.asarray(ids[(pid * per + j) * c:(pid * per + j + 1) * c]),
+                                 n=n, mask_id=mask_id) for j in range(per)]
+    local = jnp.concatenate(mine, axis=0)                                     # [per · c, T]
+    if P > 1:
+        from jax.experimental import multihost_utils
+        local = jnp.asarray(multihost_utils.process_allgather(local, tiled=True))
+    return local[:N].reshape(B, K, T)
+
+
+def _check_token_args(token_ll: Any, log_prior: Any, k: Any) -> tuple[Array, Array, Array]:
+    lp = check_log_prior(log_prior)
+    ll = jnp.asarray(token_ll)
+    if ll.ndim != 3:
+        raise ValueError(f"token log-likelihoods must have shape [B, K, T], got shape {tuple(ll.shape)}")
+    if ll.shape[1] != lp.shape[0]:
+        raise ValueError(f"token log-likelihoods have K={ll.shape[1]} prompts but log_prior has {lp.shape[0]}")
+    if not jnp.issubdtype(ll.dtype, jnp.floating):
+        raise TypeError(f"token log-likelihoods must be floats, got dtype {ll.dtype}")
+    kk = jnp.asarray(k)
+    if _concrete(ll):
+        a = np.asarray(ll)
+        if np.any(np.isnan(a)) or np.any(a == np.inf):
+            raise ValueError("token log-likelihoods must be log-probabilities (not NaN or +inf)")
+    if _concrete(kk):
+        kn = np.asarray(kk)
+        if kn.ndim != 1 or kn.shape[0] != ll.shape[0] or not np.issubdtype(kn.dtype, np.integer):
+            raise ValueError(f"prompt index must be an integer array [B={ll.shape[0]}], got shape {kn.shape}")
+        if kn.min() < 0 or kn.max() >= ll.shape[1]:
+            raise ValueError(f"prompt index must lie in [0, K={ll.shape[1]}), got values in [{kn.min()}, {kn.max()}]")
+    _check_paths(_prompt_rows(ll, kk), kk)
+    return ll, lp, kk
+
+
+def _token_density_core(ll, log_prior, k):
+    joint = log_prior[None, :, None] + jnp.concatenate([jnp.zeros_like(ll[..., :1]), jnp.cumsum(ll, axis=-1)], -1)
+    post = _safe_sub(joint, jax.nn.logsumexp(joint, axis=1, keepdims=True))[..., :-1]   # log P(s_k | u_{<t})
+    lm = jax.nn.logsumexp(post + ll, axis=1)                                  # log P(u_t | u_{<t}): [B, T]
+    return _prompt_rows(ll, k) - lm
+
+
+_token_density_jit = jax.jit(_token_density_core)
+
+
+def token_information_density(token_ll: Any, log_prior: Any, k: Any) -> Array:
+    """:func:`information_density` from the sampled tokens' log-likelihoods ``token_ll`` [B, K, T] (e.g.
+    :func:`model_token_logliks`): the prompt-free log P(u_t | u_{<t}) = log Σ_j P(s_j | u_{<t}) P(u_t | u_{<t},
+    s_j) needs nothing else. [B, T]."""
+    ll, lp, kk = _check_token_args(token_ll, log_prior, k)
+    return (_token_density_jit if _concrete(ll, lp, kk) else _token_density_core)(ll, lp, kk)
+
+
+def token_flow(token_ll: Any, log_prior: Any, k: Any) -> Array:
+    """:func:`flow` from ``token_ll`` [B, K, T]: the cumulative information density, [B, T]."""
+    return jnp.cumsum(token_information_density(token_ll, log_prior, k), axis=-1)
+
+
+def token_sequence_flow(token_ll: Any, log_prior: Any, k: Any) -> Array:
+    """:func:`sequence_flow` from ``token_ll`` [B, K, T]: log P(u_{≤t} | s_k) − log Σ_j p_j P(u_{≤t} | s_j),
+    t = 0..T, [B, T + 1]."""
+    ll, lp, kk = _check_token_args(token_ll, log_prior, k)
+    L = jnp.concatenate([jnp.zeros_like(ll[..., :1]), jnp.cumsum(ll, axis=-1)], axis=-1)
+    return _prompt_rows(L, kk) - jax.nn.logsumexp(lp[None, :, None] + L, axis=1)
+
+
+def model_information_density(model: Any, prompts: Any, log_prior: Any, u: Any, k: Any, *,
+                              chunk: int | None = None, processes: bool = True) -> Array:
+    """:func:`information_density` of a model's paths at model scale: :func:`model_token_logliks` (chunked,
+    split across processes) then :func:`token_information_density`. [B, T]."""
+    return token_information_density(model_token_logliks(model, prompts, u, chunk=chunk, processes=processes),
+                                     log_prior, k)
+
+
+def model_flow(model: Any, prompts: Any, log_prior: Any, u: Any, k: Any, *, chunk: int | None = None,
+               processes: bool = True) -> Array:
+    """:func:`flow` of a model's paths at model scale (:func:`model_information_density`, summed). [B, T]."""
+    return jnp.cumsum(model_information_density(model, prompts, log_prior, u, k, chunk=chunk,
+                                                processes=processes), axis=-1)
 
 
 def sample_model(model: Any, prompts: Any, log_prior: Any, key: PRNGKey, batch_size: int,
