@@ -198,7 +198,9 @@ def _after_mixer_logits(model, last, bias: Array | None, ld, m: Array, x_res: Ar
         y = last._sub(last.psi, last.norm2, y, getattr(last, "norm2_out", None))
     if model.final_norm is not None:
         y = model.final_norm(y)
-    return model._capped(model.readout(y.astype(ld)).astype(ld))
+    logits = model.readout(y.astype(ld)).astype(ld)
+    cap = getattr(model.cfg, "logit_softcap", None)  # TVVARModel._capped, read from the config (analyze's truncation)
+    return logits if cap is None else cap * jnp.tanh(logits / cap)
 
 
 def _log_q(mixer, z: Array) -> tuple[Array, Array]:
