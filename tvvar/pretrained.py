@@ -110,6 +110,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -561,7 +562,7 @@ def _gpt2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> dic
         # Σ_j π_ij (W_vᵀu_j + b_v) = Σ_j π_ij W_vᵀu_j + b_v, so the value bias is the constant W_oᵀ b_v (+ b_o)
         bv = np.asarray(qkv_b[2 * D:], np.float64)
         const = bv @ np.asarray(wproj, np.float64) + np.asarray(bproj, np.float64)
-        p[L + ("mixer_bias",)] = jnp.asarray(const.astype(np.dtype(qkv_b.dtype)))
+        p[L + ("mixer_bias",)] = const.astype(np.dtype(qkv_b.dtype))
         for n, hf in (("norm1", "ln_1"), ("norm2", "ln_2")):
             p[L + (n, "scale")] = w(b + hf + ".weight", (D,))
             p[L + (n, "bias")] = w(b + hf + ".bias", (D,))
@@ -608,8 +609,8 @@ def _qwen2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) -> di
         p[L + ("mixer", "bk")] = w(b + "k_proj.bias", (G * K,)).reshape(G, K)
         bv = w(b + "v_proj.bias", (G * K,))
         extras[b + "v_proj.bias"] = np.asarray(bv)
-        p[L + ("mixer_bias",)] = jnp.asarray(_fold_value_bias(np.asarray(bv), np.asarray(p[L + ("mixer", "wo")]),
-                                                              H // G).astype(np.dtype(bv.dtype)))
+        p[L + ("mixer_bias",)] = _fold_value_bias(np.asarray(bv), np.asarray(p[L + ("mixer", "wo")]),
+                                                  H // G).astype(np.dtype(bv.dtype))
     p[("extras",)] = extras
     return p
 
@@ -658,7 +659,7 @@ def _gpt_neox_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray]) ->
         p[L + ("mixer", "bq")], p[L + ("mixer", "bk")] = qkv_b[:, 0], qkv_b[:, 1]
         bo = w(b + "attention.dense.bias", (D,))
         const = _fold_value_bias(np.asarray(qkv_b[:, 2]).reshape(-1), np.asarray(wo), 1) + np.asarray(bo, np.float64)
-        p[L + ("mixer_bias",)] = jnp.asarray(const.astype(np.dtype(bo.dtype)))
+        p[L + ("mixer_bias",)] = const.astype(np.dtype(bo.dtype))
         for n, hf in (("norm1", "input_layernorm"), ("norm2", "post_attention_layernorm")):
             p[L + (n, "scale")], p[L + (n, "bias")] = w(b + hf + ".weight", (D,)), w(b + hf + ".bias", (D,))
         p[L + ("psi", "w1")] = w(b + "mlp.dense_h_to_4h.weight", (F, D)).T
@@ -884,7 +885,7 @@ def _mamba2_params(cfg: ModelConfig, w: Callable[[str, tuple], np.ndarray],
             p[mx + ("conv_bx",)] = cb[:E].reshape(H, P)
             p[mx + ("conv_b",)] = cb[E:]
         else:
-            p[mx + ("conv_b",)] = jnp.zeros((2 * GN,), cw.dtype)
+            p[mx + ("conv_b",)] = np.zeros((2 * GN,), cw.dtype)
         p[mx + ("A_log",)] = w(b + "mixer.A_log", (H,))
         p[mx + ("D",)] = w(b + "mixer.D", (H,))
         p[mx + ("b_dt",)] = w(b + "mixer.dt_bias", (H,))
@@ -1103,16 +1104,64 @@ def _read_config(folder: Path) -> dict:
     return c
 
 
-def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrained:
+def _resolve_mesh(mesh: Any) -> Any:
+    """``load_pretrained``'s ``mesh`` argument as a ``jax.sharding.Mesh`` (None stays None)."""
+    from jax.sharding import Mesh
+
+    from tvvar.sharding import make_mesh
+
+    if mesh is None or isinstance(mesh, Mesh):
+        return mesh
+    if isinstance(mesh, (str, Mapping)):
+        try:
+            return make_mesh(mesh)
+        except ValueError as e:
+            raise ValueError(f"load_pretrained: bad mesh={mesh!r}: {e}") from None
+    raise TypeError(f"load_pretrained: mesh must be a jax.sharding.Mesh, a spec such as 'data=2,model=4', a dict "
+                    f"of axis sizes or None, got {type(mesh).__name__}")
+
+
+def _param_sharding(var: nnx.Variable, path: tuple, mesh: Any, rules: Mapping[str, str | None] | None) -> Any:
+    """The NamedSharding :func:`tvvar.sharding.state_shardings` gives this Variable (its ``out_sharding`` logical
+    names through ``rules``; a dimension the mesh axis does not divide is replicated)."""
+    from jax.sharding import NamedSharding
+
+    from tvvar.sharding import DEFAULT_RULES, logical_to_spec
+
+    names = var.get_metadata().get("out_sharding")
+    table = DEFAULT_RULES if rules is None else rules
+    for name in names or ():
+        axis = table.get(name) if name is not None else None
+        if axis is not None and axis not in mesh.shape:
+            raise ValueError(f"load_pretrained: rules map logical axis {name!r} (of parameter "
+                             f"{'.'.join(map(str, path))}) to mesh axis {axis!r}, which mesh={dict(mesh.shape)} "
+                             "lacks")
+    return NamedSharding(mesh, logical_to_spec(names, tuple(var.shape), mesh, rules))
+
+
+def load_pretrained(path: str | os.PathLike, dtype: str = "float32", *, mesh: Any = None,
+                    rules: Mapping[str, str | None] | None = None) -> Pretrained:
     """Load a Hugging Face checkpoint folder (config.json + safetensors, PyTorch or Flax layout) as an exact
     :class:`tvvar.model.TVVARModel`; ``dtype`` is the parameter and compute dtype (bf16/f16 files are cast).
 
+    ``mesh`` (a ``jax.sharding.Mesh`` with axes among (data, model), a spec such as ``"data=2,model=4"`` or a dict
+    for :func:`tvvar.sharding.make_mesh`; None: one device, as before) places every parameter directly on its
+    shards: tensors are read, cast (numpy / ml_dtypes) and rearranged on the host, and each is handed to
+    ``jax.device_put`` with the NamedSharding :func:`tvvar.sharding.state_shardings` gives it (``rules``, default
+    :data:`tvvar.sharding.DEFAULT_RULES`: vocabulary, heads and MLP hidden units over ``model``; a dimension the
+    axis does not divide is replicated), then its host copy is dropped — no device ever holds the unsharded
+    model, and host memory peaks near the weights' size.
+
     Errors name the file and key: missing or truncated files, a shard named by the index that does not
     exist, a tensor whose shape does not match the config, missing or unused tensors, an unknown
-    ``model_type``, a config field that is not implemented.
+    ``model_type``, a config field that is not implemented; a bad ``mesh`` or one lacking an axis the rules
+    name is a ValueError naming the argument.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if rules is not None and mesh is None:
+        raise ValueError("load_pretrained: rules= applies to a mesh; pass mesh= too")
+    mesh = _resolve_mesh(mesh)
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder {str(folder)!r} does not exist")
@@ -1136,6 +1185,8 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrain
             raise ValueError(f"tensor {origin[key]!r} in file {where[origin[key]]!r} has shape {a.shape} (as "
                              f"{key!r} in the PyTorch layout); config.json implies {shape}")
         used.add(key)
+        if mesh is not None:  # host numpy (a view of the map where no cast is needed), placed shard-wise below
+            return np.asarray(a).astype(jdtype, copy=False)
         return jnp.asarray(a, dtype=jdtype)  # one copy, then the map of this tensor is dropped
 
     params = _PARAMS[mt](cfg, w, readers.__contains__)
@@ -1155,7 +1206,12 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> Pretrain
         if isinstance(var, nnx.Variable):
             if p not in params:
                 raise AssertionError(f"internal: no checkpoint tensor for tvvar parameter {p}")  # pragma: no cover
-            var.set_value(jnp.asarray(params.pop(p), dtype=jdtype))
+            if mesh is None:
+                var.set_value(jnp.asarray(params.pop(p), dtype=jdtype))
+            else:
+                host = np.asarray(params.pop(p)).astype(jdtype, copy=False)
+                var.set_value(jax.device_put(host, _param_sharding(var, p, mesh, rules)))
+                del host  # the host copy (or map) goes; the shards stay
             filled.add(p)
     if params:  # pragma: no cover - internal consistency
         raise AssertionError(f"internal: unplaced tensors {sorted(params)}")
