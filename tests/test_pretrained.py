@@ -277,7 +277,7 @@ def test_bad_input_errors(gpt2_dir, llama_dir, tmp_path):
     with pytest.raises(KeyError, match="ln_f.bias"):
         load_pretrained(f)
     ld, _ = llama_dir
-    for field, value in [("rope_scaling", {"type": "dynamic", "factor": 2.0}), ("attention_bias", True),
+    for field, value in [("rope_scaling", {"type": "yarn", "factor": 2.0}), ("attention_bias", True),
                          ("sliding_window", 16)]:
         f = copy(f"llama_{field}", ld)
         edit_config(f, **{field: value})
@@ -484,6 +484,31 @@ def test_llama3_rope_scaling_checkpoint_matches_reference(tmp_path, monkeypatch)
     save_pretrained(pre, tmp_path / "again")
     again = load_pretrained(tmp_path / "again")
     np.testing.assert_array_equal(np.asarray(again.model(jnp.asarray(ids))), np.asarray(pre.model(jnp.asarray(ids))))
+
+
+def test_dynamic_rope_scaling_is_the_unscaled_model_within_the_original_context_and_refused_beyond(tmp_path):
+    """Dynamic NTK scaling keeps θ's frequencies while the length is at most the original context L
+    (max_position_embeddings; transformers rescales the base only beyond it): the checkpoint loads, its logits equal
+    the Flax Llama's (which ignores rope_scaling) at T = L, bit-equal to the same weights without the field; a
+    longer input or cache is refused by name instead of running with frequencies that are not the checkpoint's."""
+    ref = _llama(tmp_path / "plain")
+    _llama(tmp_path / "dyn", rope_scaling={"rope_type": "dynamic", "factor": 4.0})
+    pre, plain = load_pretrained(tmp_path / "dyn"), load_pretrained(tmp_path / "plain")
+    assert pre.model.blocks[0].mixer.rope_scaling == {"rope_type": "dynamic", "factor": 4.0,
+                                                      "original_max_position_embeddings": T}
+    ids = _ids()
+    assert ids.shape[1] == T  # the whole original context
+    assert _agree(pre, ref, ids) <= 1e-4
+    np.testing.assert_array_equal(np.asarray(pre.model(jnp.asarray(ids))), np.asarray(plain.model(jnp.asarray(ids))))
+    long = jnp.zeros((1, T + 1), jnp.int32)
+    with pytest.raises(ValueError, match=rf"dynamic.*original_max_position_embeddings={T}"):
+        pre.model(long)
+    with pytest.raises(ValueError, match="dynamic"):
+        pre.model.init_cache(1, T + 1)
+    pre.model.init_cache(1, T)  # the original context itself is fine
+    save_pretrained(pre, tmp_path / "again")
+    again = load_pretrained(tmp_path / "again")
+    assert again.model.blocks[0].mixer.rope_scaling == pre.model.blocks[0].mixer.rope_scaling
 
 
 # ---- Gemma: √D-scaled token vectors, RMSNorm with (1 + w), GeGLU, head_dim ≠ D/H, tied head -------------------
@@ -705,7 +730,7 @@ def test_qwen2_refusals_name_the_field(tmp_path):
     _assert_refused(tmp_path, (("use_sliding_window", True, "use_sliding_window"),
                                ("layer_types", ["sliding_attention", "full_attention"], "layer_types"),
                                ("hidden_act", "gelu", "hidden_act"),
-                               ("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}, "dynamic")))
+                               ("rope_scaling", {"rope_type": "yarn", "factor": 2.0}, "yarn")))
 
 
 # ---- Phi-3: fused qkv_proj and gate_up_proj, a sliding window --------------------------------------------------

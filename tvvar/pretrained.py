@@ -12,8 +12,9 @@ gpt2        LayerNorm (bias), attention with q/k biases (the v/o biases fold int
             learned absolute positions, tied plain (not sphere-normalised) embedding.
 llama       RMSNorm, rotary attention (B(Δ) = W_q R(−Δ) W_kᵀ/√K), grouped-query heads, SwiGLU, untied head;
             ``rope_scaling`` of type ``llama3`` (Llama 3.1/3.2) or ``linear`` rescales the rotary frequencies
-            (:func:`tvvar.decompositions.attention.rope_inv_freq`); ``dynamic``, ``yarn``, ``longrope`` are
-            refused by name.
+            (:func:`tvvar.decompositions.attention.rope_inv_freq`); ``dynamic`` (NTK) keeps them up to the original
+            context L = max_position_embeddings, where its function is fixed, and longer inputs or caches are
+            refused; ``yarn``, ``longrope`` are refused by name.
 mistral     the Llama layout with ``sliding_window`` w: attention with a banded support S(i) = {i − w + 1, …, i}
             (transformers' PyTorch convention; its Flax Mistral keeps w + 1 keys), applied at every length —
             ``Attention(window=w)``, whose blockwise path skips the key blocks outside every row's band.
@@ -300,6 +301,21 @@ def _gpt2_config(c: dict, dtype: str) -> ModelConfig:
         max_len=c["n_positions"], embedding="plain", mixer_bias=True, param_dtype=dtype, dtype=dtype)
 
 
+def _rope_scaling(c: dict) -> dict | None:
+    """config.json's ``rope_scaling``, checked (:func:`check_rope_scaling`). A ``dynamic`` one (dynamic NTK) gets its
+    original context L from the config: transformers keeps θ's frequencies while the length is at most
+    ``max_position_embeddings`` (or a larger ``original_max_position_embeddings``), so L is the larger of the two."""
+    rs = c.get("rope_scaling")
+    if isinstance(rs, dict) and rs.get("rope_type", rs.get("type")) == "dynamic":
+        known = [v for v in (c.get("max_position_embeddings"), rs.get("original_max_position_embeddings"))
+                 if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+        if not known:
+            raise ValueError("rope_scaling of type 'dynamic' needs max_position_embeddings (its original context) "
+                             "in config.json")
+        rs = {**rs, "original_max_position_embeddings": max(known)}
+    return check_rope_scaling(rs)
+
+
 def _llama_config(c: dict, dtype: str, *, check: bool = True, rope_scaling: dict | None = None,
                   window: int | None = None) -> ModelConfig:
     mt = c["model_type"]
@@ -307,7 +323,7 @@ def _llama_config(c: dict, dtype: str, *, check: bool = True, rope_scaling: dict
              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
              "tie_word_embeddings", "rope_scaling"}
     if check:  # (a family built on this layout checks its own fields first and passes check=False)
-        rope_scaling = check_rope_scaling(c.get("rope_scaling"))  # a type not implemented is refused by name
+        rope_scaling = _rope_scaling(c)  # a type not implemented is refused by name
         _refuse(c, {
             "hidden_act": lambda v: v == "silu",
             "attention_bias": lambda v: v is False,
@@ -342,7 +358,7 @@ def _qwen2_config(c: dict, dtype: str) -> ModelConfig:
     known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
              "tie_word_embeddings", "rope_scaling", "sliding_window", "max_window_layers"}
-    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    rope_scaling = _rope_scaling(c)
     _refuse(c, {
         "hidden_act": lambda v: v == "silu",
         # a sliding window is used only with use_sliding_window (on the layers ≥ max_window_layers): not implemented
@@ -363,7 +379,7 @@ def _phi3_config(c: dict, dtype: str) -> ModelConfig:
              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
              "tie_word_embeddings", "rope_scaling", "original_max_position_embeddings", "resid_pdrop", "embd_pdrop",
              "sliding_window"}
-    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    rope_scaling = _rope_scaling(c)
     _refuse(c, {
         "hidden_act": lambda v: v == "silu",
         "attention_bias": lambda v: v is False,
@@ -383,7 +399,7 @@ def _gpt_neox_config(c: dict, dtype: str) -> ModelConfig:
              "rotary_pct", "partial_rotary_factor", "rotary_emb_base", "rope_theta", "max_position_embeddings",
              "layer_norm_eps", "use_parallel_residual", "tie_word_embeddings", "rope_scaling", "hidden_dropout",
              "classifier_dropout", "attention_bias"}
-    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    rope_scaling = _rope_scaling(c)
     _refuse(c, {
         "hidden_act": lambda v: v in ("gelu", "gelu_new", "gelu_pytorch_tanh"),
         "attention_bias": lambda v: v is True,
@@ -417,7 +433,7 @@ def _olmo2_config(c: dict, dtype: str) -> ModelConfig:
     known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "rms_norm_eps", "rope_theta", "max_position_embeddings", "tie_word_embeddings",
              "rope_scaling"}
-    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    rope_scaling = _rope_scaling(c)
     _refuse(c, {
         "hidden_act": lambda v: v == "silu",
         "attention_bias": lambda v: v is False,
@@ -434,7 +450,7 @@ def _gemma_config(c: dict, dtype: str) -> ModelConfig:
     known = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
              "rope_scaling", "hidden_act", "hidden_activation"}
-    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    rope_scaling = _rope_scaling(c)
     # transformers' PyTorch Gemma applies hidden_act, its Flax Gemma hidden_activation (None: the tanh GELU); only
     # the tanh GELU is implemented, and both fields must agree on it (a hub config with hidden_act "gelu" is the
     # exact GELU to PyTorch: a different function)
@@ -474,7 +490,7 @@ def _gemma2_config(c: dict, dtype: str) -> ModelConfig:
              "rope_scaling", "cache_implementation",
              # transformers' Gemma 2 reads hidden_activation only; hub configs also carry hidden_act, unused
              "hidden_act"}
-    rope_scaling = check_rope_scaling(c.get("rope_scaling"))
+    rope_scaling = _rope_scaling(c)
     _refuse(c, {
         "hidden_activation": lambda v: v == "gelu_pytorch_tanh",
         "attention_bias": lambda v: v is False,

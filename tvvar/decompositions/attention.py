@@ -80,10 +80,12 @@ _HI = jax.lax.Precision.HIGHEST
 ROPE_SCALINGS = {
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    # dynamic NTK: the frequencies are θ's own up to the original context L and grow with T beyond it; implemented
+    # where the function is fixed — T ≤ L, longer inputs and caches refused (Attention.check_context)
+    "dynamic": ("factor", "original_max_position_embeddings"),
 }
 #: scalings refused by name: what they would need
 _ROPE_REFUSED = {
-    "dynamic": "its frequencies change with the sequence length beyond original_max_position_embeddings",
     "yarn": "YaRN's ramp and attention temperature are not implemented",
     "longrope": "LongRoPE's per-frequency factors are not implemented",
 }
@@ -123,6 +125,8 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None, dtyp
     """The K/2 rotary frequencies θ^{−2k/K}, k = 0..K/2−1, under ``scaling`` (:func:`check_rope_scaling`):
 
     * ``linear``: every frequency divided by ``factor`` (positions p ↦ p / factor);
+    * ``dynamic`` (dynamic NTK): θ's own frequencies — its base is rescaled only once the sequence outgrows the
+      original context L, and :class:`Attention` refuses sequences and caches longer than L;
     * ``llama3`` (Llama 3.1): with wavelength λ_k = 2π/f_k and the original context L, λ_k < L/high_freq_factor
       keeps f_k, λ_k > L/low_freq_factor takes f_k/factor, and between them
       f_k ((1 − s)/factor + s) with s = (L/λ_k − low_freq_factor)/(high_freq_factor − low_freq_factor).
@@ -133,6 +137,8 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None, dtyp
     kind, factor = scaling["rope_type"], scaling["factor"]
     if kind == "linear":
         return f / factor
+    if kind == "dynamic":
+        return f
     L, lo, hi = scaling["original_max_position_embeddings"], scaling["low_freq_factor"], scaling["high_freq_factor"]
     wavelen = 2 * math.pi / f
     s = (L / wavelen - lo) / (hi - lo)
@@ -570,7 +576,17 @@ class Attention(SoftmaxBilinearAttention):
         return (x32 * jax.lax.rsqrt(ms + self.qk_norm_eps) * gain[...].astype(x32.dtype)[None, None]).astype(
             x_BxTxHxK.dtype)
 
+    def check_context(self, length: int) -> None:
+        """Refuse ``length`` positions beyond the original context of a ``dynamic`` rope scaling (where its
+        frequencies would start to depend on the length); a no-op otherwise."""
+        rs = self.rope_scaling
+        if rs is not None and rs["rope_type"] == "dynamic" and length > rs["original_max_position_embeddings"]:
+            raise ValueError(f"rope_scaling of type 'dynamic' is implemented up to its original context "
+                             f"original_max_position_embeddings={rs['original_max_position_embeddings']} (beyond it "
+                             f"the frequencies change with the length); got {length} positions")
+
     def _qkv(self, u: Array) -> tuple[Array, Array, Array]:
+        self.check_context(u.shape[1])
         return self._project(u, jnp.arange(u.shape[1]))
 
     def scores(self, u: Array) -> Array:
@@ -616,6 +632,7 @@ class Attention(SoftmaxBilinearAttention):
     def init_cache(self, batch_size: int, max_len: int, dtype: DType = jnp.float32) -> dict:
         """{"k": [B, L, H, K], "v": [B, L, H, K_v], "index": int32 t} — keys W_kᵀu_j and values W_vᵀu_j."""
         check_cache_args(self, batch_size, max_len)
+        self.check_context(max_len)
         return {"k": jnp.zeros((batch_size, max_len, self.num_heads, self.head_dim), dtype),
                 "v": jnp.zeros((batch_size, max_len, self.num_heads, self.value_dim), dtype),
                 "index": jnp.zeros((), jnp.int32)}
