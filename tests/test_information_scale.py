@@ -2,10 +2,6 @@
 chunks of bounded memory, split across ``jax.distributed`` processes, equal to the whole-array functions."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -150,35 +146,17 @@ CHILD = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     m = _model()
     prompts, u, k, lp = _data()
     ll1 = I.model_token_logliks(m, prompts, u, chunk=3)
     d1 = I.model_information_density(m, prompts, lp, u, k, chunk=3)
+    from local_processes import run_processes  # here: the children import this module as tests.…
+
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(root=str(ROOT)))
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "TVVAR_COORDINATOR": f"localhost:{port}",
-               "TVVAR_NUM_PROCESSES": "2", "TVVAR_PROCESS_ID": str(pid)}
-        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "out")], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        outs = [p.communicate(timeout=300)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, o in zip(procs, outs, strict=True):
-        assert p.returncode == 0, o[-3000:]
+    run_processes(script, [str(tmp_path / "out")], ROOT, devices=1)
     for pid in range(2):
         assert json.loads((tmp_path / f"out.{pid}.json").read_text())["calls"] == 6   # 12 chunks of 3, half each
         np.testing.assert_allclose(np.load(tmp_path / f"out.{pid}.ll.npy"), ll1, rtol=0, atol=1e-6)

@@ -1,10 +1,6 @@
 """tvvar.sharding: partition rules, meshes, sharded init, sharded training == one device, two processes."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -124,31 +120,13 @@ CHILD = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_run_matches_single_process(single, tmp_path):
+    from local_processes import run_processes  # here: the children import this module as tests.…
+
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(root=str(ROOT)))
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "TVVAR_COORDINATOR": f"localhost:{port}",
-               "TVVAR_NUM_PROCESSES": "2", "TVVAR_PROCESS_ID": str(pid)}
-        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(tmp_path / "losses")],
-                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        outs = [p.communicate(timeout=300)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, o in zip(procs, outs, strict=True):
-        assert p.returncode == 0, o[-3000:]
+    run_processes(script, [str(tmp_path / "run"), str(tmp_path / "losses")], ROOT, devices=2)
     for pid in range(2):
         got = json.loads((tmp_path / f"losses.{pid}.json").read_text())
         np.testing.assert_allclose(got, losses(single), rtol=2e-5, atol=1e-6)

@@ -794,26 +794,38 @@ def _from_transformers_mamba2(c: dict) -> dict:
     return out
 
 
-def _mamba2_fields(c: dict) -> dict:
-    """The Mamba-2 options of ``c`` (flat, or under ``ssm_cfg`` as mamba_ssm writes them, or transformers'
-    ``Mamba2Config`` names) with defaults; a field that would change the function and is not implemented raises,
-    naming it."""
-    if "hidden_size" in c or "num_hidden_layers" in c:
-        c = _from_transformers_mamba2(c)
+#: what both Mamba stacks refuse: mamba_ssm's MixerModel options that are not implemented
+_MAMBA_STACK_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "d_intermediate": lambda v: v in (0, None),  # no MLP between the mixers
+    "attn_layer_idx": lambda v: not v,  # hybrid attention layers are not implemented
+    "attn_cfg": lambda v: not v,
+    "rms_norm": lambda v: v is True,  # LayerNorm blocks are not implemented
+}
+
+
+def _with_ssm_cfg(c: dict) -> dict:
+    """mamba_ssm's config with the mixer fields of ``ssm_cfg`` (if any) merged into the top level; a field set in
+    both places is refused."""
     ssm = c.get("ssm_cfg") or {}
     if not isinstance(ssm, dict):
         raise ValueError(f"config.json field 'ssm_cfg' must be an object, got {ssm!r}")
     both = sorted(set(ssm) & set(c))
     if both:
         raise ValueError(f"config.json sets {both} both at the top level and in 'ssm_cfg'")
-    merged = {**c, **ssm}
+    return {**c, **ssm}
+
+
+def _mamba2_fields(c: dict) -> dict:
+    """The Mamba-2 options of ``c`` (flat, or under ``ssm_cfg`` as mamba_ssm writes them, or transformers'
+    ``Mamba2Config`` names) with defaults; a field that would change the function and is not implemented raises,
+    naming it."""
+    if "hidden_size" in c or "num_hidden_layers" in c:
+        c = _from_transformers_mamba2(c)
+    merged = _with_ssm_cfg(c)
     what = "model_type 'mamba2'"
     checks: dict[str, Callable[[Any], bool]] = {
         "layer": lambda v: v == "Mamba2",
-        "d_intermediate": lambda v: v in (0, None),  # no MLP between the mixers
-        "attn_layer_idx": lambda v: not v,  # hybrid attention layers are not implemented
-        "attn_cfg": lambda v: not v,
-        "rms_norm": lambda v: v is True,  # LayerNorm blocks are not implemented
+        **_MAMBA_STACK_CHECKS,
         "D_has_hdim": lambda v: v is False,
         "bias": lambda v: v is False,  # in_proj / out_proj biases would add affine terms not implemented
         "dt_limit": lambda v: list(v) == [0.0, math.inf],
@@ -995,20 +1007,11 @@ def _mamba_fields(c: dict) -> dict:
     implemented raises, naming it."""
     if "hidden_size" in c or "num_hidden_layers" in c:
         c = _from_transformers_mamba(c)
-    ssm = c.get("ssm_cfg") or {}
-    if not isinstance(ssm, dict):
-        raise ValueError(f"config.json field 'ssm_cfg' must be an object, got {ssm!r}")
-    both = sorted(set(ssm) & set(c))
-    if both:
-        raise ValueError(f"config.json sets {both} both at the top level and in 'ssm_cfg'")
-    merged = {**c, **ssm}
+    merged = _with_ssm_cfg(c)
     what = "model_type 'mamba'"
     checks: dict[str, Callable[[Any], bool]] = {
         "layer": lambda v: v == "Mamba1",
-        "d_intermediate": lambda v: v in (0, None),  # no MLP between the mixers
-        "attn_layer_idx": lambda v: not v,  # hybrid attention layers are not implemented
-        "attn_cfg": lambda v: not v,
-        "rms_norm": lambda v: v is True,  # LayerNorm blocks are not implemented
+        **_MAMBA_STACK_CHECKS,
         "bias": lambda v: v is False,  # in_proj / out_proj biases (use_bias) are not implemented
         "conv_bias": lambda v: isinstance(v, bool),
         "dt_rank": lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),

@@ -394,8 +394,45 @@ class LTISSM(DiagonalSSM):
 # --------------------------------------------------------------------------------------------------
 
 
+class _GatedBlockCoefficients:
+    """``linear_coefficients``, ``intercept`` and ``coefficients`` of a gated SSM block (Mamba-1 and -2), whose output
+    is linear in u given its gates plus the remainder r_i(u) of a conv bias. The block supplies ``_factors(u) ->
+    (L, s, aff, gate)``, ``_linear(u, L, s, gate)`` (A_lin) and ``_intercept(L, aff, gate, shape)`` (r)."""
+
+    @_jitted()
+    def linear_coefficients(self, u: Array) -> Array:
+        """A_lin[b, i, m]: the part of the map linear in u given the gates: [B, T, T, D_out, D_in]."""
+        check_u(u, self.d_in)
+        L, s, _, gate = self._factors(u)
+        return self._linear(u, L, s, gate).astype(u.dtype)
+
+    @_jitted()
+    def intercept(self, u: Array) -> Array:
+        """r_i(u) [B, T, D_out]: the affine remainder of the conv bias (zeros without one)."""
+        check_u(u, self.d_in)
+        L, _, aff, gate = self._factors(u)
+        return self._intercept(L, aff, gate, u.shape[:2] + (self.d_out,)).astype(u.dtype)
+
+    @_jitted()
+    def coefficients(self, u: Array) -> Array:
+        """A[b, i, m] = A_lin[b, i, m] + δ_im r_i u_iᵀ/‖u_i‖² (the remainder folded onto the diagonal, so that
+        Σ_m A[b, i, m] u_m = mixer(u)_i — the law): [B, T, T, D_out, D_in]."""
+        check_u(u, self.d_in)
+        T = u.shape[1]
+        L, s, aff, gate = self._factors(u)
+        A = self._linear(u, L, s, gate)
+        if aff is not None:
+            r = self._intercept(L, aff, gate, None)  # [B, T, D_out]
+            uu = u.astype(A.dtype)
+            n2 = jnp.sum(jnp.square(uu), axis=-1)  # [B, T]
+            inv = jnp.where(n2 > 0, 1.0 / jnp.where(n2 > 0, n2, 1.0), 0.0)
+            fold = r[..., :, None] * uu[..., None, :] * inv[..., None, None]  # [B, T, D_out, D_in]
+            A = A + jnp.eye(T, dtype=A.dtype)[None, :, :, None, None] * fold[:, :, None]
+        return A.astype(u.dtype)
+
+
 @register("mamba")
-class MambaBlock(ScalarSSM):
+class MambaBlock(_GatedBlockCoefficients, ScalarSSM):
     """The Mamba-2 block (Dao & Gu 2024, ``mamba_ssm.modules.mamba2.Mamba2``) as a TV-VAR decomposition.
 
         [z, xBC, Δ̃] = in_proj(u);  xBC = conv_K(xBC) + b (depthwise, causal);  x = SiLU(xBC_x),
@@ -679,36 +716,6 @@ class MambaBlock(ScalarSSM):
         return jnp.einsum("bihp,hpe->bie", y if gamma is None else y * gamma, self.W_o[...].astype(L.dtype),
                           precision=_HI)
 
-    @_jitted()
-    def linear_coefficients(self, u: Array) -> Array:
-        """A_lin[b, i, m]: the part of the map linear in u given the gates (see the class docstring)."""
-        check_u(u, self.d_in)
-        L, s, _, gamma = self._factors(u)
-        return self._linear(u, L, s, gamma).astype(u.dtype)
-
-    @_jitted()
-    def intercept(self, u: Array) -> Array:
-        """r_i(u) [B, T, D_out]: the affine remainder of the x-channel conv bias (zeros without one)."""
-        check_u(u, self.d_in)
-        L, _, aff, gamma = self._factors(u)
-        return self._intercept(L, aff, gamma, u.shape[:2] + (self.d_out,)).astype(u.dtype)
-
-    @_jitted()
-    def coefficients(self, u: Array) -> Array:
-        """A[b, i, m] = A_lin[b, i, m] + δ_im r_i u_iᵀ/‖u_i‖² (see the class docstring): [B, T, T, D_out, D_in]."""
-        check_u(u, self.d_in)
-        T = u.shape[1]
-        L, s, aff, gamma = self._factors(u)
-        A = self._linear(u, L, s, gamma)
-        if aff is not None:
-            r = self._intercept(L, aff, gamma, None)  # [B, T, D_out]
-            uu = u.astype(A.dtype)
-            n2 = jnp.sum(jnp.square(uu), axis=-1)  # [B, T]
-            inv = jnp.where(n2 > 0, 1.0 / jnp.where(n2 > 0, n2, 1.0), 0.0)
-            fold = r[..., :, None] * uu[..., None, :] * inv[..., None, None]  # [B, T, D_out, D_in]
-            A = A + jnp.eye(T, dtype=A.dtype)[None, :, :, None, None] * fold[:, :, None]
-        return A.astype(u.dtype)
-
 
 # --------------------------------------------------------------------------------------------------
 # The Mamba-1 block: in-projection, short causal conv + SiLU, diagonal selective SSM whose Δ, B, C are
@@ -717,7 +724,7 @@ class MambaBlock(ScalarSSM):
 
 
 @register("mamba1")
-class Mamba1Block(Mixer):
+class Mamba1Block(_GatedBlockCoefficients, Mixer):
     """The Mamba-1 block (Gu & Dao 2023; ``mamba_ssm.modules.mamba_simple.Mamba``, transformers' ``MambaMixer``)
     as a TV-VAR decomposition. E = expand·D channels, N states per channel, R = ``dt_rank``:
 
@@ -938,36 +945,6 @@ class Mamba1Block(Mixer):
             return jnp.zeros(shape, L.dtype)
         y = jnp.einsum("beij,bje->bie", L, aff, precision=_HI) * g
         return jnp.einsum("bie,eo->bio", y, self.W_o[...].astype(L.dtype), precision=_HI)
-
-    @_jitted()
-    def linear_coefficients(self, u: Array) -> Array:
-        """A_lin[b, i, m]: the part of the map linear in u given the gates: [B, T, T, D_out, D_in]."""
-        check_u(u, self.d_in)
-        L, s, _, g = self._factors(u)
-        return self._linear(u, L, s, g).astype(u.dtype)
-
-    @_jitted()
-    def intercept(self, u: Array) -> Array:
-        """r_i(u) [B, T, D_out]: the affine remainder of the conv bias (zeros without one)."""
-        check_u(u, self.d_in)
-        L, _, aff, g = self._factors(u)
-        return self._intercept(L, aff, g, u.shape[:2] + (self.d_out,)).astype(u.dtype)
-
-    @_jitted()
-    def coefficients(self, u: Array) -> Array:
-        """A[b, i, m] = A_lin[b, i, m] + δ_im r_i u_iᵀ/‖u_i‖² (see the class docstring): [B, T, T, D_out, D_in]."""
-        check_u(u, self.d_in)
-        T = u.shape[1]
-        L, s, aff, g = self._factors(u)
-        A = self._linear(u, L, s, g)
-        if aff is not None:
-            r = self._intercept(L, aff, g, None)  # [B, T, D_out]
-            uu = u.astype(A.dtype)
-            n2 = jnp.sum(jnp.square(uu), axis=-1)  # [B, T]
-            inv = jnp.where(n2 > 0, 1.0 / jnp.where(n2 > 0, n2, 1.0), 0.0)
-            fold = r[..., :, None] * uu[..., None, :] * inv[..., None, None]  # [B, T, D_out, D_in]
-            A = A + jnp.eye(T, dtype=A.dtype)[None, :, :, None, None] * fold[:, :, None]
-        return A.astype(u.dtype)
 
 
 # --------------------------------------------------------------------------------------------------

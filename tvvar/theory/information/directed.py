@@ -661,15 +661,15 @@ _token_density_jit = jax.jit(_token_density_core)
 
 
 def token_information_density(token_ll: Any, log_prior: Any, k: Any) -> Array:
-    """:func:`information_density` from the sampled tokens' log-likelihoods ``token_ll`` [B, K, T] (e.g.
-    :func:`model_token_logliks`): the prompt-free log P(u_t | u_{<t}) = log Σ_j P(s_j | u_{<t}) P(u_t | u_{<t},
-    s_j) needs nothing else. [B, T]."""
+    """:func:`information_density` (the summand ι_t of Eq. 24) from the sampled tokens' log-likelihoods
+    ``token_ll`` [B, K, T] (e.g. :func:`model_token_logliks`): the prompt-free log P(u_t | u_{<t}) =
+    log Σ_j P(s_j | u_{<t}) P(u_t | u_{<t}, s_j) needs nothing else. [B, T]."""
     ll, lp, kk = _check_token_args(token_ll, log_prior, k)
     return (_token_density_jit if _concrete(ll, lp, kk) else _token_density_core)(ll, lp, kk)
 
 
 def token_flow(token_ll: Any, log_prior: Any, k: Any) -> Array:
-    """:func:`flow` from ``token_ll`` [B, K, T]: the cumulative information density, [B, T]."""
+    """:func:`flow` (Def. 8, Eq. 24) from ``token_ll`` [B, K, T]: the cumulative information density, [B, T]."""
     return jnp.cumsum(token_information_density(token_ll, log_prior, k), axis=-1)
 
 
@@ -691,7 +691,8 @@ def model_information_density(model: Any, prompts: Any, log_prior: Any, u: Any, 
 
 def model_flow(model: Any, prompts: Any, log_prior: Any, u: Any, k: Any, *, chunk: int | None = None,
                processes: bool = True) -> Array:
-    """:func:`flow` of a model's paths at model scale (:func:`model_information_density`, summed). [B, T]."""
+    """:func:`flow` (Def. 8, Eq. 24) of a model's paths at model scale (:func:`model_information_density`,
+    summed). [B, T]."""
     return jnp.cumsum(model_information_density(model, prompts, log_prior, u, k, chunk=chunk,
                                                 processes=processes), axis=-1)
 

@@ -147,6 +147,15 @@ def _log_pi(mixer, z: Array) -> Array:
     return jnp.where(allowed, lp, fill)
 
 
+def _check_ids_and_targets(model, ids: Any, targets: Any) -> None:
+    """``ids`` [B, T] and ``targets`` of the same shape, both token ids of ``model``'s vocabulary (errors name them)."""
+    check_token_ids(ids, model.cfg.vocab_size, name="ids", ndim=2)
+    if getattr(targets, "shape", None) != getattr(ids, "shape", None):
+        raise ValueError(f"targets must have the shape of ids {getattr(ids, 'shape', None)}, "
+                         f"got {getattr(targets, 'shape', None)}")
+    check_token_ids(targets, model.cfg.vocab_size, name="targets")
+
+
 def _last_mixer_input(model, ids: Array):
     """(last attention mixer, last block, its input x, the mixer's input z = norm₁(x))."""
     mixer = _last_attention(model)
@@ -442,11 +451,7 @@ def elbo_terms(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    check_token_ids(ids, model.cfg.vocab_size, name="ids", ndim=2)
-    if getattr(targets, "shape", None) != getattr(ids, "shape", None):
-        raise ValueError(f"targets must have the shape of ids {getattr(ids, 'shape', None)}, "
-                         f"got {getattr(targets, 'shape', None)}")
-    check_token_ids(targets, model.cfg.vocab_size, name="targets")
+    _check_ids_and_targets(model, ids, targets)
     mixer = _last_attention(model)
     H, support = mixer.num_heads, mixer.support(ids.shape[1])
     # explicit arrays are validated before any model compute, so bad input fails fast
@@ -505,8 +510,9 @@ def enumeration_block(batch: int, num_heads: int, vocab_size: int, d_model: int,
 
 def chunked_terms(model, ids: Array, targets: Array, prior: Any = "uniform", q: Array | None = None, *,
                   block: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> PositionTerms:
-    """``elbo_terms(..., method="enumerate")`` without the [B, T, H, T, V] conditional: the same
-    :class:`PositionTerms` (equal at 1e-10 in float64, values and gradients; tested), any model and any Q.
+    """Theorem 6 (Eqs. 56–62) as ``elbo_terms(..., method="enumerate")`` computes it, without the [B, T, H, T, V]
+    conditional: the same :class:`PositionTerms` (equal at 1e-10 in float64, values and gradients; tested), any
+    model and any Q.
 
     Only log P(U_i | h, j) at the observed token is needed downstream ([B, T, H, T]); it is computed in square
     tiles of ``block`` query rows × ``block`` source positions (``lax.map``, each tile rematerialised under
@@ -516,11 +522,7 @@ def chunked_terms(model, ids: Array, targets: Array, prior: Any = "uniform", q: 
     causal, outside a window's band) are skipped, which halves the work when causal. ``block`` defaults to
     :func:`enumeration_block` of ``memory_budget`` bytes; T need not be a multiple (the last tile is padded).
     Everything of size [B, T, H, T] (log Q, the prior, the posterior) is still formed whole."""
-    check_token_ids(ids, model.cfg.vocab_size, name="ids", ndim=2)
-    if getattr(targets, "shape", None) != getattr(ids, "shape", None):
-        raise ValueError(f"targets must have the shape of ids {getattr(ids, 'shape', None)}, "
-                         f"got {getattr(targets, 'shape', None)}")
-    check_token_ids(targets, model.cfg.vocab_size, name="targets")
+    _check_ids_and_targets(model, ids, targets)
     mixer = _last_attention(model)
     Bsz, T = ids.shape
     H = mixer.num_heads
