@@ -113,6 +113,21 @@ def test_save_figure_warns_records_and_raises_under_strict(tmp_path):
     assert not P._COLLECTORS  # the context is left cleanly after the error
 
 
+def test_figures_off_closes_without_rendering_and_only_inside_its_block(tmp_path):
+    """The mutant kit's runs under a mutant use figures_off: nothing is laid out, audited or written, every figure
+    is closed, and the next figure outside the block is saved (and audited) again."""
+    import matplotlib.pyplot as plt
+
+    from experiments.common import figures_off
+
+    with figures_off(), P.strict():
+        assert save_figure(_bad_figure(), tmp_path, "off.png") == "off.png"  # no audit: no error under strict
+    assert not (tmp_path / "off.png").exists() and not plt.get_fignums()
+    with pytest.warns(UserWarning, match="no x label"):
+        save_figure(_bad_figure(), tmp_path, "on.png")
+    assert (tmp_path / "on.png").is_file() and not plt.get_fignums()
+
+
 def test_flow_panels_refuse_more_than_five_paths():
     fig, ax = P.subplots(1, 2)
     q = np.zeros((3, 4))
@@ -122,6 +137,7 @@ def test_flow_panels_refuse_more_than_five_paths():
     matplotlib.pyplot.close(fig)
 
 
+@pytest.mark.slow
 def test_analyze_figures_keep_the_conventions(tmp_path):
     from experiments import analyze as X
 

@@ -170,14 +170,20 @@ def patched(mutant: Mutant | None) -> Iterator[None]:
 
 
 def run_checks(name: str, config: Any, mutant: Mutant | None = None, out: Path | None = None) -> list[dict]:
-    """The checks of ``experiments.NAME`` run at ``config`` (under ``mutant`` if given)."""
+    """The checks of ``experiments.NAME`` run at ``config`` (under ``mutant`` if given). Under a mutant the figures
+    are not rendered (``experiments.common.figures_off``): no row reads one, and the clean runs still draw and
+    audit every figure."""
     import matplotlib
+
+    from experiments.common import figures_off
 
     matplotlib.use("Agg")
     exp = importlib.import_module(f"experiments.{name}")
     with contextlib.ExitStack() as stack:
         if out is None:
             out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if mutant is not None:
+            stack.enter_context(figures_off())
         with patched(mutant):
             res = exp.run(config, Path(out))
     return res["checks"]
