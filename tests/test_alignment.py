@@ -297,6 +297,7 @@ def test_decoding_verdicts_fail_for_a_random_and_for_a_peeking_decoder():
     assert not LA.verdict_bayes_optimal([acc_b, acc_p], acc_b, se(peeking), "peeking")["passed"]
 
 
+@pytest.mark.slow
 def test_objective_losses_equal_make_objective():
     from flax import nnx
 

@@ -38,6 +38,7 @@ def folder(request, tmp_path_factory):
     return _folder(tmp_path_factory, request.param)
 
 
+@pytest.mark.slow
 def test_cli_writes_figures_and_passing_checks(folder, tmp_path):
     prompt = " ".join(str(i) for i in range(3, 23))
     res = X.main(["--model", str(folder), "--prompt", prompt, "--out", str(tmp_path / "o"), "--window", "8"])
@@ -54,6 +55,7 @@ def test_cli_writes_figures_and_passing_checks(folder, tmp_path):
     assert all(c["passed"] for c in res["checks"])
 
 
+@pytest.mark.slow
 def test_latent_model_of_the_last_layer_reads_the_models_own_logits(folder):
     """With GPT-2's intercept (Block.mixer_bias), the latent-position model's P_soft is the model's softmax."""
     pre = load_pretrained(folder)
@@ -82,6 +84,7 @@ def test_bad_prompt_errors():
         X.tokenize("3 70", None, 50)
 
 
+@pytest.mark.slow
 def test_cli_information_flow_for_a_prompt_set(folder, tmp_path):
     """--prompts: the flow of sampled continuations, its Doob part and I(S → U), with checks that pass."""
     prompts = tmp_path / "prompts.txt"
@@ -126,6 +129,7 @@ def test_prompt_set_and_flow_errors(tmp_path):
         X.information_flow(None, np.zeros((2, 2), np.int32), tmp_path, samples=1)
 
 
+@pytest.mark.slow
 def test_analyze_a_mamba2_model_skips_theorem6_and_keeps_the_law(tmp_path):
     """A Mamba-2 model (the loader's own config mapping): ‖A_ij‖ maps and the law check; no latent-position
     model, said in the results rather than failing."""
@@ -230,6 +234,7 @@ def test_every_mistake_is_one_error_line_and_leaves_no_output(gpt2_folder, tmp_p
     assert not out.exists() and not list(tmp_path.glob(".o.partial-*"))
 
 
+@pytest.mark.slow
 def test_a_failed_run_leaves_nothing_and_a_good_one_replaces_the_old(gpt2_folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "o"
     argv = ["--model", str(gpt2_folder), "--out", str(out), "--prompt", "3 4 5 6 7", "--window", "4"]
@@ -251,6 +256,7 @@ def test_a_failed_run_leaves_nothing_and_a_good_one_replaces_the_old(gpt2_folder
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.")] == []
 
 
+@pytest.mark.slow
 def test_prompts_alone_and_the_estimate_with_its_standard_error(gpt2_folder, tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("3 4 5\n6 7 8\n")
@@ -262,6 +268,7 @@ def test_prompts_alone_and_the_estimate_with_its_standard_error(gpt2_folder, tmp
     assert f"I(S → U) ≈ {fl['directed_information']:.4f} ± {fl['directed_information_se']:.4f} nats" in printed
 
 
+@pytest.mark.slow
 def test_cli_exits_1_when_a_check_fails(gpt2_folder, tmp_path, monkeypatch):
     argv = ["analyze", "--model", str(gpt2_folder), "--out", str(tmp_path / "o"), "--prompt", "3 4 5 6",
             "--window", "3"]
@@ -272,6 +279,7 @@ def test_cli_exits_1_when_a_check_fails(gpt2_folder, tmp_path, monkeypatch):
     assert X.cli() == 1
 
 
+@pytest.mark.slow
 def test_attention_norms_and_law_without_the_coefficient_tensor_float64(tmp_path):
     """analyze's attention path (π, head outputs and the value maps' Gram matrix, no [T, T, D, D] tensor) equals
     the explicit coefficients: ‖A[i, j]‖_F of every (i, j) and Σ_j A[i, j] u_j, to 1e-10 in float64."""
@@ -297,6 +305,7 @@ def test_attention_norms_and_law_without_the_coefficient_tensor_float64(tmp_path
         assert all(c["passed"] for c in res["checks"]), res["checks"]
 
 
+@pytest.mark.slow
 def test_theorem6_in_tiles_equals_the_whole_enumeration(gpt2_folder, tmp_path):
     """analyze's Theorem 6 terms come from tiles of b rows × b positions (the block from --memory-budget): the
     same log P, ELBO and gap as the enumeration of the whole [T, H, T, V] conditional; T = 13 is not a multiple
@@ -320,6 +329,7 @@ def test_theorem6_in_tiles_equals_the_whole_enumeration(gpt2_folder, tmp_path):
     np.testing.assert_allclose(r["data"]["theorem6"]["log_p"], t6["log_p"], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options", [
     ("ssm", {"num_heads": 3, "head_dim": 4, "state_size": 5}),
     ("ssm_diagonal", {"num_heads": 2, "head_dim": 3, "state_size": 4}),

@@ -16,6 +16,7 @@ def _u(B, T, D, dtype, seed=0):
     return u / jnp.linalg.norm(u, axis=-1, keepdims=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", ["causal", "bidirectional"])
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.float64, 1e-10)])
 def test_tvvar_form_equals_plain_multihead_attention(mask, dtype, tol):
@@ -96,6 +97,7 @@ def test_scale_is_explicit_in_b():
     np.testing.assert_allclose(np.asarray(att.bilinear_forms())[0], wq @ wk.T / 2.0, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["attention", "bilinear_attention"])
 @pytest.mark.parametrize("mask", ["causal", "bidirectional"])
 def test_kit_passes(name, mask):

@@ -29,6 +29,7 @@ def _einsum_attention(q, k, v, scale, causal):
     return jnp.einsum("bhij,bjhk->bihk", jax.nn.softmax(s, -1), v, precision="highest")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("T,block", [(8, 4), (7, 3), (9, 1), (5, 16), (11, 4)])
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.float64, 1e-10)])
@@ -47,6 +48,7 @@ def test_values_and_gradients_equal_the_einsum_path(causal, T, block, dtype, tol
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol, rtol=tol, err_msg=f"d/d{name}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", ["causal", "bidirectional"])
 def test_blockwise_attention_passes_the_decomposition_kit(mask):
     """The kit at T = 6 with block 4: padding, a masked diagonal tile, exact causality through the custom VJP."""
@@ -162,6 +164,7 @@ def _window_attention(q, k, v, scale, window):
     return jnp.einsum("bhij,bjhk->bihk", jax.nn.softmax(jnp.where(band, s, -jnp.inf), -1), v, precision="highest")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T,block,window", [(19, 4, 5), (16, 4, 4), (13, 8, 1), (10, 3, 30), (24, 5, 11)])
 def test_window_values_and_gradients_equal_the_banded_reference_float64(T, block, window):
     """Windows shorter than, equal to and longer than a block, w = 1 (the diagonal only), w ≥ T (plain causal)."""
@@ -177,6 +180,7 @@ def test_window_values_and_gradients_equal_the_banded_reference_float64(T, block
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-12, rtol=0, err_msg=f"d/d{name}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["einsum", "blockwise", "xla"])
 def test_window_module_is_a_banded_tvvar_on_every_path(impl):
     """π and A[i, j] are exactly 0 outside the band (support(T) says so), each implementation gives the same
@@ -199,6 +203,7 @@ def test_window_module_is_a_banded_tvvar_on_every_path(impl):
         np.testing.assert_allclose(np.asarray(h), full[:, t], atol=2e-5)
 
 
+@pytest.mark.slow
 def test_window_passes_the_decomposition_kit():
     check_decomposition(lambda rngs, dtype: Attention(8, rngs=rngs, num_heads=2, dtype=dtype, window=3,
                                                       implementation="blockwise", block_size=4))

@@ -65,6 +65,7 @@ def test_train_refusals_exit_2_and_leave_no_run_dir(tmp_path, capsys, extra, say
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_train_rerun_after_a_refusal_works_and_num_heads_reaches_an_ssm(tmp_path, capsys):
     out = tmp_path / "run"
     argv = [*TINY, "--data", "markov", "--decomposition", "ssm", "--out", str(out)]
@@ -126,6 +127,7 @@ def test_library_only_objectives_are_refused_with_what_they_need(objective, tmp_
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", sorted(OBJECTIVE_ARGS))
 def test_every_objective_trains_two_steps(tmp_path, capsys, objective):
     out = tmp_path / objective
@@ -144,6 +146,7 @@ def test_every_objective_trains_two_steps(tmp_path, capsys, objective):
         assert cfg.model.mask == "causal" and cfg.model.vocab_size == V
 
 
+@pytest.mark.slow
 def test_resume_to_more_steps_equals_the_uninterrupted_run(tmp_path, capsys):
     base = [*TINY[2:], "--data", "markov", "--schedule-steps", "4"]  # without "--steps 2"
     whole, part = tmp_path / "whole", tmp_path / "part"
@@ -166,6 +169,7 @@ def test_resume_to_more_steps_equals_the_uninterrupted_run(tmp_path, capsys):
     assert "holds no run (no train_config.json)" in msg and not list((tmp_path / "empty").iterdir())
 
 
+@pytest.mark.slow
 def test_resume_reads_the_saved_configuration(tmp_path):
     """--resume needs only what changes: the model, data, optimizer and schedule come from the saved run."""
     corpus = tmp_path / "c.txt"
@@ -242,6 +246,7 @@ def test_import_finds_a_module_in_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "tvvar_cwd_module")
 
 
+@pytest.mark.slow
 def test_loading_a_run_logs_no_absl_warnings(runs, caplog):
     """generate / analyze start quietly: orbax's read-only options are set, not "adjusted" with a warning each."""
     import logging
@@ -254,6 +259,7 @@ def test_loading_a_run_logs_no_absl_warnings(runs, caplog):
 # ------------------------------------------------------------------------------ corrupt checkpoint
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_one_error_line(runs, tmp_path):
     """In a fresh process, as a user meets it: no traceback, no tensorstore spec, no "Event loop is closed"."""
     run = tmp_path / "run"

@@ -49,6 +49,7 @@ def test_fit_equals_per_position_numpy_least_squares():
         assert np.all(A[i, outside] == 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decomposition,mixer", [("ssm_lti", {}), ("ssm", {"selective": False, "num_heads": 2}),
                                                  ("dense", {})])
 def test_fixed_coefficient_mixers_are_recovered_exactly(decomposition, mixer):

@@ -121,6 +121,7 @@ def _numpy_reference_error(kind, x, m, rng):
     return err.max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gaussian", "srht", "dct"])
 def test_jl_error_small_instance_matches_independent_reference(kind):
     """M = 200 points on S^255, m = 32 and 64: median over 5 draws within 10 % of the numpy reference's."""
@@ -153,6 +154,7 @@ def test_jl_table_full(kind):
         assert err == pytest.approx(ref, rel=0.10), (kind, m, err, ref)
 
 
+@pytest.mark.slow
 def test_theorem4_distortion_bounded_and_decreasing_in_m():
     """d_s²(S, S') ≤ Eq. 34 at the identity coupling ≤ ε̂² (exact bounds), and both shrink as m grows."""
     S = SemanticSpace(np.asarray(random_sphere_points(jax.random.key(5), 32, 128)))
@@ -192,6 +194,7 @@ def test_two_epsilons_squared_distance_and_inner_product():
     assert np.max(np.abs(y @ y.T - x @ x.T)[off]) <= jl_inner_product_epsilon(M, m)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_eq39_as_printed_is_the_projected_inner_products_float64(kind):
     """issue 29 §3.7: Eq. 39 compares sᵀs′ with sᵀPᵀPs′ (the projected points, NOT renormalised), weighted by
@@ -239,6 +242,7 @@ def _tiny_model(V=7, D=16, seed=0, **kw):
     return TVVARModel(cfg, rngs=nnx.Rngs(params=seed))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_compressed_logits_equals_explicit_matrix_float64(kind):
     """⟨Pũ_v/‖Pũ_v‖, Ph⟩/Ξ computed with the explicit [m, D] matrix, values and gradients (1e-10)."""

@@ -124,6 +124,7 @@ def _cpc(V=5, D=8, K=2, d=3, dtype="float64", mask="causal"):
     return cpc.CPC(m, K, d, rngs=nnx.Rngs(params=1))
 
 
+@pytest.mark.slow
 def test_infonce_is_the_neural_estimators_bound_and_blocks_are_batches():
     import jax
     import jax.numpy as jnp
@@ -147,6 +148,7 @@ def test_infonce_is_the_neural_estimators_bound_and_blocks_are_batches():
             assert v <= math.log(n) + 1e-12  # InfoNCE never exceeds ln N
 
 
+@pytest.mark.slow
 def test_cpc_scores_and_gradients_equal_a_plain_loop_float64():
     """The einsum scores and optax's CE against S[t, i, j] = c_{i,t}ᵀ W_k g_enc(x_{j,t+k}) written as loops."""
     import jax
@@ -198,6 +200,7 @@ def test_bayes_scores_are_the_log_density_ratio_and_infonce_ignores_a_context_sh
             assert abs(float(cpc.infonce(jnp.asarray(S + shift))) - float(cpc.infonce(jnp.asarray(S)))) <= 1e-10
 
 
+@pytest.mark.slow
 def test_bayes_optimal_infonce_at_two_candidates_matches_its_exact_expectation():
     """E[Î] with N = 2 and the Bayes critic f(a, b) = ln P(a, b) − ln π(b), by enumeration:
     Σ_{a,b,b'} π_a P_ab π_b' [ln 2 − ln(1 + e^{f(a,b') − f(a,b)})]; sampled within 4 standard errors."""

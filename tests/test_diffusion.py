@@ -96,6 +96,7 @@ def random_joint(seed=0, length=L):
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt_length", [0, 1])
 def test_enumerated_nelbo_equals_any_order_ar_for_inconsistent_model(prompt_length):
     """NELBO by enumeration == the any-order AR loss averaged over all orders, for an arbitrary table."""
@@ -360,6 +361,7 @@ def test_wrapper_logits_are_the_tvvar_readout_without_the_mask_logit(decompositi
         model(jnp.asarray([[0, 6]]))
 
 
+@pytest.mark.slow
 def test_as_denoiser_and_objective():
     cfg = ModelConfig(vocab_size=4, d_model=8, num_layers=1, max_len=6)
     model = D.MaskedDiffusionLM(cfg, rngs=nnx.Rngs(0))

@@ -91,6 +91,7 @@ def _random_q(seed, support, B, H):
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(_configs64()))
 def test_identities_float64(name):
     with jax.enable_x64(True):
@@ -122,6 +123,7 @@ _CLOSED_PRIORS = ("uniform", E.Recency(0.8), "attention", "recency", E.Recency(0
 
 # the causal prefix-sum and bidirectional plain-sum paths, each with one of the two head_outputs implementations
 # (and a block intercept b, whose logit ũᵀb/Ξ every latent's conditional carries)
+@pytest.mark.slow
 @pytest.mark.parametrize("decomposition,heads,mask,bias",
                          [("attention", 3, "causal", False), ("bilinear_attention", 1, "bidirectional", False),
                           ("attention", 2, "causal", True)])
@@ -190,6 +192,7 @@ def test_closed_form_is_refused_where_it_does_not_apply():
         E.elbo_terms(pure, ids, tg, method="fast")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pure_h3", "transformer"])
 def test_identity_for_arbitrary_q_and_equality_at_posterior(name):
     with jax.enable_x64(True):
@@ -374,6 +377,7 @@ def test_explicit_prior_matches_builtin_and_bad_priors_raise():
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decomposition", ["bilinear_attention", "attention"])
 def test_elbo_gradients_reach_A_B_and_embeddings(decomposition):
     cfg = ModelConfig.pure(7, 8, decomposition, mixer={"num_heads": 2})
@@ -442,6 +446,7 @@ def _heldout(m, source, key, B=64, T=16):
             "soft_nll": -float(jnp.mean(t.soft_ll))}
 
 
+@pytest.mark.slow
 def test_training_with_elbo_decreases_heldout_nll():
     from tvvar.sources import TVVARSource
 
@@ -474,6 +479,7 @@ def test_elbo_terms_validate_ids_before_any_compute():
 _scores_m = nnx.jit(E.vocab_scores, static_argnames=("prior", "method"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pure_h1", "pure_h3"])
 def test_vocab_scores_closed_form_equals_enumeration_float64(name):
     """Every row-independent configuration, three priors, causal and bidirectional: closed form == enumeration."""
@@ -494,6 +500,7 @@ def test_vocab_scores_closed_form_equals_enumeration_float64(name):
                 np.testing.assert_allclose(eager["log_p"], ref["log_p"], atol=1e-10, rtol=0)
 
 
+@pytest.mark.slow
 def test_vocab_scores_closed_form_gradients_equal_enumeration_float64():
     with jax.enable_x64(True):
         cfg, _ = _configs64()["pure_h3"]
@@ -536,6 +543,7 @@ def test_vocab_scores_method_errors():
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,mask,window", [("transformer_bias", "causal", None),
                                               ("transformer", "bidirectional", None), ("transformer", "causal", 3),
                                               ("pure_h3", "causal", None)])

@@ -1,6 +1,7 @@
 """experiments.estimators: every verdict passes on the right numbers and fails on a perturbed one."""
 
 import numpy as np
+import pytest
 
 from experiments import estimators as X
 
@@ -31,6 +32,7 @@ def test_simulated_var_has_the_issue_coefficients():
     np.testing.assert_allclose(coef.T, X.A_ISSUE, atol=0.03)
 
 
+@pytest.mark.slow
 def test_size_power_and_bias_verdicts_fail_when_perturbed():
     assert X.verdict_size("size", 0.054, 1000)["passed"]
     assert not X.verdict_size("size", 0.08, 1000)["passed"]  # an over-rejecting test

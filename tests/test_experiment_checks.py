@@ -44,6 +44,7 @@ def _elbo_inputs(model, B=3, T=6, seed=1):
     return t, f, direct, float(np.max(d.max(-1) - d.min(-1)))
 
 
+@pytest.mark.slow
 def test_direct_marginal_equals_library_float64():
     """The float64 reference is the same quantity as the library's log P and gap (1e-10)."""
     with jax.enable_x64(True):
@@ -71,6 +72,7 @@ def f32_inputs():
     return _elbo_inputs(_pure_model())
 
 
+@pytest.mark.slow
 def test_theorem6_checks_pass_on_model_and_fail_on_shifted_log_p(f32_inputs):
     t, f, direct, spread7 = f32_inputs
     good = X_elbo.theorem6_checks("x", X_elbo.theorem6_measures(t, direct, f.support, spread7))

@@ -120,12 +120,13 @@ def test_figures_off_closes_without_rendering_and_only_inside_its_block(tmp_path
 
     from experiments.common import figures_off
 
+    off, on = _bad_figure(), _bad_figure()
     with figures_off(), P.strict():
-        assert save_figure(_bad_figure(), tmp_path, "off.png") == "off.png"  # no audit: no error under strict
-    assert not (tmp_path / "off.png").exists() and not plt.get_fignums()
+        assert save_figure(off, tmp_path, "off.png") == "off.png"  # no audit: no error under strict
+    assert not (tmp_path / "off.png").exists() and off.number not in plt.get_fignums()
     with pytest.warns(UserWarning, match="no x label"):
-        save_figure(_bad_figure(), tmp_path, "on.png")
-    assert (tmp_path / "on.png").is_file() and not plt.get_fignums()
+        save_figure(on, tmp_path, "on.png")
+    assert (tmp_path / "on.png").is_file() and on.number not in plt.get_fignums()
 
 
 def test_flow_panels_refuse_more_than_five_paths():

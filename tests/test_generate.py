@@ -106,6 +106,7 @@ def test_decode_step_rows_float64():
         _assert_rows(model, _ids(2, 7), 1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CACHED)
 def test_greedy_cached_equals_recompute(name):
     """The acceptance test: greedy decoding with the cache = full recomputation, token for token; and

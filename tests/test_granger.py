@@ -19,6 +19,7 @@ def y3():
         return np.asarray(simulate_var(jax.random.key(0), A3, 300))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("caused, causing", [(0, 1), (0, [1, 2]), ([0, 1], 2), (2, [0, 1])])
 @pytest.mark.parametrize("kind", ["f", "wald"])
 def test_agrees_with_statsmodels(y3, caused, causing, kind):
@@ -121,6 +122,7 @@ def test_te_lr_statistic_is_the_count_model_log_likelihood_ratio():
     assert res.df == (3 - 1) * (3 - 1) * 3 and res.n_eff == 499  # y copies x, so both alphabets have 3 symbols
 
 
+@pytest.mark.slow
 def test_te_lr_size_and_power():
     from tvvar.theory.estimation.granger import te_likelihood_ratio_test
 

@@ -301,6 +301,7 @@ def test_update_against_numpy_and_fixed_point_kinds():
     assert H.FIXED_POINT_KINDS[kind(1.0, Xk[0])] == "metastable"
 
 
+@pytest.mark.slow
 def test_retrieval_accuracy_nondecreasing_in_d():
     accs = []
     for d in (4, 8, 16, 32):
@@ -448,6 +449,7 @@ def _dense_keeps_reference(X, k):
     return np.array(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed,P,k", [(3, 6, 3), (0, 8, 2), (66, 12, 4)])
 def test_dense_stable_is_exact_at_zero_fields(seed, P, k):
     """Pattern sets (n = 10) where the float32 fields (b ± ξ)/n)^k misjudge an exact zero Δ_i."""

@@ -126,6 +126,7 @@ def test_theorem1_on_the_source_itself():
         assert float(d2["D"]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["attention", "ssm", "dense"])
 def test_batched_forward_equals_per_prompt_loop(name):
     """Fast path (one jitted forward over K·B sequences) against a plain loop over prompts, values and grads."""
@@ -157,6 +158,7 @@ def test_batched_forward_equals_per_prompt_loop(name):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_model_directed_information_and_sampling():
     src = _source()
     m = _model()
@@ -185,6 +187,7 @@ def test_heuristic_estimators_shapes_and_drift():
     np.testing.assert_allclose(full, own, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_eq18_objective_registered_and_trains():
     src = _source()
     m = _model()
@@ -303,6 +306,7 @@ def _diffusion_models(V=3):
     return {"MaskedDiffusionLM": wrapped, "bidirectional TVVARModel": bare}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["MaskedDiffusionLM", "bidirectional TVVARModel"])
 def test_diffusion_conditionals_are_the_masked_sequences_rows_float64(which):
     """Row t is softmax(denoiser([s ‖ u_{<t} ‖ M^{T−t}]))_{n+t} over the data vocabulary, built here by hand one
@@ -382,6 +386,7 @@ def _registered():
     return available()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _registered())
 def test_identities_for_every_registered_decomposition_float64(name):
     """Chain rule (Eq. 10 = I(S; U)), the flow by steps = by sequence probabilities, and Theorem 2's drift
@@ -403,6 +408,7 @@ def test_identities_for_every_registered_decomposition_float64(name):
         np.testing.assert_allclose(I.drift(lc, lp, us, k), I.drift_by_enumeration(lc, lp, us, k), atol=1e-10, rtol=0)
 
 
+@pytest.mark.slow
 def test_directed_information_of_a_checkpoint_loaded_from_disk(tmp_path):
     """A GPT-2 written by transformers' Flax model and loaded with tvvar.pretrained: its per-prompt
     conditionals are the reference model's own log-softmax (float32, 1e-4), and the chain rule holds."""

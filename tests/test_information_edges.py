@@ -79,6 +79,7 @@ def test_unnormalised_log_cond_refused():
     I.flow(lc32, src.log_prior(jnp.float32), u[:4], k[:4])
 
 
+@pytest.mark.slow
 def test_eq18_refuses_bad_lambda_prior_and_indices_eagerly():
     src = _source()
     m = _model()
@@ -104,6 +105,7 @@ def test_eq18_refuses_bad_lambda_prior_and_indices_eagerly():
         I.eq18_objective([[0.5, 1.0]], lp[:1] * 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["prior", "index", "lambda"])
 def test_eq18_refuses_bad_arguments_under_jit(what):
     """Under jit the prior (summing to e), the prompt index (99) and λ (−5) gave a number or NaN."""
@@ -128,6 +130,7 @@ def test_eq18_refuses_bad_arguments_under_jit(what):
         jax.block_until_ready(loss(st, args["lp"], args["k"], args["lam"]))
 
 
+@pytest.mark.slow
 def test_eq18_weights_make_the_one_step_loss_exact():
     """With every (prompt, first token) pair weighted by p(s) P(u | s), Eq. 18 at T = 1 is the exact
     I(S; U; Q) + λ E_P[−log Q(U | S)] of the model's one-step channel."""

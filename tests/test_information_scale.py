@@ -37,6 +37,7 @@ def _err(a, b):
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [None, 1, 4, 6, 35, 1000])
 def test_chunked_density_and_flow_equal_the_whole_array_functions_float64(chunk):
     with jax.enable_x64(True):
@@ -67,6 +68,7 @@ def test_masked_diffusion_model_chunked_equals_whole_array():
         assert _err(I.token_flow(ll, lp, k), I.flow(lc, lp, u, k)) < 1e-10
 
 
+@pytest.mark.slow
 def test_every_forward_is_one_chunk_of_bounded_size(monkeypatch):
     """Memory is bounded by construction: each compiled call sees at most ``chunk`` pairs (one shape, the last
     chunk padded), whatever K·B is, and its output is [chunk, T] — never a [.., V] array."""

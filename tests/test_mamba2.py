@@ -160,6 +160,7 @@ def ckpt(request, tmp_path_factory):
     return _write(tmp_path_factory.mktemp(request.param), c, t), c, t
 
 
+@pytest.mark.slow
 def test_logits_match_the_numpy_reference_float32(ckpt):
     folder, c, t = ckpt
     pre = load_pretrained(folder)
@@ -171,6 +172,7 @@ def test_logits_match_the_numpy_reference_float32(ckpt):
     assert err <= 1e-4, f"max |Δlogit| = {err:.3e} (logit scale {np.abs(want).max():.2f})"
 
 
+@pytest.mark.slow
 def test_logits_match_the_numpy_reference_float64(ckpt):
     folder, c, t = ckpt
     with jax.enable_x64(True):
@@ -221,6 +223,7 @@ def test_transformers_embedding_name_and_flat_fields_load(tmp_path):
     assert "backbone.embeddings.weight" in load_file(str(tmp_path / "m2" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_loaded_mixer_keeps_the_tvvar_law_and_its_affine_split(ckpt):
     """coefficients reproduce the mixer exactly (float64, 1e-10); linear part + intercept reproduce it too, and the
     intercept is the conv's x-channel bias: nonzero with it, exactly zero without it."""

@@ -29,6 +29,7 @@ def test_pure_model_is_exactly_eq44_in_float64():
         np.testing.assert_allclose(np.linalg.norm(np.asarray(u), axis=-1), 1.0, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["attention", "bilinear_attention", "dense"])
 def test_every_decomposition_plugs_in_and_the_model_is_causal(name):
     opts = {"max_len": 16} if name == "dense" else {"num_heads": 2}
@@ -43,6 +44,7 @@ def test_every_decomposition_plugs_in_and_the_model_is_causal(name):
     assert not np.array_equal(np.asarray(m(ids2)[:, 5:]), np.asarray(logits[:, 5:]))
 
 
+@pytest.mark.slow
 def test_bidirectional_model_sees_the_future():
     m = TVVARModel(ModelConfig(5, 8, num_layers=1, mask="bidirectional"), rngs=nnx.Rngs(0))
     ids = _ids(1, 6, 5)
@@ -50,6 +52,7 @@ def test_bidirectional_model_sees_the_future():
     assert not np.allclose(np.asarray(m(ids2)[:, 0]), np.asarray(m(ids)[:, 0]))
 
 
+@pytest.mark.slow
 def test_jit_equals_eager_and_bf16_compute_gives_float32_logits():
     cfg = ModelConfig(11, 16, num_layers=2, max_len=32)
     m = TVVARModel(cfg, rngs=nnx.Rngs(0))
@@ -63,6 +66,7 @@ def test_jit_equals_eager_and_bf16_compute_gives_float32_logits():
     np.testing.assert_allclose(np.asarray(out), np.asarray(m(ids)), atol=0.25)
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_parameter():
     m = TVVARModel(ModelConfig(9, 8, num_layers=2, tied=False), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(m)
@@ -132,6 +136,7 @@ def test_config_refuses_nonfinite_xi_fractional_max_len_and_unknown_options():
         TVVARModel(ModelConfig(5, 8, mixer={"num_heads": 2, "rotary": True, "rotary_dim": 3}), rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_embed_scale_multiplies_the_token_vectors_in_the_full_and_the_cached_forward():
     """Gemma's √D: embed_tokens is the unscaled model's times the constant, and decode_step (the cache path) agrees
     with the full forward row by row."""

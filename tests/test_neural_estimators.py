@@ -47,6 +47,7 @@ def test_infonce_never_exceeds_log_k_and_bounds_agree_on_definitions():
         assert float(N.dv_bound(S, clip=1.0)) != pytest.approx(float(N.dv_bound(S)), abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("true_mi, issue_value", [(2, 1.82), (4, 3.08), (6, 3.74), (8, 4.03), (10, 4.12)])
 def test_infonce_log_k_ceiling_on_gaussian_staircase(true_mi, issue_value):
     # Bayes-optimal critic, K = 64, d = 20: InfoNCE saturates below ln 64 = 4.159 (issue 14's numbers).
@@ -159,6 +160,7 @@ def _loop_dv_reference(model, critic, x, y, clip, log_run):
     return dv, loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduced", [False, True])
 def test_token_dv_objective_matches_the_per_pair_loop_reference(reduced):
     # float64 at 1e-10: the batched objective (V_y-candidate logits at the scoring rows, the off-diagonal pairs

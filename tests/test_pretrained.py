@@ -128,6 +128,7 @@ def _agree(pre, ref, ids):
     return float(jnp.max(jnp.abs(logits - out.logits)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["gpt2", "llama"])
 def test_logits_and_attention_match_reference(which, gpt2_dir, llama_dir, tmp_path):
     d, ref = gpt2_dir if which == "gpt2" else llama_dir
@@ -143,6 +144,7 @@ def test_logits_and_attention_match_reference(which, gpt2_dir, llama_dir, tmp_pa
                                   np.asarray(pre.model(jnp.asarray(_ids()))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["gpt2", "llama"])
 def test_greedy_generation_matches_reference(which, gpt2_dir, llama_dir):
     d, ref = gpt2_dir if which == "gpt2" else llama_dir
@@ -172,6 +174,7 @@ def test_mistral_layout_loads(tmp_path):
     _agree(pre, ref, _ids())
 
 
+@pytest.mark.slow
 def test_mistral_sliding_window_matches_flax_and_is_banded(tmp_path):
     """sliding_window w = 10 < T = 64: logits and every head's π equal transformers' Flax Mistral — which keeps
     w + 1 keys (jnp.triu(causal, -w)) where its PyTorch Mistral keeps w (kv > q − w), so the reference is built with
@@ -338,6 +341,7 @@ def test_decomposition_kit_with_rotary_gqa_bias(kw):
                                                        dtype))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scaling", [None, "llama3"])
 def test_rotary_is_a_relative_bilinear_form_float64(scaling):
     """Theorem 5 with rotary: score[i, j] = u_iᵀ B_h(i − j) u_j exactly, and R(i)ᵀ R(j) = R(j − i) — with Llama
@@ -616,6 +620,7 @@ def gemma_dir(tmp_path_factory):
     return d, _gemma(d)
 
 
+@pytest.mark.slow
 def test_gemma_matches_flax_and_a_float64_numpy_reference(gemma_dir, tmp_path):
     d, ref = gemma_dir
     pre = load_pretrained(d)
@@ -630,6 +635,7 @@ def test_gemma_matches_flax_and_a_float64_numpy_reference(gemma_dir, tmp_path):
     np.testing.assert_allclose(ours, _numpy_logits(pt, ids), rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_gemma_greedy_generation_and_save_reload(gemma_dir, tmp_path):
     d, ref = gemma_dir
     pre = load_pretrained(d)
@@ -679,6 +685,7 @@ def _qwen2(folder, **kw):
     _write_checkpoint(folder, cfg, t)
 
 
+@pytest.mark.slow
 def test_qwen2_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
     _qwen2(tmp_path / "q")
     pre = load_pretrained(tmp_path / "q")
@@ -809,6 +816,7 @@ def _olmo2(folder, **kw):
     _write_checkpoint(folder, cfg, t)
 
 
+@pytest.mark.slow
 def test_olmo2_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
     _olmo2(tmp_path / "o")
     pre = load_pretrained(tmp_path / "o")
@@ -915,6 +923,7 @@ def _neox_numpy_logits(folder, ids):
     return ln(x, g + "final_layer_norm") @ W["embed_out.weight"].T
 
 
+@pytest.mark.slow
 def test_gpt_neox_matches_a_float64_numpy_reference_and_saves_back(tmp_path):
     _neox(tmp_path / "n")
     pre = load_pretrained(tmp_path / "n")

@@ -207,6 +207,7 @@ def test_gemma2_caps_off_and_default_layer_types(tmp_path):
     assert all(b.mixer.window is None for b in load_pretrained(d3).model.blocks)
 
 
+@pytest.mark.slow
 def test_gemma2_soft_capped_pi_is_no_bilinear_form(gemma2_dir):
     with jax.enable_x64(True):
         pre = load_pretrained(gemma2_dir, dtype="float64")

@@ -221,6 +221,7 @@ def test_save_reload_is_bit_exact(ckpt, tmp_path):
         save_pretrained(pre, tmp_path / "flax", layout="flax")
 
 
+@pytest.mark.slow
 def test_loaded_mixer_keeps_the_tvvar_law_and_its_affine_split(ckpt):
     """coefficients reproduce the mixer (float64, 1e-10), so do linear part + intercept; the intercept is the conv
     bias's: nonzero with it, exactly zero without it. scan == chunked == step on the loaded mixer."""
@@ -284,6 +285,7 @@ def test_kit():
 # ---- what converted hub configs carry, and refusals -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_converted_hub_config_with_legacy_fields_loads_unpadded(tmp_path):
     """state-spaces/mamba-*-hf configs carry mamba_ssm's fields beside transformers' (d_model, n_layer, d_inner,
     ssm_cfg {}, rms_norm, fused_add_norm, pad_vocab_size_multiple) and time_step_rank "auto": transformers ignores

@@ -287,6 +287,7 @@ def test_bad_input_errors():
         rd.linear_rc_exact(np.zeros((10, 2)), 3, 1.0)
 
 
+@pytest.mark.slow
 def test_sweep_cache_is_bounded_and_does_not_keep_teachers_alive():
     import gc
     import weakref

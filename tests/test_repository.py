@@ -202,6 +202,7 @@ def test_console_scripts_are_declared_and_resolve():
         assert callable(getattr(importlib.import_module(mod), attr, None)), f"{name} → {scripts[name]} is not callable"
 
 
+@pytest.mark.slow
 def test_console_scripts_are_installed_and_answer_help():
     bin_dir = Path(sys.executable).parent
     missing = [n for n in CONSOLE_SCRIPTS if not (bin_dir / n).is_file()]

@@ -124,6 +124,7 @@ def test_gw_objective_closed_form_equals_quadruple_sum_float64():
                                    rtol=1e-12, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_gw_rotated_permuted_copy_distance_zero_and_permutation_recovered():
     x = _sphere_points(4, 64, 16)
     y, perm = _rotated_permuted(x, 5)
@@ -135,6 +136,7 @@ def test_gw_rotated_permuted_copy_distance_zero_and_permutation_recovered():
     assert r.marginal_error < 1e-4
 
 
+@pytest.mark.slow
 def test_gw_grows_monotonically_with_noise_and_agrees_with_pot():
     """Noisy copies u_i + σ z_i: d_s² increases with σ; POT's conditional-gradient GW, started from the same
     third-lower-bound matching (its own exact OT on tlb_cost), reaches the same objective within 1 %."""
@@ -340,6 +342,7 @@ def test_experiment_verdict_dimension_distortion_and_two_models_fail_when_pertur
     assert _passed(X.verdict_two_models(1e-6, 1.0, 0.03, 0.06, 0.04)) == [True, True, True, False]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gaussian", "srht", "dct", "sparse"])
 def test_experiment_compressed_nll_equals_compressed_logits_float64(kind):
     """The experiment's jitted dense-matrix CE is the library's compressed_logits CE (float32 by its contract,
@@ -418,6 +421,7 @@ def test_experiment_verdict_cpc_passes_and_each_check_fails_when_perturbed():
     fails(lambda b: b.update(trained=(0.7 * bayes).tolist()), "trained Î_k / Bayes-optimal")
 
 
+@pytest.mark.slow
 def test_gw_stationarity_row_fails_off_a_fixed_point_and_sections_are_checked():
     """The GW convergence row: a converged entropic GW coupling is a fixed point of one more outer step
     (gw_step_residual ≈ 0 at the solver's answer), a coupling moved off it is not; Config.sections names parts."""

@@ -82,6 +82,7 @@ def losses(r):
     return np.array([x["loss"] for x in r["history"]["train"]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["data=1,model=8", "data=8,model=1", "data=2,model=4"])
 def test_sharded_training_matches_one_device(single, mesh, tmp_path):
     r = train(cfg(mesh), SRC, tmp_path, progress=False)

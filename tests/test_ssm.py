@@ -84,6 +84,7 @@ def _steps(m, u, cache=None):
     return jnp.stack(rows, axis=1), cache
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ssm", "ssm_diagonal", "ssm_dense", "mamba", "mamba2"])
 def test_scan_chunked_step_agree(name):
     """Values and gradients in float64 at 1e-10 for chunk sizes 4 (divides T = 8) and 3 (does not);
@@ -120,6 +121,7 @@ def test_scan_chunked_step_agree(name):
                 assert_close(m(u), h_scan, TOL[dtype], "__call__ vs scan")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ssm", "ssm_diagonal", "ssm_dense", "mamba", "mamba2"])
 def test_state_continuation(name):
     """s_{1:T} at once == s_{1:k}, then s_{k+1:T} from the carried state (every algorithm)."""
@@ -260,6 +262,7 @@ def test_standard_initializations():
                                rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ssm", "ssm_diagonal"])
 def test_long_sequence_strong_decay_is_finite(name):
     """T = 4096, decay exp(−100) per step: no NaN/inf in outputs or gradients from the segment sums."""
@@ -361,6 +364,7 @@ def test_mamba_without_conv_or_gate_and_its_coefficients():
         assert_close(_steps(m, u)[0], m(u), 1e-10, "step without conv")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mamba", "ssm"])
 def test_usable_in_model_by_name(name):
     cfg = ModelConfig(vocab_size=11, d_model=D, num_layers=2, decomposition=name, mixer=SMALL[name])
@@ -393,6 +397,7 @@ def _diag_inputs(B, T, H, P, N, dtype, seed=0):
     return x, la, Bm, Cm, h0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T,Q", [(37, 8), (16, 4), (5, 64)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_diagonal_per_chunk_tiles_equal_the_materialized_form_values_and_gradients(T, Q, dtype):

@@ -109,6 +109,7 @@ def test_objective_registry_and_cross_entropy_reference(monkeypatch):
 # ------------------------------------------------------------------------------ the loop
 
 
+@pytest.mark.slow
 def test_run_dir_contents_and_learning(full_run):
     out, r = full_run
     for f in ("train_config.json", "data.json", "metrics.jsonl", "loss.png"):
@@ -123,6 +124,7 @@ def test_run_dir_contents_and_learning(full_run):
     assert v["loss"] >= v["entropy"] - 0.05  # cannot beat the floor by more than sampling noise
 
 
+@pytest.mark.slow
 def test_load_run_returns_the_trained_model(full_run):
     out, r = full_run
     model, cfg, info = load_run(out)
@@ -160,6 +162,7 @@ def test_resume_after_interruption_is_exact(full_run, tmp_path):
     assert [r_["step"] for r_ in lines if r_["split"] == "train"] == list(range(1, 13))
 
 
+@pytest.mark.slow
 def test_foreign_and_corrupt_checkpoint_dirs(full_run, tmp_path):
     out, _ = full_run
     foreign = tmp_path / "foreign"
@@ -204,6 +207,7 @@ def test_foreign_and_corrupt_checkpoint_dirs(full_run, tmp_path):
         train(small_cfg(steps=4, ckpt_every=4, eval_every=0), SRC, other, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_continue_a_finished_run_to_more_steps(full_run, tmp_path):
     """A run trained 12 steps of a 16-step schedule and continued to 16 is the uninterrupted 16-step run;
     eval cadence and size may change on resume, the schedule and the math may not."""
@@ -232,6 +236,7 @@ def test_continue_a_finished_run_to_more_steps(full_run, tmp_path):
     assert r["start_step"] == 12 and [h["lr"] for h in r["history"]["train"][-2:]] == pytest.approx([1e-3, 1e-3])
 
 
+@pytest.mark.slow
 def test_refused_configuration_leaves_no_run_dir(tmp_path):
     ssm = ModelConfig(vocab_size=8, d_model=16, num_layers=1, decomposition="ssm", mixer={"num_heads": 2})
     out = tmp_path / "run"
@@ -242,6 +247,7 @@ def test_refused_configuration_leaves_no_run_dir(tmp_path):
     assert r["start_step"] == 0 and (out / "checkpoints" / "2").is_dir()
 
 
+@pytest.mark.slow
 def test_compiled_step_cache_is_bounded(monkeypatch, tmp_path):
     """The module caches hold a step's closure, and with it its data source: a bounded LRU lets it go."""
     import gc

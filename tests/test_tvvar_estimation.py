@@ -39,6 +39,7 @@ def test_equal_weights_give_ols_and_statsmodels(y2):
     np.testing.assert_allclose(np.asarray(tv.resid), ref.resid, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", T.KERNELS)
 def test_local_fits_are_exact_on_their_polynomial_class(kernel):
     # Noise-free responses: local-constant reproduces constant coefficients, local-linear linear ones, at any
@@ -61,6 +62,7 @@ def test_local_fits_are_exact_on_their_polynomial_class(kernel):
         assert float(jnp.max(jnp.abs(theta_lc - path))) > 1e-3  # the local-constant fit is biased on a slope
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", T.METHODS)
 def test_loo_cv_equals_brute_force_refits(y2, method):
     y = y2[:70]

@@ -50,6 +50,7 @@ def _embedded(page: str) -> dict:
 # ---- without a browser -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_view_is_self_contained_and_embeds_the_results_unchanged(analyzed):
     page = (analyzed / "view.html").read_text(encoding="utf-8")
     results = json.loads((analyzed / "results.json").read_text())
@@ -68,6 +69,7 @@ def test_view_is_self_contained_and_embeds_the_results_unchanged(analyzed):
     np.testing.assert_allclose(np.cumsum(fl["density"], 1).mean(0), fl["mean_flow"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_surprisal_is_minus_the_models_log_probability(analyzed):
     from experiments.analyze import load_model
     from tvvar.core import log_softmax32
@@ -136,6 +138,7 @@ def _browser():
     return webdriver.Chrome(options=opts, service=Service(executable_path=driver))
 
 
+@pytest.mark.slow
 def test_the_page_shows_results_json_values_in_a_browser(analyzed):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
