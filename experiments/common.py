@@ -37,6 +37,7 @@ import contextvars
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -205,6 +206,25 @@ def figures_off() -> Iterator[None]:
         yield
     finally:
         _DRAWING.reset(token)
+
+
+#: set to "smallest" by tests/test_notebooks.py: a notebook then runs at the smallest size that executes its cells
+NOTEBOOK_SIZE_ENV = "TVVAR_NOTEBOOK_SIZE"
+
+
+def notebook_size(config: Any, **smallest) -> Any:
+    """The config a notebook runs: ``config`` as the notebook shows it, or, when ``TVVAR_NOTEBOOK_SIZE=smallest``
+    (the test suite), ``config`` with the fields ``smallest`` replaced. The test checks that every cell executes,
+    not the numbers, and pays only for the smallest run that does. The field names are checked either way."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"notebook_size: config must be an experiment's Config instance, got {type(config).__name__}")
+    unknown = sorted(set(smallest) - {f.name for f in dataclasses.fields(config)})
+    if unknown:
+        raise ValueError(f"notebook_size: {type(config).__name__} has no field(s) {unknown}")
+    size = os.environ.get(NOTEBOOK_SIZE_ENV, "shown")
+    if size not in ("shown", "smallest"):
+        raise ValueError(f"{NOTEBOOK_SIZE_ENV} must be 'shown' or 'smallest', got {size!r}")
+    return dataclasses.replace(config, **smallest) if size == "smallest" else config
 
 
 def save_figure(fig, out: Path, name: str) -> str:

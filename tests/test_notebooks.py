@@ -1,5 +1,7 @@
-"""Every notebook in notebooks/ executes top to bottom (they are committed without outputs)."""
+"""Every notebook in notebooks/ executes top to bottom (they are committed without outputs), at the smallest size
+that executes every cell: ``TVVAR_NOTEBOOK_SIZE=smallest`` (``experiments.common.notebook_size``)."""
 
+import dataclasses
 from pathlib import Path
 
 import nbformat
@@ -39,8 +41,29 @@ def test_stale_cells_sees_outputs_and_counts():
     assert stale_cells(nb) == [1]
 
 
+def test_notebook_size_is_the_shown_config_unless_the_suite_asks_for_the_smallest(monkeypatch):
+    from experiments import elbo
+    from experiments.common import NOTEBOOK_SIZE_ENV, notebook_size
+
+    shown = elbo.Config.quick()
+    monkeypatch.delenv(NOTEBOOK_SIZE_ENV, raising=False)
+    assert notebook_size(shown, steps=4) is shown
+    with pytest.raises(ValueError, match=r"no field\(s\) \['stpes'\]"):
+        notebook_size(shown, stpes=4)  # a misspelt field is caught at the size a reader runs, too
+    monkeypatch.setenv(NOTEBOOK_SIZE_ENV, "smallest")
+    assert notebook_size(shown, steps=4) == dataclasses.replace(shown, steps=4)
+    monkeypatch.setenv(NOTEBOOK_SIZE_ENV, "tiny")
+    with pytest.raises(ValueError, match="TVVAR_NOTEBOOK_SIZE must be"):
+        notebook_size(shown, steps=4)
+    with pytest.raises(TypeError, match="Config instance"):
+        notebook_size(elbo.Config, steps=4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    from experiments.common import NOTEBOOK_SIZE_ENV
+
+    monkeypatch.setenv(NOTEBOOK_SIZE_ENV, "smallest")  # the kernel inherits it
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
