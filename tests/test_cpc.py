@@ -237,6 +237,10 @@ def test_trained_cpc_reaches_most_of_the_bayes_optimal_critic_and_stays_below_th
     model = cpc.CPC(m, 2, 8, rngs=nnx.Rngs(params=1))
     curve = cpc.train_cpc(model, src, steps=150, batch_size=32, seq_len=12, key=jax.random.key(0))
     assert curve.shape == (150, 2) and np.all(np.isfinite(curve))
+    # a run shorter than its warmup (20) warms up over its steps: it used to stop in optax (0 decay steps)
+    short = cpc.train_cpc(cpc.CPC(m, 2, 8, rngs=nnx.Rngs(params=2)), src, steps=3, batch_size=4, seq_len=12,
+                          key=jax.random.key(0))
+    assert short.shape == (3, 2) and np.all(np.isfinite(short))
     ids = src.batch(jax.random.key(1), 256, 11, split="val")["tokens"]
     trained = np.asarray([cpc.infonce_by_size(S, (32,))[0] for S in model.scores(ids)])
     bayes = np.asarray([cpc.infonce_by_size(cpc.bayes_scores(src.P, src.pi, k, ids), (32,))[0] for k in (1, 2)])

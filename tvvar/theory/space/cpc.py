@@ -300,7 +300,8 @@ def train_cpc(cpc: CPC, source, *, steps: int, batch_size: int, seq_len: int, lr
     for name, v, lo in (("steps", steps, 1), ("batch_size", batch_size, 2), ("seq_len", seq_len, cpc.horizons + 1)):
         if not (isinstance(v, int) and v >= lo):
             raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, steps), steps, end_value=0.1 * lr)
+    # as in tvvar.train: a warmup as long as the run (or longer) warms up over its steps instead of a 0-step decay
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=0.1 * lr)
     opt = nnx.Optimizer(cpc, optax.adamw(schedule, weight_decay=0.0), wrt=nnx.Param)
 
     @nnx.jit
