@@ -1,5 +1,8 @@
 """Strict JAX settings for the whole suite (Equinox-style): implicit rank promotion is an error.
 
+Figures are drawn at 30 dpi in tests (``experiments.plotting.DPI``): the plotting conventions they are audited
+for do not depend on the resolution, the runtime does (a fifth of an analyze run at 110 dpi).
+
 JAX's persistent compilation cache lives in ``.pytest_cache/jax-compilation-cache`` (every compile, however
 short), so a second run of the suite — and each mutant run of the mutant kit, which clears JAX's in-memory
 caches but recompiles only what its patch changed — loads executables instead of compiling them again. The
@@ -16,5 +19,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _figures_at_low_resolution():
+    from experiments import plotting
+
+    plotting.DPI = 30
