@@ -8,6 +8,6 @@ bash scripts/setup.sh
 .venv/bin/python -m ruff check .
 if [ "${1:-}" = "--fast" ]; then
   shift
-  exec .venv/bin/python -m pytest -q -n 2 --dist worksteal -m "not slow" --durations=25 "$@"
+  exec .venv/bin/python -m pytest -q -n 2 -m "not slow" --durations=25 "$@"
 fi
-exec .venv/bin/python -m pytest -q -n 2 --dist worksteal --durations=25 "$@"
+exec .venv/bin/python -m pytest -q -n 2 --durations=25 "$@"
