@@ -343,8 +343,9 @@ def _modern(cfg, key, out, checks, data, figs):
     a0 = acc[(cfg.d_modern[0], beta)]
     jN = int(np.argmin(abs(a0 - 0.5)))
     series = [float(acc[(d, beta)][jN]) for d in cfg.d_modern]
+    steps = [b - a for a, b in zip(series, series[1:], strict=False)]  # none for a single d
     data["modern_monotone_in_d"] = {"N": int(Ns[jN]), "beta": beta, "d": list(cfg.d_modern), "accuracy": series,
-                                    "min_step": min(b - a for a, b in zip(series, series[1:], strict=False)),
+                                    "min_step": min(steps) if steps else None,
                                     "se": math.sqrt(0.25 / cfg.trials_modern)}
     # the sweep itself against a re-simulation of its definition (every d, the checked β, N ≤ RESIM_MAX_N)
     cells = [(d, j) for d in cfg.d_modern for j, N in enumerate(Ns) if N <= RESIM_MAX_N]

@@ -513,3 +513,14 @@ def test_experiment_second_routes_agree_with_the_library_and_fail_when_perturbed
     assert not X.verdict_retrieval_resimulated("r", {8: np.clip(lib - 0.2, 0, 1)}, {8: ref}, 256, "")["passed"]
     with pytest.raises(ValueError, match="Config.sections"):
         dataclasses.replace(X.Config.quick(), sections=("dense", "nonsense"))
+
+
+@pytest.mark.slow
+def test_the_modern_section_runs_with_a_single_d(tmp_path):
+    """One d has no step between sizes to report: the run used to stop in min() of an empty sequence."""
+    from experiments import hopfield_capacity as X
+
+    cfg = X.Config(sections=("modern",), d_modern=(8,), betas=(1.0,), modern_log2_N=(1, 2, 3), trials_modern=8)
+    res = X.run(cfg, tmp_path)
+    assert res["data"]["modern_monotone_in_d"]["min_step"] is None
+    assert [c["name"] for c in res["checks"] if c["skipped"] is None and not c["passed"]] == []
