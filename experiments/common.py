@@ -200,7 +200,7 @@ _DRAWING = contextvars.ContextVar("tvvar_experiments_drawing", default=True)
 def figures_off() -> Iterator[None]:
     """Within this block :func:`save_figure` closes each figure without laying it out, rendering or writing it
     (the name is still returned): for runs that need only the checks, such as the mutant kit's runs under a
-    mutant, where rendering is a sixth of the time and no row reads a figure."""
+    mutant, where no row reads a figure (theorem5 at its mutant size: 1.7 s with figures, 0.8 s without)."""
     token = _DRAWING.set(False)
     try:
         yield

@@ -277,3 +277,5 @@ def test_cpc_bad_input_is_refused_with_the_argument_named():
         cpc.train_cpc(good, None, steps=0, batch_size=4, seq_len=6, key=None)
     with pytest.raises(ValueError, match="seq_len"):
         cpc.train_cpc(good, None, steps=5, batch_size=4, seq_len=2, key=None)
+    with pytest.raises(ValueError, match="warmup"):  # optax would start a negative warmup at 0.78·lr, silently
+        cpc.train_cpc(good, None, steps=5, batch_size=4, seq_len=6, warmup=-5, key=None)

@@ -297,10 +297,12 @@ def train_cpc(cpc: CPC, source, *, steps: int, batch_size: int, seq_len: int, lr
               warmup: int = 20, key: Array) -> np.ndarray:
     """Maximise Σ_k Î_k with Adam(W) on batches ``source.batch(key, batch_size, seq_len − 1)["tokens"]`` (seq_len
     tokens each), drawn inside the jitted step; returns the training curve [steps, K] of Î_k."""
-    for name, v, lo in (("steps", steps, 1), ("batch_size", batch_size, 2), ("seq_len", seq_len, cpc.horizons + 1)):
+    for name, v, lo in (("steps", steps, 1), ("batch_size", batch_size, 2), ("seq_len", seq_len, cpc.horizons + 1),
+                        ("warmup", warmup, 0)):
         if not (isinstance(v, int) and v >= lo):
             raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
-    # as in tvvar.train: a warmup as long as the run (or longer) warms up over its steps instead of a 0-step decay
+    # as tvvar.train.schedule_length: the schedule spans at least warmup + 1 steps, so a run no longer than its
+    # warmup stops while still warming up (optax refuses a cosine decay over 0 steps)
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=0.1 * lr)
     opt = nnx.Optimizer(cpc, optax.adamw(schedule, weight_decay=0.0), wrt=nnx.Param)
 
