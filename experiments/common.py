@@ -210,11 +210,14 @@ def figures_off() -> Iterator[None]:
 
 #: set to "smallest" by tests/test_notebooks.py: a notebook then runs at the smallest size that executes its cells
 NOTEBOOK_SIZE_ENV = "TVVAR_NOTEBOOK_SIZE"
+#: the resolution of the figures a notebook draws at its smallest size (the conventions do not depend on it)
+SMALLEST_DPI = 30
 
 
 def notebook_size(config: Any, **smallest) -> Any:
     """The config a notebook runs: ``config`` as the notebook shows it, or, when ``TVVAR_NOTEBOOK_SIZE=smallest``
-    (the test suite), ``config`` with the fields ``smallest`` replaced. The test checks that every cell executes,
+    (the test suite), ``config`` with the fields ``smallest`` replaced and the figures drawn at
+    ``SMALLEST_DPI`` (as the suite draws its own, ``tests/conftest.py``). The test checks that every cell executes,
     not the numbers, and pays only for the smallest run that does. The field names are checked either way."""
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"notebook_size: config must be an experiment's Config instance, got {type(config).__name__}")
@@ -224,7 +227,12 @@ def notebook_size(config: Any, **smallest) -> Any:
     size = os.environ.get(NOTEBOOK_SIZE_ENV, "shown")
     if size not in ("shown", "smallest"):
         raise ValueError(f"{NOTEBOOK_SIZE_ENV} must be 'shown' or 'smallest', got {size!r}")
-    return dataclasses.replace(config, **smallest) if size == "smallest" else config
+    if size == "shown":
+        return config
+    from experiments import plotting
+
+    plotting.DPI = SMALLEST_DPI
+    return dataclasses.replace(config, **smallest)
 
 
 def save_figure(fig, out: Path, name: str) -> str:

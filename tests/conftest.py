@@ -12,8 +12,6 @@ environment variables reach the subprocesses too (notebook kernels, CLI runs).
 import os
 from pathlib import Path
 
-# Eight fake CPU devices for the sharding tests; must be set before JAX initializes its backend.
-os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -22,6 +20,17 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+MESH_DEVICES = 8
+
+
+def pytest_configure(config):
+    """The device count (see the module docstring); set before anything initializes JAX's backend, and in the
+    environment for the subprocesses."""
+    if "JAX_NUM_CPU_DEVICES" not in os.environ:
+        one = "not mesh" in (config.option.markexpr or "").replace("(", " ").replace(")", " ")
+        os.environ["JAX_NUM_CPU_DEVICES"] = "1" if one else str(MESH_DEVICES)
+    jax.config.update("jax_num_cpu_devices", int(os.environ["JAX_NUM_CPU_DEVICES"]))
 
 
 @pytest.fixture(autouse=True, scope="session")

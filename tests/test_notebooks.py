@@ -42,16 +42,18 @@ def test_stale_cells_sees_outputs_and_counts():
 
 
 def test_notebook_size_is_the_shown_config_unless_the_suite_asks_for_the_smallest(monkeypatch):
-    from experiments import elbo
-    from experiments.common import NOTEBOOK_SIZE_ENV, notebook_size
+    from experiments import elbo, plotting
+    from experiments.common import NOTEBOOK_SIZE_ENV, SMALLEST_DPI, notebook_size
 
     shown = elbo.Config.quick()
+    monkeypatch.setattr(plotting, "DPI", 110)
     monkeypatch.delenv(NOTEBOOK_SIZE_ENV, raising=False)
-    assert notebook_size(shown, steps=4) is shown
+    assert notebook_size(shown, steps=4) is shown and plotting.DPI == 110  # a reader's figures keep their resolution
     with pytest.raises(ValueError, match=r"no field\(s\) \['stpes'\]"):
         notebook_size(shown, stpes=4)  # a misspelt field is caught at the size a reader runs, too
     monkeypatch.setenv(NOTEBOOK_SIZE_ENV, "smallest")
     assert notebook_size(shown, steps=4) == dataclasses.replace(shown, steps=4)
+    assert plotting.DPI == SMALLEST_DPI
     monkeypatch.setenv(NOTEBOOK_SIZE_ENV, "tiny")
     with pytest.raises(ValueError, match="TVVAR_NOTEBOOK_SIZE must be"):
         notebook_size(shown, steps=4)

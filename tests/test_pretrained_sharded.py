@@ -23,6 +23,8 @@ from tvvar.model import TVVARModel
 from tvvar.pretrained import load_pretrained
 from tvvar.sharding import make_mesh, state_shardings
 
+pytestmark = pytest.mark.mesh  # 8 devices (tests/conftest.py)
+
 T = 16
 MESH = "data=2,model=4"
 

@@ -14,6 +14,8 @@ from tvvar.sharding import logical_to_spec, make_mesh, parse_mesh, sample_shardi
 from tvvar.sources import MarkovSource
 from tvvar.train import TrainConfig, train
 
+pytestmark = pytest.mark.mesh  # 8 devices (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = MarkovSource(8, 1, alpha=0.3, seed=0)
 
