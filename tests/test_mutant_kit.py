@@ -63,6 +63,7 @@ def _double(x):
     return 2 * x
 
 
+@pytest.mark.slow  # not for its own 4 s: it clears the worker's JAX caches, so the fast tests after it retrace
 def test_patch_reaches_every_import_site_clears_jit_caches_and_is_undone(monkeypatch):
     lib = types.ModuleType("tvvar._kit_fake_lib")
     lib.double = _double
