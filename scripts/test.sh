@@ -2,9 +2,9 @@
 # The test command of the README: set up (if needed), lint (ruff: style and import order), then the whole
 # suite, slow tests included. `bash scripts/test.sh --fast` runs only the tests not marked slow (while
 # developing; CI runs everything). Two runs side by side: the tests marked `mesh` on 8 fake CPU devices (one
-# process, its log printed when it ends), and all the others on one device (faster; tests/conftest.py) with two
-# xdist workers. The log ends with the second run's 25 slowest tests and total, the mesh run's summary, and
-# the whole suite's wall time.
+# process; its summary line printed when the other run ends, its whole log if it failed), and all the others on
+# one device (faster; tests/conftest.py) with two xdist workers. The log ends with the second run's 25 slowest
+# tests and total, the mesh run's summary, and the whole suite's wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
