@@ -532,21 +532,26 @@ def _one_step(src: PromptedSource, cfg: Config, key) -> dict:
     def loss(m, lam):
         return I.eq18_loss(m, prompts, lp, u_all, k_all, lam, weights=w_all)[0]
 
-    @nnx.jit
-    def train(m, opt, lam):
-        def body(i, carry):
-            m, opt = carry
-            g = nnx.grad(loss)(m, lam)
-            opt.update(m, g)
-            return m, opt
+    def train(m, opt, lam: float):
+        # λ enters as a Python float (one trace per λ): a traced λ would be checked by eq18_loss with a host
+        # callback at every step, and JAX never writes a computation with a callback to its persistent cache
+        @nnx.jit
+        def steps(m, opt):
+            def body(i, carry):
+                m, opt = carry
+                g = nnx.grad(loss)(m, lam)
+                opt.update(m, g)
+                return m, opt
 
-        nnx.fori_loop(0, cfg.one_step_steps, body, (m, opt))
+            nnx.fori_loop(0, cfg.one_step_steps, body, (m, opt))
+
+        steps(m, opt)
 
     points = []
     for i, lam in enumerate(cfg.lambdas if cfg.eq18 else ()):
         m = _model(cfg, cfg.seed + 100 + i)
         opt = nnx.Optimizer(m, optax.adam(cfg.lr), wrt=nnx.Param)
-        train(m, opt, jnp.float32(lam))
+        train(m, opt, float(lam))
         Q = np.exp(_f64_normalised(I.model_log_conditionals(m, prompts, u_all[:1]))[0, :, 0])
         D = float(np.sum(p * np.sum(P * np.log(P / Q), 1)))
         R = C.mutual_information(p, Q)
