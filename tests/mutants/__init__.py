@@ -211,10 +211,11 @@ def patched(mutant: Mutant | None) -> Iterator[None]:
         _tracking.forget(mutant_key)
 
 
-def run_checks(name: str, config: Any, mutant: Mutant | None = None, out: Path | None = None) -> list[dict]:
-    """The checks of ``experiments.NAME`` run at ``config`` (under ``mutant`` if given). Under a mutant the figures
-    are not rendered (``experiments.common.figures_off``): no row reads one, and the clean runs still draw and
-    audit every figure."""
+def run_checks(name: str, config: Any, mutant: Mutant | None = None, out: Path | None = None, *,
+               figures: bool | None = None) -> list[dict]:
+    """The checks of ``experiments.NAME`` run at ``config`` (under ``mutant`` if given). ``figures``: whether the
+    figures are rendered (default: only without a mutant); otherwise ``experiments.common.figures_off`` — no row
+    reads a figure, and the clean runs at ``tiny()`` draw and audit every one."""
     import matplotlib
 
     from experiments.common import figures_off
@@ -224,7 +225,7 @@ def run_checks(name: str, config: Any, mutant: Mutant | None = None, out: Path |
     with contextlib.ExitStack() as stack:
         if out is None:
             out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        if mutant is not None:
+        if not (mutant is None if figures is None else figures):
             stack.enter_context(figures_off())
         with patched(mutant):
             res = exp.run(config, Path(out))
@@ -248,7 +249,7 @@ def observe(name: str) -> dict:
     if bad:
         raise AssertionError(f"{name}: at tiny() these rows do not pass without a mutant: {bad}")
     for size in sizes_used(name):
-        bad = failed_rows(run_checks(name, sized(name, size)))
+        bad = failed_rows(run_checks(name, sized(name, size), figures=False))
         if bad:
             raise AssertionError(f"{name}: at size {size!r} these rows do not pass without a mutant: {bad}")
     rows = []
