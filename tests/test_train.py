@@ -261,10 +261,33 @@ def test_compiled_step_cache_is_bounded(monkeypatch, tmp_path):
     train(cfg, first, tmp_path / "a", progress=False)
     alive = weakref.ref(first)
     del first
-    train(cfg, MarkovSource(8, 1, alpha=0.3, seed=0), tmp_path / "b", progress=False)
+    train(cfg, MarkovSource(8, 1, alpha=0.3, seed=1), tmp_path / "b", progress=False)  # another source's steps
     gc.collect()
     assert len(T._FNS) == 1 and len(T._SETUPS) <= T._SETUPS.maxsize
     assert alive() is None, "an evicted step's data source is still referenced"
+
+
+@pytest.mark.slow
+def test_a_source_built_again_reuses_the_compiled_steps_and_another_source_does_not(tmp_path):
+    """Steps are cached by the source's content (each run of an experiment builds its own source): an equal
+    source finds them, a different one gets its own — the same result as in a process that never saw the first."""
+    from tvvar import train as T
+
+    cfg = small_cfg(steps=2, ckpt_every=0, eval_every=0, eval_batches=1)
+    src = lambda seed: MarkovSource(8, 1, alpha=0.3, seed=seed)  # noqa: E731
+    assert T._data_key(src(0)) == T._data_key(src(0)) != T._data_key(src(1))
+    unpicklable = src(0)
+    unpicklable.hook = lambda: None
+    assert T._data_key(unpicklable) == ("id", id(unpicklable))
+    first = train(cfg, src(0), tmp_path / "a", progress=False)["final"]
+    step = T._make_fns(T._setup(cfg), src(0), T.get_objective(cfg.objective))[0]
+    assert T._make_fns(T._setup(cfg), src(0), T.get_objective(cfg.objective))[0] is step
+    again = train(cfg, src(0), tmp_path / "b", progress=False)["final"]
+    other = train(cfg, src(1), tmp_path / "c", progress=False)["final"]
+    T._FNS.clear()
+    fresh = train(cfg, src(1), tmp_path / "d", progress=False)["final"]
+    assert again["val"]["loss"] == first["val"]["loss"]
+    assert other["val"]["loss"] == fresh["val"]["loss"] != first["val"]["loss"]
 
 
 # ------------------------------------------------------------------------------ SIGKILL
