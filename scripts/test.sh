@@ -3,8 +3,7 @@
 # suite, slow tests included. `bash scripts/test.sh --fast` runs only the tests not marked slow (while
 # developing; CI runs everything). Two runs side by side: the tests marked `mesh` on 8 fake CPU devices (one
 # process; its summary line printed when the other run ends, its whole log if it failed), and all the others on
-# one device (faster; tests/conftest.py) with two xdist workers (``--dist loadgroup``: an experiment's mutant-kit
-# runs share a worker, tests/test_mutants.py). The log ends with the second run's 25 slowest
+# one device (faster; tests/conftest.py) with two xdist workers. The log ends with the second run's 25 slowest
 # tests and total, the mesh run's summary, and the whole suite's wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +21,7 @@ trap 'rm -f "$mesh_log"' EXIT
 .venv/bin/python -m pytest -q -n 0 -m "mesh${only}" --durations=5 "$@" > "$mesh_log" 2>&1 &
 mesh_pid=$!
 rc=0
-.venv/bin/python -m pytest -q -n 2 --dist loadgroup -m "not mesh${only}" --durations=25 "$@" || rc=$?
+.venv/bin/python -m pytest -q -n 2 -m "not mesh${only}" --durations=25 "$@" || rc=$?
 mesh_rc=0
 wait "$mesh_pid" || mesh_rc=$?
 if ok "$mesh_rc"; then

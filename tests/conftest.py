@@ -6,9 +6,7 @@ for do not depend on the resolution, the runtime does (a fifth of an analyze run
 JAX's persistent compilation cache lives in ``.pytest_cache/jax-compilation-cache`` (every compile, however
 short), so a second run of the suite loads executables instead of compiling them again (a computation with a
 host callback is never written there: keep callbacks out of what the experiments jit). The environment
-variables reach the subprocesses too (notebook kernels, CLI runs). The mutant kit is imported first
-(``tests/mutants/_tracking.py``): it records every ``jit`` function made, so that a mutant drops only the
-compiled code its patch makes stale.
+variables reach the subprocesses too (notebook kernels, CLI runs).
 
 The device count: the tests marked ``mesh`` need 8 fake CPU devices; every other test runs on one, which is faster
 (a warm mutant run 10.3–10.6 s on one against 11.4–11.7 s on eight) and keeps cache entries of its own (the device
@@ -25,7 +23,6 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
-import mutants  # noqa: E402, F401  (before anything imports tvvar: the mutant kit records every jit function made)
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

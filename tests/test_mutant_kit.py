@@ -81,38 +81,6 @@ def test_patch_reaches_every_import_site_clears_jit_caches_and_is_undone(monkeyp
     assert float(user.call(jnp.float32(3))) == 6.0
 
 
-def _halve(x):
-    return x / 2
-
-
-def test_a_watched_target_drops_only_the_traces_that_called_it(monkeypatch):
-    """With the target watched (as every mutant's is, at collection), a patch clears the jit functions that traced
-    the original — the outer one too — keeps the others' compiled code, and on exit drops what traced the mutant,
-    including a jit function first made during the mutant's run."""
-    lib = types.ModuleType("tvvar._kit_fake_watched")
-    lib.halve = _halve
-    monkeypatch.setitem(sys.modules, lib.__name__, lib)
-    target = f"{lib.__name__}:halve"
-    assert mutants.watch(target) and mutants.watch(target)  # idempotent
-    assert lib.halve is not _halve and lib.halve(8) == 4  # the spy, same values
-    inner = jax.jit(lambda x: lib.halve(x) + 1)
-    outer = jax.jit(lambda x: inner(x) * 10)
-    other = jax.jit(lambda x: x - 1)
-    x = jnp.float32(8)
-    assert (float(outer(x)), float(other(x))) == (50.0, 7.0)
-    made = {}
-    m = mutants.Mutant("third", target, lambda orig: lambda x: x / 3, "a third for a half")
-    with mutants.patched(m):
-        assert other._cache_size() == 1  # its compiled code survives the patch
-        assert outer._cache_size() == inner._cache_size() == 0
-        assert float(outer(jnp.float32(9))) == 40.0
-        made["late"] = jax.jit(lambda x: lib.halve(x) * 3)
-        assert float(made["late"](jnp.float32(9))) == 9.0
-    assert lib.halve(8) == 4 and lib.halve is not _halve  # the spy is back, not the mutant
-    assert made["late"]._cache_size() == 0 and outer._cache_size() == 0 and other._cache_size() == 1
-    assert (float(outer(jnp.float32(9))), float(made["late"](jnp.float32(9)))) == (55.0, 13.5)
-
-
 def test_mutant_needs_a_target_and_a_bug():
     with pytest.raises(ValueError, match="module:attribute"):
         mutants.Mutant("x", "no_colon", lambda f: f, "bug")

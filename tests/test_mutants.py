@@ -12,7 +12,6 @@ from experiments.plotting import strict as strict_figures
 
 EXPERIMENTS = mutants.experiments_with_mutants()
 CASES = [(name, m.name) for name in EXPERIMENTS for m in mutants.load(name).MUTANTS]
-mutants.watch_all()  # at collection, before any run: a mutant then drops only the traces it makes stale
 
 
 def _case(name: str, mutant: str):
@@ -20,13 +19,7 @@ def _case(name: str, mutant: str):
     it stays in the kit and in the report's list of survivors, and the test turns red once a row kills it."""
     why = getattr(mutants.load(name), "SURVIVORS", {}).get(mutant)
     marks = [pytest.mark.xfail(strict=True, reason=f"surviving mutant (a finding): {why}")] if why else []
-    return pytest.param(name, mutant, marks=[*marks, _same_worker(name)], id=f"{name}:{mutant}")
-
-
-def _same_worker(name: str):
-    """An experiment's clean and mutant runs go to one xdist worker (``--dist loadgroup``, scripts/test.sh): each
-    mutant drops only the traces it makes stale, so the runs after the first find the rest compiled."""
-    return pytest.mark.xdist_group(f"mutants:{name}")
+    return pytest.param(name, mutant, marks=marks, id=f"{name}:{mutant}")
 
 
 @functools.cache
@@ -65,7 +58,7 @@ def test_every_mutant_target_resolves():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_same_worker(n), id=n) for n in EXPERIMENTS])
+@pytest.mark.parametrize("name", EXPERIMENTS)
 def test_checks_pass_without_a_mutant(name, tmp_path):
     """…and every figure it saves keeps the plotting conventions (experiments/plotting.py, tests/test_figures.py)."""
     with strict_figures():
@@ -79,7 +72,7 @@ def test_checks_pass_without_a_mutant(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,size", [pytest.param(n, s, marks=_same_worker(n), id=f"{n}:{s}") for n in EXPERIMENTS
+@pytest.mark.parametrize("name,size", [pytest.param(n, s, id=f"{n}:{s}") for n in EXPERIMENTS
                                        for s in mutants.sizes_used(n)])
 def test_checks_pass_without_a_mutant_at_each_size(name, size, tmp_path):
     """A mutant run at a narrower size kills a row only if that row passes there without it — as the mutant runs

@@ -11,9 +11,8 @@ applied as a patch for the duration of one run of an experiment. It is written a
 where ``mutate(original) -> replacement`` builds the buggy function (a re-implementation with the one bug, or
 a wrapper around the original when the bug is a missing factor or a swapped argument). The target names the
 function where it is defined; :func:`patched` replaces it there *and* in every ``tvvar.*`` / ``experiments.*``
-module that imported the same object (``from … import f`` binds a second name), and drops what JAX compiled
-with the original so that no function traced with it survives into the mutant's run (only what called it, when
-the target is watched: ``_tracking``; every cache otherwise), and on exit what it compiled with the mutant.
+module that imported the same object (``from … import f`` binds a second name), then clears JAX's caches so
+that no function traced with the original survives into the mutant's run.
 
 Each experiment with mutants has a module ``tests/mutants/NAME.py`` (NAME as in
 ``experiments.reproduce.EXPERIMENTS``) defining
@@ -55,12 +54,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import _tracking
-
-_tracking.install()  # before anything imports tvvar: every jit function made from now on is known
-
-__all__ = ["Mutant", "experiments_with_mutants", "load", "sized", "sizes_used", "watch", "watch_all", "patched",
-           "run_checks", "failed_rows", "observe", "write_table", "edited"]
+__all__ = ["Mutant", "experiments_with_mutants", "load", "sized", "sizes_used", "patched", "run_checks",
+           "failed_rows", "observe", "write_table", "edited"]
 
 _HERE = Path(__file__).resolve().parent
 _ROOT = _HERE.parent.parent
@@ -143,72 +138,35 @@ def _resolve(target: str) -> tuple[Any, str, Any]:
     return owner, leaf, getattr(owner, leaf)
 
 
-def _sites(owner: Any, leaf: str, value: Any) -> list[tuple[Any, str, Any]]:
-    """Every place ``value`` is looked up: ``owner.leaf`` and each ``tvvar.*`` / ``experiments.*`` module attribute
-    bound to the same object (``from … import f``), with what is stored there now."""
-    stored = owner.__dict__.get(leaf, value) if isinstance(owner, type) else value  # a staticmethod stays one
-    sites = [(owner, leaf, stored)]
+@contextlib.contextmanager
+def patched(mutant: Mutant | None) -> Iterator[None]:
+    """Apply ``mutant`` wherever its original is looked up; restore everything on exit."""
+    import jax
+
+    if mutant is None:
+        yield
+        return
+    owner, leaf, original = _resolve(mutant.target)
+    replacement = mutant.mutate(original)
+    if isinstance(owner, type) and isinstance(owner.__dict__.get(leaf), (staticmethod, classmethod)):
+        replacement = type(owner.__dict__[leaf])(replacement)
+        original = owner.__dict__[leaf]
+    sites = [(owner, leaf, original)]
     for mod_name, mod in list(sys.modules.items()):
         if mod is None or mod is owner or mod_name.split(".")[0] not in _SCANNED:
             continue
         for k, v in list(vars(mod).items()):
-            if v is value:
+            if v is original:
                 sites.append((mod, k, v))
-    return sites
-
-
-def _store(stored: Any, fn: Any) -> Any:
-    """What to store in place of ``stored`` so that looking it up gives ``fn`` (a staticmethod stays one)."""
-    return type(stored)(fn) if isinstance(stored, (staticmethod, classmethod)) else fn
-
-
-def watch(target: str) -> bool:
-    """Put a spy (``_tracking.spy``) at every site of ``target`` so that the ``jit`` traces that call it are noted;
-    False (and nothing changed) if it cannot be spied on (not a plain function). Idempotent."""
-    owner, leaf, value = _resolve(target)
-    if _tracking.is_spy(value):
-        return True
-    if not _tracking.spyable(value) or isinstance(owner, type) and isinstance(owner.__dict__.get(leaf), classmethod):
-        return False
-    spy = _tracking.spy(target, value)
-    for obj, k, stored in _sites(owner, leaf, value):
-        setattr(obj, k, _store(stored, spy))
-    return True
-
-
-def watch_all() -> None:
-    """Spy on the target of every mutant of every experiment (before the first run: a trace made before its
-    target is watched cannot be noted, and a patch of that target then clears every cache)."""
-    for name in experiments_with_mutants():
-        for m in load(name).MUTANTS:
-            watch(m.target)
-
-
-@contextlib.contextmanager
-def patched(mutant: Mutant | None) -> Iterator[None]:
-    """Apply ``mutant`` wherever its original is looked up; restore everything on exit. The ``jit`` traces made
-    with the original are dropped on entry and those made with the mutant on exit (``_tracking.drop``: only the
-    noted ones when the target is watched, every cache otherwise)."""
-    if mutant is None:
-        yield
-        return
-    owner, leaf, current = _resolve(mutant.target)
-    watched = _tracking.is_spy(current)
-    replacement = mutant.mutate(_tracking.unspied(current))
-    mutant_key = f"{mutant.target} under mutant {mutant.name}"
-    if _tracking.spyable(replacement):
-        replacement = _tracking.spy(mutant_key, replacement)
-    sites = _sites(owner, leaf, current)
-    _tracking.drop(mutant.target if watched else None)
+    jax.clear_caches()
     try:
-        for obj, k, stored in sites:
-            setattr(obj, k, _store(stored, replacement))
+        for obj, k, _ in sites:
+            setattr(obj, k, replacement)
         yield
     finally:
-        for obj, k, stored in sites:
-            setattr(obj, k, stored)
-        _tracking.drop(mutant_key if _tracking.is_spy(replacement) else None)
-        _tracking.forget(mutant_key)
+        for obj, k, v in sites:
+            setattr(obj, k, v)
+        jax.clear_caches()
 
 
 def run_checks(name: str, config: Any, mutant: Mutant | None = None, out: Path | None = None, *,
@@ -241,8 +199,6 @@ def observe(name: str) -> dict:
     """Run experiment ``name`` clean (at ``tiny()`` and at every size its mutants use) and under each mutant at
     its size; the kill table it yields."""
     mod = load(name)
-    for m in mod.MUTANTS:
-        watch(m.target)
     cfg = mod.tiny()
     clean = run_checks(name, cfg)
     bad = failed_rows(clean) + [c["name"] for c in clean if c["skipped"] is not None]
