@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -317,7 +318,9 @@ def rate_reward_slsqp(prior: np.ndarray, w: np.ndarray, target: float) -> float:
 
 
 def rpre_lagrangian_bfgs(prior: np.ndarray, P: np.ndarray, beta: float) -> float:
-    """min_Q I(S; U) + β Σ_s p(s) KL(P_s ‖ Q_s) over a softmax parametrisation of Q, by BFGS from Q = P with the
+    """The Lagrangian of one-step R_pre(D) (Def. 6, Eq. 11) at slope −β, independently of
+    :func:`tvvar.theory.information.capacity.rate_distortion_one_step`:
+    min_Q I(S; U) + β Σ_s p(s) KL(P_s ‖ Q_s) over a softmax parametrisation of Q, by BFGS from Q = P with the
     analytic gradient: ∂/∂Q_s(u) = p(s) [log(Q_s(u) / r(u)) − β P_s(u) / Q_s(u)] (the r-terms of ∂I cancel), taken
     through the softmax. Against finite differences (K = 6, V = 5, β from 0.5 to 1000) it reaches the solver's
     Lagrangian within 1e-14 instead of 2e-12, in a tenth of the time."""
@@ -537,26 +540,23 @@ def _one_step(src: PromptedSource, cfg: Config, key) -> dict:
     def loss(m, lam):
         return I.eq18_loss(m, prompts, lp, u_all, k_all, lam, weights=w_all)[0]
 
+    # λ is static (a Python float, one trace per λ): a traced λ would be checked by eq18_loss with a host callback
+    # at every step, and JAX never writes a computation with a callback to its persistent cache
+    @partial(nnx.jit, static_argnames="lam")
     def train(m, opt, lam: float):
-        # λ enters as a Python float (one trace per λ): a traced λ would be checked by eq18_loss with a host
-        # callback at every step, and JAX never writes a computation with a callback to its persistent cache
-        @nnx.jit
-        def steps(m, opt):
-            def body(i, carry):
-                m, opt = carry
-                g = nnx.grad(loss)(m, lam)
-                opt.update(m, g)
-                return m, opt
+        def body(i, carry):
+            m, opt = carry
+            g = nnx.grad(loss)(m, lam)
+            opt.update(m, g)
+            return m, opt
 
-            nnx.fori_loop(0, cfg.one_step_steps, body, (m, opt))
-
-        steps(m, opt)
+        nnx.fori_loop(0, cfg.one_step_steps, body, (m, opt))
 
     points = []
     for i, lam in enumerate(cfg.lambdas if cfg.eq18 else ()):
         m = _model(cfg, cfg.seed + 100 + i)
         opt = nnx.Optimizer(m, optax.adam(cfg.lr), wrt=nnx.Param)
-        train(m, opt, float(lam))
+        train(m, opt, lam=float(lam))
         Q = np.exp(_f64_normalised(I.model_log_conditionals(m, prompts, u_all[:1]))[0, :, 0])
         D = float(np.sum(p * np.sum(P * np.log(P / Q), 1)))
         R = C.mutual_information(p, Q)

@@ -183,7 +183,9 @@ def run_checks(name: str, config: Any, mutant: Mutant | None = None, out: Path |
     with contextlib.ExitStack() as stack:
         if out is None:
             out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        if not (mutant is None if figures is None else figures):
+        if figures is None:
+            figures = mutant is None
+        if not figures:
             stack.enter_context(figures_off())
         with patched(mutant):
             res = exp.run(config, Path(out))
