@@ -13,8 +13,15 @@ The device count: the tests marked ``mesh`` need 8 fake CPU devices; every other
 count is part of the compilation cache key). A run whose ``-m`` expression says ``not mesh`` gets one device, any
 other run eight, so a plain ``pytest`` runs everything; ``scripts/test.sh`` runs the ``mesh`` tests on 8 devices
 beside the rest on one. An explicit ``JAX_NUM_CPU_DEVICES`` wins.
+
+Garbage collection: after each test the collector runs once and what survives is frozen (``gc.freeze``), so the
+automatic full collections during later tests do not walk every object the worker has cached so far (JAX's
+traces and executables, models held by fixtures). Measured on ``pytest -n 0 tests/test_elbo.py
+tests/test_analyze.py tests/test_blockwise.py tests/test_ssm.py``: 15.3 s of collection → 4.7 s, peak memory
+unchanged (5.09 GB both). A test that checks an object is freed creates it in the test, so it is not frozen yet.
 """
 
+import gc
 import os
 from pathlib import Path
 
@@ -45,3 +52,10 @@ def _figures_at_low_resolution():
     from experiments.common import SMALLEST_DPI
 
     plotting.DPI = SMALLEST_DPI  # the resolution the notebooks draw at in the suite, too
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Collect what the test left behind, then freeze the survivors (see the module docstring)."""
+    gc.collect()
+    gc.freeze()
